@@ -1,0 +1,1 @@
+"""Generated code of the settlesim.v1 contract (see protos/generate.py)."""

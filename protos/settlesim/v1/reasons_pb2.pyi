@@ -1,0 +1,92 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    FIELD_MISSING: _ClassVar[ErrorReason]
+    FIELD_INVALID: _ClassVar[ErrorReason]
+    QUANTITY_NOT_POSITIVE: _ClassVar[ErrorReason]
+    PRICE_NEGATIVE: _ClassVar[ErrorReason]
+    AMOUNT_MISMATCH: _ClassVar[ErrorReason]
+    ITEMS_EMPTY: _ClassVar[ErrorReason]
+    TOO_MANY_ITEMS: _ClassVar[ErrorReason]
+    AMOUNT_OUT_OF_RANGE: _ClassVar[ErrorReason]
+    DUPLICATE_SEQUENCE_NO: _ClassVar[ErrorReason]
+    UNKNOWN_INSTITUTION: _ClassVar[ErrorReason]
+    UNKNOWN_DISEASE: _ClassVar[ErrorReason]
+    PERSON_MISMATCH: _ClassVar[ErrorReason]
+    PERSON_NOT_FOUND: _ClassVar[ErrorReason]
+    PERSON_NOT_INSURED: _ClassVar[ErrorReason]
+    INSURANCE_TYPE_MISMATCH: _ClassVar[ErrorReason]
+    NOT_CROSS_PROVINCE: _ClassVar[ErrorReason]
+    DISEASE_NOT_COVERED: _ClassVar[ErrorReason]
+    GENERAL_OUTPATIENT_DISEASE: _ClassVar[ErrorReason]
+    QUALIFICATION_NOT_FOUND: _ClassVar[ErrorReason]
+    QUALIFICATION_NOT_VALID: _ClassVar[ErrorReason]
+    INSTITUTION_NOT_DESIGNATED: _ClassVar[ErrorReason]
+    INSTITUTION_NOT_CONNECTED: _ClassVar[ErrorReason]
+    DISEASE_NOT_OPENED: _ClassVar[ErrorReason]
+    REGISTRATION_NOT_FOUND: _ClassVar[ErrorReason]
+    REGISTRATION_NOT_YET_VALID: _ClassVar[ErrorReason]
+    REGISTRATION_EXPIRED: _ClassVar[ErrorReason]
+    REGISTRATION_REVOKED: _ClassVar[ErrorReason]
+    REGISTRATION_SUPERSEDED: _ClassVar[ErrorReason]
+    DESTINATION_MISMATCH: _ClassVar[ErrorReason]
+    INSTITUTION_NOT_IN_REGISTRATION: _ClassVar[ErrorReason]
+    TOO_MANY_INSTITUTIONS: _ClassVar[ErrorReason]
+    RESIDENCE_TOO_SHORT: _ClassVar[ErrorReason]
+    MSGID_REUSED: _ClassVar[ErrorReason]
+    MSGID_VOIDED: _ClassVar[ErrorReason]
+    SETTLEMENT_NOT_FOUND: _ClassVar[ErrorReason]
+    ALREADY_REVERSED: _ClassVar[ErrorReason]
+    ALREADY_VOIDED: _ClassVar[ErrorReason]
+    CALLER_UNAUTHENTICATED: _ClassVar[ErrorReason]
+    INSTITUTION_NOT_CALLER: _ClassVar[ErrorReason]
+    SESSIONS_DISABLED: _ClassVar[ErrorReason]
+    INJECTED_FAULT: _ClassVar[ErrorReason]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+FIELD_MISSING: ErrorReason
+FIELD_INVALID: ErrorReason
+QUANTITY_NOT_POSITIVE: ErrorReason
+PRICE_NEGATIVE: ErrorReason
+AMOUNT_MISMATCH: ErrorReason
+ITEMS_EMPTY: ErrorReason
+TOO_MANY_ITEMS: ErrorReason
+AMOUNT_OUT_OF_RANGE: ErrorReason
+DUPLICATE_SEQUENCE_NO: ErrorReason
+UNKNOWN_INSTITUTION: ErrorReason
+UNKNOWN_DISEASE: ErrorReason
+PERSON_MISMATCH: ErrorReason
+PERSON_NOT_FOUND: ErrorReason
+PERSON_NOT_INSURED: ErrorReason
+INSURANCE_TYPE_MISMATCH: ErrorReason
+NOT_CROSS_PROVINCE: ErrorReason
+DISEASE_NOT_COVERED: ErrorReason
+GENERAL_OUTPATIENT_DISEASE: ErrorReason
+QUALIFICATION_NOT_FOUND: ErrorReason
+QUALIFICATION_NOT_VALID: ErrorReason
+INSTITUTION_NOT_DESIGNATED: ErrorReason
+INSTITUTION_NOT_CONNECTED: ErrorReason
+DISEASE_NOT_OPENED: ErrorReason
+REGISTRATION_NOT_FOUND: ErrorReason
+REGISTRATION_NOT_YET_VALID: ErrorReason
+REGISTRATION_EXPIRED: ErrorReason
+REGISTRATION_REVOKED: ErrorReason
+REGISTRATION_SUPERSEDED: ErrorReason
+DESTINATION_MISMATCH: ErrorReason
+INSTITUTION_NOT_IN_REGISTRATION: ErrorReason
+TOO_MANY_INSTITUTIONS: ErrorReason
+RESIDENCE_TOO_SHORT: ErrorReason
+MSGID_REUSED: ErrorReason
+MSGID_VOIDED: ErrorReason
+SETTLEMENT_NOT_FOUND: ErrorReason
+ALREADY_REVERSED: ErrorReason
+ALREADY_VOIDED: ErrorReason
+CALLER_UNAUTHENTICATED: ErrorReason
+INSTITUTION_NOT_CALLER: ErrorReason
+SESSIONS_DISABLED: ErrorReason
+INJECTED_FAULT: ErrorReason

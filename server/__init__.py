@@ -1,0 +1,1 @@
+"""The reference settlement platform: world data, rules engine, ledger, gRPC server."""

@@ -1,0 +1,312 @@
+"""Plain data the rules engine works on: the world (regions, policies, catalogs,
+institutions, people) and a visit. Frozen dataclasses, no I/O, no gRPC.
+
+Money is integer fen (分); ratios and shares are integer basis points (1/10000).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+BASIS_POINTS = 10_000
+
+
+def province_of(region_code: str) -> str:
+    """省: the first two digits of a 6-digit region code (医保区划)."""
+    return region_code[:2]
+
+
+def region_covers(destination: str, region: str) -> bool:
+    """Whether a registration destination (province xx0000, city xxxx00 or a
+    district) includes `region`."""
+    if destination.endswith("0000"):
+        return region[:2] == destination[:2]
+    if destination.endswith("00"):
+        return region[:4] == destination[:4]
+    return region == destination
+
+
+def region_lineage(region: str) -> tuple[str, ...]:
+    """The region, its city and its province, most specific first: where to
+    look for a policy or catalog that applies to `region`."""
+    city, province = region[:4] + "00", region[:2] + "0000"
+    return tuple(dict.fromkeys((region, city, province)))
+
+
+@dataclass(frozen=True, slots=True)
+class Dated(Generic[T]):
+    """A value that changes over time: versions keyed by their effective date.
+    A `None` version ends the value from that date (OpenFisca style)."""
+
+    starts: tuple[date, ...]
+    values: tuple[T | None, ...]
+
+    @classmethod
+    def of(cls, versions: Mapping[date, T | None]) -> Dated[T]:
+        ordered = sorted(versions.items())
+        return cls(tuple(d for d, _ in ordered), tuple(v for _, v in ordered))
+
+    def on(self, day: date) -> tuple[date, T] | None:
+        """(effective date, value) in force on `day`, or None."""
+        i = bisect.bisect_right(self.starts, day) - 1
+        if i < 0 or self.values[i] is None:
+            return None
+        return self.starts[i], self.values[i]  # type: ignore[return-value]
+
+
+class InsuranceType(StrEnum):
+    """险种 insutype."""
+
+    EMPLOYEE = "310"  # 职工基本医疗保险
+    RESIDENT = "390"  # 城乡居民基本医疗保险
+
+
+class Coverage(StrEnum):
+    """How an insured region covers a disease in outpatient care."""
+
+    CHRONIC_SPECIAL = "chronic_special"  # 门诊慢特病
+    GENERAL_OUTPATIENT = "general_outpatient"  # 普通门诊
+    NONE = "none"
+
+
+class RegistrationScope(StrEnum):
+    """What a cross-province registration (跨省异地就医备案) names."""
+
+    CITY = "city"  # 备案到就医地市 (Hotan, Datong)
+    INSTITUTION = "institution"  # 异地定点机构备案 (Beijing special diseases)
+
+
+class RegistrationStatus(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"  # 撤销备案
+    SUPERSEDED = "superseded"  # 变更备案: replaced by a newer registration
+
+
+class CatalogClass(StrEnum):
+    """收费项目等级 chrgitm_lv."""
+
+    A = "A"  # 01 甲类
+    B = "B"  # 02 乙类
+    C = "C"  # 03 丙类
+    NOT_LISTED = "not_listed"
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """医保区划: a 6-digit region code."""
+
+    code: str
+    name: str
+
+    @property
+    def province(self) -> str:
+        return province_of(self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class Disease:
+    """A chronic/special disease of the national list (病种编码)."""
+
+    code: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiseaseTerms:
+    """An insured region's terms for one disease and insurance type, from a date.
+
+    deductible — 起付线; ratio_bp — 报销比例 (basis points);
+    annual_cap — 年度限额/封顶线 (None: no cap)."""
+
+    coverage: Coverage
+    deductible: int = 0
+    ratio_bp: int = 0
+    annual_cap: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """An insured region's registration scheme, from a date (参保地备案政策)."""
+
+    scope: RegistrationScope
+    max_institutions: int = 2
+    min_residence_months: int = 0
+    allow_settle_at_home: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPolicy:
+    """参保地政策: the insured region's policy, every value effective-dated."""
+
+    region: str
+    scheme: Dated[Scheme]
+    # (insurance type, disease code) -> terms over time
+    terms: Mapping[tuple[InsuranceType, str], Dated[DiseaseTerms]]
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogTerms:
+    """A catalog item's terms from a date. b_share_bp — 先行自付比例;
+    price_ceiling — 限价 (None: no ceiling)."""
+
+    catalog_class: CatalogClass
+    b_share_bp: int = 0
+    price_ceiling: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogItem:
+    code: str
+    name: str
+    terms: Dated[CatalogTerms]
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """就医地目录: the treatment region's catalog."""
+
+    region: str
+    items: Mapping[str, CatalogItem]
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Institution:
+    """定点医疗机构 fixmedins_code."""
+
+    code: str
+    name: str
+    region: str
+    level: str = ""
+    designated: bool = True
+    connected: bool = True  # 已接入国家跨省结算平台
+    opened_diseases: frozenset[str] = frozenset()  # 开通病种
+    departments: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A closed date range; `end` None is open-ended."""
+
+    start: date
+    end: date | None = None
+
+    def contains(self, day: date) -> bool:
+        return self.start <= day and (self.end is None or day <= self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class Qualification:
+    """病种资格认定: the insured region certifies the person has the disease."""
+
+    disease: str
+    valid: Period
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """跨省异地就医备案. `ended_on` is the first day it no longer applies when
+    revoked or superseded."""
+
+    id: str
+    category: str
+    destination: str
+    valid: Period
+    institutions: tuple[str, ...] = ()
+    status: RegistrationStatus = RegistrationStatus.ACTIVE
+    ended_on: date | None = None
+    resident_since: date | None = None
+    replaced_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """参保人员 psn_no."""
+
+    person_no: str
+    name: str
+    certificate_type: str
+    certificate_no: str
+    insured_region: str
+    insurance_type: InsuranceType
+    insured: tuple[Period, ...]
+    qualifications: tuple[Qualification, ...] = ()
+    registrations: tuple[Registration, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    name: str
+    regions: Mapping[str, Region]
+    diseases: Mapping[str, Disease]
+    policies: Mapping[str, RegionPolicy]
+    catalogs: Mapping[str, Catalog]
+    institutions: Mapping[str, Institution]
+    people: Mapping[str, Person]
+    people_by_certificate: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # Per-institution bearer tokens for callers without mutual TLS.
+    institution_tokens: Mapping[str, str] = field(default_factory=dict)
+
+    def policy_for(self, region: str) -> RegionPolicy | None:
+        return next((self.policies[r] for r in region_lineage(region) if r in self.policies), None)
+
+    def catalog_for(self, region: str) -> Catalog | None:
+        return next((self.catalogs[r] for r in region_lineage(region) if r in self.catalogs), None)
+
+
+# --- a visit, as the rules see it ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeeLine:
+    """2204 费用明细: amount = unit price × quantity, all fen."""
+
+    sequence_no: str
+    catalog_code: str
+    unit_price: int
+    quantity: int
+    hospital_item_code: str = ""
+
+    @property
+    def amount(self) -> int:
+        return self.unit_price * self.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class VisitKey:
+    """What the registration check needs to know about a visit."""
+
+    institution_code: str
+    disease_code: str
+    visit_date: date
+    person_no: str = ""
+    certificate_type: str = ""
+    certificate_no: str = ""
+    insurance_type: InsuranceType | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class YearlyTotals:
+    """The person's running totals for one disease and calendar year."""
+
+    deductible_used: int = 0  # 已付起付线
+    fund_paid: int = 0  # 年度基金已支付
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEntry:
+    """Which data produced a figure: the rule, the source (with its effective
+    date) and the arithmetic."""
+
+    figure: str
+    rule: str
+    source: str
+    detail: str

@@ -1,0 +1,237 @@
+"""The settlement computation (what SettleVisit computes), in the order and
+rounding of DOMAIN.md: "就医地目录，参保地政策" — the treatment region's catalog
+decides what is covered, the insured region's policy decides how much the fund
+pays. All money is integer fen; rounding is half up to the fen, per item for the
+class-B share and once per visit for the ratio."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from settlesim.server.model import (
+    BASIS_POINTS,
+    Catalog,
+    CatalogClass,
+    CatalogTerms,
+    DiseaseTerms,
+    FeeLine,
+    TraceEntry,
+    YearlyTotals,
+)
+
+
+def round_half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half up, for non-negative integers."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def share_of(amount_fen: int, share_bp: int) -> int:
+    """round(amount × share) half up to the fen."""
+    return round_half_up(amount_fen * share_bp, BASIS_POINTS)
+
+
+def fen(amount: int) -> str:
+    """A fen amount as yuan for people, e.g. 17963 -> '179.63'."""
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{abs(amount) // 100}.{abs(amount) % 100:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One fee line split into full self-pay, over-ceiling, B pre-self-pay and
+    in-scope; the four add up to `amount`."""
+
+    sequence_no: str
+    catalog_code: str
+    catalog_class: CatalogClass
+    b_share_bp: int
+    price_ceiling: int | None
+    amount: int
+    full_self_pay: int  # 全自费 fulamt_ownpay_amt
+    over_ceiling: int  # 超限价自费 overlmt_selfpay
+    pre_self_pay: int  # 先行自付 preselfpay_amt
+    in_scope: int  # 符合政策范围 inscp_scp_amt
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """The visit's totals (2207 setlinfo)."""
+
+    total: int  # medfee_sumamt
+    full_self_pay: int
+    over_ceiling: int
+    pre_self_pay: int
+    in_scope: int
+    deductible_applied: int  # act_pay_dedc 实际支付起付线
+    fund_pays: int  # hifp_pay 统筹基金支出
+    ratio_bp: int  # 报销比例
+    patient_pays: int  # psn_part_amt 个人负担
+    cap_remaining: int | None  # 年度限额剩余
+    deductible_remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementResult:
+    figures: Figures
+    items: tuple[ItemResult, ...]
+    trace: tuple[TraceEntry, ...]
+    totals_after: YearlyTotals  # the running totals once this settlement commits
+
+
+def classify_item(line: FeeLine, catalog: Catalog, day: date) -> tuple[CatalogTerms | None, date | None]:
+    """Rule 1 (就医地目录): the catalog terms in force for the item, or None when
+    the item is not listed on that day."""
+    item = catalog.items.get(line.catalog_code)
+    found = item.terms.on(day) if item else None
+    if found is None:
+        return None, None
+    since, terms = found
+    return terms, since
+
+
+def price_item(line: FeeLine, catalog: Catalog, day: date) -> tuple[ItemResult, TraceEntry]:
+    """Rules 1-4 for one fee line: full self-pay, over-ceiling self-pay,
+    B-class pre-self-pay (先行自付), in scope (符合范围)."""
+    amount = line.amount
+    terms, since = classify_item(line, catalog, day)
+    where = f"catalog {catalog.region} item {line.catalog_code}"
+    if terms is None or terms.catalog_class is CatalogClass.C:
+        klass = CatalogClass.NOT_LISTED if terms is None else CatalogClass.C
+        result = ItemResult(
+            line.sequence_no,
+            line.catalog_code,
+            klass,
+            0,
+            terms.price_ceiling if terms else None,
+            amount,
+            amount,
+            0,
+            0,
+            0,
+        )
+        why = "not listed on " + str(day) if terms is None else f"class C since {since}"
+        return result, TraceEntry(
+            f"items[{line.sequence_no}]", "full_self_pay", where, f"{why}: full self-pay {fen(amount)}"
+        )
+    over = split_over_ceiling(line, terms.price_ceiling)
+    remaining = amount - over
+    pre = apply_b_share(remaining, terms) if terms.catalog_class is CatalogClass.B else 0
+    result = ItemResult(
+        line.sequence_no,
+        line.catalog_code,
+        terms.catalog_class,
+        terms.b_share_bp if terms.catalog_class is CatalogClass.B else 0,
+        terms.price_ceiling,
+        amount,
+        0,
+        over,
+        pre,
+        remaining - pre,
+    )
+    detail = f"class {terms.catalog_class} since {since}; amount {fen(amount)}"
+    if over:
+        ceiling = fen(terms.price_ceiling or 0)
+        detail += f"; over ceiling ({fen(line.unit_price)}-{ceiling})×{line.quantity}={fen(over)}"
+    if pre:
+        detail += f"; B share {terms.b_share_bp / 100:g}% of {fen(remaining)} = {fen(pre)}"
+    detail += f"; in scope {fen(result.in_scope)}"
+    return result, TraceEntry(f"items[{line.sequence_no}]", "price_item", f"{where} since {since}", detail)
+
+
+def split_over_ceiling(line: FeeLine, price_ceiling: int | None) -> int:
+    """Rule 2 (限价): (price − ceiling) × quantity is the patient's."""
+    if price_ceiling is None or line.unit_price <= price_ceiling:
+        return 0
+    return (line.unit_price - price_ceiling) * line.quantity
+
+
+def apply_b_share(remaining: int, terms: CatalogTerms) -> int:
+    """Rule 3 (乙类先行自付): round(remaining × B share), half up."""
+    return share_of(remaining, terms.b_share_bp)
+
+
+def apply_deductible(in_scope: int, deductible: int, already_used: int) -> int:
+    """Rule 5 (起付线): min(in scope, deductible − deductible used this year)."""
+    return max(0, min(in_scope, deductible - already_used))
+
+
+def apply_ratio(payable: int, ratio_bp: int) -> int:
+    """Rule 6a (报销比例): round(payable × ratio), half up, once per visit."""
+    return share_of(payable, ratio_bp)
+
+
+def cap_fund_payment(fund: int, annual_cap: int | None, fund_paid: int) -> tuple[int, int | None]:
+    """Rule 6b (年度限额): the fund pays at most the cap left this year.
+    Returns (fund pays, cap remaining after it)."""
+    if annual_cap is None:
+        return fund, None
+    left = max(0, annual_cap - fund_paid)
+    paid = min(fund, left)
+    return paid, left - paid
+
+
+def compute_settlement(
+    lines: Sequence[FeeLine],
+    catalog: Catalog,
+    terms: DiseaseTerms,
+    terms_source: str,
+    totals: YearlyTotals,
+    day: date,
+) -> SettlementResult:
+    """结算: price every line with the treatment region's catalog, then apply the
+    insured region's deductible, ratio and cap against this year's totals."""
+    priced = [price_item(line, catalog, day) for line in lines]
+    items = tuple(item for item, _ in priced)
+    trace = [entry for _, entry in priced]
+
+    total = sum(i.amount for i in items)
+    in_scope = sum(i.in_scope for i in items)
+    deductible_applied = apply_deductible(in_scope, terms.deductible, totals.deductible_used)
+    trace.append(
+        TraceEntry(
+            "deductible_applied_fen",
+            "apply_deductible",
+            terms_source,
+            f"min(in scope {fen(in_scope)}, deductible {fen(terms.deductible)} − used "
+            f"{fen(totals.deductible_used)}) = {fen(deductible_applied)}",
+        )
+    )
+    before_cap = apply_ratio(in_scope - deductible_applied, terms.ratio_bp)
+    trace.append(
+        TraceEntry(
+            "fund_pays_fen",
+            "apply_ratio",
+            terms_source,
+            f"round(({fen(in_scope)} − {fen(deductible_applied)}) × {terms.ratio_bp / 100:g}%) "
+            f"= {fen(before_cap)}",
+        )
+    )
+    fund_pays, cap_remaining = cap_fund_payment(before_cap, terms.annual_cap, totals.fund_paid)
+    if terms.annual_cap is not None:
+        trace.append(
+            TraceEntry(
+                "fund_pays_fen",
+                "cap_fund_payment",
+                terms_source,
+                f"min({fen(before_cap)}, cap {fen(terms.annual_cap)} − paid {fen(totals.fund_paid)}) "
+                f"= {fen(fund_pays)}; cap left {fen(cap_remaining or 0)}",
+            )
+        )
+    deductible_used = totals.deductible_used + deductible_applied
+    figures = Figures(
+        total=total,
+        full_self_pay=sum(i.full_self_pay for i in items),
+        over_ceiling=sum(i.over_ceiling for i in items),
+        pre_self_pay=sum(i.pre_self_pay for i in items),
+        in_scope=in_scope,
+        deductible_applied=deductible_applied,
+        fund_pays=fund_pays,
+        ratio_bp=terms.ratio_bp,
+        patient_pays=total - fund_pays,
+        cap_remaining=cap_remaining,
+        deductible_remaining=max(0, terms.deductible - deductible_used),
+    )
+    after = YearlyTotals(deductible_used, totals.fund_paid + fund_pays)
+    return SettlementResult(figures, items, tuple(trace), after)

@@ -1,0 +1,440 @@
+"""Loads a world directory (see docs/world-format.md) into a `World`.
+
+Every problem is reported as one `WorldError` naming the file, the path inside
+it and the reason, so a bad file fails start-up clearly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from settlesim.server.model import (
+    BASIS_POINTS,
+    Catalog,
+    CatalogClass,
+    CatalogItem,
+    CatalogTerms,
+    Coverage,
+    Dated,
+    Disease,
+    DiseaseTerms,
+    Institution,
+    InsuranceType,
+    Period,
+    Person,
+    Qualification,
+    Region,
+    RegionPolicy,
+    Registration,
+    RegistrationScope,
+    RegistrationStatus,
+    Scheme,
+    World,
+)
+
+T = TypeVar("T")
+REGION_CODE = re.compile(r"^\d{6}$")
+MAX_MONEY_FEN = 10**12  # ten billion yuan: anything larger is a typo
+
+
+class WorldError(ValueError):
+    """A world file is malformed: `file: path: reason`."""
+
+    def __init__(self, file: str, path: str, reason: str) -> None:
+        super().__init__(f"{file}: {path or '<top>'}: {reason}")
+        self.file, self.path, self.reason = file, path, reason
+
+
+def default_world_dir() -> Path:
+    """The bundled world: the four seed regions, Sanya and their people."""
+    return Path(str(resources.files("settlesim.server") / "worlds" / "default"))
+
+
+class _Node:
+    """A value read from a file, with where it came from for error messages."""
+
+    __slots__ = ("file", "path", "value")
+
+    def __init__(self, file: str, path: str, value: Any) -> None:
+        self.file, self.path, self.value = file, path, value
+
+    def fail(self, reason: str) -> WorldError:
+        return WorldError(self.file, self.path, reason)
+
+    def child(self, key: str | int, value: Any) -> _Node:
+        sep = f"[{key}]" if isinstance(key, int) else (f".{key}" if self.path else str(key))
+        return _Node(self.file, f"{self.path}{sep}", value)
+
+    def get(self, key: str, default: Any = ...) -> _Node:
+        if not isinstance(self.value, dict):
+            raise self.fail(f"expected a mapping, got {type(self.value).__name__}")
+        if key not in self.value:
+            if default is ...:
+                raise self.fail(f"missing required key {key!r}")
+            return self.child(key, default)
+        return self.child(key, self.value[key])
+
+    def items(self) -> Iterator[tuple[Any, _Node]]:
+        if not isinstance(self.value, dict):
+            raise self.fail(f"expected a mapping, got {type(self.value).__name__}")
+        for key, value in self.value.items():
+            yield key, self.child(str(key), value)
+
+    def list(self) -> Iterator[_Node]:
+        if self.value is None:
+            return
+        if not isinstance(self.value, list):
+            raise self.fail(f"expected a list, got {type(self.value).__name__}")
+        for i, value in enumerate(self.value):
+            yield self.child(i, value)
+
+    def text(self) -> str:
+        if isinstance(self.value, bool) or not isinstance(self.value, str | int):
+            raise self.fail(f"expected text, got {self.value!r}")
+        return str(self.value)
+
+    def optional_text(self) -> str:
+        return "" if self.value is None else self.text()
+
+    def region(self) -> str:
+        code = self.text()
+        if not REGION_CODE.match(code):
+            raise self.fail(f"region code must be 6 digits, got {code!r}")
+        return code
+
+    def boolean(self) -> bool:
+        if not isinstance(self.value, bool):
+            raise self.fail(f"expected true or false, got {self.value!r}")
+        return self.value
+
+    def integer(self, low: int = 0, high: int = MAX_MONEY_FEN) -> int:
+        if isinstance(self.value, bool) or not isinstance(self.value, int):
+            raise self.fail(f"expected a whole number, got {self.value!r}")
+        if not low <= self.value <= high:
+            raise self.fail(f"{self.value} is outside {low}..{high}")
+        return self.value
+
+    def optional_integer(self) -> int | None:
+        return None if self.value is None else self.integer()
+
+    def day(self) -> date:
+        return _as_date(self, self.value)
+
+    def optional_day(self) -> date | None:
+        return None if self.value is None else self.day()
+
+    def percent(self) -> int:
+        """'75%' or '62.5%' -> basis points."""
+        text = self.text()
+        if not text.endswith("%"):
+            raise self.fail(f"expected a percentage like '75%', got {text!r}")
+        try:
+            bp = Decimal(text[:-1]) * 100
+        except InvalidOperation:
+            raise self.fail(f"not a percentage: {text!r}") from None
+        if bp != bp.to_integral_value() or not 0 <= bp <= BASIS_POINTS:
+            raise self.fail(f"{text} must be 0%..100% in steps of 0.01%")
+        return int(bp)
+
+    def choice(self, enum: Callable[[str], T]) -> T:
+        try:
+            return enum(self.text())
+        except ValueError:
+            options = ", ".join(e.value for e in enum)  # type: ignore[attr-defined]
+            raise self.fail(f"{self.value!r} is not one of: {options}") from None
+
+
+def _as_date(node: _Node, value: Any) -> date:
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise node.fail(f"expected a date YYYY-MM-DD, got {value!r}")
+
+
+def _dated(node: _Node, parse: Callable[[_Node], T]) -> Dated[T]:
+    """{effective date: value or null} -> Dated."""
+    versions: dict[date, T | None] = {}
+    for key, child in node.items():
+        versions[_as_date(child, key)] = None if child.value is None else parse(child)
+    if not versions:
+        raise node.fail("needs at least one effective date")
+    return Dated.of(versions)
+
+
+def _read_yaml(path: Path, root: Path) -> _Node:
+    name = str(path.relative_to(root))
+    try:
+        with path.open(encoding="utf-8") as f:
+            return _Node(name, "", yaml.safe_load(f))
+    except yaml.YAMLError as e:
+        raise WorldError(name, "", f"not valid YAML: {e}") from None
+
+
+def _records(root: Path, name: str) -> Iterator[_Node]:
+    """Records of `name.yaml` and of every `name/*.yaml` / `name/*.jsonl`."""
+    single = root / f"{name}.yaml"
+    if single.exists():
+        yield from _read_yaml(single, root).list()
+    folder = root / name
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix == ".yaml":
+                yield from _read_yaml(path, root).list()
+            elif path.suffix == ".jsonl":
+                yield from _jsonl(path, root)
+
+
+def _jsonl(path: Path, root: Path) -> Iterator[_Node]:
+    name = str(path.relative_to(root))
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield _Node(name, f"line {number}", json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise WorldError(name, f"line {number}", f"not valid JSON: {e}") from None
+
+
+def _unique(nodes: Iterable[tuple[str, _Node, T]], what: str) -> dict[str, T]:
+    out: dict[str, T] = {}
+    for key, node, value in nodes:
+        if key in out:
+            raise node.fail(f"duplicate {what} {key!r}")
+        out[key] = value
+    return out
+
+
+# --- one parser per kind of record -----------------------------------------------------------
+
+
+def parse_scheme(node: _Node) -> Scheme:
+    return Scheme(
+        scope=node.get("scope").choice(RegistrationScope),
+        max_institutions=node.get("max_institutions", 2).integer(1, 100),
+        min_residence_months=node.get("min_residence_months", 0).integer(0, 600),
+        allow_settle_at_home=node.get("allow_settle_at_home", False).boolean(),
+    )
+
+
+def parse_terms(node: _Node) -> DiseaseTerms:
+    coverage = node.get("coverage").choice(Coverage)
+    if coverage is not Coverage.CHRONIC_SPECIAL:
+        return DiseaseTerms(coverage)
+    return DiseaseTerms(
+        coverage=coverage,
+        deductible=node.get("deductible_fen").integer(),
+        ratio_bp=node.get("ratio").percent(),
+        annual_cap=node.get("annual_cap_fen").optional_integer(),
+    )
+
+
+def parse_policy(node: _Node, diseases: dict[str, Disease]) -> RegionPolicy:
+    terms = {}
+    for insutype, by_disease in node.get("terms").items():
+        kind = _insurance_type(by_disease, insutype)
+        for disease, dated in by_disease.items():
+            if disease not in diseases:
+                raise dated.fail(f"unknown disease {disease!r} (not in diseases.yaml)")
+            terms[(kind, disease)] = _dated(dated, parse_terms)
+    return RegionPolicy(
+        region=node.get("region").region(),
+        scheme=_dated(node.get("scheme"), parse_scheme),
+        terms=terms,
+        source=node.get("source", "").optional_text(),
+    )
+
+
+def _insurance_type(node: _Node, key: Any) -> InsuranceType:
+    try:
+        return InsuranceType(str(key))
+    except ValueError:
+        raise node.fail(f"insurance type {key!r} is not one of 310, 390") from None
+
+
+def parse_catalog_terms(node: _Node) -> CatalogTerms:
+    klass = node.get("class").choice(CatalogClass)
+    if klass is CatalogClass.NOT_LISTED:
+        raise node.fail("class must be A, B or C (end an item with null instead)")
+    b_share = node.get("b_share", None)
+    if klass is CatalogClass.B and b_share.value is None:
+        raise node.fail("class B needs b_share, e.g. '10%'")
+    if klass is not CatalogClass.B and b_share.value is not None:
+        raise b_share.fail("b_share applies to class B only")
+    return CatalogTerms(
+        catalog_class=klass,
+        b_share_bp=b_share.percent() if b_share.value is not None else 0,
+        price_ceiling=node.get("price_ceiling_fen", None).optional_integer(),
+    )
+
+
+def parse_catalog(node: _Node) -> Catalog:
+    entries = (
+        (
+            (code := item.get("code").text()),
+            item,
+            CatalogItem(
+                code, item.get("name", "").optional_text(), _dated(item.get("terms"), parse_catalog_terms)
+            ),
+        )
+        for item in node.get("items").list()
+    )
+    items = _unique(entries, "catalog item")
+    return Catalog(node.get("region").region(), items, node.get("source", "").optional_text())
+
+
+def parse_institution(node: _Node, regions: dict[str, Region], diseases: dict[str, Disease]) -> Institution:
+    region = node.get("region").region()
+    if region not in regions and region[:4] + "00" not in regions and region[:2] + "0000" not in regions:
+        raise node.get("region").fail(f"unknown region {region!r} (not in regions.yaml)")
+    opened = node.get("opened_diseases", [])
+    for child in opened.list():
+        if child.text() not in diseases:
+            raise child.fail(f"unknown disease {child.value!r}")
+    return Institution(
+        code=node.get("code").text(),
+        name=node.get("name").text(),
+        region=region,
+        level=node.get("level", "").optional_text(),
+        designated=node.get("designated", True).boolean(),
+        connected=node.get("connected", True).boolean(),
+        opened_diseases=frozenset(c.text() for c in opened.list()),
+        departments=frozenset(c.text() for c in node.get("departments", []).list()),
+    )
+
+
+def parse_period(node: _Node) -> Period:
+    start = node.get("from").day()
+    end = node.get("to", None).optional_day()
+    if end is not None and end < start:
+        raise node.fail(f"'to' {end} is before 'from' {start}")
+    return Period(start, end)
+
+
+def parse_registration(node: _Node) -> Registration:
+    status = node.get("status", "active").choice(RegistrationStatus)
+    ended_on = node.get("ended_on", None).optional_day()
+    if status is not RegistrationStatus.ACTIVE and ended_on is None:
+        raise node.fail(f"a {status} registration needs ended_on")
+    return Registration(
+        id=node.get("id").text(),
+        category=node.get("category").text(),
+        destination=node.get("destination").region(),
+        valid=parse_period(node),
+        institutions=tuple(c.text() for c in node.get("institutions", []).list()),
+        status=status,
+        ended_on=ended_on,
+        resident_since=node.get("resident_since", None).optional_day(),
+        replaced_by=node.get("replaced_by", "").optional_text(),
+    )
+
+
+def parse_person(node: _Node, diseases: dict[str, Disease], institutions: dict[str, Institution]) -> Person:
+    certificate = node.get("certificate")
+    qualifications = []
+    for q in node.get("qualifications", []).list():
+        disease = q.get("disease").text()
+        if disease not in diseases:
+            raise q.get("disease").fail(f"unknown disease {disease!r}")
+        qualifications.append(Qualification(disease, parse_period(q)))
+    registrations = [parse_registration(r) for r in node.get("registrations", []).list()]
+    for r, reg in zip(node.get("registrations", []).list(), registrations, strict=True):
+        for code in reg.institutions:
+            if code not in institutions:
+                raise r.get("institutions").fail(f"unknown institution {code!r}")
+    return Person(
+        person_no=node.get("psn_no").text(),
+        name=node.get("name", "").optional_text(),
+        certificate_type=certificate.get("type", "01").text(),
+        certificate_no=certificate.get("number").text(),
+        insured_region=node.get("insured_region").region(),
+        insurance_type=_insurance_type(node.get("insurance_type"), node.get("insurance_type").value),
+        insured=tuple(parse_period(p) for p in node.get("insured").list()),
+        qualifications=tuple(qualifications),
+        registrations=tuple(registrations),
+    )
+
+
+def load_world(root: Path | str | None = None) -> World:
+    """Read a world directory; raise WorldError on the first problem."""
+    root = Path(root) if root is not None else default_world_dir()
+    if not root.is_dir():
+        raise WorldError(str(root), "", "world directory not found")
+    meta_file = root / "world.yaml"
+    meta = _read_yaml(meta_file, root) if meta_file.exists() else _Node("world.yaml", "", {})
+
+    def keyed(nodes: Iterable[_Node], parse: Callable[[_Node], T], key: Callable[[T], str]):
+        for node in nodes:
+            value = parse(node)
+            yield key(value), node, value
+
+    regions = _unique(
+        keyed(
+            _records(root, "regions"),
+            lambda n: Region(n.get("code").region(), n.get("name").text()),
+            lambda r: r.code,
+        ),
+        "region",
+    )
+    diseases = _unique(
+        keyed(
+            _records(root, "diseases"),
+            lambda n: Disease(n.get("code").text(), n.get("name").text()),
+            lambda d: d.code,
+        ),
+        "disease",
+    )
+    policies = _unique(
+        keyed(_yaml_files(root, "policies"), lambda n: parse_policy(n, diseases), lambda p: p.region),
+        "policy",
+    )
+    catalogs = _unique(keyed(_yaml_files(root, "catalogs"), parse_catalog, lambda c: c.region), "catalog")
+    institution_nodes = list(_records(root, "institutions"))
+    institutions = _unique(
+        keyed(institution_nodes, lambda n: parse_institution(n, regions, diseases), lambda i: i.code),
+        "institution",
+    )
+    tokens = {
+        n.get("code").text(): n.get("token").text()
+        for n in institution_nodes
+        if n.value.get("token") is not None
+    }
+    people = _unique(
+        keyed(
+            _records(root, "people"), lambda n: parse_person(n, diseases, institutions), lambda p: p.person_no
+        ),
+        "person",
+    )
+    for code in policies:
+        if code not in regions:
+            raise WorldError(f"policies/{code}.yaml", "region", f"unknown region {code!r}")
+    by_certificate = {(p.certificate_type, p.certificate_no): p.person_no for p in people.values()}
+    return World(
+        name=meta.get("name", root.name).text(),
+        regions=regions,
+        diseases=diseases,
+        policies=policies,
+        catalogs=catalogs,
+        institutions=institutions,
+        people=people,
+        people_by_certificate=by_certificate,
+        institution_tokens=tokens,
+    )
+
+
+def _yaml_files(root: Path, folder: str) -> Iterator[_Node]:
+    path = root / folder
+    if path.is_dir():
+        for file in sorted(path.glob("*.yaml")):
+            yield _read_yaml(file, root)
