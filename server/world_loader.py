@@ -173,11 +173,27 @@ def _dated(node: _Node, parse: Callable[[_Node], T]) -> Dated[T]:
     return Dated.of(versions)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps an impossible date such as 2021-02-30 as text, so
+    that `_as_date` reports it with its file and path (PyYAML's own timestamp
+    constructor raises a bare ValueError that names neither)."""
+
+
+def _timestamp_or_text(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
 def _read_yaml(path: Path, root: Path) -> _Node:
     name = str(path.relative_to(root))
     try:
         with path.open(encoding="utf-8") as f:
-            return _Node(name, "", yaml.safe_load(f))
+            return _Node(name, "", yaml.load(f, Loader=_Loader))  # _Loader is a SafeLoader
     except yaml.YAMLError as e:
         raise WorldError(name, "", f"not valid YAML: {e}") from None
 
