@@ -182,8 +182,14 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
         )
     scheme_since, scheme = scheme_on
     partial |= {"policy": policy, "scheme": scheme}
-    at_home = province_of(person.insured_region) == province_of(institution.region)
-    if at_home and not scheme.allow_settle_at_home:
+    same_province = province_of(person.insured_region) == province_of(institution.region)
+    # "Settle back home" (Datong 2025) means the insured region itself, not its whole province.
+    at_home = (
+        same_province
+        and scheme.allow_settle_at_home
+        and region_covers(person.insured_region, institution.region)
+    )
+    if same_province and not at_home:
         return Eligibility(
             Reason.NOT_CROSS_PROVINCE,
             f"{institution.code} ({institution.region}) is in the insured province of "

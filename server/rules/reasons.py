@@ -4,6 +4,7 @@ equal."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -54,3 +55,28 @@ class Reason(StrEnum):
     SESSIONS_DISABLED = "SESSIONS_DISABLED"
     # injected faults
     INJECTED_FAULT = "INJECTED_FAULT"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One malformed field (becomes a google.rpc.BadRequest.FieldViolation)."""
+
+    field: str
+    description: str
+    reason: Reason
+
+
+class Refusal(Exception):
+    """A request the platform refuses, with its stable reason. Raised by
+    validation, the rules and the ledger; the gRPC adapter turns it into a
+    status with ErrorInfo (and BadRequest when `violations` are given)."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        violations: tuple[Violation, ...] = (),
+        **metadata: str,
+    ) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.violations, self.metadata = reason, message, violations, metadata

@@ -1,0 +1,242 @@
+"""A mock hospital HIS: builds requests the way an HIS does, generates msgids in
+the national format, and retries with the same msgid so a lost answer never
+becomes a second settlement.
+
+    from settlesim.clients.hospital import Fee, Hospital
+    his = Hospital.connect("127.0.0.1:50051", "H11010500001")
+    answer = his.settle("63000000000000000001", "M00503", "2021-12-09",
+                        [Fee("A-CHEMO-001", 17963)])
+    answer.settlement.totals.fund_pays_fen   # 12963
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TypeVar
+
+import grpc
+from settlesim.v1 import settlement_service_pb2 as pb
+from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
+
+SESSION_HEADER = "x-settlesim-session"
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Fee:
+    """One fee line as the HIS records it; amount = unit price × quantity."""
+
+    catalog_code: str
+    unit_price_fen: int
+    quantity: int = 1
+    hospital_item_code: str = ""
+    name: str = ""
+
+    @property
+    def amount_fen(self) -> int:
+        return self.unit_price_fen * self.quantity
+
+
+class MsgidFactory:
+    """msgid 报文ID: institution code + yyyyMMddHHmmss + a 4-digit sequence,
+    unique per process and institution (the sequence wraps after 9999 a second)."""
+
+    def __init__(self, institution_code: str, clock: Callable[[], datetime] = datetime.now) -> None:
+        self.institution_code = institution_code
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._second = ""
+        self._seq = itertools.count(1)
+
+    def __call__(self) -> str:
+        with self._lock:
+            second = self._clock().strftime("%Y%m%d%H%M%S")
+            if second != self._second:
+                self._second, self._seq = second, itertools.count(1)
+            seq = next(self._seq)
+            while seq > 9999:  # more than 9999 in one second: wait for the next one
+                time.sleep(0.001)
+                second = self._clock().strftime("%Y%m%d%H%M%S")
+                if second != self._second:
+                    self._second, self._seq = second, itertools.count(1)
+                seq = next(self._seq)
+            return f"{self.institution_code}{second}{seq:04d}"
+
+
+class SettlementUncertain(Exception):
+    """Retries ran out without an answer: the platform may or may not have
+    committed `msgid`. Void it (2601) or retry later with the same msgid."""
+
+    def __init__(self, msgid: str, last_error: grpc.RpcError) -> None:
+        super().__init__(f"no answer for msgid {msgid}: {last_error.code().name}")
+        self.msgid, self.last_error = msgid, last_error
+
+
+def fee_items(fees: Iterable[Fee]) -> list[pb.FeeItem]:
+    return [
+        pb.FeeItem(
+            sequence_no=f"{i:04d}",
+            catalog_code=fee.catalog_code,
+            hospital_item_code=fee.hospital_item_code or f"HIS-{fee.catalog_code}",
+            unit_price_fen=fee.unit_price_fen,
+            quantity=fee.quantity,
+            amount_fen=fee.amount_fen,
+            item_name=fee.name,
+        )
+        for i, fee in enumerate(fees, 1)
+    ]
+
+
+class Hospital:
+    """One institution's HIS talking to the platform."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        institution_code: str,
+        *,
+        session: str = "",
+        deadline: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.05,
+        metadata: Sequence[tuple[str, str]] = (),
+        operator: str = "mock-his",
+    ) -> None:
+        self.channel = channel
+        self.stub = pb_grpc.SettlementServiceStub(channel)
+        self.institution_code = institution_code
+        self.next_msgid = MsgidFactory(institution_code)
+        self.deadline, self.retries, self.backoff = deadline, retries, backoff
+        self.metadata = tuple(metadata) + (((SESSION_HEADER, session),) if session else ())
+        self.operator = operator
+
+    @classmethod
+    def connect(cls, target: str, institution_code: str, **kwargs: object) -> Hospital:
+        return cls(grpc.insecure_channel(target), institution_code, **kwargs)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def visit(
+        self, person_no: str, disease_code: str, visit_date: str | date, insurance_type: int = 0
+    ) -> pb.Visit:
+        return pb.Visit(
+            institution_code=self.institution_code,
+            person=pb.PersonRef(person_no=person_no),
+            disease_code=disease_code,
+            visit_date=str(visit_date),
+            insurance_type=insurance_type,  # type: ignore[arg-type]
+            medical_type=pb.MEDICAL_TYPE_CHRONIC_SPECIAL_OUTPATIENT,
+        )
+
+    def settlement_request(
+        self,
+        person_no: str,
+        disease_code: str,
+        visit_date: str | date,
+        fees: Iterable[Fee],
+        msgid: str | None = None,
+    ) -> pb.SettlementRequest:
+        return pb.SettlementRequest(
+            msgid=msgid or self.next_msgid(),
+            visit=self.visit(person_no, disease_code, visit_date),
+            items=fee_items(fees),
+            operator=self.operator,
+        )
+
+    # --- calls --------------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., T], request: object, *, retry: bool = True) -> T:
+        """Call with a deadline; retry transient failures with the SAME request
+        (and so the same msgid), which the platform answers idempotently."""
+        attempts = 1 + (self.retries if retry else 0)
+        for attempt in range(attempts):
+            try:
+                return method(request, timeout=self.deadline, metadata=self.metadata)
+            except grpc.RpcError as error:
+                if error.code() not in TRANSIENT or attempt == attempts - 1:
+                    raise
+                time.sleep(self.backoff * (2**attempt))
+        raise AssertionError("unreachable")
+
+    def verify(
+        self, person_no: str, disease_code: str, visit_date: str | date, insurance_type: int = 0
+    ) -> pb.VerifyRegistrationResponse:
+        request = pb.VerifyRegistrationRequest(
+            visit=self.visit(person_no, disease_code, visit_date, insurance_type)
+        )
+        return self._call(self.stub.VerifyRegistration, request)
+
+    def pre_settle(
+        self, person_no: str, disease_code: str, visit_date: str | date, fees: Iterable[Fee]
+    ) -> pb.Settlement:
+        request = self.settlement_request(person_no, disease_code, visit_date, fees)
+        return self._call(self.stub.PreSettleVisit, pb.PreSettleVisitRequest(request=request)).settlement
+
+    def settle_request(self, request: pb.SettlementRequest) -> pb.SettleVisitResponse:
+        """Settle a prepared request; raises SettlementUncertain when no answer came."""
+        try:
+            return self._call(self.stub.SettleVisit, pb.SettleVisitRequest(request=request))
+        except grpc.RpcError as error:
+            if error.code() in TRANSIENT:
+                raise SettlementUncertain(request.msgid, error) from error
+            raise
+
+    def settle(
+        self,
+        person_no: str,
+        disease_code: str,
+        visit_date: str | date,
+        fees: Iterable[Fee],
+        msgid: str | None = None,
+    ) -> pb.SettleVisitResponse:
+        return self.settle_request(self.settlement_request(person_no, disease_code, visit_date, fees, msgid))
+
+    def reverse(self, settlement_id: str, msgid: str | None = None) -> pb.ReverseSettlementResponse:
+        request = pb.ReverseSettlementRequest(
+            msgid=msgid or self.next_msgid(),
+            institution_code=self.institution_code,
+            settlement_id=settlement_id,
+            operator=self.operator,
+        )
+        return self._call(self.stub.ReverseSettlement, request)
+
+    def void(self, original_msgid: str, msgid: str | None = None) -> pb.VoidByMessageIdResponse:
+        request = pb.VoidByMessageIdRequest(
+            msgid=msgid or self.next_msgid(),
+            institution_code=self.institution_code,
+            original_msgid=original_msgid,
+            original_infno="2207",
+            operator=self.operator,
+        )
+        return self._call(self.stub.VoidByMessageId, request)
+
+    def get(self, settlement_id: str = "", msgid: str = "") -> pb.Settlement:
+        request = pb.GetSettlementRequest(
+            institution_code=self.institution_code, settlement_id=settlement_id, msgid=msgid
+        )
+        return self._call(self.stub.GetSettlement, request).settlement
+
+    def reconcile(
+        self,
+        start: str | date,
+        end: str | date,
+        hospital: pb.ReconcileFigures | None = None,
+        include_entries: bool = False,
+    ) -> pb.ReconcileResponse:
+        request = pb.ReconcileRequest(
+            institution_code=self.institution_code,
+            start_date=str(start),
+            end_date=str(end),
+            hospital=hospital or pb.ReconcileFigures(),
+            include_entries=include_entries,
+        )
+        return self._call(self.stub.Reconcile, request)

@@ -1,0 +1,82 @@
+"""Plain results -> protobuf answers (the outbound half of the gRPC adapter)."""
+
+from __future__ import annotations
+
+from settlesim.server.model import CatalogClass, Coverage, Registration, RegistrationScope, Scheme, TraceEntry
+from settlesim.server.rules.settlement import SettlementResult
+from settlesim.v1 import settlement_service_pb2 as pb
+
+CATALOG_CLASS = {
+    CatalogClass.A: pb.CATALOG_CLASS_A,
+    CatalogClass.B: pb.CATALOG_CLASS_B,
+    CatalogClass.C: pb.CATALOG_CLASS_C,
+    CatalogClass.NOT_LISTED: pb.CATALOG_CLASS_NOT_LISTED,
+}
+COVERAGE = {
+    Coverage.CHRONIC_SPECIAL: pb.COVERAGE_CHRONIC_SPECIAL,
+    Coverage.GENERAL_OUTPATIENT: pb.COVERAGE_GENERAL_OUTPATIENT,
+    Coverage.NONE: pb.COVERAGE_NONE,
+}
+STATUS = {
+    "settled": pb.SETTLEMENT_STATUS_SETTLED,
+    "reversed": pb.SETTLEMENT_STATUS_REVERSED,
+    "voided": pb.SETTLEMENT_STATUS_VOIDED,
+}
+
+
+def registration(reg: Registration | None, scheme: Scheme | None) -> pb.Registration | None:
+    if reg is None:
+        return None
+    institution_level = scheme is not None and scheme.scope is RegistrationScope.INSTITUTION
+    return pb.Registration(
+        registration_id=reg.id,
+        category=reg.category,
+        destination_region=reg.destination,
+        scope=pb.REGISTRATION_SCOPE_INSTITUTION if institution_level else pb.REGISTRATION_SCOPE_CITY,
+        institution_codes=reg.institutions,
+        valid_from=reg.valid.start.isoformat(),
+        valid_until=reg.valid.end.isoformat() if reg.valid.end else "",
+    )
+
+
+def trace(entries: tuple[TraceEntry, ...]) -> list[pb.TraceEntry]:
+    return [pb.TraceEntry(figure=e.figure, rule=e.rule, source=e.source, detail=e.detail) for e in entries]
+
+
+def figures(result: SettlementResult) -> pb.SettlementTotals:
+    f = result.figures
+    totals = pb.SettlementTotals(
+        total_fen=f.total,
+        full_self_pay_fen=f.full_self_pay,
+        over_ceiling_self_pay_fen=f.over_ceiling,
+        pre_self_pay_fen=f.pre_self_pay,
+        in_scope_fen=f.in_scope,
+        deductible_applied_fen=f.deductible_applied,
+        fund_pays_fen=f.fund_pays,
+        ratio_bp=f.ratio_bp,
+        patient_pays_fen=f.patient_pays,
+        deductible_remaining_fen=f.deductible_remaining,
+    )
+    if f.cap_remaining is not None:
+        totals.cap_remaining_fen = f.cap_remaining
+    return totals
+
+
+def items(result: SettlementResult) -> list[pb.SettledItem]:
+    out = []
+    for i in result.items:
+        item = pb.SettledItem(
+            sequence_no=i.sequence_no,
+            catalog_code=i.catalog_code,
+            catalog_class=CATALOG_CLASS[i.catalog_class],
+            self_pay_share_bp=i.b_share_bp,
+            amount_fen=i.amount,
+            full_self_pay_fen=i.full_self_pay,
+            over_ceiling_self_pay_fen=i.over_ceiling,
+            pre_self_pay_fen=i.pre_self_pay,
+            in_scope_fen=i.in_scope,
+        )
+        if i.price_ceiling is not None:
+            item.price_ceiling_fen = i.price_ceiling
+        out.append(item)
+    return out

@@ -1,0 +1,143 @@
+"""Starting and stopping the reference platform: a real gRPC server with the
+standard health and reflection services, structured logs and graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from settlesim.server.ledger import Ledger
+from settlesim.server.model import World
+from settlesim.server.service import SettlementService
+from settlesim.server.world_loader import load_world
+from settlesim.v1 import settlement_service_pb2 as pb
+from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: 500 fee items fit many times over
+
+log = logging.getLogger("settlesim.server")
+
+
+def default_db_path() -> Path:
+    """~/.local/share/settlesim/settlesim.db (platformdirs' user data dir)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("settlesim")) / "settlesim.db"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    world_dir: Path | None = None  # None: the bundled default world
+    db_path: Path | None = None  # None: default_db_path()
+    max_workers: int = 16
+    allow_sessions: bool = True
+    options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    world: World
+    ledger: Ledger
+    health: health.HealthServicer
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Drain in-flight calls, then close the ledger."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.ledger.close()
+
+
+def start(config: ServerConfig, world: World | None = None) -> RunningServer:
+    world = world if world is not None else load_world(config.world_dir)
+    ledger = Ledger(config.db_path or default_db_path())
+    service = SettlementService(world, ledger, allow_sessions=config.allow_sessions)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="settle"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_SettlementServiceServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError:  # grpc reports a failed bind this way
+        port = 0
+    if port == 0:
+        ledger.close()
+        raise OSError(f"cannot listen on {config.host}:{config.port} (address in use or not local?)")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, world, ledger, health_servicer)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: easy to grep, easy to ship."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "info", json_lines: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def serve_forever(config: ServerConfig) -> int:
+    """`settlesim serve`: run until SIGTERM or SIGINT, then drain and exit 0."""
+    running = start(config)
+    db = config.db_path or default_db_path()
+    log.info(
+        "serving world %r (%d people, %d institutions) on %s:%d, ledger %s",
+        running.world.name, len(running.world.people), len(running.world.institutions),
+        config.host, running.port, db,
+    )  # fmt: skip
+    log.warning(
+        "INSECURE local development mode: no TLS, and the institution code in each request is trusted"
+    )
+    # A line for people and scripts, whatever the log format.
+    print(f"settlesim serving on {config.host}:{running.port} (db {db})", flush=True)
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, draining", signal.Signals(signum).name)
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopped.wait()
+    running.stop()
+    log.info("stopped")
+    return 0

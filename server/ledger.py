@@ -1,0 +1,501 @@
+"""The durable ledger: settlements, yearly running totals and message ids, in
+SQLite (WAL, synchronous=FULL: an acknowledged settlement survives a crash).
+
+The ledger knows no rules. `settle` runs the caller's pure `compute(totals)`
+inside the write transaction, so reading this year's totals, settling and
+updating the totals are one atomic step: concurrent settles for one person can
+never both spend the last of a cap.
+
+Every public call is keyed by a `session` ("" by default): a sandbox namespace
+that replay runs use to keep their state apart (see docs/sessions.md).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from settlesim.server.model import YearlyTotals
+from settlesim.server.rules.reasons import Reason, Refusal
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS settlements (
+    settlement_id      TEXT PRIMARY KEY,
+    session            TEXT NOT NULL,
+    msgid              TEXT NOT NULL,
+    institution_code   TEXT NOT NULL,
+    person_no          TEXT NOT NULL,
+    disease_code       TEXT NOT NULL,
+    visit_date         TEXT NOT NULL,
+    year               INTEGER NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('settled', 'reversed', 'voided')),
+    total              INTEGER NOT NULL,
+    fund_pays          INTEGER NOT NULL,
+    patient_pays       INTEGER NOT NULL,
+    deductible_applied INTEGER NOT NULL,
+    undone_by_msgid    TEXT NOT NULL DEFAULT '',
+    created_at         TEXT NOT NULL,
+    answer             BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS settlements_by_institution
+    ON settlements (session, institution_code, visit_date);
+CREATE INDEX IF NOT EXISTS settlements_by_msgid ON settlements (session, msgid);
+
+CREATE TABLE IF NOT EXISTS yearly_totals (
+    session         TEXT NOT NULL,
+    person_no       TEXT NOT NULL,
+    disease_code    TEXT NOT NULL,
+    year            INTEGER NOT NULL,
+    deductible_used INTEGER NOT NULL,
+    fund_paid       INTEGER NOT NULL,
+    PRIMARY KEY (session, person_no, disease_code, year)
+) WITHOUT ROWID;
+
+-- Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
+-- original msgid voided before it ever settled.
+CREATE TABLE IF NOT EXISTS messages (
+    session          TEXT NOT NULL,
+    msgid            TEXT NOT NULL,
+    kind             TEXT NOT NULL CHECK (kind IN ('settle', 'reverse', 'void', 'blocked')),
+    institution_code TEXT NOT NULL,
+    request_hash     TEXT NOT NULL,
+    settlement_id    TEXT NOT NULL DEFAULT '',
+    created_at       TEXT NOT NULL,
+    PRIMARY KEY (session, msgid)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSettlement:
+    """A settlement as the ledger keeps it. `answer` is the caller's encoded
+    answer (opaque bytes here), returned as-is to a retry."""
+
+    settlement_id: str
+    session: str
+    msgid: str
+    institution_code: str
+    person_no: str
+    disease_code: str
+    visit_date: date
+    total: int
+    fund_pays: int
+    patient_pays: int
+    deductible_applied: int
+    answer: bytes = b""
+    status: str = "settled"
+    undone_by_msgid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileSums:
+    count: int
+    total: int
+    fund_pays: int
+    patient_pays: int
+    entries: tuple[StoredSettlement, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VoidOutcome:
+    settlement: StoredSettlement | None  # None: nothing had settled; the msgid is now blocked
+    replayed: bool
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class Ledger:
+    """One SQLite database. Thread-safe: one connection behind a lock, so every
+    write transaction is serialised (and SQLite's own locking serialises
+    several processes sharing the file)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed on success, rolled back on error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    # --- settle ---------------------------------------------------------------------------
+
+    def settle(
+        self,
+        session: str,
+        msgid: str,
+        institution_code: str,
+        request_hash: str,
+        person_no: str,
+        disease_code: str,
+        year: int,
+        compute: Callable[[YearlyTotals], tuple[StoredSettlement, YearlyTotals]],
+    ) -> tuple[StoredSettlement, bool]:
+        """Commit a settlement once per msgid. Returns (settlement, replayed)."""
+        with self._write() as db:
+            seen = db.execute(
+                "SELECT kind, request_hash, settlement_id, institution_code FROM messages "
+                "WHERE session = ? AND msgid = ?",
+                (session, msgid),
+            ).fetchone()
+            if seen is not None:
+                kind, seen_hash, settlement_id, seen_institution = seen
+                if kind == "blocked":
+                    raise Refusal(
+                        Reason.MSGID_VOIDED, f"msgid {msgid} was voided and cannot settle", msgid=msgid
+                    )
+                if kind == "settle" and seen_hash == request_hash and seen_institution == institution_code:
+                    return self._get(db, session, settlement_id), True
+                raise Refusal(
+                    Reason.MSGID_REUSED,
+                    f"msgid {msgid} was already used for a different request",
+                    msgid=msgid,
+                )
+            totals = self._totals(db, session, person_no, disease_code, year)
+            stored, after = compute(totals)
+            stored = replace(stored, session=session)
+            self._insert(db, stored, year)
+            db.execute(
+                "INSERT INTO messages VALUES (?, ?, 'settle', ?, ?, ?, ?)",
+                (session, msgid, institution_code, request_hash, stored.settlement_id, _now()),
+            )
+            self._put_totals(db, session, person_no, disease_code, year, after)
+            return stored, False
+
+    def yearly_totals(self, session: str, person_no: str, disease_code: str, year: int) -> YearlyTotals:
+        with self._read() as db:
+            return self._totals(db, session, person_no, disease_code, year)
+
+    # --- undo: reverse (2208) and void (2601) -----------------------------------------------
+
+    def reverse(
+        self, session: str, msgid: str, institution_code: str, request_hash: str, settlement_id: str
+    ) -> tuple[StoredSettlement, bool]:
+        """Reverse a settlement by id and restore the yearly totals, once."""
+        with self._write() as db:
+            replay = self._replay(db, session, msgid, "reverse", institution_code, request_hash)
+            if replay is not None:
+                return self._get(db, session, replay), True
+            stored = self._owned(db, session, settlement_id, institution_code)
+            undone = self._undo(db, stored, "reversed", msgid)
+            db.execute(
+                "INSERT INTO messages VALUES (?, ?, 'reverse', ?, ?, ?, ?)",
+                (session, msgid, institution_code, request_hash, settlement_id, _now()),
+            )
+            return undone, False
+
+    def void(
+        self, session: str, msgid: str, institution_code: str, request_hash: str, original_msgid: str
+    ) -> VoidOutcome:
+        """Void whatever `original_msgid` did; if it never settled, block it."""
+        with self._write() as db:
+            replay = self._replay(db, session, msgid, "void", institution_code, request_hash)
+            if replay is not None:
+                return VoidOutcome(self._get(db, session, replay) if replay != "-" else None, True)
+            original = db.execute(
+                "SELECT kind, settlement_id, institution_code FROM messages WHERE session = ? AND msgid = ?",
+                (session, original_msgid),
+            ).fetchone()
+            voided: StoredSettlement | None = None
+            if original is None:
+                db.execute(
+                    "INSERT INTO messages VALUES (?, ?, 'blocked', ?, '', '', ?)",
+                    (session, original_msgid, institution_code, _now()),
+                )
+            else:
+                kind, settlement_id, owner = original
+                if owner != institution_code:
+                    raise Refusal(
+                        Reason.INSTITUTION_NOT_CALLER,
+                        f"msgid {original_msgid} belongs to another institution",
+                        msgid=original_msgid,
+                    )
+                if kind == "settle":
+                    voided = self._undo(db, self._get(db, session, settlement_id), "voided", msgid)
+                elif kind != "blocked":
+                    raise Refusal(
+                        Reason.FIELD_INVALID,
+                        f"msgid {original_msgid} is a {kind}; only settlements can be voided",
+                        field="original_msgid",
+                    )
+            db.execute(
+                "INSERT INTO messages VALUES (?, ?, 'void', ?, ?, ?, ?)",
+                (
+                    session,
+                    msgid,
+                    institution_code,
+                    request_hash,
+                    voided.settlement_id if voided else "-",
+                    _now(),
+                ),
+            )
+            return VoidOutcome(voided, False)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def get(
+        self, session: str, institution_code: str, settlement_id: str = "", msgid: str = ""
+    ) -> StoredSettlement:
+        with self._read() as db:
+            if not settlement_id:
+                row = db.execute(
+                    "SELECT settlement_id FROM settlements WHERE session = ? AND msgid = ?", (session, msgid)
+                ).fetchone()
+                if row is None:
+                    raise Refusal(
+                        Reason.SETTLEMENT_NOT_FOUND, f"no settlement for msgid {msgid}", msgid=msgid
+                    )
+                settlement_id = row[0]
+            return self._owned(db, session, settlement_id, institution_code)
+
+    def reconcile(
+        self, session: str, institution_code: str, start: date, end: date, with_entries: bool
+    ) -> ReconcileSums:
+        """对账: settlements in force (not reversed or voided) by visit date."""
+        with self._read() as db:
+            where = (
+                "FROM settlements WHERE session = ? AND institution_code = ? AND status = 'settled' "
+                "AND visit_date BETWEEN ? AND ?"
+            )
+            args = (session, institution_code, start.isoformat(), end.isoformat())
+            count, total, fund, patient = db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(total), 0), COALESCE(SUM(fund_pays), 0), "
+                f"COALESCE(SUM(patient_pays), 0) {where}",
+                args,
+            ).fetchone()
+            entries: tuple[StoredSettlement, ...] = ()
+            if with_entries:
+                rows = db.execute(f"SELECT * {where} ORDER BY visit_date, created_at", args).fetchall()
+                entries = tuple(self._row(r) for r in rows)
+            return ReconcileSums(count, total, fund, patient, entries)
+
+    # --- invariants ---------------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        """Problems with the ledger's invariants; empty when it is sound:
+        yearly totals equal the sum of settlements in force, every settle msgid
+        has exactly one settlement, and every settlement's money adds up."""
+        problems: list[str] = []
+        with self._read() as db:
+            expected = {
+                (s, p, d, y): (ded, fund)
+                for s, p, d, y, ded, fund in db.execute(
+                    "SELECT session, person_no, disease_code, year, SUM(deductible_applied), SUM(fund_pays) "
+                    "FROM settlements WHERE status = 'settled' GROUP BY 1, 2, 3, 4"
+                )
+            }
+            actual = {
+                (s, p, d, y): (ded, fund)
+                for s, p, d, y, ded, fund in db.execute("SELECT * FROM yearly_totals")
+            }
+            for key in sorted(set(expected) | set(actual)):
+                want, have = expected.get(key, (0, 0)), actual.get(key, (0, 0))
+                if want != have:
+                    problems.append(
+                        f"yearly totals {key}: deductible/fund {have} but settlements in force sum to {want}"
+                    )
+            for msgid, count in db.execute(
+                "SELECT msgid, COUNT(*) FROM settlements GROUP BY session, msgid HAVING COUNT(*) > 1"
+            ):
+                problems.append(f"msgid {msgid} has {count} settlements")
+            for (settlement_id,) in db.execute(
+                "SELECT s.settlement_id FROM settlements s LEFT JOIN messages m "
+                "ON m.session = s.session AND m.msgid = s.msgid AND m.kind = 'settle' "
+                "AND m.settlement_id = s.settlement_id WHERE m.msgid IS NULL"
+            ):
+                problems.append(f"settlement {settlement_id} has no settle message")
+            for settlement_id, total, fund, patient in db.execute(
+                "SELECT settlement_id, total, fund_pays, patient_pays FROM settlements "
+                "WHERE fund_pays + patient_pays != total OR fund_pays < 0 OR patient_pays < 0"
+            ):
+                problems.append(
+                    f"settlement {settlement_id}: fund {fund} + patient {patient} != total {total}"
+                )
+        return problems
+
+    def counts(self) -> dict[str, int]:
+        with self._read() as db:
+            return dict(db.execute("SELECT status, COUNT(*) FROM settlements GROUP BY status").fetchall())
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _replay(
+        self, db: sqlite3.Connection, session: str, msgid: str, kind: str, institution: str, request_hash: str
+    ) -> str | None:
+        """The settlement id a repeated identical call answered, or None if new."""
+        seen = db.execute(
+            "SELECT kind, request_hash, settlement_id, institution_code FROM messages "
+            "WHERE session = ? AND msgid = ?",
+            (session, msgid),
+        ).fetchone()
+        if seen is None:
+            return None
+        if seen[0] == kind and seen[1] == request_hash and seen[3] == institution:
+            return seen[2]
+        raise Refusal(
+            Reason.MSGID_REUSED, f"msgid {msgid} was already used for a different request", msgid=msgid
+        )
+
+    def _owned(
+        self, db: sqlite3.Connection, session: str, settlement_id: str, institution_code: str
+    ) -> StoredSettlement:
+        stored = self._get(db, session, settlement_id)
+        if stored.institution_code != institution_code:
+            raise Refusal(
+                Reason.INSTITUTION_NOT_CALLER,
+                f"settlement {settlement_id} belongs to another institution",
+                settlement_id=settlement_id,
+            )
+        return stored
+
+    def _undo(
+        self, db: sqlite3.Connection, stored: StoredSettlement, status: str, by: str
+    ) -> StoredSettlement:
+        if stored.status != "settled":
+            reason = Reason.ALREADY_REVERSED if stored.status == "reversed" else Reason.ALREADY_VOIDED
+            raise Refusal(
+                reason,
+                f"settlement {stored.settlement_id} is already {stored.status}",
+                settlement_id=stored.settlement_id,
+            )
+        db.execute(
+            "UPDATE settlements SET status = ?, undone_by_msgid = ? WHERE settlement_id = ?",
+            (status, by, stored.settlement_id),
+        )
+        db.execute(
+            "UPDATE yearly_totals SET deductible_used = deductible_used - ?, fund_paid = fund_paid - ? "
+            "WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
+            (
+                stored.deductible_applied,
+                stored.fund_pays,
+                stored.session,
+                stored.person_no,
+                stored.disease_code,
+                stored.visit_date.year,
+            ),
+        )
+        return replace(stored, status=status, undone_by_msgid=by)
+
+    @staticmethod
+    def _totals(
+        db: sqlite3.Connection, session: str, person_no: str, disease: str, year: int
+    ) -> YearlyTotals:
+        row = db.execute(
+            "SELECT deductible_used, fund_paid FROM yearly_totals "
+            "WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
+            (session, person_no, disease, year),
+        ).fetchone()
+        return YearlyTotals(*row) if row else YearlyTotals()
+
+    @staticmethod
+    def _put_totals(
+        db: sqlite3.Connection, session: str, person_no: str, disease: str, year: int, totals: YearlyTotals
+    ) -> None:
+        db.execute(
+            "INSERT INTO yearly_totals VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            "deductible_used = excluded.deductible_used, fund_paid = excluded.fund_paid",
+            (session, person_no, disease, year, totals.deductible_used, totals.fund_paid),
+        )
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, s: StoredSettlement, year: int) -> None:
+        db.execute(
+            "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                s.settlement_id,
+                s.session,
+                s.msgid,
+                s.institution_code,
+                s.person_no,
+                s.disease_code,
+                s.visit_date.isoformat(),
+                year,
+                s.status,
+                s.total,
+                s.fund_pays,
+                s.patient_pays,
+                s.deductible_applied,
+                s.undone_by_msgid,
+                _now(),
+                s.answer,
+            ),
+        )
+
+    def _get(self, db: sqlite3.Connection, session: str, settlement_id: str) -> StoredSettlement:
+        row = db.execute(
+            "SELECT * FROM settlements WHERE session = ? AND settlement_id = ?", (session, settlement_id)
+        ).fetchone()
+        if row is None:
+            raise Refusal(
+                Reason.SETTLEMENT_NOT_FOUND,
+                f"no settlement {settlement_id}",
+                settlement_id=settlement_id,
+            )
+        return self._row(row)
+
+    @staticmethod
+    def _row(row: tuple[Any, ...]) -> StoredSettlement:
+        (
+            sid,
+            session,
+            msgid,
+            inst,
+            person,
+            disease,
+            visit,
+            _year,
+            status,
+            total,
+            fund,
+            patient,
+            ded,
+            by,
+            _at,
+            doc,
+        ) = row
+        return StoredSettlement(
+            settlement_id=sid,
+            session=session,
+            msgid=msgid,
+            institution_code=inst,
+            person_no=person,
+            disease_code=disease,
+            visit_date=date.fromisoformat(visit),
+            total=total,
+            fund_pays=fund,
+            patient_pays=patient,
+            deductible_applied=ded,
+            answer=doc,
+            status=status,
+            undone_by_msgid=by,
+        )

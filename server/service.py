@@ -1,0 +1,365 @@
+"""The gRPC servicer: one request flows top to bottom —
+validation -> registration check -> rules -> ledger -> answer.
+
+It translates messages to plain data and back; the rules and the ledger know
+nothing of gRPC. Every refusal leaves as a status with an ErrorInfo reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from settlesim.server import answers, validation
+from settlesim.server.ledger import Ledger, StoredSettlement
+from settlesim.server.model import VisitKey, World, YearlyTotals
+from settlesim.server.rules.eligibility import Eligibility, check_registration
+from settlesim.server.rules.reasons import Reason, Refusal
+from settlesim.server.rules.settlement import SettlementResult, compute_settlement
+from settlesim.server.status import to_status
+from settlesim.v1 import settlement_service_pb2 as pb
+from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("settlesim.server")
+
+SESSION_HEADER = "x-settlesim-session"
+_SESSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+R = TypeVar("R")
+
+
+def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
+    """Turn a Refusal into its gRPC status; anything else is a bug and is
+    logged with its traceback before gRPC answers INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self: SettlementService, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except Refusal as refusal:
+            log.info("%s refused: %s %s", method.__name__, refusal.reason, refusal.message)
+            context.abort_with_status(to_status(refusal))
+            raise  # abort_with_status raises; this keeps type checkers honest
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            raise
+
+    return wrapper
+
+
+def request_hash(message: Any) -> str:
+    """Identity of a request for idempotency: same msgid + same bytes = retry."""
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the ledger namespace and the institution the transport
+    vouches for ("" when the transport proves nothing, as in insecure mode)."""
+
+    session: str
+    institution: str
+
+
+class SettlementService(pb_grpc.SettlementServiceServicer):
+    def __init__(
+        self,
+        world: World,
+        ledger: Ledger,
+        *,
+        allow_sessions: bool = True,
+        authenticate: Callable[[grpc.ServicerContext], str] | None = None,
+    ) -> None:
+        """`authenticate` names the institution the transport vouches for (client
+        certificate or token) or raises Refusal; None trusts the request, as the
+        insecure local stub does."""
+        self.world = world
+        self.ledger = ledger
+        self.allow_sessions = allow_sessions
+        self.authenticate = authenticate
+
+    # --- who is calling ---------------------------------------------------------------------
+
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        session = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == SESSION_HEADER:
+                session = value
+        if session and not self.allow_sessions:
+            raise Refusal(Reason.SESSIONS_DISABLED, "this server does not accept session-scoped sandboxes")
+        if session and not _SESSION.match(session):
+            raise Refusal(
+                Reason.FIELD_INVALID,
+                f"metadata {SESSION_HEADER} must be 1-64 letters, digits or ._-",
+                field=SESSION_HEADER,
+            )
+        return Caller(session, self.authenticate(context) if self.authenticate else "")
+
+    def acting_for(self, caller: Caller, institution_code: str) -> str:
+        """The institution a request acts for: it must be the caller's own."""
+        if caller.institution and institution_code != caller.institution:
+            raise Refusal(
+                Reason.INSTITUTION_NOT_CALLER,
+                f"the caller is {caller.institution}; it cannot act for {institution_code}",
+                institution_code=institution_code,
+            )
+        return institution_code
+
+    # --- the calls ----------------------------------------------------------------------------
+
+    @refusals_as_status
+    def VerifyRegistration(self, request: pb.VerifyRegistrationRequest, context: grpc.ServicerContext):
+        caller = self.caller(context)
+        visit = validation.visit_key(request.visit, self.world)
+        self.acting_for(caller, visit.institution_code)
+        return self._verification(visit, check_registration(self.world, visit))
+
+    @refusals_as_status
+    def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.ServicerContext):
+        caller = self.caller(context)
+        plan = self._plan(caller, request.request)
+        totals = self.ledger.yearly_totals(
+            caller.session, plan.person_no, plan.visit.disease_code, plan.visit.visit_date.year
+        )
+        return pb.PreSettleVisitResponse(settlement=plan.answer(plan.compute(totals), "", ""))
+
+    @refusals_as_status
+    def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.ServicerContext):
+        caller = self.caller(context)
+        plan = self._plan(caller, request.request)
+
+        def settle(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
+            result = plan.compute(totals)
+            answer = plan.answer(
+                result, "S" + uuid.uuid4().hex[:19].upper(), "V" + uuid.uuid4().hex[:19].upper()
+            )
+            f = result.figures
+            stored = StoredSettlement(
+                settlement_id=answer.settlement_id,
+                session=caller.session,
+                msgid=plan.msgid,
+                institution_code=plan.visit.institution_code,
+                person_no=plan.person_no,
+                disease_code=plan.visit.disease_code,
+                visit_date=plan.visit.visit_date,
+                total=f.total,
+                fund_pays=f.fund_pays,
+                patient_pays=f.patient_pays,
+                deductible_applied=f.deductible_applied,
+                answer=answer.SerializeToString(),
+            )
+            return stored, result.totals_after
+
+        stored, replayed = self.ledger.settle(
+            caller.session,
+            plan.msgid,
+            plan.visit.institution_code,
+            request_hash(request.request),
+            plan.person_no,
+            plan.visit.disease_code,
+            plan.visit.visit_date.year,
+            settle,
+        )
+        log.info(
+            "settled %s msgid=%s fund=%d replayed=%s",
+            stored.settlement_id,
+            plan.msgid,
+            stored.fund_pays,
+            replayed,
+        )
+        return pb.SettleVisitResponse(settlement=settlement_answer(stored), replayed=replayed)
+
+    @refusals_as_status
+    def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.ServicerContext):
+        caller = self.caller(context)
+        validation.required_codes(
+            msgid=request.msgid,
+            institution_code=request.institution_code,
+            settlement_id=request.settlement_id,
+        )
+        institution = self.acting_for(caller, request.institution_code)
+        stored, replayed = self.ledger.reverse(
+            caller.session, request.msgid, institution, request_hash(request), request.settlement_id
+        )
+        return pb.ReverseSettlementResponse(settlement=settlement_answer(stored), replayed=replayed)
+
+    @refusals_as_status
+    def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: grpc.ServicerContext):
+        caller = self.caller(context)
+        validation.required_codes(
+            msgid=request.msgid,
+            institution_code=request.institution_code,
+            original_msgid=request.original_msgid,
+        )
+        if request.msgid == request.original_msgid:
+            raise Refusal(
+                Reason.FIELD_INVALID,
+                "a void needs its own msgid, not the original's",
+                (validation.Violation("msgid", "equals original_msgid", Reason.FIELD_INVALID),),
+            )
+        institution = self.acting_for(caller, request.institution_code)
+        outcome = self.ledger.void(
+            caller.session, request.msgid, institution, request_hash(request), request.original_msgid
+        )
+        answer = pb.VoidByMessageIdResponse(
+            voided_settlement=outcome.settlement is not None, replayed=outcome.replayed
+        )
+        if outcome.settlement is not None:
+            answer.settlement.CopyFrom(settlement_answer(outcome.settlement))
+        return answer
+
+    @refusals_as_status
+    def GetSettlement(self, request: pb.GetSettlementRequest, context: grpc.ServicerContext):
+        caller = self.caller(context)
+        if request.settlement_id:
+            validation.required_codes(
+                institution_code=request.institution_code, settlement_id=request.settlement_id
+            )
+        else:
+            validation.required_codes(institution_code=request.institution_code, msgid=request.msgid)
+        institution = self.acting_for(caller, request.institution_code)
+        stored = self.ledger.get(caller.session, institution, request.settlement_id, request.msgid)
+        return pb.GetSettlementResponse(settlement=settlement_answer(stored))
+
+    @refusals_as_status
+    def Reconcile(self, request: pb.ReconcileRequest, context: grpc.ServicerContext):
+        caller = self.caller(context)
+        validation.required_codes(institution_code=request.institution_code)
+        start, end = validation.date_range(request.start_date, request.end_date)
+        institution = self.acting_for(caller, request.institution_code)
+        sums = self.ledger.reconcile(caller.session, institution, start, end, request.include_entries)
+        platform = pb.ReconcileFigures(
+            count=sums.count,
+            total_fen=sums.total,
+            fund_pays_fen=sums.fund_pays,
+            patient_pays_fen=sums.patient_pays,
+        )
+        hospital = request.hospital
+        mismatched = [
+            name
+            for name in ("count", "total_fen", "fund_pays_fen", "patient_pays_fen")
+            if getattr(hospital, name) != getattr(platform, name)
+        ]
+        answer = pb.ReconcileResponse(matched=not mismatched, platform=platform, mismatched_fields=mismatched)
+        for s in sums.entries:
+            answer.entries.add(
+                settlement_id=s.settlement_id,
+                msgid=s.msgid,
+                visit_date=s.visit_date.isoformat(),
+                total_fen=s.total,
+                fund_pays_fen=s.fund_pays,
+                patient_pays_fen=s.patient_pays,
+            )
+        return answer
+
+    # --- shared steps -------------------------------------------------------------------------
+
+    def _plan(self, caller: Caller, request: pb.SettlementRequest) -> SettlementPlan:
+        """Validation and the registration check: everything before money."""
+        given = validation.settlement_input(request, self.world)
+        self.acting_for(caller, given.visit.institution_code)
+        eligibility = check_registration(self.world, given.visit)
+        if not eligibility.eligible:
+            assert eligibility.reason is not None
+            raise Refusal(
+                eligibility.reason, eligibility.message, **_refusal_metadata(given.visit, eligibility)
+            )
+        institution = self.world.institutions[given.visit.institution_code]
+        catalog = self.world.catalog_for(institution.region)
+        if catalog is None:
+            raise Refusal(
+                Reason.DISEASE_NOT_OPENED,
+                f"treatment region {institution.region} has no catalog loaded",
+                institution_code=institution.code,
+            )
+        return SettlementPlan(self.world, given, eligibility, catalog)
+
+    def _verification(self, visit: VisitKey, e: Eligibility) -> pb.VerifyRegistrationResponse:
+        answer = pb.VerifyRegistrationResponse(
+            eligible=e.eligible,
+            reason=e.reason.value if e.reason else "",
+            message=e.message,
+            coverage=answers.COVERAGE[e.coverage],
+            person_no=e.person.person_no if e.person else "",
+            insured_region=e.person.insured_region if e.person else "",
+            treatment_region=e.institution.region if e.institution else "",
+        )
+        reg = answers.registration(e.registration, e.scheme)
+        if reg is not None:
+            answer.registration.CopyFrom(reg)
+        return answer
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementPlan:
+    """A validated, eligible visit, ready to be priced against yearly totals."""
+
+    world: World
+    given: validation.SettlementInput
+    eligibility: Eligibility
+    catalog: Any
+
+    @property
+    def msgid(self) -> str:
+        return self.given.msgid
+
+    @property
+    def visit(self) -> VisitKey:
+        return self.given.visit
+
+    @property
+    def person_no(self) -> str:
+        assert self.eligibility.person is not None
+        return self.eligibility.person.person_no
+
+    def compute(self, totals: YearlyTotals) -> SettlementResult:
+        e = self.eligibility
+        assert e.terms is not None and e.policy is not None and e.person is not None
+        key = f"{e.policy.region}/{e.person.insurance_type}/{self.visit.disease_code}"
+        source = f"policy {key} since {e.terms_since}"
+        return compute_settlement(
+            self.given.lines, self.catalog, e.terms, source, totals, self.visit.visit_date
+        )
+
+    def answer(self, result: SettlementResult, settlement_id: str, visit_id: str) -> pb.Settlement:
+        e = self.eligibility
+        assert e.person is not None and e.institution is not None
+        return pb.Settlement(
+            settlement_id=settlement_id,
+            visit_id=visit_id,
+            msgid=self.msgid,
+            status=pb.SETTLEMENT_STATUS_SETTLED if settlement_id else pb.SETTLEMENT_STATUS_UNSPECIFIED,
+            institution_code=e.institution.code,
+            person_no=e.person.person_no,
+            insured_region=e.person.insured_region,
+            treatment_region=e.institution.region,
+            disease_code=self.visit.disease_code,
+            visit_date=self.visit.visit_date.isoformat(),
+            insurance_type=int(e.person.insurance_type.value),  # type: ignore[arg-type]
+            totals=answers.figures(result),
+            items=answers.items(result),
+            trace=answers.trace(e.trace + result.trace),
+        )
+
+
+def settlement_answer(stored: StoredSettlement) -> pb.Settlement:
+    """The stored answer, with its current status."""
+    answer = pb.Settlement.FromString(stored.answer)
+    answer.status = answers.STATUS[stored.status]
+    answer.undone_by_msgid = stored.undone_by_msgid
+    return answer
+
+
+def _refusal_metadata(visit: VisitKey, e: Eligibility) -> dict[str, str]:
+    metadata = {"institution_code": visit.institution_code, "disease_code": visit.disease_code}
+    if e.person is not None:
+        metadata["person_no"] = e.person.person_no
+    if e.registration is not None:
+        metadata["registration_id"] = e.registration.id
+    return metadata

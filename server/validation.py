@@ -1,0 +1,202 @@
+"""Request validation: turns protobuf requests into plain data for the rules, or
+refuses them with every malformed field listed (INVALID_ARGUMENT + BadRequest).
+
+Limits (documented in docs/errors.md) keep absurd input from reaching the rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+from settlesim.server.model import FeeLine, InsuranceType, VisitKey, World
+from settlesim.server.rules.reasons import Reason, Refusal, Violation
+from settlesim.v1 import settlement_service_pb2 as pb
+
+MAX_ITEMS = 500  # fee lines per visit
+MAX_UNIT_PRICE_FEN = 100_000_000  # 1,000,000 yuan per unit
+MAX_QUANTITY = 100_000
+MAX_CODE_LENGTH = 64
+MIN_YEAR, MAX_YEAR = 1990, 2100
+CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+_INSURANCE_TYPES = {int(t.value): t for t in InsuranceType}
+_MEDICAL_TYPES = {pb.MEDICAL_TYPE_UNSPECIFIED, pb.MEDICAL_TYPE_CHRONIC_SPECIAL_OUTPATIENT}
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementInput:
+    """A validated settle or pre-settle request."""
+
+    msgid: str
+    visit: VisitKey
+    lines: tuple[FeeLine, ...]
+
+
+class _Checker:
+    """Collects violations so one answer lists every problem."""
+
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+
+    def add(self, field: str, description: str, reason: Reason) -> None:
+        self.violations.append(Violation(field, description, reason))
+
+    def code(self, field: str, value: str, *, required: bool = True) -> str:
+        if not value:
+            if required:
+                self.add(field, "required", Reason.FIELD_MISSING)
+            return value
+        if len(value) > MAX_CODE_LENGTH or not CODE.match(value):
+            self.add(
+                field,
+                f"must be 1-{MAX_CODE_LENGTH} letters, digits or ._:/- (got {value[:80]!r})",
+                Reason.FIELD_INVALID,
+            )
+        return value
+
+    def day(self, field: str, value: str) -> date | None:
+        if not value:
+            self.add(field, "required (YYYY-MM-DD)", Reason.FIELD_MISSING)
+            return None
+        try:
+            parsed = date.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is None or len(value) != 10 or not MIN_YEAR <= parsed.year <= MAX_YEAR:
+            self.add(field, f"must be a date YYYY-MM-DD in {MIN_YEAR}..{MAX_YEAR}", Reason.FIELD_INVALID)
+            return None
+        return parsed
+
+    def refuse_if_any(self) -> None:
+        if self.violations:
+            first = self.violations[0]
+            message = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:10])
+            raise Refusal(first.reason, f"malformed request: {message}", tuple(self.violations))
+
+
+def _visit(check: _Checker, visit: pb.Visit, world: World, prefix: str) -> VisitKey | None:
+    institution = check.code(f"{prefix}.institution_code", visit.institution_code)
+    if institution and not check.violations and institution not in world.institutions:
+        check.add(
+            f"{prefix}.institution_code", f"unknown institution {institution}", Reason.UNKNOWN_INSTITUTION
+        )
+    person = visit.person
+    check.code(f"{prefix}.person.person_no", person.person_no, required=False)
+    check.code(f"{prefix}.person.certificate_type", person.certificate_type, required=False)
+    check.code(f"{prefix}.person.certificate_no", person.certificate_no, required=False)
+    if not person.person_no and not person.certificate_no:
+        check.add(f"{prefix}.person", "give person_no or certificate_no", Reason.FIELD_MISSING)
+    disease = check.code(f"{prefix}.disease_code", visit.disease_code)
+    if disease and CODE.match(disease) and disease not in world.diseases:
+        check.add(f"{prefix}.disease_code", f"unknown disease {disease[:64]}", Reason.UNKNOWN_DISEASE)
+    day = check.day(f"{prefix}.visit_date", visit.visit_date)
+    insurance_type = None
+    if visit.insurance_type != pb.INSURANCE_TYPE_UNSPECIFIED:
+        insurance_type = _INSURANCE_TYPES.get(visit.insurance_type)
+        if insurance_type is None:
+            check.add(
+                f"{prefix}.insurance_type", f"unknown value {visit.insurance_type}", Reason.FIELD_INVALID
+            )
+    if visit.medical_type not in _MEDICAL_TYPES:
+        check.add(f"{prefix}.medical_type", "only 14 (门诊慢特病) is settled here", Reason.FIELD_INVALID)
+    if check.violations or day is None:
+        return None
+    return VisitKey(
+        institution_code=institution,
+        disease_code=disease,
+        visit_date=day,
+        person_no=person.person_no,
+        certificate_type=person.certificate_type,
+        certificate_no=person.certificate_no,
+        insurance_type=insurance_type,
+    )
+
+
+def _lines(check: _Checker, items: Iterable[pb.FeeItem], count: int, prefix: str) -> tuple[FeeLine, ...]:
+    if count == 0:
+        check.add(prefix, "at least one fee item is required", Reason.ITEMS_EMPTY)
+        return ()
+    if count > MAX_ITEMS:
+        check.add(prefix, f"{count} items; at most {MAX_ITEMS} per visit", Reason.TOO_MANY_ITEMS)
+        return ()
+    lines, seen = [], set()
+    for i, item in enumerate(items):
+        at = f"{prefix}[{i}]"
+        before = len(check.violations)
+        sequence_no = check.code(f"{at}.sequence_no", item.sequence_no)
+        if sequence_no in seen:
+            check.add(
+                f"{at}.sequence_no", f"duplicate sequence_no {sequence_no}", Reason.DUPLICATE_SEQUENCE_NO
+            )
+        seen.add(sequence_no)
+        check.code(f"{at}.catalog_code", item.catalog_code)
+        check.code(f"{at}.hospital_item_code", item.hospital_item_code, required=False)
+        if item.unit_price_fen < 0:
+            check.add(f"{at}.unit_price_fen", "must not be negative", Reason.PRICE_NEGATIVE)
+        elif item.unit_price_fen > MAX_UNIT_PRICE_FEN:
+            check.add(
+                f"{at}.unit_price_fen", f"above the limit {MAX_UNIT_PRICE_FEN}", Reason.AMOUNT_OUT_OF_RANGE
+            )
+        if item.quantity <= 0:
+            check.add(f"{at}.quantity", "must be positive", Reason.QUANTITY_NOT_POSITIVE)
+        elif item.quantity > MAX_QUANTITY:
+            check.add(f"{at}.quantity", f"above the limit {MAX_QUANTITY}", Reason.AMOUNT_OUT_OF_RANGE)
+        if len(check.violations) == before:
+            if item.amount_fen != item.unit_price_fen * item.quantity:
+                check.add(
+                    f"{at}.amount_fen",
+                    f"{item.amount_fen} is not unit_price_fen × quantity "
+                    f"= {item.unit_price_fen * item.quantity}",
+                    Reason.AMOUNT_MISMATCH,
+                )
+            else:
+                lines.append(
+                    FeeLine(
+                        sequence_no,
+                        item.catalog_code,
+                        item.unit_price_fen,
+                        item.quantity,
+                        item.hospital_item_code,
+                    )
+                )
+    return tuple(lines)
+
+
+def visit_key(visit: pb.Visit, world: World) -> VisitKey:
+    check = _Checker()
+    key = _visit(check, visit, world, "visit")
+    check.refuse_if_any()
+    assert key is not None
+    return key
+
+
+def settlement_input(request: pb.SettlementRequest, world: World) -> SettlementInput:
+    check = _Checker()
+    msgid = check.code("request.msgid", request.msgid)
+    if len(request.operator) > MAX_CODE_LENGTH:
+        check.add("request.operator", f"at most {MAX_CODE_LENGTH} characters", Reason.FIELD_INVALID)
+    key = _visit(check, request.visit, world, "request.visit")
+    lines = _lines(check, request.items, len(request.items), "request.items")
+    check.refuse_if_any()
+    assert key is not None
+    return SettlementInput(msgid, key, lines)
+
+
+def required_codes(**fields: str) -> None:
+    """Check plain id fields (msgid, settlement_id, ...) of the other calls."""
+    check = _Checker()
+    for name, value in fields.items():
+        check.code(name, value)
+    check.refuse_if_any()
+
+
+def date_range(start: str, end: str) -> tuple[date, date]:
+    check = _Checker()
+    first, last = check.day("start_date", start), check.day("end_date", end)
+    if first and last and last < first:
+        check.add("end_date", "is before start_date", Reason.FIELD_INVALID)
+    check.refuse_if_any()
+    assert first is not None and last is not None
+    return first, last

@@ -1,0 +1,5 @@
+import sys
+
+from settlesim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""The one command line: `settlesim SUBCOMMAND`. Each subcommand's work lives in
+server/ or clients/; this module only parses arguments and reports errors as one
+line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An expected failure, printed as one line without a traceback."""
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser(prog: str, sub: argparse._SubParsersAction, help: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        prog,
+        help=help,
+        description=help,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "serve",
+        sub,
+        "Run the reference settlement platform (the local development stub).",
+        _examples(
+            "settlesim serve                          # bundled world, default ledger, 127.0.0.1:50051",
+            "settlesim serve --port 0 --db /tmp/s.db  # any free port, a throw-away ledger",
+            "settlesim serve --world ./my-world --host 0.0.0.0",
+            "grpcurl -plaintext 127.0.0.1:50051 list  # reflection is on",
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (default 50051)")
+    p.add_argument("--world", type=Path, help="world directory (default: the bundled world)")
+    p.add_argument(
+        "--db",
+        type=Path,
+        default=os.environ.get("SETTLESIM_DB"),
+        help="SQLite ledger (default $SETTLESIM_DB or ~/.local/share/settlesim/settlesim.db)",
+    )
+    p.add_argument("--workers", type=int, default=16, help="request threads (default 16)")
+    p.add_argument(
+        "--no-sessions",
+        action="store_true",
+        help="refuse the x-settlesim-session sandbox header (see docs/sessions.md)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--plain-logs", action="store_true", help="human log lines instead of JSON lines")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from settlesim.server.app import ServerConfig, configure_logging, serve_forever
+
+    configure_logging(args.log_level, json_lines=not args.plain_logs)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        world_dir=args.world,
+        db_path=args.db,
+        max_workers=args.workers,
+        allow_sessions=not args.no_sessions,
+    )
+    return serve_forever(config)
+
+
+# --- world ----------------------------------------------------------------------------------
+
+
+def add_world(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "world",
+        sub,
+        "Work with world data (regions, policies, catalogs, institutions, people).",
+        _examples(
+            "settlesim world check ./my-world",
+            "settlesim world generate --persons 100000 --seed 7 /tmp/world-100k",
+        ),
+    )
+    world_sub = p.add_subparsers(dest="world_command", required=True, metavar="{check,generate}")
+    check = _parser(
+        "check", world_sub, "Load a world directory and report the first problem.",
+        _examples("settlesim world check ./my-world"),
+    )  # fmt: skip
+    check.add_argument("path", type=Path, nargs="?", help="world directory (default: the bundled world)")
+    check.set_defaults(run=run_world_check)
+    gen = _parser(
+        "generate",
+        world_sub,
+        "Write a synthetic world with N people (deterministic for a seed).",
+        _examples(
+            "settlesim world generate --persons 1000 /tmp/world-1k",
+            "settlesim world generate --persons 1000000 --seed 42 /tmp/world-1m",
+        ),
+    )
+    gen.add_argument("--persons", type=int, required=True, help="number of insured people")
+    gen.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    gen.add_argument("out_dir", type=Path, help="directory to write (created; must be empty or absent)")
+    gen.set_defaults(run=run_world_generate)
+
+
+def run_world_check(args: argparse.Namespace) -> int:
+    from settlesim.server.world_loader import load_world
+
+    world = load_world(args.path)
+    print(
+        f"world {world.name!r} is valid: {len(world.regions)} regions, {len(world.policies)} policies, "
+        f"{len(world.catalogs)} catalogs, {len(world.institutions)} institutions, {len(world.people)} people"
+    )
+    return 0
+
+
+def run_world_generate(args: argparse.Namespace) -> int:
+    from settlesim.server.world_generate import generate_world
+
+    if args.persons < 1:
+        raise CliError("--persons must be at least 1")
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        raise CliError(f"{args.out_dir} is not empty")
+    report = generate_world(args.out_dir, args.persons, args.seed)
+    print(report.summary() if hasattr(report, "summary") else report)
+    return 0
+
+
+# --- ledger ---------------------------------------------------------------------------------
+
+
+def add_ledger(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "ledger",
+        sub,
+        "Inspect a ledger database.",
+        _examples("settlesim ledger check --db ~/.local/share/settlesim/settlesim.db"),
+    )
+    ledger_sub = p.add_subparsers(dest="ledger_command", required=True, metavar="{check}")
+    check = _parser(
+        "check",
+        ledger_sub,
+        "Verify the ledger's invariants: yearly totals equal the sum of settlements in force, "
+        "one settlement per msgid, fund + patient = total. Exits 1 when any fails.",
+        _examples("settlesim ledger check --db /tmp/s.db"),
+    )
+    check.add_argument("--db", type=Path, required=True, help="SQLite ledger file")
+    check.set_defaults(run=run_ledger_check)
+
+
+def run_ledger_check(args: argparse.Namespace) -> int:
+    from settlesim.server.ledger import Ledger
+
+    if not args.db.exists():
+        raise CliError(f"no ledger at {args.db}")
+    ledger = Ledger(args.db)
+    try:
+        problems, counts = ledger.check(), ledger.counts()
+    finally:
+        ledger.close()
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no settlements"
+    if problems:
+        for problem in problems:
+            print(f"FAIL {problem}")
+        print(f"ledger {args.db}: {len(problems)} problem(s); {summary}")
+        return 1
+    print(f"ledger {args.db}: OK; {summary}")
+    return 0
+
+
+# --- main -----------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_world, add_ledger]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="settlesim",
+        description="Stub, conformance suite and load kit for cross-province outpatient "
+        "chronic/special-disease (门诊慢特病) direct settlement.",
+        epilog=_examples("settlesim serve", "settlesim SUBCOMMAND --help"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CliError as e:
+        print(f"settlesim: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one clear line for the errors users meet
+        from settlesim.server.world_loader import WorldError
+
+        if isinstance(e, WorldError | OSError):
+            print(f"settlesim: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Fixtures: a real reference server on a free port with a throw-away ledger,
+and mock hospitals talking to it over real gRPC."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from settlesim.clients.hospital import Hospital
+from settlesim.server.app import RunningServer, ServerConfig, start
+
+CANCER_HOSPITAL = "H11010500001"  # 中国医学科学院肿瘤医院
+FUWAI = "H11010200002"  # 中国医学科学院阜外医院
+SANYA_NAMED = "H46020000001"
+SANYA_OTHER = "H46020000002"
+SANYA_UNDESIGNATED = "H46020000003"
+SANYA_UNCONNECTED = "H46020000004"
+DATONG_HOME = "H14020000001"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db", max_workers=8))
+    yield running
+    running.stop(grace=1)
+
+
+@pytest.fixture
+def hospital(server: RunningServer) -> Iterator[Callable[..., Hospital]]:
+    opened: list[Hospital] = []
+
+    def make(institution_code: str = CANCER_HOSPITAL, **kwargs: object) -> Hospital:
+        his = Hospital.connect(server.target, institution_code, **kwargs)
+        opened.append(his)
+        return his
+
+    yield make
+    for his in opened:
+        his.close()
+
+
+class ServerProcess:
+    """`settlesim serve` in its own process, for restarts and crashes."""
+
+    def __init__(self, db: Path, *extra: str) -> None:
+        self.db, self.extra = db, extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--db", str(self.db), *self.extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if match := re.search(r"serving on [\d.]+:(\d+)", line):
+                self.port = int(match.group(1))
+                break
+            if not line and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+        else:
+            raise TimeoutError("server did not start")
+        with grpc.insecure_channel(self.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = health.Check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = 15, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def make(db: Path | None = None, *extra: str) -> ServerProcess:
+        process = ServerProcess(db or tmp_path / "ledger.db", *extra).start()
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        if process.proc and process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()

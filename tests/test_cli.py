@@ -1,0 +1,70 @@
+"""The command line: help with examples everywhere, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from settlesim.cli import build_parser
+
+
+def settlesim(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "settlesim", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _subcommands(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommands(sub, (*prefix, name))
+
+
+@pytest.mark.parametrize("command", list(_subcommands(build_parser())), ids=" ".join)
+def test_every_subcommand_has_help_with_examples(command):
+    result = settlesim(*command, "--help")
+    assert result.returncode == 0
+    assert "examples:" in result.stdout
+
+
+def test_bad_world_is_one_clear_line(tmp_path):
+    (tmp_path / "regions.yaml").write_text("- {code: '12', name: bad}\n")
+    result = settlesim("world", "check", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "regions.yaml" in result.stderr and "6 digits" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_one_clear_line(server, tmp_path):
+    result = settlesim("serve", "--port", str(server.port), "--db", str(tmp_path / "x.db"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "in use" in result.stderr
+
+
+def test_ledger_check_missing_db(tmp_path):
+    result = settlesim("ledger", "check", "--db", str(tmp_path / "none.db"))
+    assert result.returncode == 2 and "no ledger" in result.stderr
+
+
+def test_world_check_bundled():
+    result = settlesim("world", "check")
+    assert result.returncode == 0 and "is valid" in result.stdout
+
+
+def test_every_reason_is_documented_with_its_status_code():
+    from pathlib import Path
+
+    from google.rpc import code_pb2
+    from settlesim.server.rules.reasons import Reason
+    from settlesim.server.status import code_for
+
+    table = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    for reason in Reason:
+        row = next((line for line in table.splitlines() if line.startswith(f"| `{reason.value}` |")), None)
+        assert row is not None, f"{reason} missing from docs/errors.md"
+        assert code_pb2.Code.Name(code_for(reason)) in row

@@ -1,0 +1,58 @@
+"""The server as an operator runs it: a separate process, health, reflection,
+graceful shutdown, and a ledger that survives restarts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+from conftest import CANCER_HOSPITAL
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from settlesim.clients.hospital import Fee, Hospital
+from settlesim.v1 import settlement_service_pb2 as pb
+
+QINGHAI = "63000000000000000001"
+
+
+def test_ledger_survives_restart_and_retry_still_replays(server_process, tmp_path):
+    """Reference case figures (see test_server_settlement): fund 12963, patient 5000."""
+    db = tmp_path / "restart.db"
+    first = server_process(db)
+    his = Hospital.connect(first.target, CANCER_HOSPITAL)
+    request = his.settlement_request(
+        QINGHAI, "M00503", "2021-12-09", [Fee("A-CONSULT-001", 5000), Fee("A-CHEMO-001", 12963)]
+    )
+    settled = his.settle_request(request)
+    his.close()
+    assert first.stop() == 0  # SIGTERM drains and exits cleanly
+
+    second = server_process(db)
+    his = Hospital.connect(second.target, CANCER_HOSPITAL)
+    stored = his.get(settled.settlement.settlement_id)
+    assert stored.totals.fund_pays_fen == 12963 and stored.totals.patient_pays_fen == 5000
+    again = his.settle_request(request)
+    assert again.replayed and again.settlement.settlement_id == settled.settlement.settlement_id
+    his.close()
+    check = subprocess.run(
+        [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(db)],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout
+    assert "1 settled" in check.stdout
+
+
+def test_health_and_reflection(server):
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        service = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+        assert {"settlesim.v1.SettlementService", "grpc.health.v1.Health"} <= names
