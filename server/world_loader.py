@@ -38,6 +38,7 @@ from settlesim.server.model import (
     RegistrationStatus,
     Scheme,
     World,
+    region_lineage,
 )
 
 T = TypeVar("T")
@@ -152,6 +153,14 @@ class _Node:
             raise self.fail(f"{self.value!r} is not one of: {options}") from None
 
 
+def _known_region(node: _Node, regions: dict[str, Region]) -> str:
+    """A region code that regions.yaml lists, itself or through its city or province."""
+    code = node.region()
+    if not any(r in regions for r in region_lineage(code)):
+        raise node.fail(f"unknown region {code!r} (not in regions.yaml)")
+    return code
+
+
 def _as_date(node: _Node, value: Any) -> date:
     if isinstance(value, date):
         return value
@@ -196,6 +205,8 @@ def _read_yaml(path: Path, root: Path) -> _Node:
             return _Node(name, "", yaml.load(f, Loader=_Loader))  # _Loader is a SafeLoader
     except yaml.YAMLError as e:
         raise WorldError(name, "", f"not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise WorldError(name, "", f"not UTF-8 text: {e.reason} at byte {e.start}") from None
 
 
 def _records(root: Path, name: str) -> Iterator[_Node]:
@@ -215,12 +226,15 @@ def _records(root: Path, name: str) -> Iterator[_Node]:
 def _jsonl(path: Path, root: Path) -> Iterator[_Node]:
     name = str(path.relative_to(root))
     with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
+        number = 0
+        try:
+            for number, line in enumerate(f, 1):
+                if line.strip():
                     yield _Node(name, f"line {number}", json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise WorldError(name, f"line {number}", f"not valid JSON: {e}") from None
+        except json.JSONDecodeError as e:
+            raise WorldError(name, f"line {number}", f"not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise WorldError(name, f"after line {number}", f"not UTF-8 text: {e.reason}") from None
 
 
 def _unique(nodes: Iterable[tuple[str, _Node, T]], what: str) -> dict[str, T]:
@@ -256,7 +270,7 @@ def parse_terms(node: _Node) -> DiseaseTerms:
     )
 
 
-def parse_policy(node: _Node, diseases: dict[str, Disease]) -> RegionPolicy:
+def parse_policy(node: _Node, diseases: dict[str, Disease], regions: dict[str, Region]) -> RegionPolicy:
     terms = {}
     for insutype, by_disease in node.get("terms").items():
         kind = _insurance_type(by_disease, insutype)
@@ -265,7 +279,7 @@ def parse_policy(node: _Node, diseases: dict[str, Disease]) -> RegionPolicy:
                 raise dated.fail(f"unknown disease {disease!r} (not in diseases.yaml)")
             terms[(kind, disease)] = _dated(dated, parse_terms)
     return RegionPolicy(
-        region=node.get("region").region(),
+        region=_known_region(node.get("region"), regions),
         scheme=_dated(node.get("scheme"), parse_scheme),
         terms=terms,
         source=node.get("source", "").optional_text(),
@@ -295,7 +309,7 @@ def parse_catalog_terms(node: _Node) -> CatalogTerms:
     )
 
 
-def parse_catalog(node: _Node) -> Catalog:
+def parse_catalog(node: _Node, regions: dict[str, Region]) -> Catalog:
     entries = (
         (
             (code := item.get("code").text()),
@@ -307,13 +321,11 @@ def parse_catalog(node: _Node) -> Catalog:
         for item in node.get("items").list()
     )
     items = _unique(entries, "catalog item")
-    return Catalog(node.get("region").region(), items, node.get("source", "").optional_text())
+    return Catalog(_known_region(node.get("region"), regions), items, node.get("source", "").optional_text())
 
 
 def parse_institution(node: _Node, regions: dict[str, Region], diseases: dict[str, Disease]) -> Institution:
-    region = node.get("region").region()
-    if region not in regions and region[:4] + "00" not in regions and region[:2] + "0000" not in regions:
-        raise node.get("region").fail(f"unknown region {region!r} (not in regions.yaml)")
+    region = _known_region(node.get("region"), regions)
     opened = node.get("opened_diseases", [])
     for child in opened.list():
         if child.text() not in diseases:
@@ -338,7 +350,7 @@ def parse_period(node: _Node) -> Period:
     return Period(start, end)
 
 
-def parse_registration(node: _Node) -> Registration:
+def parse_registration(node: _Node, regions: dict[str, Region]) -> Registration:
     status = node.get("status", "active").choice(RegistrationStatus)
     ended_on = node.get("ended_on", None).optional_day()
     if status is not RegistrationStatus.ACTIVE and ended_on is None:
@@ -346,7 +358,7 @@ def parse_registration(node: _Node) -> Registration:
     return Registration(
         id=node.get("id").text(),
         category=node.get("category").text(),
-        destination=node.get("destination").region(),
+        destination=_known_region(node.get("destination"), regions),
         valid=parse_period(node),
         institutions=tuple(c.text() for c in node.get("institutions", []).list()),
         status=status,
@@ -356,7 +368,12 @@ def parse_registration(node: _Node) -> Registration:
     )
 
 
-def parse_person(node: _Node, diseases: dict[str, Disease], institutions: dict[str, Institution]) -> Person:
+def parse_person(
+    node: _Node,
+    diseases: dict[str, Disease],
+    institutions: dict[str, Institution],
+    regions: dict[str, Region],
+) -> Person:
     certificate = node.get("certificate")
     qualifications = []
     for q in node.get("qualifications", []).list():
@@ -364,7 +381,7 @@ def parse_person(node: _Node, diseases: dict[str, Disease], institutions: dict[s
         if disease not in diseases:
             raise q.get("disease").fail(f"unknown disease {disease!r}")
         qualifications.append(Qualification(disease, parse_period(q)))
-    registrations = [parse_registration(r) for r in node.get("registrations", []).list()]
+    registrations = [parse_registration(r, regions) for r in node.get("registrations", []).list()]
     for r, reg in zip(node.get("registrations", []).list(), registrations, strict=True):
         for code in reg.institutions:
             if code not in institutions:
@@ -374,7 +391,7 @@ def parse_person(node: _Node, diseases: dict[str, Disease], institutions: dict[s
         name=node.get("name", "").optional_text(),
         certificate_type=certificate.get("type", "01").text(),
         certificate_no=certificate.get("number").text(),
-        insured_region=node.get("insured_region").region(),
+        insured_region=_known_region(node.get("insured_region"), regions),
         insurance_type=_insurance_type(node.get("insurance_type"), node.get("insurance_type").value),
         insured=tuple(parse_period(p) for p in node.get("insured").list()),
         qualifications=tuple(qualifications),
@@ -412,10 +429,15 @@ def load_world(root: Path | str | None = None) -> World:
         "disease",
     )
     policies = _unique(
-        keyed(_yaml_files(root, "policies"), lambda n: parse_policy(n, diseases), lambda p: p.region),
+        keyed(
+            _yaml_files(root, "policies"), lambda n: parse_policy(n, diseases, regions), lambda p: p.region
+        ),
         "policy",
     )
-    catalogs = _unique(keyed(_yaml_files(root, "catalogs"), parse_catalog, lambda c: c.region), "catalog")
+    catalogs = _unique(
+        keyed(_yaml_files(root, "catalogs"), lambda n: parse_catalog(n, regions), lambda c: c.region),
+        "catalog",
+    )
     institution_nodes = list(_records(root, "institutions"))
     institutions = _unique(
         keyed(institution_nodes, lambda n: parse_institution(n, regions, diseases), lambda i: i.code),
@@ -428,14 +450,22 @@ def load_world(root: Path | str | None = None) -> World:
     }
     people = _unique(
         keyed(
-            _records(root, "people"), lambda n: parse_person(n, diseases, institutions), lambda p: p.person_no
+            _records(root, "people"),
+            lambda n: parse_person(n, diseases, institutions, regions),
+            lambda p: p.person_no,
         ),
         "person",
     )
-    for code in policies:
-        if code not in regions:
-            raise WorldError(f"policies/{code}.yaml", "region", f"unknown region {code!r}")
-    by_certificate = {(p.certificate_type, p.certificate_no): p.person_no for p in people.values()}
+    by_certificate: dict[tuple[str, str], str] = {}
+    for person in people.values():
+        key = (person.certificate_type, person.certificate_no)
+        if key in by_certificate:
+            raise WorldError(
+                "people",
+                person.person_no,
+                f"certificate {key[0]}/{key[1]} also belongs to {by_certificate[key]}",
+            )
+        by_certificate[key] = person.person_no
     return World(
         name=meta.get("name", root.name).text(),
         regions=regions,

@@ -378,3 +378,43 @@ def test_new_region_is_a_data_change_only(world_dir: Path) -> None:
     assert f.deductible_applied == 5000  # min(5880, 5000 - 0), Qinghai policy
     assert f.fund_pays == 880  # round((5880 - 5000) × 100%)
     assert f.patient_pays == 5120  # 6000 - 880
+
+
+# --- cross-references ---------------------------------------------------------------------------
+
+
+def test_person_insured_in_an_unknown_region(world_dir: Path) -> None:
+    edit(world_dir / "people" / "cast.yaml", 'insured_region: "653200"\n  insurance_type: "390"\n  insured: '
+         "[{from: 2012-01-01}]\n  qualifications:\n    - {disease: M00503",
+         'insured_region: "710000"\n  insurance_type: "390"\n  insured: '
+         "[{from: 2012-01-01}]\n  qualifications:\n    - {disease: M00503")  # fmt: skip
+    error = load_error(world_dir)
+    assert error.file == "people/cast.yaml"
+    assert error.path.endswith("insured_region") and "unknown region '710000'" in error.reason
+
+
+def test_registration_to_an_unknown_destination(world_dir: Path) -> None:
+    edit(world_dir / "people" / "cast.yaml", 'id: DT-R-0001, category: retiree_relocation, destination: "110000"',
+         'id: DT-R-0001, category: retiree_relocation, destination: "820000"')  # fmt: skip
+    error = load_error(world_dir)
+    assert error.path.endswith("destination") and "820000" in error.reason
+
+
+def test_policy_for_an_unknown_region_names_its_own_file(world_dir: Path) -> None:
+    (world_dir / "policies" / "653200.yaml").rename(world_dir / "policies" / "hotan.yaml")
+    edit(world_dir / "policies" / "hotan.yaml", 'region: "653200"', 'region: "653300"')
+    edit(world_dir / "regions.yaml", '- {code: "650000", name: 新疆维吾尔自治区 Xinjiang}\n', "")
+    error = load_error(world_dir)
+    assert (error.file, error.path) == ("policies/hotan.yaml", "region")
+
+
+def test_two_people_with_one_certificate(world_dir: Path) -> None:
+    edit(world_dir / "people" / "cast.yaml", 'number: "630102197001010022"', 'number: "630102197001010021"')
+    error = load_error(world_dir)
+    assert "630102197001010021" in error.reason and "63000000000000000001" in error.reason
+
+
+def test_file_that_is_not_utf8(world_dir: Path) -> None:
+    (world_dir / "regions.yaml").write_bytes("- {code: '110000', name: 北京}\n".encode("gb18030"))
+    error = load_error(world_dir)
+    assert error.file == "regions.yaml" and "UTF-8" in error.reason
