@@ -341,6 +341,46 @@ class Ledger:
                 problems.append(
                     f"settlement {settlement_id}: fund {fund} + patient {patient} != total {total}"
                 )
+            problems += self._check_links(db)
+        return problems
+
+    @staticmethod
+    def _check_links(db: sqlite3.Connection) -> list[str]:
+        """The invariants the totals cannot show: an acknowledged settle (its
+        message) still has its settlement, every undone settlement names the
+        reversal or void that undid it, and each settlement sits in its visit's year."""
+        problems = [
+            f"settle msgid {msgid} answered settlement {settlement_id}, which is missing"
+            for msgid, settlement_id in db.execute(
+                "SELECT m.msgid, m.settlement_id FROM messages m LEFT JOIN settlements s "
+                "ON s.session = m.session AND s.settlement_id = m.settlement_id "
+                "WHERE m.kind = 'settle' AND s.settlement_id IS NULL"
+            )
+        ]
+        problems += [
+            f"settlement {settlement_id} is {status} but no {status[:-1]} message {by!r} undid it"
+            for settlement_id, status, by in db.execute(
+                "SELECT s.settlement_id, s.status, s.undone_by_msgid FROM settlements s LEFT JOIN messages m "
+                "ON m.session = s.session AND m.msgid = s.undone_by_msgid "
+                "AND m.settlement_id = s.settlement_id "
+                "AND m.kind = CASE s.status WHEN 'reversed' THEN 'reverse' ELSE 'void' END "
+                "WHERE s.status != 'settled' AND m.msgid IS NULL"
+            )
+        ]
+        problems += [
+            f"settlement {settlement_id}: year {year} is not the year of visit {visit}"
+            for settlement_id, year, visit in db.execute(
+                "SELECT settlement_id, year, visit_date FROM settlements "
+                "WHERE year != CAST(substr(visit_date, 1, 4) AS INTEGER)"
+            )
+        ]
+        problems += [
+            f"settlement {settlement_id}: deductible {deductible} outside 0..total {total}"
+            for settlement_id, deductible, total in db.execute(
+                "SELECT settlement_id, deductible_applied, total FROM settlements "
+                "WHERE deductible_applied < 0 OR deductible_applied > total"
+            )
+        ]
         return problems
 
     def counts(self) -> dict[str, int]:

@@ -154,7 +154,8 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
         "check",
         ledger_sub,
         "Verify the ledger's invariants: yearly totals equal the sum of settlements in force, "
-        "one settlement per msgid, fund + patient = total. Exits 1 when any fails.",
+        "one settlement per msgid and one per acknowledged settle, fund + patient = total, every "
+        "reversed or voided settlement linked to its reversal or void. Exits 1 when any fails.",
         _examples("settlesim ledger check --db /tmp/s.db"),
     )
     check.add_argument("--db", type=Path, required=True, help="SQLite ledger file")

@@ -231,6 +231,11 @@ CORRUPTIONS = {
         "UPDATE settlements SET patient_pays = patient_pays - 1 WHERE visit_date = '2024-04-01'"
     ),
     "settlement without its settle message": "DELETE FROM messages WHERE kind = 'settle'",
+    # An acknowledged settle whose settlement vanished: the totals still agree (it was reversed).
+    "settle message without its settlement": "DELETE FROM settlements WHERE status = 'reversed'",
+    "undone without a reversal or void": "UPDATE settlements SET status = 'voided' WHERE status = 'reversed'",
+    "year not the visit date's": "UPDATE settlements SET year = 2023 WHERE status = 'reversed'",
+    "negative deductible": ("UPDATE settlements SET deductible_applied = -1 WHERE status = 'reversed'"),
 }
 
 
