@@ -6,6 +6,7 @@ it and the reason, so a bad file fails start-up clearly.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,7 @@ from settlesim.server.model import (
     World,
     region_lineage,
 )
+from settlesim.server.world_fast import PersonReader
 
 T = TypeVar("T")
 REGION_CODE = re.compile(r"^\d{6}$")
@@ -400,7 +402,21 @@ def parse_person(
 
 
 def load_world(root: Path | str | None = None) -> World:
-    """Read a world directory; raise WorldError on the first problem."""
+    """Read a world directory; raise WorldError on the first problem.
+
+    The garbage collector is paused while loading (a million people are millions
+    of objects it would otherwise rescan again and again) and the result is frozen
+    out of later collections: the world never changes once loaded."""
+    gc.disable()
+    try:
+        world = _load_world(root)
+    finally:
+        gc.enable()
+    gc.freeze()
+    return world
+
+
+def _load_world(root: Path | str | None) -> World:
     root = Path(root) if root is not None else default_world_dir()
     if not root.is_dir():
         raise WorldError(str(root), "", "world directory not found")
@@ -448,14 +464,15 @@ def load_world(root: Path | str | None = None) -> World:
         for n in institution_nodes
         if n.value.get("token") is not None
     }
-    people = _unique(
-        keyed(
-            _records(root, "people"),
-            lambda n: parse_person(n, diseases, institutions, regions),
-            lambda p: p.person_no,
-        ),
-        "person",
-    )
+    reader = PersonReader(diseases, institutions, regions)
+
+    def person(node: _Node) -> Person:
+        try:
+            return reader.person(node.value)
+        except Exception:  # not the plain shape: the careful parser accepts it or names the problem
+            return parse_person(node, diseases, institutions, regions)
+
+    people = _unique(keyed(_records(root, "people"), person, lambda p: p.person_no), "person")
     by_certificate: dict[tuple[str, str], str] = {}
     for person in people.values():
         key = (person.certificate_type, person.certificate_no)

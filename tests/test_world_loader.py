@@ -418,3 +418,24 @@ def test_file_that_is_not_utf8(world_dir: Path) -> None:
     (world_dir / "regions.yaml").write_bytes("- {code: '110000', name: 北京}\n".encode("gb18030"))
     error = load_error(world_dir)
     assert error.file == "regions.yaml" and "UTF-8" in error.reason
+
+
+def test_fast_person_path_reads_exactly_what_the_careful_parser_reads(tmp_path: Path) -> None:
+    """server/world_fast.py may only change speed: on generated people (plain JSON) it must build
+    the same Person as parse_person, and the careful parser must still reject what it rejects."""
+    from settlesim.server.world_fast import PersonReader
+    from settlesim.server.world_generate import generate_world
+    from settlesim.server.world_loader import _jsonl, parse_person
+
+    out = tmp_path / "gen"
+    generate_world(out, 500, seed=3)
+    world = load_world(out)
+    reader = PersonReader(world.diseases, world.institutions, world.regions)
+    records = [node for path in sorted((out / "people").glob("*.jsonl")) for node in _jsonl(path, out)]
+    assert len(records) == 500
+    for node in records:
+        careful = parse_person(node, dict(world.diseases), dict(world.institutions), dict(world.regions))
+        assert reader.person(node.value) == careful
+    broken = dict(records[0].value, insured_region="999999")
+    with pytest.raises(Exception):  # noqa: B017 - any refusal sends the record to the careful parser
+        reader.person(broken)
