@@ -167,6 +167,12 @@ class Hospital:
                 time.sleep(self.backoff * (2**attempt))
         raise AssertionError("unreachable")
 
+    def call(self, method_name: str, request: object, *, retry: bool = True) -> object:
+        """Send a prepared request to any call by name (e.g. "SettleVisit"), with this
+        client's deadline, session and same-msgid retries; case replay uses it to
+        send requests an HIS would not build, such as malformed ones."""
+        return self._call(getattr(self.stub, method_name), request, retry=retry)
+
     def verify(
         self, person_no: str, disease_code: str, visit_date: str | date, insurance_type: int = 0
     ) -> pb.VerifyRegistrationResponse:

@@ -182,9 +182,94 @@ def run_ledger_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- replay, conformance ----------------------------------------------------------------------
+
+
+def _replay_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", metavar="HOST:PORT", help="the server to test (any implementation of the protos)")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write a JSON report")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
+    p.add_argument("--jobs", type=int, default=4, help="cases run in parallel (default 4)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="only cases with this tag (repeatable)")
+    p.add_argument("--deadline", type=float, default=10.0, help="seconds per call (default 10)")
+    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+
+
+def add_replay(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "replay",
+        sub,
+        "Replay case files (docs/cases.md) against a server and check every answer, money-exact. "
+        "Exit 0 when all pass, 1 when any fails, 2 when nothing could run (bad case, target down).",
+        _examples(
+            "settlesim replay my-cases/ --target 127.0.0.1:50051",
+            "settlesim replay case.yaml --target his-test:50051 --junit out/junit.xml --html out/report.html",
+            "settlesim replay cases/ --target 127.0.0.1:50051 --tag rule:deductible --jobs 8",
+        ),
+    )
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="case files or folders of *.yaml")
+    _replay_options(p)
+    p.set_defaults(run=run_replay)
+
+
+def add_conformance(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "conformance",
+        sub,
+        "Run the bundled conformance suite (every registration reason and settlement rule, the seed "
+        "stories) against a server. Exit codes as for replay.",
+        _examples(
+            "settlesim conformance --target 127.0.0.1:50051",
+            "settlesim conformance --serve       # against a throw-away reference server",
+            "settlesim conformance --target 127.0.0.1:50051 --junit junit.xml --html report.html",
+            "settlesim conformance --list",
+        ),
+    )
+    p.add_argument("--serve", action="store_true", help="start the reference server on a free port and use it")
+    _replay_options(p)
+    p.set_defaults(run=run_conformance)
+
+
+def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False) -> int:
+    from settlesim.clients.replay.command import ReplayError, ReplayOptions, replay
+
+    if args.jobs < 1:
+        raise CliError("--jobs must be at least 1")
+    options = ReplayOptions(
+        target=args.target,
+        serve=serve,
+        jobs=args.jobs,
+        deadline=args.deadline,
+        tags=args.tag,
+        junit=args.junit,
+        json=args.json,
+        html=args.html,
+        list_only=args.list,
+    )
+    try:
+        return replay(paths, options)
+    except ReplayError as e:
+        raise CliError(str(e)) from None
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    return _run_replay(args.paths, args)
+
+
+def run_conformance(args: argparse.Namespace) -> int:
+    from settlesim.clients.replay.command import conformance_cases_dir
+
+    if args.serve and args.target:
+        raise CliError("give --target or --serve, not both")
+    return _run_replay([conformance_cases_dir()], args, serve=args.serve)
+
+
 # --- main -----------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_world, add_ledger]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_serve, add_world, add_ledger, add_replay, add_conformance,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,115 @@
+"""The self-contained HTML report: one file, inline CSS, no scripts or fetches,
+so it can be attached to a CI run and opened anywhere."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jinja2
+
+TEMPLATE = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>settlesim replay — {{ run.headline }}</title>
+<style>
+  body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
+  h1 { font-size: 1.5em; margin-bottom: .2em; }
+  .meta { color: #666; }
+  #summary { border-radius: 6px; padding: .8em 1.2em; margin: 1em 0; font-size: 1.15em; }
+  #summary.ok { background: #e7f6e9; border: 1px solid #7bc47f; }
+  #summary.bad { background: #fde8e8; border: 1px solid #e08080; }
+  .counts span { margin-right: 1.5em; }
+  table { border-collapse: collapse; margin: .4em 0 1em; }
+  th, td { border-bottom: 1px solid #ddd; padding: .25em .7em; text-align: left; vertical-align: top; }
+  th { background: #f4f4f4; }
+  .passed { color: #17762a; } .failed { color: #b31d1d; } .error { color: #8a1fa0; } .skipped { color: #888; }
+  .badge { font-weight: bold; font-size: .85em; letter-spacing: .03em; }
+  details.case { border: 1px solid #ddd; border-radius: 6px; margin: .5em 0; padding: .3em .8em; }
+  details.case > summary { cursor: pointer; }
+  pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: 12px; white-space: pre-wrap; }
+  .why { white-space: pre-wrap; background: #fbfaf3; border-left: 3px solid #d8c97a; padding: .4em .8em; }
+  td.exp { color: #17762a; } td.act { color: #b31d1d; }
+  .tags code { background: #eef; padding: 0 .3em; margin-right: .3em; border-radius: 3px; }
+</style>
+</head>
+<body>
+<h1>settlesim replay</h1>
+<p class="meta">target <code>{{ run.target }}</code> · started {{ run.started }} · run {{ run.run_id }}
+  · {{ "%.2f"|format(run.seconds) }} s</p>
+
+<section id="summary" class="{{ 'ok' if run.passed else 'bad' }}">
+  <strong>{{ 'PASSED' if run.passed else 'FAILED' }}</strong> — {{ run.headline }}
+  <div class="counts">
+    <span>cases: <b id="count-cases">{{ run.summary.cases }}</b></span>
+    <span class="passed">passed: <b id="count-passed">{{ run.summary.passed }}</b></span>
+    <span class="failed">failed: <b id="count-failed">{{ run.summary.failed }}</b></span>
+    <span class="error">errors: <b id="count-errors">{{ run.summary.errors }}</b></span>
+  </div>
+</section>
+
+<h2>Rules → cases → result</h2>
+<table id="rules">
+  <tr><th>rule (tag)</th><th>cases</th><th>result</th></tr>
+  {% for rule, cases in run.rules.items() %}
+  {% set bad = cases | rejectattr("status", "equalto", "passed") | list %}
+  <tr>
+    <td><code>{{ rule }}</code></td>
+    <td>{% for c in cases %}<a href="#case-{{ c.case }}" class="{{ c.status }}">{{ c.case }}</a>
+      {{- ", " if not loop.last }}{% endfor %}</td>
+    <td class="{{ 'passed' if not bad else 'failed' }}">
+      {%- if not bad %}all {{ cases|length }} passed{% else %}{{ bad|length }} of {{ cases|length }} not passed
+      {%- endif %}</td>
+  </tr>
+  {% endfor %}
+</table>
+
+<h2>Cases</h2>
+{% for case in run.cases %}
+<details class="case" id="case-{{ case.name }}" {{ "open" if case.status != "passed" }}>
+  <summary><span class="badge {{ case.status }}">{{ case.status|upper }}</span>
+    <b>{{ case.name }}</b> — {{ case.title }}
+    <span class="meta">({{ case.steps|length }} steps, {{ "%.0f"|format(case.seconds * 1000) }} ms)</span></summary>
+  <p class="meta">{{ case.source }} · world <code>{{ case.world }}</code> · session <code>{{ case.session }}</code></p>
+  <p class="tags">{% for t in case.tags %}<code>{{ t }}</code>{% endfor %}</p>
+  <div class="why">{{ case.why }}</div>
+  <table>
+    <tr><th>step</th><th>call</th><th>institution</th><th>result</th><th>details</th></tr>
+    {% for step in case.steps %}
+    <tr>
+      <td>{{ step.id }}</td><td>{{ step.call }}</td><td>{{ step.institution }}</td>
+      <td class="{{ step.status }}">{{ step.status }}</td>
+      <td>
+        {% if step.message %}<div>{{ step.message }}</div>{% endif %}
+        {% if step.diffs %}
+        <table class="diff">
+          <tr><th>field</th><th>expected</th><th>actual</th></tr>
+          {% for d in step.diffs %}
+          <tr><td><code>{{ d.path }}</code></td><td class="exp">{{ d.expected_shown }}</td>
+            <td class="act">{{ d.actual_shown }}</td></tr>
+          {% endfor %}
+        </table>
+        {% endif %}
+        {% if step.why %}<div class="why">{{ step.why }}</div>{% endif %}
+        <details><summary>request, expected, answer</summary>
+          <pre>request  {{ step.request | pretty }}</pre>
+          <pre>expected {{ step.expected | pretty }}</pre>
+          <pre>answer   {{ step.answer | pretty }}</pre>
+        </details>
+      </td>
+    </tr>
+    {% endfor %}
+  </table>
+</details>
+{% endfor %}
+</body>
+</html>
+"""
+
+
+def render(run: dict[str, Any]) -> str:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["pretty"] = lambda value: json.dumps(value, ensure_ascii=False, indent=2)
+    return env.from_string(TEMPLATE).render(run=run)

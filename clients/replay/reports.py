@@ -1,0 +1,247 @@
+"""Reports of a replay run: the terminal (progress, then expected vs actual for every
+differing field, money in yuan and fen), JUnit XML for CI, JSON for scripts, and one
+self-contained HTML file for people."""
+
+from __future__ import annotations
+
+import json
+import socket
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+from settlesim.clients.replay.runner import CaseResult, Diff, RunResult, StepResult
+
+STYLE = {"passed": "green", "failed": "red", "error": "magenta", "skipped": "dim"}
+LABEL = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+
+
+def headline(run: RunResult) -> str:
+    n = len(run.cases)
+    return (
+        f"{n} case{'s' if n != 1 else ''}: {run.count('passed')} passed, {run.count('failed')} failed, "
+        f"{run.count('error')} errors in {run.seconds:.2f}s against {run.target}"
+    )
+
+
+# --- terminal ----------------------------------------------------------------------------------
+
+
+class TerminalReport:
+    """One line per finished case while the run goes on, then the details of
+    everything that did not pass."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console, self.total, self.done = console, total, 0
+
+    def case_done(self, result: CaseResult) -> None:
+        self.done += 1
+        status = result.status
+        line = Text(f"[{self.done:>{len(str(self.total))}}/{self.total}] ")
+        line.append(f"{LABEL[status]:<5}", style=STYLE[status])
+        line.append(f" {result.case.name}")
+        line.append(f"  {len(result.steps)} steps, {result.seconds * 1000:.0f} ms", style="dim")
+        self.console.print(line)
+
+    def summary(self, run: RunResult) -> None:
+        for case in run.cases:
+            if case.status != "passed":
+                self._case_details(case)
+        style = "bold green" if run.passed else "bold red"
+        self.console.print(Text(headline(run), style=style))
+
+    def _case_details(self, case: CaseResult) -> None:
+        c = case.case
+        self.console.rule(Text(f"{LABEL[case.status]} {c.name}", style=STYLE[case.status]), align="left")
+        self.console.print(f"{c.title}\n[dim]{c.source} · world {c.world} · session {case.session}[/dim]")
+        for step in case.steps:
+            if step.status in {"passed"}:
+                continue
+            head = Text(f"  step {step.step.id} ({step.step.call}): ")
+            head.append(LABEL[step.status], style=STYLE[step.status])
+            if step.message:
+                head.append(f" — {step.message}")
+            self.console.print(head)
+            if step.diffs:
+                self.console.print(diff_lines(step.diffs))
+
+
+def diff_lines(diffs: list[Diff]) -> Text:
+    """Field, then expected and actual on their own lines: never truncated, whatever
+    the width of the CI log."""
+    text = Text()
+    for d in diffs:
+        text.append(f"    {d.path}\n", style="bold")
+        text.append("        expected ", style="dim")
+        text.append(d.show(d.expected) + "\n", style="green")
+        text.append("        actual   ", style="dim")
+        text.append(d.show(d.actual) + "\n", style="red")
+    text.rstrip()
+    return text
+
+
+# --- JSON --------------------------------------------------------------------------------------
+
+
+def _diff_dict(d: Diff) -> dict[str, Any]:
+    return {
+        "path": d.path,
+        "expected": d.expected,
+        "actual": d.actual,
+        "expected_shown": d.show(d.expected),
+        "actual_shown": d.show(d.actual),
+    }
+
+
+def _step_dict(s: StepResult) -> dict[str, Any]:
+    return {
+        "id": s.step.id,
+        "call": s.step.call,
+        "institution": s.step.institution,
+        "status": s.status,
+        "message": s.message,
+        "why": s.step.why,
+        "seconds": round(s.seconds, 4),
+        "diffs": [_diff_dict(d) for d in s.diffs],
+        "expected": s.expected,
+        "request": s.request,
+        "answer": s.answer,
+    }
+
+
+def rules_table(run: RunResult) -> dict[str, list[dict[str, str]]]:
+    """tag (rule) -> the cases that cover it and their results."""
+    rules: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for case in run.cases:
+        for tag in case.case.tags or ("(untagged)",):
+            rules[tag].append({"case": case.case.name, "status": case.status})
+    return dict(sorted(rules.items()))
+
+
+def as_dict(run: RunResult) -> dict[str, Any]:
+    return {
+        "tool": "settlesim replay",
+        "target": run.target,
+        "run_id": run.run_id,
+        "started": run.started,
+        "seconds": round(run.seconds, 3),
+        "passed": run.passed,
+        "summary": {
+            "cases": len(run.cases),
+            "passed": run.count("passed"),
+            "failed": run.count("failed"),
+            "errors": run.count("error"),
+        },
+        "headline": headline(run),
+        "rules": rules_table(run),
+        "cases": [
+            {
+                "name": c.case.name,
+                "title": c.case.title,
+                "source": c.case.source,
+                "world": c.case.world,
+                "tags": list(c.case.tags),
+                "why": c.case.why,
+                "status": c.status,
+                "session": c.session,
+                "seconds": round(c.seconds, 4),
+                "steps": [_step_dict(s) for s in c.steps],
+            }
+            for c in run.cases
+        ],
+    }
+
+
+def write_json(run: RunResult, path: Path) -> None:
+    path.write_text(json.dumps(as_dict(run), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+# --- JUnit XML ---------------------------------------------------------------------------------
+
+
+def _failure_text(case: CaseResult) -> str:
+    lines = []
+    for s in case.steps:
+        if s.status in {"failed", "error"}:
+            lines.append(
+                f"step {s.step.id} ({s.step.call}): {s.status}{' — ' + s.message if s.message else ''}"
+            )
+            lines += [
+                f"  {d.path}: expected {d.show(d.expected)}, actual {d.show(d.actual)}" for d in s.diffs
+            ]
+    return "\n".join(lines)
+
+
+def junit_tree(run: RunResult) -> ET.ElementTree:
+    """The common JUnit dialect (Jenkins, GitLab, GitHub test reporters): one
+    testsuite per case file, one testcase per case."""
+    groups: dict[str, list[CaseResult]] = defaultdict(list)
+    for case in run.cases:
+        groups[case.case.group or "cases"].append(case)
+    root = ET.Element(
+        "testsuites",
+        name="settlesim replay",
+        tests=str(len(run.cases)),
+        failures=str(run.count("failed")),
+        errors=str(run.count("error")),
+        skipped="0",
+        time=f"{run.seconds:.3f}",
+    )
+    for group, cases in groups.items():
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=group,
+            tests=str(len(cases)),
+            failures=str(sum(c.status == "failed" for c in cases)),
+            errors=str(sum(c.status == "error" for c in cases)),
+            skipped="0",
+            time=f"{sum(c.seconds for c in cases):.3f}",
+            timestamp=run.started,
+            hostname=socket.gethostname(),
+        )
+        props = ET.SubElement(suite, "properties")
+        for name, value in (("target", run.target), ("run_id", run.run_id)):
+            ET.SubElement(props, "property", name=name, value=value)
+        for case in cases:
+            element = ET.SubElement(
+                suite,
+                "testcase",
+                classname=group,
+                name=case.case.name,
+                file=case.case.source,
+                time=f"{case.seconds:.3f}",
+            )
+            if case.status in {"failed", "error"}:
+                bad = [s for s in case.steps if s.status == case.status]
+                ndiffs = sum(len(s.diffs) for s in bad)
+                message = (
+                    f"{ndiffs} field(s) differ, first in step {bad[0].step.id}"
+                    if case.status == "failed"
+                    else bad[0].message
+                )
+                tag = "failure" if case.status == "failed" else "error"
+                kind = "AnswerMismatch" if case.status == "failed" else "TargetError"
+                ET.SubElement(element, tag, message=message, type=kind).text = _failure_text(case)
+            ET.SubElement(element, "system-out").text = (
+                f"{case.case.title}\nsession {case.session}\ntags: {', '.join(case.case.tags)}\n"
+                + "\n".join(f"step {s.step.id} ({s.step.call}): {s.status}" for s in case.steps)
+            )
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def write_junit(run: RunResult, path: Path) -> None:
+    junit_tree(run).write(path, encoding="utf-8", xml_declaration=True)
+
+
+# --- HTML --------------------------------------------------------------------------------------
+
+
+def write_html(run: RunResult, path: Path) -> None:
+    from settlesim.clients.replay.html import render
+
+    path.write_text(render(as_dict(run)), encoding="utf-8")

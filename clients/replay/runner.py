@@ -1,0 +1,489 @@
+"""Running cases against a target: one mock hospital per (case, institution),
+each case in its own session (x-settlesim-session) so cases are independent and
+run in parallel, steps in order, `${steps.ID...}` references resolved from
+earlier answers, and every expected field compared exactly (money in fen)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from settlesim.clients.hospital import SESSION_HEADER, Fee, Hospital
+from settlesim.clients.rejections import Rejection, rejection_of
+from settlesim.clients.replay.cases import CALLS, REFERENCE, Case, Step
+from settlesim.v1 import settlement_service_pb2 as pb
+from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
+
+# Statuses that say the target could not answer at all, not that it answered wrongly.
+BROKEN = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNKNOWN"})
+SERVICE = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
+
+
+class TargetError(Exception):
+    """The target is down or does not speak the settlesim.v1 contract."""
+
+
+def yuan(fen: int) -> str:
+    """17963 -> '179.63'."""
+    sign = "-" if fen < 0 else ""
+    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+@dataclass(frozen=True)
+class Diff:
+    """One expected field that the answer does not match."""
+
+    path: str
+    expected: Any
+    actual: Any
+
+    @property
+    def money(self) -> bool:
+        return self.path.endswith("_fen")
+
+    def show(self, value: Any) -> str:
+        if value is None:
+            return "absent"
+        if self.money and isinstance(value, int) and not isinstance(value, bool):
+            return f"{yuan(value)} yuan ({value} fen)"
+        return str(value)
+
+
+@dataclass
+class StepResult:
+    step: Step
+    status: str = "skipped"  # passed | failed | error | skipped
+    diffs: list[Diff] = field(default_factory=list)
+    message: str = ""  # why it errored or was skipped
+    request: dict[str, Any] = field(default_factory=dict)
+    answer: dict[str, Any] = field(default_factory=dict)  # the response, or the refusal
+    expected: dict[str, Any] = field(default_factory=dict)  # after references were resolved
+    seconds: float = 0.0
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    session: str
+    steps: list[StepResult]
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        states = {s.status for s in self.steps}
+        return "error" if "error" in states else "failed" if "failed" in states else "passed"
+
+
+@dataclass
+class RunResult:
+    target: str
+    run_id: str
+    started: str
+    cases: list[CaseResult]
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.cases if c.status == status)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status == "passed" for c in self.cases)
+
+
+# --- the target ------------------------------------------------------------------------------
+
+
+def check_target(channel: grpc.Channel, target: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when nobody answers or the answer is not our contract:
+    an empty VerifyRegistration must be refused as INVALID_ARGUMENT (or answered)."""
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise TargetError(
+            f"cannot reach {target}: no gRPC server answered within {timeout:g}s "
+            "(is `settlesim serve` running there?)"
+        ) from None
+    stub = pb_grpc.SettlementServiceStub(channel)
+    probe_session = (SESSION_HEADER, "replay-probe-" + secrets.token_hex(4))
+    try:
+        stub.VerifyRegistration(pb.VerifyRegistrationRequest(), timeout=timeout, metadata=[probe_session])
+    except grpc.RpcError as error:
+        rejection = rejection_of(error)
+        if rejection.code == "INVALID_ARGUMENT":
+            return
+        if rejection.code == "UNIMPLEMENTED":
+            raise TargetError(
+                f"{target} answers gRPC but does not implement {SERVICE} (UNIMPLEMENTED): "
+                "it speaks another contract"
+            ) from None
+        if rejection.reason == "SESSIONS_DISABLED":
+            raise TargetError(
+                f"{target} refuses session sandboxes (started with --no-sessions); replay needs them "
+                "to keep runs apart (docs/sessions.md)"
+            ) from None
+        if rejection.code in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}:
+            raise TargetError(f"cannot reach {target}: {rejection}") from None
+        raise TargetError(f"{target} gave an unexpected answer to a probe: {rejection}") from None
+
+
+# --- references --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sent:
+    request: Message
+    response: Message | None
+    msgid: str
+
+
+class _Scope:
+    """What `${...}` can see inside one case."""
+
+    def __init__(self, hospitals: Callable[[str], Hospital], default_institution: str) -> None:
+        self.sent: dict[str, _Sent] = {}
+        self.hospitals = hospitals
+        self.default_institution = default_institution
+
+    def lookup(self, ref: str, institution: str) -> Any:
+        if ref == "new_msgid":
+            return self.hospitals(institution or self.default_institution).next_msgid()
+        _, step_id, *path = ref.split(".")
+        sent = self.sent[step_id]
+        if path == ["msgid"]:
+            return sent.msgid
+        if path[0] == "request":
+            return _walk(sent.request, path[1:], ref)
+        if sent.response is None:
+            raise LookupError(f"${{{ref}}}: step {step_id} has no answer (it was refused)")
+        return _walk(sent.response, path, ref)
+
+    def resolve(self, value: Any, institution: str) -> Any:
+        """Replace references; a string that is only a reference keeps the value's type."""
+        if isinstance(value, str):
+            whole = REFERENCE.fullmatch(value)
+            if whole:
+                return self.lookup(whole.group(1), institution)
+            return REFERENCE.sub(lambda m: str(self.lookup(m.group(1), institution)), value)
+        if isinstance(value, dict):
+            return {k: self.resolve(v, institution) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v, institution) for v in value]
+        return value
+
+
+def _walk(message: Any, path: list[str], ref: str) -> Any:
+    value = message
+    for part in path:
+        if isinstance(value, Message):
+            if part not in value.DESCRIPTOR.fields_by_name:
+                raise LookupError(f"${{{ref}}}: {value.DESCRIPTOR.name} has no field {part!r}")
+            value = getattr(value, part)
+        elif part.isdigit() and hasattr(value, "__len__"):
+            if int(part) >= len(value):
+                raise LookupError(f"${{{ref}}}: index {part} out of range ({len(value)} elements)")
+            value = value[int(part)]
+        else:
+            raise LookupError(f"${{{ref}}}: cannot look up {part!r} in {type(value).__name__}")
+    if isinstance(value, Message) or (hasattr(value, "__len__") and not isinstance(value, str)):
+        raise LookupError(f"${{{ref}}}: names a message or list, not a value")
+    return value
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def _enum(value: Any, enum_type: Any) -> int:
+    return value if isinstance(value, int) else enum_type.Value(str(value))
+
+
+def build_request(step: Step, his: Hospital, request: dict[str, Any], raw: dict[str, Any] | None) -> Message:
+    """The friendly form, built the way an HIS builds it, with `raw` (protobuf
+    JSON) merged over it for requests an honest HIS would never send."""
+    request_type = CALLS[step.call][1]
+    message = request_type()
+    if request and step.call in {"verify", "pre_settle", "settle"}:
+        visit = his.visit(
+            str(request["person"]) if not isinstance(request["person"], dict) else "",
+            str(request["disease"]),
+            str(request["date"]),
+            _enum(request.get("insurance_type", 0), pb.InsuranceType),
+        )
+        if isinstance(request["person"], dict):
+            json_format.ParseDict(request["person"], visit.person)
+        if step.call == "verify":
+            message.visit.CopyFrom(visit)
+        else:
+            fees = [fee for entry in request.get("fees", []) for fee in _fees(entry)]
+            inner = his.settlement_request("", "", "", [f for f, _ in fees], request.get("msgid") or None)
+            inner.visit.CopyFrom(visit)
+            for item, (_, entry) in zip(inner.items, fees, strict=True):
+                if "seq" in entry:
+                    item.sequence_no = str(entry["seq"])
+                if "amount" in entry:
+                    item.amount_fen = entry["amount"]
+            if "operator" in request:
+                inner.operator = request["operator"]
+            message.request.CopyFrom(inner)
+    elif step.call == "reverse":
+        message.MergeFrom(
+            pb.ReverseSettlementRequest(
+                msgid=request.get("msgid") or his.next_msgid(),
+                institution_code=his.institution_code,
+                settlement_id=str(request.get("settlement_id", "")),
+                operator=request.get("operator", his.operator),
+            )
+        )
+    elif step.call == "void":
+        message.MergeFrom(
+            pb.VoidByMessageIdRequest(
+                msgid=request.get("msgid") or his.next_msgid(),
+                institution_code=his.institution_code,
+                original_msgid=str(request.get("original_msgid", "")),
+                original_infno=str(request.get("original_infno", "2207")),
+                operator=request.get("operator", his.operator),
+            )
+        )
+    elif step.call == "get":
+        message.MergeFrom(
+            pb.GetSettlementRequest(
+                institution_code=his.institution_code,
+                settlement_id=str(request.get("settlement_id", "")),
+                msgid=str(request.get("msgid", "")),
+            )
+        )
+    elif step.call == "reconcile":
+        hospital = pb.ReconcileFigures()
+        json_format.ParseDict(request.get("hospital", {}), hospital)
+        message.MergeFrom(
+            pb.ReconcileRequest(
+                institution_code=his.institution_code,
+                start_date=str(request.get("start", "")),
+                end_date=str(request.get("end", "")),
+                hospital=hospital,
+                include_entries=bool(request.get("include_entries", False)),
+            )
+        )
+    if raw is not None:
+        json_format.ParseDict(raw, message)
+    return message
+
+
+def _fees(entry: dict[str, Any]) -> list[tuple[Fee, dict[str, Any]]]:
+    fee = Fee(
+        str(entry["code"]),
+        int(entry["price"]),
+        int(entry.get("quantity", 1)),
+        str(entry.get("hospital_code", "")),
+        str(entry.get("name", "")),
+    )
+    return [(fee, entry)] * int(entry.get("repeat", 1))
+
+
+def _msgid_of(request: Message) -> str:
+    inner = getattr(request, "request", None)
+    if isinstance(inner, pb.SettlementRequest):
+        return inner.msgid
+    return getattr(request, "msgid", "")
+
+
+# --- comparison --------------------------------------------------------------------------------
+
+
+def compare(expected: dict[Any, Any], message: Message, path: str = "") -> list[Diff]:
+    """Only the fields the case names; money exact to the fen."""
+    diffs: list[Diff] = []
+    for key, want in expected.items():
+        fd = message.DESCRIPTOR.fields_by_name[key]
+        at = f"{path}.{key}" if path else key
+        have = getattr(message, key)
+        if fd.is_repeated:
+            pairs = list(want.items()) if isinstance(want, dict) else list(enumerate(want))
+            if isinstance(want, list) and len(want) != len(have):
+                diffs.append(Diff(f"{at}.length", len(want), len(have)))
+            for index, element in pairs:
+                if index >= len(have):
+                    if isinstance(want, dict):
+                        diffs.append(Diff(f"{at}[{index}]", "present", None))
+                    continue
+                diffs.extend(_compare_value(fd, element, have[index], f"{at}[{index}]"))
+        elif want is None or (fd.has_presence and not message.HasField(key)):
+            present = message.HasField(key)
+            if want is None and present:
+                diffs.append(Diff(at, None, _shown(fd, have)))
+            elif want is not None and not present:
+                diffs.append(Diff(at, want, None))
+        else:
+            diffs.extend(_compare_value(fd, want, have, at))
+    return diffs
+
+
+def _compare_value(fd: FieldDescriptor, want: Any, have: Any, at: str) -> list[Diff]:
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return compare(want, have, at)
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        names = fd.enum_type.values_by_number
+        have_name = names[have].name if have in names else have
+        want_name = names[want].name if isinstance(want, int) and want in names else want
+        return [] if want_name == have_name else [Diff(at, want_name, have_name)]
+    if type(want) is not type(have) and not (isinstance(want, int) and isinstance(have, int)):
+        return [Diff(at, want, have)]
+    return [] if want == have else [Diff(at, want, have)]
+
+
+def _shown(fd: FieldDescriptor, value: Any) -> Any:
+    if isinstance(value, Message):
+        return json_format.MessageToDict(value, preserving_proto_field_name=True)
+    return value
+
+
+def compare_error(step: Step, rejection: Rejection) -> list[Diff]:
+    want = step.error
+    assert want is not None
+    diffs = []
+    if rejection.code != want.code:
+        diffs.append(Diff("error.code", want.code, rejection.code))
+    if want.reason and rejection.reason != want.reason:
+        diffs.append(Diff("error.reason", want.reason, rejection.reason or "(none)"))
+    fields = [f for f, _, _ in rejection.violations]
+    for name in want.fields:
+        if name not in fields:
+            diffs.append(Diff("error.fields", name, ", ".join(fields) or "(no BadRequest)"))
+    return diffs
+
+
+def _rejection_dict(rejection: Rejection) -> dict[str, Any]:
+    return {
+        "code": rejection.code,
+        "reason": rejection.reason,
+        "message": rejection.message,
+        "metadata": rejection.metadata,
+        "field_violations": [{"field": f, "reason": r, "description": d} for f, r, d in rejection.violations],
+    }
+
+
+def _as_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def run_case(case: Case, channel: grpc.Channel, session: str, deadline: float = 10.0) -> CaseResult:
+    started = time.perf_counter()
+    hospitals: dict[str, Hospital] = {}
+
+    def hospital(code: str) -> Hospital:
+        if code not in hospitals:
+            hospitals[code] = Hospital(channel, code, session=session, deadline=deadline)
+        return hospitals[code]
+
+    first_institution = next((s.institution for s in case.steps if s.institution), "H000000000000")
+    scope = _Scope(hospital, first_institution)
+    results = [StepResult(step) for step in case.steps]
+    for result in results:
+        keep_going = _run_step(result, scope, hospital)
+        if not keep_going:
+            break
+    for result in results:
+        if result.status == "skipped" and not result.message:
+            result.message = "not run: an earlier step did not get the answer it needed"
+    return CaseResult(case, session, results, time.perf_counter() - started)
+
+
+def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospital]) -> bool:
+    """Run one step; False when later steps cannot run meaningfully."""
+    step = result.step
+    started = time.perf_counter()
+    institution = step.institution or scope.default_institution
+    try:
+        request_fields = scope.resolve(step.request, institution)
+        raw = scope.resolve(step.raw, institution) if step.raw is not None else None
+        expected = scope.resolve(step.expect, institution)
+        his = hospital(institution)
+        request = build_request(step, his, request_fields, raw)
+    except (LookupError, json_format.ParseError, ValueError, TypeError) as e:
+        result.status, result.message = "error", f"cannot build the request: {e}"
+        return False
+    result.request = _as_json(request)
+    result.expected = (
+        {"error": {"code": step.error.code, "reason": step.error.reason, "fields": list(step.error.fields)}}
+        if step.error
+        else expected
+    )
+    response = None
+    try:
+        response = his.call(step.method, request)
+        result.answer = _as_json(response)
+    except grpc.RpcError as error:
+        rejection = rejection_of(error)
+        result.answer = {"error": _rejection_dict(rejection)}
+        if step.error is not None and rejection.code == step.error.code:
+            result.diffs = compare_error(step, rejection)
+        elif rejection.code in BROKEN:
+            result.status = "error"
+            result.message = f"the target could not answer: {rejection}"
+        else:
+            want = f"{step.error.code} {step.error.reason}".strip() if step.error else "OK"
+            result.diffs = [Diff("status", want, str(rejection))]
+    else:
+        if step.error is not None:
+            result.diffs = [Diff("status", f"{step.error.code} {step.error.reason}".strip(), "OK")]
+        else:
+            result.diffs = compare(expected, response)
+    finally:
+        result.seconds = time.perf_counter() - started
+    scope.sent[step.id] = _Sent(request, response, _msgid_of(request))
+    if result.status != "error":
+        result.status = "failed" if result.diffs else "passed"
+    # An answer with wrong figures still lets later steps run (more diffs help);
+    # a refusal where an answer was expected does not.
+    return result.status == "passed" or (
+        result.status == "failed" and (response is not None) == (step.error is None)
+    )
+
+
+def run_cases(
+    cases: Sequence[Case],
+    target: str,
+    *,
+    jobs: int = 4,
+    deadline: float = 10.0,
+    connect_timeout: float = 5.0,
+    on_case: Callable[[CaseResult], None] | None = None,
+    channel: grpc.Channel | None = None,
+) -> RunResult:
+    """Run every case (in parallel, each in its own fresh session) and collect results
+    in the order given. Raises TargetError before running when the target is unusable."""
+    own = channel is None
+    channel = channel or grpc.insecure_channel(target)
+    run_id = secrets.token_hex(6)
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    started = time.perf_counter()
+    try:
+        check_target(channel, target, connect_timeout)
+        results: list[CaseResult | None] = [None] * len(cases)
+        with futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="replay") as pool:
+            running = {
+                pool.submit(run_case, case, channel, f"replay-{run_id}-{i:04d}", deadline): i
+                for i, case in enumerate(cases)
+            }
+            for done in futures.as_completed(running):
+                result = done.result()
+                results[running[done]] = result
+                if on_case is not None:
+                    on_case(result)
+    finally:
+        if own:
+            channel.close()
+    return RunResult(
+        target, run_id, started_at, [r for r in results if r is not None], time.perf_counter() - started
+    )
