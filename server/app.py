@@ -15,6 +15,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from settlesim.server import auth
+from settlesim.server.audit import AuditInterceptor, AuditLog
+from settlesim.server.faults import FaultInterceptor, FaultPlan
 from settlesim.server.ledger import Ledger
 from settlesim.server.model import World
 from settlesim.server.service import SettlementService
@@ -44,6 +47,14 @@ class ServerConfig:
     max_workers: int = 16
     allow_sessions: bool = True
     options: dict[str, object] = field(default_factory=dict)
+    # Identity, audit and faults (docs/security.md, docs/faults.md); all off by default.
+    auth: str = "none"  # none | token | mtls
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None  # mutual TLS: hospitals' certificates must be signed by it
+    audit_log: Path | None = None
+    audit_fsync: bool = False
+    faults: FaultPlan | None = None
 
 
 @dataclass
@@ -53,6 +64,8 @@ class RunningServer:
     world: World
     ledger: Ledger
     health: health.HealthServicer
+    audit: AuditLog | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:
@@ -63,12 +76,25 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.ledger.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     world = world if world is not None else load_world(config.world_dir)
+    warnings = auth.check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
+    authenticate = auth.authenticator(config.auth, world.institutions, world.institution_tokens)
     ledger = Ledger(config.db_path or default_db_path())
-    service = SettlementService(world, ledger, allow_sessions=config.allow_sessions)
+    service = SettlementService(
+        world, ledger, allow_sessions=config.allow_sessions, authenticate=authenticate
+    )
+    # Interceptors only when asked for: an idle feature costs the hot path nothing.
+    audit = AuditLog(config.audit_log, fsync=config.audit_fsync) if config.audit_log else None
+    interceptors: list[grpc.ServerInterceptor] = []
+    if audit is not None:
+        interceptors.append(AuditInterceptor(audit, authenticate))  # outermost: sees injected faults
+    if config.faults is not None and config.faults.active:
+        interceptors.append(FaultInterceptor(config.faults))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="settle"),
         options=[
@@ -76,22 +102,30 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
             ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
+        interceptors=interceptors,
     )
     pb_grpc.add_SettlementServiceServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = auth.server_credentials(config.tls_cert, config.tls_key, config.client_ca)
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError:  # grpc reports a failed bind this way
         port = 0
     if port == 0:
         ledger.close()
+        if audit is not None:
+            audit.close()
         raise OSError(f"cannot listen on {config.host}:{config.port} (address in use or not local?)")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, world, ledger, health_servicer)
+    return RunningServer(server, port, world, ledger, health_servicer, audit, tuple(warnings))
 
 
 class JsonFormatter(logging.Formatter):
@@ -124,9 +158,15 @@ def serve_forever(config: ServerConfig) -> int:
         running.world.name, len(running.world.people), len(running.world.institutions),
         config.host, running.port, db,
     )  # fmt: skip
-    log.warning(
-        "INSECURE local development mode: no TLS, and the institution code in each request is trusted"
+    log.info(
+        "auth %s, TLS %s, audit log %s, faults %s",
+        config.auth,
+        "mutual" if config.client_ca else "on" if config.tls_cert else "off",
+        config.audit_log or "off",
+        config.faults.describe() if config.faults is not None and config.faults.active else "off",
     )
+    for warning in running.warnings:
+        log.warning(warning)
     # A line for people and scripts, whatever the log format.
     print(f"settlesim serving on {config.host}:{running.port} (db {db})", flush=True)
     stopped = threading.Event()
