@@ -94,6 +94,7 @@ class VisitOutcome:
     entry: BookEntry | None  # None: the visit is not settled (voided after a lost answer)
     voided: bool = False  # a void ran (and undid a committed settlement when `undid`)
     undid: bool = False
+    replayed: bool = False  # the answer came to a retry: an earlier attempt had committed
 
 
 def void_reliably(his: Hospital, original_msgid: str, rounds: int = 10) -> pb.VoidByMessageIdResponse:
@@ -129,4 +130,4 @@ def settle_reliably(
         return VisitOutcome(request.msgid, None, voided=True, undid=voided.voided_settlement)
     entry = BookEntry.of(answer.settlement)
     book.add(entry)
-    return VisitOutcome(request.msgid, entry)
+    return VisitOutcome(request.msgid, entry, replayed=answer.replayed)
