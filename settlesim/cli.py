@@ -44,6 +44,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "settlesim serve --port 0 --db /tmp/s.db  # any free port, a throw-away ledger",
             "settlesim serve --world ./my-world --host 0.0.0.0",
             "grpcurl -plaintext 127.0.0.1:50051 list  # reflection is on",
+            "settlesim serve --tls-cert srv.pem --tls-key srv.key --client-ca ca.pem  # mutual TLS",
+            "settlesim serve --auth token --audit-log audit.jsonl",
+            "settlesim serve --fault-drop-after-commit 0.2 --fault-error UNAVAILABLE=0.05 --fault-seed 7",
         ),
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -63,6 +66,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--plain-logs", action="store_true", help="human log lines instead of JSON lines")
+    _add_security_and_fault_args(p)
     p.set_defaults(run=run_serve)
 
 
@@ -77,8 +81,71 @@ def run_serve(args: argparse.Namespace) -> int:
         db_path=args.db,
         max_workers=args.workers,
         allow_sessions=not args.no_sessions,
+        **_security_and_fault_config(args),
     )
-    return serve_forever(config)
+    try:
+        return serve_forever(config)
+    except ValueError as e:  # a refused auth/TLS combination
+        raise CliError(str(e)) from e
+
+
+def _add_security_and_fault_args(p: argparse.ArgumentParser) -> None:
+    sec = p.add_argument_group("identity and audit (docs/security.md)")
+    sec.add_argument("--tls-cert", type=Path, help="server certificate (PEM); turns TLS on")
+    sec.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    sec.add_argument("--client-ca", type=Path, help="CA that signs hospital certificates: mutual TLS")
+    sec.add_argument(
+        "--auth",
+        choices=["none", "token", "mtls"],
+        help="caller identity: none (trust the request; local development), token (Bearer token "
+        "from the world's institutions), mtls (client certificate CN/SAN). "
+        "Default: mtls with --client-ca, else none",
+    )
+    sec.add_argument("--audit-log", type=Path, help="append-only JSON-lines audit log of every call")
+    sec.add_argument("--audit-fsync", action="store_true", help="fsync each audit record (survives power loss)")
+    flt = p.add_argument_group("fault injection (docs/faults.md); all off by default")
+    flt.add_argument("--faults", type=Path, metavar="YAML", help="fault plan file (per-RPC latency, errors, drops)")
+    flt.add_argument("--fault-latency-ms", type=float, help="added latency on every settlement RPC")
+    flt.add_argument(
+        "--fault-error",
+        action="append",
+        default=[],
+        metavar="CODE=RATE",
+        help="refuse a share of every settlement RPC before it runs, e.g. UNAVAILABLE=0.05 (repeatable)",
+    )
+    flt.add_argument(
+        "--fault-drop-after-commit",
+        type=float,
+        metavar="RATE",
+        help="commit SettleVisit, then drop the answer (UNAVAILABLE) for this share of calls",
+    )
+    flt.add_argument("--fault-seed", type=int, help="seed for the fault draws (default: random)")
+
+
+def _security_and_fault_config(args: argparse.Namespace) -> dict[str, object]:
+    from settlesim.server.faults import FaultPlanError, load_plan, plan_from_flags
+
+    errors: dict[str, float] = {}
+    for spec in args.fault_error:
+        code, _, rate = spec.partition("=")
+        try:
+            errors[code.strip().upper()] = float(rate)
+        except ValueError:
+            raise CliError(f"--fault-error {spec!r}: expected CODE=RATE, e.g. UNAVAILABLE=0.05") from None
+    try:
+        flags = plan_from_flags(args.fault_latency_ms, errors, args.fault_drop_after_commit, args.fault_seed)
+        plan = load_plan(args.faults).merged(flags) if args.faults else flags
+    except (FaultPlanError, OSError) as e:
+        raise CliError(str(e)) from e
+    return {
+        "auth": args.auth or ("mtls" if args.client_ca else "none"),
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "client_ca": args.client_ca,
+        "audit_log": args.audit_log,
+        "audit_fsync": args.audit_fsync,
+        "faults": plan if plan.active else None,
+    }
 
 
 # --- world ----------------------------------------------------------------------------------
