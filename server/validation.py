@@ -20,6 +20,10 @@ MAX_UNIT_PRICE_FEN = 100_000_000  # 1,000,000 yuan per unit
 MAX_QUANTITY = 100_000
 MAX_CODE_LENGTH = 64
 MIN_YEAR, MAX_YEAR = 1990, 2100
+# A refusal travels in gRPC trailers, which clients drop past 8-16 KiB: list at
+# most this many violations, and quote bad input briefly and in ASCII.
+MAX_LISTED_VIOLATIONS = 10
+QUOTED_CHARS = 20
 CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 _INSURANCE_TYPES = {int(t.value): t for t in InsuranceType}
 _MEDICAL_TYPES = {pb.MEDICAL_TYPE_UNSPECIFIED, pb.MEDICAL_TYPE_CHRONIC_SPECIAL_OUTPATIENT}
@@ -51,7 +55,7 @@ class _Checker:
         if len(value) > MAX_CODE_LENGTH or not CODE.match(value):
             self.add(
                 field,
-                f"must be 1-{MAX_CODE_LENGTH} letters, digits or ._:/- (got {value[:80]!r})",
+                f"must be 1-{MAX_CODE_LENGTH} letters, digits or ._:/- (got {value[:QUOTED_CHARS]!a})",
                 Reason.FIELD_INVALID,
             )
         return value
@@ -72,8 +76,11 @@ class _Checker:
     def refuse_if_any(self) -> None:
         if self.violations:
             first = self.violations[0]
-            message = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:10])
-            raise Refusal(first.reason, f"malformed request: {message}", tuple(self.violations))
+            listed = tuple(self.violations[:MAX_LISTED_VIOLATIONS])
+            message = "; ".join(f"{v.field}: {v.description}" for v in listed)
+            if len(self.violations) > len(listed):
+                message += f" (and {len(self.violations) - len(listed)} more)"
+            raise Refusal(first.reason, f"malformed request: {message}", listed)
 
 
 def _visit(check: _Checker, visit: pb.Visit, world: World, prefix: str) -> VisitKey | None:

@@ -1,0 +1,52 @@
+"""Bad input the fuzzer (tests/test_fuzz.py) found mishandled, pinned as plain
+examples against a real server."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from conftest import CANCER_HOSPITAL
+from settlesim.clients.rejections import rejection_of
+from settlesim.v1 import settlement_service_pb2 as pb
+from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+def stub(server):
+    with grpc.insecure_channel(server.target) as channel:
+        yield pb_grpc.SettlementServiceStub(channel)
+
+
+def settle_request(
+    items: list[pb.FeeItem], visit_date: str = "2024-05-01", msgid: str = "BAD1"
+) -> pb.SettleVisitRequest:
+    return pb.SettleVisitRequest(
+        request=pb.SettlementRequest(
+            msgid=msgid,
+            visit=pb.Visit(
+                institution_code=CANCER_HOSPITAL,
+                person=pb.PersonRef(person_no="63000000000000000009"),
+                disease_code="M00503",
+                visit_date=visit_date,
+            ),
+            items=items,
+        )
+    )
+
+
+def test_a_refusal_listing_a_thousand_bad_fields_still_reaches_the_client(stub):
+    """500 items (the limit), each with a 200-character unicode catalog code and
+    the same sequence number: 999 violations. The refusal must arrive as
+    INVALID_ARGUMENT with its reason, not be dropped by the client for trailers
+    over gRPC's metadata size limit (it was: RESOURCE_EXHAUSTED 'received
+    metadata size exceeds hard limit')."""
+    items = [
+        pb.FeeItem(sequence_no="1", catalog_code="码" * 200, unit_price_fen=1, quantity=1, amount_fen=1)
+        for _ in range(500)
+    ]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SettleVisit(settle_request(items), timeout=10)
+    rejection = rejection_of(caught.value)
+    assert (rejection.code, rejection.reason) == ("INVALID_ARGUMENT", "FIELD_INVALID")
+    assert rejection.violations[0][0] == "request.items[0].catalog_code"
+    assert "more" in rejection.message  # the count of violations not listed
