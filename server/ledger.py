@@ -12,6 +12,7 @@ that replay runs use to keep their state apart (see docs/sessions.md).
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
@@ -108,28 +109,71 @@ class VoidOutcome:
     replayed: bool
 
 
+T = TypeVar("T")
+
+
+class _Job(Generic[T]):
+    """One write waiting for the group transaction, and its outcome."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], T]) -> None:
+        self.work = work
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 class Ledger:
-    """One SQLite database. Thread-safe: one connection behind a lock, so every
-    write transaction is serialised (and SQLite's own locking serialises
-    several processes sharing the file)."""
+    """One SQLite database, thread-safe, with group commit.
+
+    Writes (settle, reverse, void) go to one writer thread. It takes every write
+    waiting, runs each in its own SAVEPOINT inside one IMMEDIATE transaction
+    (a refused or failing write rolls back to its savepoint and cannot spoil
+    the others), COMMITs once with synchronous=FULL, and only then answers the
+    callers: every acknowledged write is durable, and one fsync serves many.
+    Reads use a second connection in a read transaction of their own (WAL lets
+    them run beside the writer and see only committed data). Several processes
+    may share the file: SQLite's locking serialises their write transactions."""
+
+    MAX_BATCH = 256  # writes per transaction: bounds the latency one batch adds
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db = self._connect()
         self._db.executescript(SCHEMA)
+        self._read_lock = threading.Lock()
+        self._reader = self._connect()
+        self._reader.execute("PRAGMA query_only=1")
+        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._closing = threading.Lock()
+        self._writer = threading.Thread(target=self._write_batches, name="ledger-writer", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
 
     def close(self) -> None:
-        with self._lock:
+        """Finish the writes already queued, then close."""
+        with self._closing:
+            stop, self._closed = not self._closed, True
+            if stop:
+                self._queue.put(None)
+        self._writer.join()
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -145,8 +189,68 @@ class Ledger:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot of committed data."""
+        with self._read_lock:
+            self._reader.execute("BEGIN")
+            try:
+                yield self._reader
+            finally:
+                self._reader.execute("COMMIT")
+
+    # --- group commit ---------------------------------------------------------------------
+
+    def _group(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(db)` in the next group transaction; return once committed."""
+        job = _Job(work)
+        with self._closing:  # no write can slip in behind the writer's stop mark
+            if self._closed:
+                raise sqlite3.ProgrammingError("the ledger is closed")
+            self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _write_batches(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Job[Any]]) -> None:
         with self._lock:
-            yield self._db
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for job in batch:
+                    db.execute("SAVEPOINT job")
+                    try:
+                        job.result = job.work(db)
+                    except BaseException as error:  # the caller gets it; the batch goes on
+                        job.error = error
+                        db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                db.execute("COMMIT")
+            except BaseException as error:  # nothing of this batch is durable: say so to everyone
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                for job in batch:
+                    if job.error is None:
+                        job.error = error
+        for job in batch:
+            job.done.set()
 
     # --- settle ---------------------------------------------------------------------------
 
@@ -162,7 +266,8 @@ class Ledger:
         compute: Callable[[YearlyTotals], tuple[StoredSettlement, YearlyTotals]],
     ) -> tuple[StoredSettlement, bool]:
         """Commit a settlement once per msgid. Returns (settlement, replayed)."""
-        with self._write() as db:
+
+        def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
             seen = db.execute(
                 "SELECT kind, request_hash, settlement_id, institution_code FROM messages "
                 "WHERE session = ? AND msgid = ?",
@@ -192,6 +297,8 @@ class Ledger:
             self._put_totals(db, session, person_no, disease_code, year, after)
             return stored, False
 
+        return self._group(job)
+
     def yearly_totals(self, session: str, person_no: str, disease_code: str, year: int) -> YearlyTotals:
         with self._read() as db:
             return self._totals(db, session, person_no, disease_code, year)
@@ -202,7 +309,8 @@ class Ledger:
         self, session: str, msgid: str, institution_code: str, request_hash: str, settlement_id: str
     ) -> tuple[StoredSettlement, bool]:
         """Reverse a settlement by id and restore the yearly totals, once."""
-        with self._write() as db:
+
+        def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
             replay = self._replay(db, session, msgid, "reverse", institution_code, request_hash)
             if replay is not None:
                 return self._get(db, session, replay), True
@@ -214,11 +322,14 @@ class Ledger:
             )
             return undone, False
 
+        return self._group(job)
+
     def void(
         self, session: str, msgid: str, institution_code: str, request_hash: str, original_msgid: str
     ) -> VoidOutcome:
         """Void whatever `original_msgid` did; if it never settled, block it."""
-        with self._write() as db:
+
+        def job(db: sqlite3.Connection) -> VoidOutcome:
             replay = self._replay(db, session, msgid, "void", institution_code, request_hash)
             if replay is not None:
                 return VoidOutcome(self._get(db, session, replay) if replay != "-" else None, True)
@@ -260,6 +371,8 @@ class Ledger:
                 ),
             )
             return VoidOutcome(voided, False)
+
+        return self._group(job)
 
     # --- reads --------------------------------------------------------------------------------
 
