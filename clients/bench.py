@@ -1,0 +1,349 @@
+"""`settlesim bench`: the settlement path against its yardstick, in one run.
+
+1. starts the noop server (server/noop.py: same contract and gRPC set-up, no
+   rules, no storage) and drives it with a closed loop of SettleVisit calls;
+2. starts the reference server (`settlesim serve`, durable SQLite ledger) on a
+   generated world and drives it with the same closed loop;
+3. drives the reference server open-loop at a fraction (default 80 %) of the
+   settle peak it just measured, to give the latency at that load.
+
+For each it prints requests/s, p50/p95/p99 latency and the servers' CPU time
+per request, then the ratio settle/noop. Load generator and servers share this
+machine, as they would on a developer's laptop; the load generator sends
+pre-encoded requests (a template's bytes plus a fresh msgid) so it spends as
+little CPU as it can. It measures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from settlesim.clients.workload import Workload
+
+SETTLE = "/settlesim.v1.SettlementService/SettleVisit"
+TEMPLATES = 20_000  # distinct visits per run: requests touch many people
+
+
+@dataclass(frozen=True)
+class Figures:
+    label: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: Sequence[float]
+    cpu_seconds: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
+
+    def row(self) -> str:
+        return (
+            f"{self.label:<26} {self.rps:>9.0f} {self.percentile(50):>8.1f} {self.percentile(95):>8.1f} "
+            f"{self.percentile(99):>8.1f} {self.cpu_us_per_request:>10.0f} {self.errors:>7}"
+        )
+
+
+HEADER = f"{'run':<26} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} {'errors':>7}"
+
+
+# --- requests, pre-encoded -----------------------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class Requests:
+    """SettleVisitRequest bytes: a template SettlementRequest (no msgid) with a
+    fresh msgid field (number 1) prepended, wrapped as field 1. Protobuf parses
+    fields in any order, so this is the message the template plus msgid makes."""
+
+    def __init__(self, workload: Workload, seed: int, count: int = TEMPLATES) -> None:
+        rng = random.Random(seed)
+        self.templates = []
+        for _ in range(count):
+            request = workload.settlement_request(rng, "", operator="bench")
+            self.templates.append((request.visit.institution_code, request.SerializeToString()))
+        self.rng = random.Random(seed + 1)
+        self.tag = f"{time.time_ns() % 10**12:012d}"
+        self.n = 0
+
+    def next(self) -> bytes:
+        institution, body = self.templates[self.rng.randrange(len(self.templates))]
+        self.n += 1
+        msgid = f"{institution}{self.tag}{self.n:08d}".encode()
+        inner = b"\x0a" + _varint(len(msgid)) + msgid + body
+        return b"\x0a" + _varint(len(inner)) + inner
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    target: str
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and all its child processes."""
+        try:
+            root = psutil.Process(self.process.pid)
+            total = 0.0
+            for p in (root, *root.children(recursive=True)):
+                t = p.cpu_times()
+                total += t.user + t.system
+            return total
+        except psutil.NoSuchProcess:
+            return 0.0
+
+
+@contextmanager
+def running(command: list[str], timeout: float = 600) -> Iterator[Server]:
+    """Start a server that prints 'serving on HOST:PORT'; stop it with SIGTERM."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout
+        target = ""
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if match := re.search(r"serving on ([\d.]+:\d+)", line):
+                target = match.group(1)
+                break
+            if not line and process.poll() is not None:
+                raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
+        if not target:
+            raise TimeoutError(f"{' '.join(command)} did not start in {timeout} s")
+        with grpc.insecure_channel(target) as channel:
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True
+            )
+        yield Server(process, target)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+def _channels(target: str, count: int) -> list[grpc.aio.Channel]:
+    # A local subchannel pool gives each channel its own connection, so several
+    # server processes sharing the port (SO_REUSEPORT) all get connections.
+    return [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+
+
+async def _closed_loop(
+    target: str, requests: Requests, concurrency: int, seconds: float, channels: int
+) -> tuple[int, int, list[float], float]:
+    opened = _channels(target, channels)
+    calls = [ch.unary_unary(SETTLE) for ch in opened]
+    latencies: list[float] = []
+    errors = 0
+    stop_at = 0.0
+
+    async def worker(i: int) -> None:
+        nonlocal errors
+        call = calls[i % len(calls)]
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                await call(requests.next(), timeout=30)
+                latencies.append((time.perf_counter() - started) * 1000)
+            except grpc.aio.AioRpcError:
+                errors += 1
+
+    started = time.perf_counter()
+    stop_at = started + seconds
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    for ch in opened:
+        await ch.close()
+    return len(latencies), errors, latencies, elapsed
+
+
+async def _open_loop(
+    target: str, requests: Requests, rate: float, seconds: float, channels: int, max_in_flight: int = 2000
+) -> tuple[int, int, list[float], float]:
+    """Send at a fixed rate whatever the answers do; latency counts from the
+    planned send time, so a stalled server cannot hide its queue."""
+    opened = _channels(target, channels)
+    calls = [ch.unary_unary(SETTLE) for ch in opened]
+    latencies: list[float] = []
+    errors = 0
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(call: grpc.aio.UnaryUnaryMultiCallable, planned: float, body: bytes) -> None:
+        nonlocal errors
+        try:
+            await call(body, timeout=30)
+            latencies.append((time.perf_counter() - planned) * 1000)
+        except grpc.aio.AioRpcError:
+            errors += 1
+
+    started = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        planned = started + i / rate
+        delay = planned - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(pending) >= max_in_flight:  # the server fell far behind: count it, do not pile up
+            errors += 1
+            continue
+        task = asyncio.ensure_future(one(calls[i % len(calls)], planned, requests.next()))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.gather(*pending)
+    elapsed = time.perf_counter() - started
+    for ch in opened:
+        await ch.close()
+    return len(latencies), errors, latencies, elapsed
+
+
+def measure_closed(
+    label: str, server: Server, requests: Requests, concurrency: int, seconds: float, warmup: float, channels: int
+) -> Figures:
+    asyncio.run(_closed_loop(server.target, requests, concurrency, warmup, channels))
+    cpu = server.cpu_seconds()
+    n, errors, latencies, elapsed = asyncio.run(
+        _closed_loop(server.target, requests, concurrency, seconds, channels)
+    )
+    return Figures(label, n, errors, elapsed, latencies, server.cpu_seconds() - cpu)
+
+
+def measure_open(
+    label: str, server: Server, requests: Requests, rate: float, seconds: float, channels: int
+) -> Figures:
+    cpu = server.cpu_seconds()
+    n, errors, latencies, elapsed = asyncio.run(_open_loop(server.target, requests, rate, seconds, channels))
+    return Figures(label, n, errors, elapsed, latencies, server.cpu_seconds() - cpu)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    world: Path | None = None  # a generated world; None: generate `persons` into a temporary folder
+    persons: int = 1000
+    seed: int = 1
+    seconds: float = 10.0
+    warmup: float = 2.0
+    concurrency: int = 32
+    channels: int = 4
+    load_fraction: float = 0.8
+    server_args: tuple[str, ...] = ()  # extra `settlesim serve` arguments, e.g. ("--processes", "2")
+
+
+def run(config: BenchConfig, out=print) -> list[Figures]:
+    scratch = Path(tempfile.mkdtemp(prefix="settlesim-bench-"))
+    try:
+        world = config.world
+        if world is None:
+            from settlesim.server.world_generate import generate_world
+
+            world = scratch / "world"
+            started = time.perf_counter()
+            generate_world(world, config.persons, config.seed)
+            out(f"generated {config.persons} people in {time.perf_counter() - started:.1f} s: {world}")
+        workload = Workload.load(world)
+        persons = len(workload.visits)
+        requests = Requests(workload, config.seed)
+        out(
+            f"closed loop: {config.concurrency} calls in flight over {config.channels} connections, "
+            f"{config.seconds:g} s after {config.warmup:g} s warm-up; SettleVisit on {persons} people; "
+            f"{os.cpu_count()} CPUs shared by servers and load generator"
+        )
+        results: list[Figures] = []
+        noop_cmd = [sys.executable, "-m", "settlesim.server.noop", "--port", "0"]
+        with running(noop_cmd) as noop:
+            results.append(
+                measure_closed(
+                    "noop", noop, requests, config.concurrency, config.seconds, config.warmup, config.channels
+                )
+            )
+        out(HEADER)
+        out(results[-1].row())
+        serve_cmd = [
+            sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(world),
+            "--db", str(scratch / "ledger.db"), "--log-level", "warning", *config.server_args,
+        ]  # fmt: skip
+        started = time.perf_counter()
+        with running(serve_cmd) as reference:
+            out(f"(reference server loaded {persons} people and started in {time.perf_counter() - started:.1f} s)")
+            settle = measure_closed(
+                f"settle ({persons} people)",
+                reference,
+                requests,
+                config.concurrency,
+                config.seconds,
+                config.warmup,
+                config.channels,
+            )
+            results.append(settle)
+            out(settle.row())
+            rate = settle.rps * config.load_fraction
+            at_load = measure_open(
+                f"settle at {config.load_fraction:.0%} = {rate:.0f}/s",
+                reference,
+                requests,
+                rate,
+                config.seconds,
+                config.channels,
+            )
+            results.append(at_load)
+            out(at_load.row())
+            check = subprocess.run(
+                [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(scratch / "ledger.db")],
+                capture_output=True,
+                text=True,
+            )
+            out(check.stdout.strip().splitlines()[-1] if check.stdout.strip() else check.stderr.strip())
+        out(f"ratio settle/noop requests/s: {settle.rps / results[0].rps:.2f}")
+        return results
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
