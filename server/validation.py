@@ -24,7 +24,7 @@ MIN_YEAR, MAX_YEAR = 1990, 2100
 # most this many violations, and quote bad input briefly and in ASCII.
 MAX_LISTED_VIOLATIONS = 10
 QUOTED_CHARS = 20
-CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+CODE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:/-]*\Z")  # \Z: `$` would allow a final newline
 _INSURANCE_TYPES = {int(t.value): t for t in InsuranceType}
 _MEDICAL_TYPES = {pb.MEDICAL_TYPE_UNSPECIFIED, pb.MEDICAL_TYPE_CHRONIC_SPECIAL_OUTPATIENT}
 
