@@ -240,8 +240,10 @@ def _parse_step(check: _Checker, doc: Any, path: str, institution: str, earlier:
             raise check.fail(f"{path}.expect", "give either `error` or answer fields, not both")
     _check_expected(check, expect, response_type.DESCRIPTOR, f"{path}.expect")
     for where, value in (("request", request), ("raw", raw), ("expect", expect)):
+        # An expectation may also name what this step itself sent, e.g. ${steps.ID.msgid}.
+        visible = [*earlier, step_id] if where == "expect" else earlier
         for ref in references(value):
-            _check_reference(check, ref, f"{path}.{where}", earlier)
+            _check_reference(check, ref, f"{path}.{where}", visible)
     return Step(
         id=step_id,
         call=call,

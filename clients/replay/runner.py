@@ -407,41 +407,45 @@ def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospi
     try:
         request_fields = scope.resolve(step.request, institution)
         raw = scope.resolve(step.raw, institution) if step.raw is not None else None
-        expected = scope.resolve(step.expect, institution)
         his = hospital(institution)
         request = build_request(step, his, request_fields, raw)
     except (LookupError, json_format.ParseError, ValueError, TypeError) as e:
         result.status, result.message = "error", f"cannot build the request: {e}"
         return False
     result.request = _as_json(request)
-    result.expected = (
-        {"error": {"code": step.error.code, "reason": step.error.reason, "fields": list(step.error.fields)}}
-        if step.error
-        else expected
-    )
-    response = None
+    response, rejection = None, None
     try:
         response = his.call(step.method, request)
         result.answer = _as_json(response)
     except grpc.RpcError as error:
         rejection = rejection_of(error)
         result.answer = {"error": _rejection_dict(rejection)}
+    result.seconds = time.perf_counter() - started
+    scope.sent[step.id] = _Sent(request, response, _msgid_of(request))
+    if step.error is not None:
+        want = step.error
+        result.expected = {"error": {"code": want.code, "reason": want.reason, "fields": list(want.fields)}}
+    else:
+        try:
+            expected = scope.resolve(step.expect, institution)
+        except LookupError as e:
+            result.status, result.message = "error", f"cannot resolve the expected answer: {e}"
+            return False
+        result.expected = expected
+    if rejection is not None:
         if step.error is not None and rejection.code == step.error.code:
             result.diffs = compare_error(step, rejection)
         elif rejection.code in BROKEN:
             result.status = "error"
             result.message = f"the target could not answer: {rejection}"
         else:
-            want = f"{step.error.code} {step.error.reason}".strip() if step.error else "OK"
-            result.diffs = [Diff("status", want, str(rejection))]
+            want_text = f"{step.error.code} {step.error.reason}".strip() if step.error else "OK"
+            result.diffs = [Diff("status", want_text, str(rejection))]
+    elif step.error is not None:
+        result.diffs = [Diff("status", f"{step.error.code} {step.error.reason}".strip(), "OK")]
     else:
-        if step.error is not None:
-            result.diffs = [Diff("status", f"{step.error.code} {step.error.reason}".strip(), "OK")]
-        else:
-            result.diffs = compare(expected, response)
-    finally:
-        result.seconds = time.perf_counter() - started
-    scope.sent[step.id] = _Sent(request, response, _msgid_of(request))
+        assert response is not None
+        result.diffs = compare(result.expected, response)
     if result.status != "error":
         result.status = "failed" if result.diffs else "passed"
     # An answer with wrong figures still lets later steps run (more diffs help);
