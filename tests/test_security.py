@@ -97,6 +97,16 @@ def test_tls_connection_works_and_plaintext_is_refused(platform, client, pki):
     assert refused(lambda: plain.verify(QINGHAI, TUMOUR, "2021-12-09")).code == "UNAVAILABLE"
 
 
+def test_client_refuses_a_server_it_does_not_trust(platform, client, pki):
+    """The other wrong certificate: the hospital trusts only the national CA, the
+    server shows one from elsewhere. The client's error says why."""
+    rogue_server = pki.rogue.issue("localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
+    running = platform(tls_cert=rogue_server.cert, tls_key=rogue_server.key)
+    his = client(running.target, CANCER_HOSPITAL, ca=pki.ca.cert, retries=0, deadline=5)
+    rejection = refused(lambda: his.verify(QINGHAI, TUMOUR, "2021-12-09"))
+    assert rejection.code == "UNAVAILABLE" and "CERTIFICATE_VERIFY_FAILED" in rejection.message
+
+
 def test_mtls_identity_from_certificate_cn_settles(platform, client, pki):
     running = platform(tls_cert=pki.server.cert, tls_key=pki.server.key, client_ca=pki.ca.cert, auth="mtls")
     his = client(running.target, CANCER_HOSPITAL, ca=pki.ca.cert, cert=pki.cancer.cert, key=pki.cancer.key)
@@ -320,5 +330,9 @@ def test_serve_with_mtls_flags(serve, client, pki):
     assert his.verify(QINGHAI, TUMOUR, "2021-12-09").eligible
     posing = client(process.target, FUWAI, ca=pki.ca.cert, cert=pki.cancer.cert, key=pki.cancer.key)
     assert refused(lambda: posing.verify(QINGHAI, TUMOUR, "2021-12-09")).reason == "INSTITUTION_NOT_CALLER"
+    forged = client(process.target, CANCER_HOSPITAL, ca=pki.ca.cert, cert=pki.forged.cert, key=pki.forged.key)
+    assert refused(lambda: forged.verify(QINGHAI, TUMOUR, "2021-12-09")).code == "UNAVAILABLE"
     log = process.stop()
     assert "auth mtls, TLS mutual" in log and "INSECURE" not in log
+    # The operator's log names why the forged certificate was turned away.
+    assert "Handshake failed" in log and "CERTIFICATE_VERIFY_FAILED" in log
