@@ -25,6 +25,7 @@ MIN_YEAR, MAX_YEAR = 1990, 2100
 MAX_LISTED_VIOLATIONS = 10
 QUOTED_CHARS = 20
 CODE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:/-]*\Z")  # \Z: `$` would allow a final newline
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _INSURANCE_TYPES = {int(t.value): t for t in InsuranceType}
 _MEDICAL_TYPES = {pb.MEDICAL_TYPE_UNSPECIFIED, pb.MEDICAL_TYPE_CHRONIC_SPECIAL_OUTPATIENT}
 
@@ -65,10 +66,11 @@ class _Checker:
             self.add(field, "required (YYYY-MM-DD)", Reason.FIELD_MISSING)
             return None
         try:
-            parsed = date.fromisoformat(value)
+            # fromisoformat alone also reads week dates ("2024-W18-3") and basic format
+            parsed = date.fromisoformat(value) if DAY.fullmatch(value) else None
         except ValueError:
             parsed = None
-        if parsed is None or len(value) != 10 or not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        if parsed is None or not MIN_YEAR <= parsed.year <= MAX_YEAR:
             self.add(field, f"must be a date YYYY-MM-DD in {MIN_YEAR}..{MAX_YEAR}", Reason.FIELD_INVALID)
             return None
         return parsed

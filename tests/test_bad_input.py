@@ -76,3 +76,21 @@ def test_a_code_with_a_trailing_newline_is_malformed(stub, field):
     rejection = rejection_of(caught.value)
     assert (rejection.code, rejection.reason) == ("INVALID_ARGUMENT", "FIELD_INVALID")
     assert rejection.violations[0][0] == f"request.{field.replace('items.', 'items[0].')}"
+
+
+@pytest.mark.parametrize("day", ["20240501  ", "2024-W18-3", "2024-05-01\n", "２０２４-０５-０１"])
+def test_a_date_not_written_yyyy_mm_dd_is_malformed(stub, day):
+    """Dates are "YYYY-MM-DD" (docs/errors.md). Python's date.fromisoformat also
+    reads ISO week dates and basic format, so "2024-W18-3" and "20240501  " (ten
+    characters, like YYYY-MM-DD) were accepted as 2024-05-01."""
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Reconcile(
+            pb.ReconcileRequest(institution_code=CANCER_HOSPITAL, start_date=day, end_date=day), timeout=10
+        )
+    assert rejection_of(caught.value).violations[0][:2] == ("start_date", "FIELD_INVALID")
+    fee = pb.FeeItem(
+        sequence_no="1", catalog_code="A-CONSULT-001", unit_price_fen=100, quantity=1, amount_fen=100
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SettleVisit(settle_request([fee], visit_date=day, msgid="DATE1"), timeout=10)
+    assert rejection_of(caught.value).violations[0][:2] == ("request.visit.visit_date", "FIELD_INVALID")
