@@ -261,6 +261,9 @@ def _replay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="only cases with this tag (repeatable)")
     p.add_argument("--deadline", type=float, default=10.0, help="seconds per call (default 10)")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    p.add_argument(
+        "--serve", action="store_true", help="start the reference server on a free port (throw-away ledger)"
+    )
 
 
 def add_replay(sub: argparse._SubParsersAction) -> None:
@@ -272,7 +275,8 @@ def add_replay(sub: argparse._SubParsersAction) -> None:
         _examples(
             "settlesim replay my-cases/ --target 127.0.0.1:50051",
             "settlesim replay case.yaml --target his-test:50051 --junit out/junit.xml --html out/report.html",
-            "settlesim replay cases/ --target 127.0.0.1:50051 --tag rule:deductible --jobs 8",
+            "settlesim replay cases/ --target 127.0.0.1:50051 --tag rule:ratio --jobs 8",
+            "settlesim replay my-case.yaml --serve   # against a throw-away reference server",
         ),
     )
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="case files or folders of *.yaml")
@@ -293,7 +297,6 @@ def add_conformance(sub: argparse._SubParsersAction) -> None:
             "settlesim conformance --list",
         ),
     )
-    p.add_argument("--serve", action="store_true", help="start the reference server on a free port and use it")
     _replay_options(p)
     p.set_defaults(run=run_conformance)
 
@@ -321,7 +324,9 @@ def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    return _run_replay(args.paths, args)
+    if args.serve and args.target:
+        raise CliError("give --target or --serve, not both")
+    return _run_replay(args.paths, args, serve=args.serve)
 
 
 def run_conformance(args: argparse.Namespace) -> int:
