@@ -119,7 +119,8 @@ class _Job(Generic[T]):
 
     def __init__(self, work: Callable[[sqlite3.Connection], T]) -> None:
         self.work = work
-        self.done = threading.Event()
+        self.done = threading.Lock()  # held until the outcome is known: cheaper than an Event
+        self.done.acquire()
         self.result: T | None = None
         self.error: BaseException | None = None
 
@@ -206,7 +207,8 @@ class Ledger:
             if self._closed:
                 raise sqlite3.ProgrammingError("the ledger is closed")
             self._queue.put(job)
-        job.done.wait()
+        with job.done:  # released by the writer after COMMIT
+            pass
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -250,7 +252,7 @@ class Ledger:
                     if job.error is None:
                         job.error = error
         for job in batch:
-            job.done.set()
+            job.done.release()
 
     # --- settle ---------------------------------------------------------------------------
 

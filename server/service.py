@@ -133,12 +133,14 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
     def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.ServicerContext):
         caller = self.caller(context)
         plan = self._plan(caller, request.request)
+        built: list[pb.Settlement] = []  # the answer made in the transaction, if it was new
 
         def settle(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
             result = plan.compute(totals)
             answer = plan.answer(
                 result, "S" + uuid.uuid4().hex[:19].upper(), "V" + uuid.uuid4().hex[:19].upper()
             )
+            built.append(answer)
             f = result.figures
             stored = StoredSettlement(
                 settlement_id=answer.settlement_id,
@@ -173,7 +175,10 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             stored.fund_pays,
             replayed,
         )
-        return pb.SettleVisitResponse(settlement=settlement_answer(stored), replayed=replayed)
+        # A new settlement answers with the message it stored (no decode of the
+        # bytes just encoded); a replay answers the stored bytes with today's status.
+        fresh = built[-1] if built and not replayed else settlement_answer(stored)
+        return pb.SettleVisitResponse(settlement=fresh, replayed=replayed)
 
     @refusals_as_status
     def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.ServicerContext):
