@@ -20,7 +20,14 @@ from settlesim.clients.hospital import Fee, Hospital, SettlementUncertain
 from settlesim.clients.rejections import rejection_of
 from settlesim.clients.resilience import BookEntry, HospitalBook, settle_reliably
 from settlesim.server.app import RunningServer, ServerConfig, start
-from settlesim.server.faults import FaultPlan, FaultPlanError, RpcFaults, load_plan, parse_plan
+from settlesim.server.faults import (
+    FaultPlan,
+    FaultPlanError,
+    RpcFaults,
+    load_plan,
+    parse_plan,
+    plan_from_flags,
+)
 from settlesim.v1 import settlement_service_pb2 as pb
 
 TUMOUR = "M00503"
@@ -221,6 +228,13 @@ def test_plan_file_named_rpc_overrides_default(tmp_path):
     assert plan.for_rpc("SettleVisit") == RpcFaults(5, None, {"RESOURCE_EXHAUSTED": 0.01}, 0.2)
     assert plan.for_rpc("GetSettlement") == RpcFaults(5, None, {"UNAVAILABLE": 0.02}, None)
     assert plan.seed == 7 and plan.active
+
+    # Command-line flags are laid over the file: their fields win, the rest stay.
+    flags = plan_from_flags(latency_ms=0, errors={"DEADLINE_EXCEEDED": 0.1}, commit_then_drop=0.5, seed=9)
+    both = plan.merged(flags)
+    assert both.for_rpc("SettleVisit") == RpcFaults(0, None, {"RESOURCE_EXHAUSTED": 0.01}, 0.5)
+    assert both.for_rpc("GetSettlement") == RpcFaults(0, None, {"DEADLINE_EXCEEDED": 0.1}, None)
+    assert both.seed == 9
 
 
 @pytest.mark.parametrize(
