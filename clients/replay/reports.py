@@ -43,7 +43,8 @@ class TerminalReport:
         line = Text(f"[{self.done:>{len(str(self.total))}}/{self.total}] ")
         line.append(f"{LABEL[status]:<5}", style=STYLE[status])
         line.append(f" {result.case.name}")
-        line.append(f"  {len(result.steps)} steps, {result.seconds * 1000:.0f} ms", style="dim")
+        steps = len(result.steps)
+        line.append(f"  {steps} step{'s' if steps != 1 else ''}, {result.seconds * 1000:.0f} ms", style="dim")
         self.console.print(line)
 
     def summary(self, run: RunResult) -> None:
