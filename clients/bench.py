@@ -47,6 +47,7 @@ class Figures:
     seconds: float
     latencies_ms: Sequence[float]
     cpu_seconds: float
+    load_cpu_seconds: float = 0.0  # the load generator's own CPU (same machine)
 
     @property
     def rps(self) -> float:
@@ -63,13 +64,17 @@ class Figures:
         return self.cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
 
     def row(self) -> str:
+        load_us = self.load_cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
         return (
             f"{self.label:<26} {self.rps:>9.0f} {self.percentile(50):>8.1f} {self.percentile(95):>8.1f} "
-            f"{self.percentile(99):>8.1f} {self.cpu_us_per_request:>10.0f} {self.errors:>7}"
+            f"{self.percentile(99):>8.1f} {self.cpu_us_per_request:>10.0f} {load_us:>9.0f} {self.errors:>7}"
         )
 
 
-HEADER = f"{'run':<26} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} {'errors':>7}"
+HEADER = (
+    f"{'run':<26} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
+    f"{'load us':>9} {'errors':>7}"
+)
 
 
 # --- requests, pre-encoded -----------------------------------------------------------------------
@@ -172,7 +177,10 @@ def running(command: list[str], timeout: float = 600) -> Iterator[Server]:
 def _channels(target: str, count: int) -> list[grpc.aio.Channel]:
     # A local subchannel pool gives each channel its own connection, so several
     # server processes sharing the port (SO_REUSEPORT) all get connections.
-    return [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+    return [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(count)
+    ]
 
 
 async def _closed_loop(
@@ -245,22 +253,32 @@ async def _open_loop(
 
 
 def measure_closed(
-    label: str, server: Server, requests: Requests, concurrency: int, seconds: float, warmup: float, channels: int
+    label: str,
+    server: Server,
+    requests: Requests,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    channels: int,
 ) -> Figures:
     asyncio.run(_closed_loop(server.target, requests, concurrency, warmup, channels))
-    cpu = server.cpu_seconds()
+    cpu, own = server.cpu_seconds(), time.process_time()
     n, errors, latencies, elapsed = asyncio.run(
         _closed_loop(server.target, requests, concurrency, seconds, channels)
     )
-    return Figures(label, n, errors, elapsed, latencies, server.cpu_seconds() - cpu)
+    return Figures(
+        label, n, errors, elapsed, latencies, server.cpu_seconds() - cpu, time.process_time() - own
+    )
 
 
 def measure_open(
     label: str, server: Server, requests: Requests, rate: float, seconds: float, channels: int
 ) -> Figures:
-    cpu = server.cpu_seconds()
+    cpu, own = server.cpu_seconds(), time.process_time()
     n, errors, latencies, elapsed = asyncio.run(_open_loop(server.target, requests, rate, seconds, channels))
-    return Figures(label, n, errors, elapsed, latencies, server.cpu_seconds() - cpu)
+    return Figures(
+        label, n, errors, elapsed, latencies, server.cpu_seconds() - cpu, time.process_time() - own
+    )
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -314,7 +332,9 @@ def run(config: BenchConfig, out=print) -> list[Figures]:
         ]  # fmt: skip
         started = time.perf_counter()
         with running(serve_cmd) as reference:
-            out(f"(reference server loaded {persons} people and started in {time.perf_counter() - started:.1f} s)")
+            out(
+                f"(reference server loaded {persons} people and started in {time.perf_counter() - started:.1f} s)"
+            )
             settle = measure_closed(
                 f"settle ({persons} people)",
                 reference,

@@ -55,6 +55,8 @@ class ServerConfig:
     audit_log: Path | None = None
     audit_fsync: bool = False
     faults: FaultPlan | None = None
+    # Several processes on one port (serve --processes, server/processes.py).
+    reuse_port: bool = False
 
 
 @dataclass
@@ -100,7 +102,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         ],
         interceptors=interceptors,
     )

@@ -60,6 +60,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=16, help="request threads (default 16)")
     p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes sharing the port and the ledger file (SO_REUSEPORT; default 1)",
+    )
+    p.add_argument(
         "--no-sessions",
         action="store_true",
         help="refuse the x-settlesim-session sandbox header (see docs/sessions.md)",
@@ -83,7 +89,13 @@ def run_serve(args: argparse.Namespace) -> int:
         allow_sessions=not args.no_sessions,
         **_security_and_fault_config(args),
     )
+    if args.processes < 1:
+        raise CliError("--processes must be at least 1")
     try:
+        if args.processes > 1:
+            from settlesim.server.processes import serve_processes
+
+            return serve_processes(config, args.processes)
         return serve_forever(config)
     except ValueError as e:  # a refused auth/TLS combination
         raise CliError(str(e)) from e
@@ -249,6 +261,56 @@ def run_ledger_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench ----------------------------------------------------------------------------------
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "bench",
+        sub,
+        "Benchmark SettleVisit: the noop server vs the reference server on a generated world, "
+        "closed loop then open loop at 80 %% of the settle peak; prints req/s, p50/p95/p99 and "
+        "server CPU per request (it measures; it asserts nothing).",
+        _examples(
+            "settlesim bench --persons 1000                      # generates a world in a temp folder",
+            "settlesim bench --world /tmp/world-1m --seconds 20  # a world made by `world generate`",
+            "settlesim bench --world /tmp/world-1m --processes 2",
+        ),
+    )
+    p.add_argument("--world", type=Path, help="a generated world (default: generate --persons into a temp dir)")
+    p.add_argument("--persons", type=int, default=1000, help="people to generate without --world (default 1000)")
+    p.add_argument("--seed", type=int, default=1, help="seed for the world and the requests (default 1)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured time per run (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up per server (default 2)")
+    p.add_argument("--concurrency", type=int, default=32, help="calls in flight, closed loop (default 32)")
+    p.add_argument("--connections", type=int, default=4, help="HTTP/2 connections (default 4)")
+    p.add_argument("--load", type=float, default=0.8, help="open-loop rate as a share of the peak (default 0.8)")
+    p.add_argument("--processes", type=int, default=1, help="reference server processes (default 1)")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from settlesim.clients.bench import BenchConfig, run
+
+    if args.world is not None and not (args.world / "visits.csv").exists():
+        raise CliError(f"{args.world} has no visits.csv; make it with `settlesim world generate`")
+    if args.seconds <= 0 or args.concurrency < 1 or args.connections < 1 or not 0 < args.load <= 1:
+        raise CliError("--seconds, --concurrency, --connections must be positive and --load in (0, 1]")
+    config = BenchConfig(
+        world=args.world,
+        persons=args.persons,
+        seed=args.seed,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        concurrency=args.concurrency,
+        channels=args.connections,
+        load_fraction=args.load,
+        server_args=("--processes", str(args.processes)) if args.processes > 1 else (),
+    )
+    run(config)
+    return 0
+
+
 # --- replay, conformance ----------------------------------------------------------------------
 
 
@@ -340,7 +402,7 @@ def run_conformance(args: argparse.Namespace) -> int:
 # --- main -----------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_serve, add_world, add_ledger, add_replay, add_conformance,
+    add_serve, add_world, add_ledger, add_replay, add_conformance, add_bench,
 ]  # fmt: skip
 
 

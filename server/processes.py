@@ -1,0 +1,109 @@
+"""`settlesim serve --processes N`: N server processes sharing one port and one
+ledger file, so the settlement path is not held to one core by Python's GIL.
+
+The parent loads the world once and forks; each child starts its own gRPC
+server (SO_REUSEPORT: the kernel spreads new connections over the children) and
+its own Ledger connection. Correctness across processes rests on SQLite: every
+write is an IMMEDIATE transaction, so writers on the shared file are serialised
+and each reads the yearly totals and msgids the others committed (the same
+guarantees as one process; see server/ledger.py). gRPC objects must not cross
+a fork, so nothing of gRPC exists in the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from dataclasses import replace
+
+from settlesim.server.app import ServerConfig, default_db_path, start
+from settlesim.server.world_loader import load_world
+
+log = logging.getLogger("settlesim.server")
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """Bind (not listen) with SO_REUSEPORT: fixes the port, even port 0, for the
+    children to share, without taking connections itself."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _child(config: ServerConfig, world: object, ready: int) -> None:
+    """Run one server until SIGTERM; never returns."""
+    code = 0
+    try:
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it forwards SIGTERM
+        running = start(config, world)  # type: ignore[arg-type]
+        os.write(ready, b"1")
+        os.close(ready)
+        stopped.wait()
+        running.stop()
+    except BaseException:
+        log.exception("server process %d failed", os.getpid())
+        code = 1
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
+
+
+def serve_processes(config: ServerConfig, processes: int) -> int:
+    """Fork `processes` servers on one port; drain them all on SIGTERM/SIGINT."""
+    world = load_world(config.world_dir)
+    reserved = _reserve(config.host, config.port)
+    port = reserved.getsockname()[1]
+    shared = replace(config, port=port, reuse_port=True)
+    children: list[int] = []
+    readies: list[int] = []
+    for _ in range(processes):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            reserved.close()
+            os.close(read_end)
+            _child(shared, world, write_end)
+        os.close(write_end)
+        children.append(pid)
+        readies.append(read_end)
+    started = all(os.read(fd, 1) == b"1" for fd in readies)
+    for fd in readies:
+        os.close(fd)
+    reserved.close()
+    stopping = threading.Event()
+
+    def stop_all(signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        stopping.set()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    if not started:
+        stop_all()
+    else:
+        db = config.db_path or default_db_path()
+        log.info("serving world %r on %s:%d with %d processes, ledger %s", world.name, config.host, port,
+                 processes, db)  # fmt: skip
+        print(f"settlesim serving on {config.host}:{port} (db {db}, {processes} processes)", flush=True)
+    failed = not started
+    remaining = set(children)
+    while remaining:
+        pid, status = os.wait()
+        remaining.discard(pid)
+        if os.waitstatus_to_exitcode(status) != 0 or not stopping.is_set():
+            if not stopping.is_set():
+                log.error("server process %d exited; stopping the others", pid)
+            failed = True
+            stop_all()
+    log.info("stopped")
+    return 1 if failed else 0
