@@ -85,7 +85,10 @@ def replay(paths: Sequence[Path], options: ReplayOptions, console: Console | Non
 
 def _run(cases: list[Case], target: str, options: ReplayOptions, console: Console) -> int:
     worlds = sorted({c.world for c in cases})
-    console.print(f"replaying {len(cases)} cases against {target} (world {', '.join(worlds)})")
+
+    def header() -> None:  # only once the target has answered
+        console.print(f"replaying {len(cases)} cases against {target} (world {', '.join(worlds)})")
+
     terminal = reports.TerminalReport(console, len(cases))
     try:
         run = run_cases(
@@ -95,6 +98,7 @@ def _run(cases: list[Case], target: str, options: ReplayOptions, console: Consol
             deadline=options.deadline,
             connect_timeout=options.connect_timeout,
             on_case=terminal.case_done,
+            on_start=header,
         )
     except TargetError as e:
         raise ReplayError(str(e)) from None

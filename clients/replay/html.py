@@ -31,6 +31,7 @@ TEMPLATE = r"""<!doctype html>
   details.case > summary { cursor: pointer; }
   pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: 12px; white-space: pre-wrap; }
   .why { white-space: pre-wrap; background: #fbfaf3; border-left: 3px solid #d8c97a; padding: .4em .8em; }
+  td.result { white-space: nowrap; }
   td.exp { color: #17762a; } td.act { color: #b31d1d; }
   .tags code { background: #eef; padding: 0 .3em; margin-right: .3em; border-radius: 3px; }
 </style>
@@ -59,7 +60,7 @@ TEMPLATE = r"""<!doctype html>
     <td><code>{{ rule }}</code></td>
     <td>{% for c in cases %}<a href="#case-{{ c.case }}" class="{{ c.status }}">{{ c.case }}</a>
       {{- ", " if not loop.last }}{% endfor %}</td>
-    <td class="{{ 'passed' if not bad else 'failed' }}">
+    <td class="result {{ 'passed' if not bad else 'failed' }}">
       {%- if not bad %}all {{ cases|length }} passed{% else %}{{ bad|length }} of {{ cases|length }} not passed
       {%- endif %}</td>
   </tr>

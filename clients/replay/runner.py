@@ -463,6 +463,7 @@ def run_cases(
     deadline: float = 10.0,
     connect_timeout: float = 5.0,
     on_case: Callable[[CaseResult], None] | None = None,
+    on_start: Callable[[], None] | None = None,
     channel: grpc.Channel | None = None,
 ) -> RunResult:
     """Run every case (in parallel, each in its own fresh session) and collect results
@@ -474,6 +475,8 @@ def run_cases(
     started = time.perf_counter()
     try:
         check_target(channel, target, connect_timeout)
+        if on_start is not None:
+            on_start()
         results: list[CaseResult | None] = [None] * len(cases)
         with futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="replay") as pool:
             running = {
