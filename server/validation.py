@@ -24,6 +24,7 @@ MIN_YEAR, MAX_YEAR = 1990, 2100
 # most this many violations, and quote bad input briefly and in ASCII.
 MAX_LISTED_VIOLATIONS = 10
 QUOTED_CHARS = 20
+MAX_DESCRIPTION = 200
 CODE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:/-]*\Z")  # \Z: `$` would allow a final newline
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _INSURANCE_TYPES = {int(t.value): t for t in InsuranceType}
@@ -39,6 +40,11 @@ class SettlementInput:
     lines: tuple[FeeLine, ...]
 
 
+def quoted(value: str) -> str:
+    """Bad input as a description quotes it: briefly, in ASCII."""
+    return f"{value[:QUOTED_CHARS]!a}"
+
+
 class _Checker:
     """Collects violations so one answer lists every problem."""
 
@@ -46,7 +52,7 @@ class _Checker:
         self.violations: list[Violation] = []
 
     def add(self, field: str, description: str, reason: Reason) -> None:
-        self.violations.append(Violation(field, description, reason))
+        self.violations.append(Violation(field, description[:MAX_DESCRIPTION], reason))
 
     def code(self, field: str, value: str, *, required: bool = True) -> str:
         if not value:
@@ -56,7 +62,7 @@ class _Checker:
         if len(value) > MAX_CODE_LENGTH or not CODE.match(value):
             self.add(
                 field,
-                f"must be 1-{MAX_CODE_LENGTH} letters, digits or ._:/- (got {value[:QUOTED_CHARS]!a})",
+                f"must be 1-{MAX_CODE_LENGTH} letters, digits or ._:/- (got {quoted(value)})",
                 Reason.FIELD_INVALID,
             )
         return value
@@ -137,7 +143,9 @@ def _lines(check: _Checker, items: Iterable[pb.FeeItem], count: int, prefix: str
         sequence_no = check.code(f"{at}.sequence_no", item.sequence_no)
         if sequence_no in seen:
             check.add(
-                f"{at}.sequence_no", f"duplicate sequence_no {sequence_no}", Reason.DUPLICATE_SEQUENCE_NO
+                f"{at}.sequence_no",
+                f"duplicate sequence_no {quoted(sequence_no)}",
+                Reason.DUPLICATE_SEQUENCE_NO,
             )
         seen.add(sequence_no)
         check.code(f"{at}.catalog_code", item.catalog_code)

@@ -94,3 +94,21 @@ def test_a_date_not_written_yyyy_mm_dd_is_malformed(stub, day):
     with pytest.raises(grpc.RpcError) as caught:
         stub.SettleVisit(settle_request([fee], visit_date=day, msgid="DATE1"), timeout=10)
     assert rejection_of(caught.value).violations[0][:2] == ("request.visit.visit_date", "FIELD_INVALID")
+
+
+def test_a_refusal_quoting_long_duplicate_sequence_numbers_still_reaches_the_client(stub):
+    """Ten items sharing a 2000-character unicode sequence number: the
+    DUPLICATE_SEQUENCE_NO description quoted the whole number, so the refusal's
+    trailers went past gRPC's 8 KiB metadata limit and the client got
+    RESOURCE_EXHAUSTED instead of the refusal."""
+    items = [
+        pb.FeeItem(
+            sequence_no="码" * 2000, catalog_code="A-CONSULT-001", unit_price_fen=1, quantity=1, amount_fen=1
+        )
+        for _ in range(10)
+    ]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SettleVisit(settle_request(items), timeout=10)
+    rejection = rejection_of(caught.value)
+    assert (rejection.code, rejection.reason) == ("INVALID_ARGUMENT", "FIELD_INVALID")
+    assert ("request.items[1].sequence_no", "DUPLICATE_SEQUENCE_NO") in {v[:2] for v in rejection.violations}
