@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import Case, CaseError, load_cases
-from settlesim.clients.replay.runner import TargetError, run_cases
+from settlesim.clients.replay.runner import run_cases
+from settlesim.clients.replay.target import TargetError
 
 
 class ReplayError(Exception):

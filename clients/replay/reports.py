@@ -13,7 +13,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.text import Text
-from settlesim.clients.replay.runner import CaseResult, Diff, RunResult, StepResult
+from settlesim.clients.replay.compare import Diff
+from settlesim.clients.replay.runner import CaseResult, RunResult, StepResult
 
 STYLE = {"passed": "green", "failed": "red", "error": "magenta", "skipped": "dim"}
 LABEL = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}

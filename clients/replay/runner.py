@@ -1,7 +1,7 @@
 """Running cases against a target: one mock hospital per (case, institution),
 each case in its own session (x-settlesim-session) so cases are independent and
 run in parallel, steps in order, `${steps.ID...}` references resolved from
-earlier answers, and every expected field compared exactly (money in fen)."""
+earlier answers, answers compared with compare.py."""
 
 from __future__ import annotations
 
@@ -15,47 +15,16 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from settlesim.clients.hospital import SESSION_HEADER, Fee, Hospital
+from settlesim.clients.hospital import Hospital
 from settlesim.clients.rejections import Rejection, rejection_of
-from settlesim.clients.replay.cases import CALLS, REFERENCE, Case, Step
-from settlesim.v1 import settlement_service_pb2 as pb
-from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
+from settlesim.clients.replay.cases import REFERENCE, Case, Step
+from settlesim.clients.replay.compare import Diff, compare, compare_error
+from settlesim.clients.replay.requests import build_request, msgid_of
+from settlesim.clients.replay.target import check_target
 
 # Statuses that say the target could not answer at all, not that it answered wrongly.
 BROKEN = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNKNOWN"})
-SERVICE = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
-
-
-class TargetError(Exception):
-    """The target is down or does not speak the settlesim.v1 contract."""
-
-
-def yuan(fen: int) -> str:
-    """17963 -> '179.63'."""
-    sign = "-" if fen < 0 else ""
-    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
-
-
-@dataclass(frozen=True)
-class Diff:
-    """One expected field that the answer does not match."""
-
-    path: str
-    expected: Any
-    actual: Any
-
-    @property
-    def money(self) -> bool:
-        return self.path.endswith("_fen")
-
-    def show(self, value: Any) -> str:
-        if value is None:
-            return "absent"
-        if self.money and isinstance(value, int) and not isinstance(value, bool):
-            return f"{yuan(value)} yuan ({value} fen)"
-        return str(value)
 
 
 @dataclass
@@ -97,42 +66,6 @@ class RunResult:
     @property
     def passed(self) -> bool:
         return all(c.status == "passed" for c in self.cases)
-
-
-# --- the target ------------------------------------------------------------------------------
-
-
-def check_target(channel: grpc.Channel, target: str, timeout: float = 5.0) -> None:
-    """Fail fast, in one line, when nobody answers or the answer is not our contract:
-    an empty VerifyRegistration must be refused as INVALID_ARGUMENT (or answered)."""
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        raise TargetError(
-            f"cannot reach {target}: no gRPC server answered within {timeout:g}s "
-            "(is `settlesim serve` running there?)"
-        ) from None
-    stub = pb_grpc.SettlementServiceStub(channel)
-    probe_session = (SESSION_HEADER, "replay-probe-" + secrets.token_hex(4))
-    try:
-        stub.VerifyRegistration(pb.VerifyRegistrationRequest(), timeout=timeout, metadata=[probe_session])
-    except grpc.RpcError as error:
-        rejection = rejection_of(error)
-        if rejection.code == "INVALID_ARGUMENT":
-            return
-        if rejection.code == "UNIMPLEMENTED":
-            raise TargetError(
-                f"{target} answers gRPC but does not implement {SERVICE} (UNIMPLEMENTED): "
-                "it speaks another contract"
-            ) from None
-        if rejection.reason == "SESSIONS_DISABLED":
-            raise TargetError(
-                f"{target} refuses session sandboxes (started with --no-sessions); replay needs them "
-                "to keep runs apart (docs/sessions.md)"
-            ) from None
-        if rejection.code in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}:
-            raise TargetError(f"cannot reach {target}: {rejection}") from None
-        raise TargetError(f"{target} gave an unexpected answer to a probe: {rejection}") from None
 
 
 # --- references --------------------------------------------------------------------------------
@@ -198,168 +131,6 @@ def _walk(message: Any, path: list[str], ref: str) -> Any:
     return value
 
 
-# --- requests ----------------------------------------------------------------------------------
-
-
-def _enum(value: Any, enum_type: Any) -> int:
-    return value if isinstance(value, int) else enum_type.Value(str(value))
-
-
-def build_request(step: Step, his: Hospital, request: dict[str, Any], raw: dict[str, Any] | None) -> Message:
-    """The friendly form, built the way an HIS builds it, with `raw` (protobuf
-    JSON) merged over it for requests an honest HIS would never send."""
-    request_type = CALLS[step.call][1]
-    message = request_type()
-    if request and step.call in {"verify", "pre_settle", "settle"}:
-        visit = his.visit(
-            str(request["person"]) if not isinstance(request["person"], dict) else "",
-            str(request["disease"]),
-            str(request["date"]),
-            _enum(request.get("insurance_type", 0), pb.InsuranceType),
-        )
-        if isinstance(request["person"], dict):
-            json_format.ParseDict(request["person"], visit.person)
-        if step.call == "verify":
-            message.visit.CopyFrom(visit)
-        else:
-            fees = [fee for entry in request.get("fees", []) for fee in _fees(entry)]
-            inner = his.settlement_request("", "", "", [f for f, _ in fees], request.get("msgid") or None)
-            inner.visit.CopyFrom(visit)
-            for item, (_, entry) in zip(inner.items, fees, strict=True):
-                if "seq" in entry:
-                    item.sequence_no = str(entry["seq"])
-                if "amount" in entry:
-                    item.amount_fen = entry["amount"]
-            if "operator" in request:
-                inner.operator = request["operator"]
-            message.request.CopyFrom(inner)
-    elif step.call == "reverse":
-        message.MergeFrom(
-            pb.ReverseSettlementRequest(
-                msgid=request.get("msgid") or his.next_msgid(),
-                institution_code=his.institution_code,
-                settlement_id=str(request.get("settlement_id", "")),
-                operator=request.get("operator", his.operator),
-            )
-        )
-    elif step.call == "void":
-        message.MergeFrom(
-            pb.VoidByMessageIdRequest(
-                msgid=request.get("msgid") or his.next_msgid(),
-                institution_code=his.institution_code,
-                original_msgid=str(request.get("original_msgid", "")),
-                original_infno=str(request.get("original_infno", "2207")),
-                operator=request.get("operator", his.operator),
-            )
-        )
-    elif step.call == "get":
-        message.MergeFrom(
-            pb.GetSettlementRequest(
-                institution_code=his.institution_code,
-                settlement_id=str(request.get("settlement_id", "")),
-                msgid=str(request.get("msgid", "")),
-            )
-        )
-    elif step.call == "reconcile":
-        hospital = pb.ReconcileFigures()
-        json_format.ParseDict(request.get("hospital", {}), hospital)
-        message.MergeFrom(
-            pb.ReconcileRequest(
-                institution_code=his.institution_code,
-                start_date=str(request.get("start", "")),
-                end_date=str(request.get("end", "")),
-                hospital=hospital,
-                include_entries=bool(request.get("include_entries", False)),
-            )
-        )
-    if raw is not None:
-        json_format.ParseDict(raw, message)
-    return message
-
-
-def _fees(entry: dict[str, Any]) -> list[tuple[Fee, dict[str, Any]]]:
-    fee = Fee(
-        str(entry["code"]),
-        int(entry["price"]),
-        int(entry.get("quantity", 1)),
-        str(entry.get("hospital_code", "")),
-        str(entry.get("name", "")),
-    )
-    return [(fee, entry)] * int(entry.get("repeat", 1))
-
-
-def _msgid_of(request: Message) -> str:
-    inner = getattr(request, "request", None)
-    if isinstance(inner, pb.SettlementRequest):
-        return inner.msgid
-    return getattr(request, "msgid", "")
-
-
-# --- comparison --------------------------------------------------------------------------------
-
-
-def compare(expected: dict[Any, Any], message: Message, path: str = "") -> list[Diff]:
-    """Only the fields the case names; money exact to the fen."""
-    diffs: list[Diff] = []
-    for key, want in expected.items():
-        fd = message.DESCRIPTOR.fields_by_name[key]
-        at = f"{path}.{key}" if path else key
-        have = getattr(message, key)
-        if fd.is_repeated:
-            pairs = list(want.items()) if isinstance(want, dict) else list(enumerate(want))
-            if isinstance(want, list) and len(want) != len(have):
-                diffs.append(Diff(f"{at}.length", len(want), len(have)))
-            for index, element in pairs:
-                if index >= len(have):
-                    if isinstance(want, dict):
-                        diffs.append(Diff(f"{at}[{index}]", "present", None))
-                    continue
-                diffs.extend(_compare_value(fd, element, have[index], f"{at}[{index}]"))
-        elif want is None or (fd.has_presence and not message.HasField(key)):
-            present = message.HasField(key)
-            if want is None and present:
-                diffs.append(Diff(at, None, _shown(fd, have)))
-            elif want is not None and not present:
-                diffs.append(Diff(at, want, None))
-        else:
-            diffs.extend(_compare_value(fd, want, have, at))
-    return diffs
-
-
-def _compare_value(fd: FieldDescriptor, want: Any, have: Any, at: str) -> list[Diff]:
-    if fd.type == FieldDescriptor.TYPE_MESSAGE:
-        return compare(want, have, at)
-    if fd.type == FieldDescriptor.TYPE_ENUM:
-        names = fd.enum_type.values_by_number
-        have_name = names[have].name if have in names else have
-        want_name = names[want].name if isinstance(want, int) and want in names else want
-        return [] if want_name == have_name else [Diff(at, want_name, have_name)]
-    if type(want) is not type(have) and not (isinstance(want, int) and isinstance(have, int)):
-        return [Diff(at, want, have)]
-    return [] if want == have else [Diff(at, want, have)]
-
-
-def _shown(fd: FieldDescriptor, value: Any) -> Any:
-    if isinstance(value, Message):
-        return json_format.MessageToDict(value, preserving_proto_field_name=True)
-    return value
-
-
-def compare_error(step: Step, rejection: Rejection) -> list[Diff]:
-    want = step.error
-    assert want is not None
-    diffs = []
-    if rejection.code != want.code:
-        diffs.append(Diff("error.code", want.code, rejection.code))
-    if want.reason and rejection.reason != want.reason:
-        diffs.append(Diff("error.reason", want.reason, rejection.reason or "(none)"))
-    fields = [f for f, _, _ in rejection.violations]
-    for name in want.fields:
-        if name not in fields:
-            diffs.append(Diff("error.fields", name, ", ".join(fields) or "(no BadRequest)"))
-    return diffs
-
-
 def _rejection_dict(rejection: Rejection) -> dict[str, Any]:
     return {
         "code": rejection.code,
@@ -421,7 +192,7 @@ def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospi
         rejection = rejection_of(error)
         result.answer = {"error": _rejection_dict(rejection)}
     result.seconds = time.perf_counter() - started
-    scope.sent[step.id] = _Sent(request, response, _msgid_of(request))
+    scope.sent[step.id] = _Sent(request, response, msgid_of(request))
     if step.error is not None:
         want = step.error
         result.expected = {"error": {"code": want.code, "reason": want.reason, "fields": list(want.fields)}}
@@ -434,7 +205,7 @@ def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospi
         result.expected = expected
     if rejection is not None:
         if step.error is not None and rejection.code == step.error.code:
-            result.diffs = compare_error(step, rejection)
+            result.diffs = compare_error(step.error, rejection)
         elif rejection.code in BROKEN:
             result.status = "error"
             result.message = f"the target could not answer: {rejection}"
