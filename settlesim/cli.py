@@ -149,6 +149,9 @@ def _security_and_fault_config(args: argparse.Namespace) -> dict[str, object]:
         plan = load_plan(args.faults).merged(flags) if args.faults else flags
     except (FaultPlanError, OSError) as e:
         raise CliError(str(e)) from e
+    if args.audit_log and getattr(args, "processes", 1) > 1:
+        # Each process would append its own chain of digests to the one file.
+        raise CliError("--audit-log needs a single server process (drop --processes)")
     return {
         "auth": args.auth or ("mtls" if args.client_ca else "none"),
         "tls_cert": args.tls_cert,
@@ -399,10 +402,45 @@ def run_conformance(args: argparse.Namespace) -> int:
     return _run_replay([conformance_cases_dir()], args, serve=args.serve)
 
 
+# --- audit ----------------------------------------------------------------------------------
+
+
+def add_audit(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "audit",
+        sub,
+        "Work with the append-only audit log written by `serve --audit-log` (docs/security.md).",
+        _examples("settlesim audit verify /var/log/settlesim/audit.jsonl"),
+    )
+    audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="{verify}")
+    verify = _parser(
+        "verify",
+        audit_sub,
+        "Check the chain of digests: exits 1 when a line was edited, removed or inserted.",
+        _examples("settlesim audit verify audit.jsonl"),
+    )
+    verify.add_argument("path", type=Path, help="audit log (JSON lines)")
+    verify.set_defaults(run=run_audit_verify)
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    from settlesim.server.audit import verify_chain
+
+    if not args.path.is_file():
+        raise CliError(f"no audit log at {args.path}")
+    problems = verify_chain(args.path)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    with args.path.open(encoding="utf-8") as f:
+        records = sum(1 for _ in f)
+    print(f"audit log {args.path}: {records} records, " + (f"{len(problems)} problem(s)" if problems else "chain OK"))
+    return 1 if problems else 0
+
+
 # --- main -----------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_serve, add_world, add_ledger, add_replay, add_conformance, add_bench,
+    add_serve, add_world, add_ledger, add_replay, add_conformance, add_bench, add_audit,
 ]  # fmt: skip
 
 

@@ -258,6 +258,14 @@ def test_audit_log_records_every_call_and_is_append_only_across_restart(platform
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text(audit.read_text().replace('"code":"PERMISSION_DENIED"', '"code":"OK"'))
     assert verify_chain(tampered) == ["line 3: prev does not match the line before"]
+    ok = subprocess.run(
+        [sys.executable, "-m", "settlesim", "audit", "verify", str(audit)], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "4 records, chain OK" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "settlesim", "audit", "verify", str(tampered)], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "FAIL line 3" in bad.stdout
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -269,6 +277,7 @@ def test_audit_log_records_every_call_and_is_append_only_across_restart(platform
         (["--auth", "mtls"], "--auth mtls needs --client-ca"),
         (["--auth", "token", "--host", "0.0.0.0"], "clear text"),
         (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
+        (["--audit-log", "a.jsonl", "--processes", "2"], "--audit-log needs a single server process"),
     ],
 )
 def test_serve_refuses_unsafe_combinations_in_one_line(tmp_path, args, expected):
