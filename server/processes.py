@@ -22,6 +22,7 @@ import threading
 from dataclasses import replace
 
 from settlesim.server.app import ServerConfig, default_db_path, start
+from settlesim.server.auth import check_combination
 from settlesim.server.world_loader import load_world
 
 log = logging.getLogger("settlesim.server")
@@ -94,6 +95,9 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
         db = config.db_path or default_db_path()
         log.info("serving world %r on %s:%d with %d processes, ledger %s", world.name, config.host, port,
                  processes, db)  # fmt: skip
+        # The same start-up warnings as one process (INSECURE mode and the like).
+        for warning in check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca):
+            log.warning(warning)
         print(f"settlesim serving on {config.host}:{port} (db {db}, {processes} processes)", flush=True)
     failed = not started
     remaining = set(children)
