@@ -25,10 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -48,6 +49,7 @@ class Figures:
     latencies_ms: Sequence[float]
     cpu_seconds: float
     load_cpu_seconds: float = 0.0  # the load generator's own CPU (same machine)
+    machine_cpu_seconds: float = 0.0  # every process on the machine, to show what else ran
 
     @property
     def rps(self) -> float:
@@ -63,17 +65,24 @@ class Figures:
     def cpu_us_per_request(self) -> float:
         return self.cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
 
+    @property
+    def other_cores(self) -> float:
+        """Cores busy with neither server nor load generator (other jobs on a shared machine)."""
+        other = self.machine_cpu_seconds - self.cpu_seconds - self.load_cpu_seconds
+        return max(0.0, other / self.seconds) if self.seconds else 0.0
+
     def row(self) -> str:
         load_us = self.load_cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
         return (
             f"{self.label:<26} {self.rps:>9.0f} {self.percentile(50):>8.1f} {self.percentile(95):>8.1f} "
-            f"{self.percentile(99):>8.1f} {self.cpu_us_per_request:>10.0f} {load_us:>9.0f} {self.errors:>7}"
+            f"{self.percentile(99):>8.1f} {self.cpu_us_per_request:>10.0f} {load_us:>9.0f} "
+            f"{self.other_cores:>7.2f} {self.errors:>7}"
         )
 
 
 HEADER = (
     f"{'run':<26} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
-    f"{'load us':>9} {'errors':>7}"
+    f"{'load us':>9} {'other':>7} {'errors':>7}"
 )
 
 
@@ -185,7 +194,7 @@ def _channels(target: str, count: int) -> list[grpc.aio.Channel]:
 
 async def _closed_loop(
     target: str, requests: Requests, concurrency: int, seconds: float, channels: int
-) -> tuple[int, int, list[float], float]:
+) -> Loop:
     opened = _channels(target, channels)
     calls = [ch.unary_unary(SETTLE) for ch in opened]
     latencies: list[float] = []
@@ -212,9 +221,12 @@ async def _closed_loop(
     return len(latencies), errors, latencies, elapsed
 
 
+Loop = tuple[int, int, list[float], float]  # answers, errors, latencies (ms), seconds
+
+
 async def _open_loop(
     target: str, requests: Requests, rate: float, seconds: float, channels: int, max_in_flight: int = 2000
-) -> tuple[int, int, list[float], float]:
+) -> Loop:
     """Send at a fixed rate whatever the answers do; latency counts from the
     planned send time, so a stalled server cannot hide its queue."""
     opened = _channels(target, channels)
@@ -252,6 +264,26 @@ async def _open_loop(
     return len(latencies), errors, latencies, elapsed
 
 
+def _machine_cpu() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
+def _measure(label: str, server: Server, load: Coroutine[Any, Any, Loop]) -> Figures:
+    cpu, own, machine = server.cpu_seconds(), time.process_time(), _machine_cpu()
+    n, errors, latencies, elapsed = asyncio.run(load)
+    return Figures(
+        label,
+        n,
+        errors,
+        elapsed,
+        latencies,
+        cpu_seconds=server.cpu_seconds() - cpu,
+        load_cpu_seconds=time.process_time() - own,
+        machine_cpu_seconds=_machine_cpu() - machine,
+    )
+
+
 def measure_closed(
     label: str,
     server: Server,
@@ -262,23 +294,13 @@ def measure_closed(
     channels: int,
 ) -> Figures:
     asyncio.run(_closed_loop(server.target, requests, concurrency, warmup, channels))
-    cpu, own = server.cpu_seconds(), time.process_time()
-    n, errors, latencies, elapsed = asyncio.run(
-        _closed_loop(server.target, requests, concurrency, seconds, channels)
-    )
-    return Figures(
-        label, n, errors, elapsed, latencies, server.cpu_seconds() - cpu, time.process_time() - own
-    )
+    return _measure(label, server, _closed_loop(server.target, requests, concurrency, seconds, channels))
 
 
 def measure_open(
     label: str, server: Server, requests: Requests, rate: float, seconds: float, channels: int
 ) -> Figures:
-    cpu, own = server.cpu_seconds(), time.process_time()
-    n, errors, latencies, elapsed = asyncio.run(_open_loop(server.target, requests, rate, seconds, channels))
-    return Figures(
-        label, n, errors, elapsed, latencies, server.cpu_seconds() - cpu, time.process_time() - own
-    )
+    return _measure(label, server, _open_loop(server.target, requests, rate, seconds, channels))
 
 
 # --- the run -------------------------------------------------------------------------------------
