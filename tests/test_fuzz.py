@@ -9,7 +9,7 @@ passes afterwards. The one answer without a reason is gRPC's own
 RESOURCE_EXHAUSTED for a request over the 1 MiB message limit, which the
 transport refuses before any of our code reads it.
 
-Examples per RPC: SETTLESIM_FUZZ_EXAMPLES (default 300, what CI runs; 3000 takes about a minute).
+Examples per RPC: SETTLESIM_FUZZ_EXAMPLES (default 300, what CI runs; 3000 takes a minute or two).
 """
 
 from __future__ import annotations
