@@ -329,6 +329,10 @@ GOOD_STEP = """  - id: s1
         (GOOD_STEP + "  - {call: reverse, request: {settlement_id: '${steps.s9.settlement.settlement_id}'}}\n",
          "steps[1].request: ${steps.s9.settlement.settlement_id}: no earlier step has id 's9'"),
         (GOOD_STEP + "  - {call: refund}\n", "steps[1].call: must be one of verify, pre_settle"),
+        (GOOD_STEP + "  - {call: reverse, request: {settlement_id: '${steps.s1.settlement.setl_id}'}}\n",
+         "steps[1].request: ${steps.s1.settlement.setl_id}: Settlement has no field 'setl_id'"),
+        (GOOD_STEP + "  - {call: get, request: {msgid: '${steps.s1.settlement.items.x}'}}\n",
+         "'x' must be an element index"),
         (GOOD_STEP.replace("fees:", "feez:"), "steps[0].request: unknown key 'feez'"),
     ],
 )  # fmt: skip
@@ -375,3 +379,43 @@ def test_progress_is_reported_as_cases_finish(server):
     assert Counter(line.split()[1] for line in out.getvalue().splitlines() if line.startswith("[")) == {
         "PASS": 4
     }
+
+
+def test_reference_to_a_refused_answer_is_a_step_error(server, tmp_path):
+    """The first settle is refused as expected (no person 99...); a reversal that refers to its
+    settlement id cannot be built: the case is an error (not a pass), JUnit says <error>."""
+    path = tmp_path / "ref.yaml"
+    path.write_text(
+        "name: ref\nworld: default\nwhy: x\ninstitution: H11010500001\nsteps:\n"
+        "  - id: s1\n    call: settle\n"
+        "    request: {person: '99000000000000000000', disease: M00503, date: 2025-03-01,\n"
+        "              fees: [{code: A-CONSULT-001, price: 100}]}\n"
+        "    expect: {error: {code: FAILED_PRECONDITION, reason: PERSON_NOT_FOUND}}\n"
+        "  - {id: r, call: reverse, request: {settlement_id: '${steps.s1.settlement.settlement_id}'}}\n"
+        "  - {id: after, call: reconcile, request: {start: 2025-01-01, end: 2025-12-31}}\n"
+    )
+    run = run_cases(load_cases([path]), server.target)
+    steps = run.cases[0].steps
+    assert [s.status for s in steps] == ["passed", "error", "skipped"]
+    assert "has no answer (it was refused)" in steps[1].message
+    assert run.cases[0].status == "error" and not run.passed
+    root = reports.junit_tree(run).getroot()
+    assert root.get("errors") == "1" and root.find("./testsuite/testcase/error") is not None
+
+
+def test_replay_command_against_a_wrong_server_process(server_process, tmp_path):
+    """`settlesim serve --world <edited copy>` in its own process; `settlesim replay` exits 1 and
+    prints the differing fields: fund round((17963 - 5000) × 90%) = 11667, not 12963."""
+    world = tmp_path / "world"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "server" / "worlds" / "default", world)
+    policy = world / "policies" / "630000.yaml"
+    policy.write_text(policy.read_text(encoding="utf-8").replace('ratio: "100%"', 'ratio: "90%"', 1))
+    process = server_process(tmp_path / "wrong.db", "--world", str(world))
+    result = settlesim(
+        "replay", str(QINGHAI_SEED), "--target", process.target, "--junit", str(tmp_path / "j.xml")
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "settlement.totals.fund_pays_fen" in result.stdout
+    assert "expected 129.63 yuan (12963 fen)" in result.stdout
+    assert "actual   116.67 yuan (11667 fen)" in result.stdout
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"

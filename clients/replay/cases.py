@@ -187,7 +187,7 @@ def parse_case(doc: Any, source: str, group: str = "") -> Case:
     institution = check.text(doc.get("institution"), "institution", required=False)
     steps: list[Step] = []
     for i, step_doc in enumerate(steps_doc):
-        steps.append(_parse_step(check, step_doc, f"steps[{i}]", institution, [s.id for s in steps]))
+        steps.append(_parse_step(check, step_doc, f"steps[{i}]", institution, {s.id: s.call for s in steps}))
     return Case(
         name=name,
         title=check.text(doc.get("title"), "title", required=False) or name,
@@ -200,7 +200,7 @@ def parse_case(doc: Any, source: str, group: str = "") -> Case:
     )
 
 
-def _parse_step(check: _Checker, doc: Any, path: str, institution: str, earlier: list[str]) -> Step:
+def _parse_step(check: _Checker, doc: Any, path: str, institution: str, earlier: dict[str, str]) -> Step:
     doc = check.mapping(doc, path, STEP_KEYS)
     call = doc.get("call")
     if call not in CALLS:
@@ -241,7 +241,7 @@ def _parse_step(check: _Checker, doc: Any, path: str, institution: str, earlier:
     _check_expected(check, expect, response_type.DESCRIPTOR, f"{path}.expect")
     for where, value in (("request", request), ("raw", raw), ("expect", expect)):
         # An expectation may also name what this step itself sent, e.g. ${steps.ID.msgid}.
-        visible = [*earlier, step_id] if where == "expect" else earlier
+        visible = {**earlier, step_id: call} if where == "expect" else earlier
         for ref in references(value):
             _check_reference(check, ref, f"{path}.{where}", visible)
     return Step(
@@ -336,7 +336,9 @@ def references(value: Any) -> Iterator[str]:
             yield from references(v)
 
 
-def _check_reference(check: _Checker, ref: str, path: str, earlier: list[str]) -> None:
+def _check_reference(check: _Checker, ref: str, path: str, earlier: dict[str, str]) -> None:
+    """${steps.ID.msgid}, ${steps.ID.request.FIELD...} or ${steps.ID.FIELD...} of an earlier
+    step, each FIELD checked against that step's request or response type."""
     if ref == "new_msgid":
         return
     parts = ref.split(".")
@@ -344,5 +346,29 @@ def _check_reference(check: _Checker, ref: str, path: str, earlier: list[str]) -
         raise check.fail(path, f"${{{ref}}}: write ${{steps.ID.field...}} or ${{new_msgid}}")
     if parts[1] not in earlier:
         raise check.fail(
-            path, f"${{{ref}}}: no earlier step has id {parts[1]!r} (earlier: {earlier or 'none'})"
+            path, f"${{{ref}}}: no earlier step has id {parts[1]!r} (earlier: {list(earlier) or 'none'})"
         )
+    _, request_type, response_type, _ = CALLS[earlier[parts[1]]]
+    if parts[2:] == ["msgid"]:
+        return
+    fields, descriptor = (
+        (parts[3:], request_type.DESCRIPTOR)
+        if parts[2] == "request"
+        else (parts[2:], response_type.DESCRIPTOR)
+    )
+    current: Descriptor | None = descriptor
+    repeated = False
+    for part in fields:
+        if repeated:
+            if not part.isdigit():
+                raise check.fail(path, f"${{{ref}}}: {part!r} must be an element index (0, 1, ...)")
+            repeated = False
+            continue
+        if current is None or part not in current.fields_by_name:
+            where = current.name if current else "a value"
+            raise check.fail(path, f"${{{ref}}}: {where} has no field {part!r}")
+        fd = current.fields_by_name[part]
+        repeated = fd.is_repeated
+        current = fd.message_type if fd.type == FieldDescriptor.TYPE_MESSAGE else None
+    if current is not None or repeated:
+        raise check.fail(path, f"${{{ref}}}: names a message or list; name one of its fields")
