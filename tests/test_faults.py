@@ -3,6 +3,7 @@ hospital still ends with books that match the platform's to the fen."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -160,6 +161,22 @@ def test_commit_then_drop_commits_and_a_void_undoes_it(platform, connect):
     assert voided.voided_settlement and voided.settlement.settlement_id == committed.settlement_id
     assert his.reconcile("2021-01-01", "2021-12-31").platform.count == 0
     assert running.ledger.check() == []
+
+
+def test_audit_log_shows_the_dropped_answer(platform, connect, tmp_path):
+    """The operator can tell a dropped answer from a real failure: the audit line
+    says the settle was answered UNAVAILABLE by an injected commit_then_drop."""
+    audit = tmp_path / "audit.jsonl"
+    running = platform(FaultPlan({"SettleVisit": RpcFaults(commit_then_drop=1.0)}, seed=1), audit_log=audit)
+    his = connect(running, retries=1, backoff=0.001)
+    request = his.settlement_request("63000000000000000001", TUMOUR, "2021-12-09", REFERENCE_FEES)
+    with pytest.raises(SettlementUncertain):
+        his.settle_request(request)
+    running.stop(grace=1)
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["rpc"], r["msgid"], r["code"], r["reason"], r["fault"]) for r in records] == [
+        ("SettleVisit", request.msgid, "UNAVAILABLE", "INJECTED_FAULT", "commit_then_drop")
+    ] * 2
 
 
 @pytest.mark.parametrize("code", ["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"])
