@@ -87,10 +87,12 @@ def replay(paths: Sequence[Path], options: ReplayOptions, console: Console | Non
 def _run(cases: list[Case], target: str, options: ReplayOptions, console: Console) -> int:
     worlds = sorted({c.world for c in cases})
 
+    terminal = reports.TerminalReport(console, len(cases))
+
     def header() -> None:  # only once the target has answered
         console.print(f"replaying {len(cases)} cases against {target} (world {', '.join(worlds)})")
+        terminal.start()
 
-    terminal = reports.TerminalReport(console, len(cases))
     try:
         run = run_cases(
             cases,
@@ -103,6 +105,8 @@ def _run(cases: list[Case], target: str, options: ReplayOptions, console: Consol
         )
     except TargetError as e:
         raise ReplayError(str(e)) from None
+    finally:
+        terminal.stop()
     terminal.summary(run)
     for path, write in ((options.junit, reports.write_junit), (options.json, reports.write_json),
                         (options.html, reports.write_html)):  # fmt: skip

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 from settlesim.clients.replay.compare import Diff
 from settlesim.clients.replay.runner import CaseResult, RunResult, StepResult
@@ -32,14 +33,33 @@ def headline(run: RunResult) -> str:
 
 
 class TerminalReport:
-    """One line per finished case while the run goes on, then the details of
-    everything that did not pass."""
+    """One line per finished case while the run goes on (with a live progress bar
+    on a terminal; plain lines in CI logs), then the details of everything that
+    did not pass."""
 
     def __init__(self, console: Console, total: int) -> None:
         self.console, self.total, self.done = console, total, 0
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+
+    def start(self) -> None:
+        if self.console.is_terminal and self.progress is None:
+            self.progress = Progress(
+                TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=self.console, transient=True,
+            )  # fmt: skip
+            self.task = self.progress.add_task("cases", total=self.total)
+            self.progress.start()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
     def case_done(self, result: CaseResult) -> None:
         self.done += 1
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
         status = result.status
         line = Text(f"[{self.done:>{len(str(self.total))}}/{self.total}] ")
         line.append(f"{LABEL[status]:<5}", style=STYLE[status])
