@@ -62,6 +62,12 @@ def _last_line(path: Path) -> str:
     return ""
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class AuditLog:
     def __init__(self, path: Path, *, fsync: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +75,11 @@ class AuditLog:
         self._lock = threading.Lock()
         self._prev = _digest(last) if path.exists() and (last := _last_line(path)) else GENESIS
         self._file = path.open("a", encoding="utf-8")
+        if self._file.tell() and not _ends_with_newline(path):
+            # A record torn by a crash mid-write: end it, so it stays one (bad) line
+            # that verify_chain reports, and the chain goes on from it.
+            self._file.write("\n")
+            self._file.flush()
 
     def record(self, entry: dict[str, Any]) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ from settlesim.clients.hospital import Fee, Hospital, SettlementUncertain
 from settlesim.clients.rejections import rejection_of
 from settlesim.clients.secure import connect
 from settlesim.server.app import RunningServer, ServerConfig, start
-from settlesim.server.audit import verify_chain
+from settlesim.server.audit import AuditLog, verify_chain
 from settlesim.v1 import settlement_service_pb2 as pb
 
 QINGHAI = "63000000000000000001"
@@ -345,3 +345,18 @@ def test_serve_with_mtls_flags(serve, client, pki):
     assert "auth mtls, TLS mutual" in log and "INSECURE" not in log
     # The operator's log names why the forged certificate was turned away.
     assert "Handshake failed" in log and "CERTIFICATE_VERIFY_FAILED" in log
+
+
+def test_audit_record_torn_by_a_crash_is_reported_and_the_chain_goes_on(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.record({"rpc": "SettleVisit"})
+    log.close()
+    with path.open("a") as f:
+        f.write('{"rpc":"ReverseSett')  # the process died mid-write
+    log = AuditLog(path)
+    log.record({"rpc": "GetSettlement"})
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["rpc"] == "GetSettlement"
+    assert verify_chain(path) == ["line 2: not JSON", "line 2: prev does not match the line before"]
