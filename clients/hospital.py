@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import grpc
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -46,30 +46,44 @@ class Fee:
         return self.unit_price_fen * self.quantity
 
 
+class _Sequence:
+    """One institution's msgid sequence within the current second."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.second = ""
+        self.counter = itertools.count(1)
+
+
 class MsgidFactory:
-    """msgid 报文ID: institution code + yyyyMMddHHmmss + a 4-digit sequence,
-    unique per process and institution (the sequence wraps after 9999 a second)."""
+    """msgid 报文ID: institution code + yyyyMMddHHmmss + a 4-digit sequence.
+
+    Every factory for one institution in a process shares one sequence, so two
+    Hospital objects created in the same second never hand out the same msgid
+    (the sequence waits for the next second after 9999). Separate processes
+    acting for one institution must not run in the same second: give each its
+    own institution, as a real HIS front end has one sender per institution."""
+
+    _sequences: ClassVar[dict[str, _Sequence]] = {}
+    _sequences_lock = threading.Lock()
 
     def __init__(self, institution_code: str, clock: Callable[[], datetime] = datetime.now) -> None:
         self.institution_code = institution_code
         self._clock = clock
-        self._lock = threading.Lock()
-        self._second = ""
-        self._seq = itertools.count(1)
+        with MsgidFactory._sequences_lock:
+            self._sequence = MsgidFactory._sequences.setdefault(institution_code, _Sequence())
 
     def __call__(self) -> str:
-        with self._lock:
-            second = self._clock().strftime("%Y%m%d%H%M%S")
-            if second != self._second:
-                self._second, self._seq = second, itertools.count(1)
-            seq = next(self._seq)
-            while seq > 9999:  # more than 9999 in one second: wait for the next one
-                time.sleep(0.001)
+        sequence = self._sequence
+        with sequence.lock:
+            while True:
                 second = self._clock().strftime("%Y%m%d%H%M%S")
-                if second != self._second:
-                    self._second, self._seq = second, itertools.count(1)
-                seq = next(self._seq)
-            return f"{self.institution_code}{second}{seq:04d}"
+                if second != sequence.second:
+                    sequence.second, sequence.counter = second, itertools.count(1)
+                seq = next(sequence.counter)
+                if seq <= 9999:
+                    return f"{self.institution_code}{second}{seq:04d}"
+                time.sleep(0.001)  # more than 9999 in one second: wait for the next one
 
 
 class SettlementUncertain(Exception):
