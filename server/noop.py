@@ -30,6 +30,7 @@ def _settlement(request: pb.SettlementRequest, settlement_id: str = "") -> pb.Se
         person_no=request.visit.person.person_no,
         disease_code=request.visit.disease_code,
         visit_date=request.visit.visit_date,
+        status=pb.SETTLEMENT_STATUS_SETTLED if settlement_id else pb.SETTLEMENT_STATUS_UNSPECIFIED,
         totals=pb.SettlementTotals(total_fen=total, patient_pays_fen=total),
     )
 
