@@ -84,16 +84,17 @@ def test_headless_run_validates_every_answer(target: RunningServer, world: Path,
 def test_distributed_master_and_two_workers(target: RunningServer, world: Path, tmp_path: Path) -> None:
     port = _free_port()
     prefix = tmp_path / "distributed"
-    common = ["--host", target.target, "--world", str(world)]
     master = subprocess.Popen(
-        [*LOCUST, *common, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        [*LOCUST, "--host", target.target, "--world", str(world),
+         "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
          "--expect-workers", "2", "--expect-workers-max-wait", "30", "--headless", "-u", "8", "-r", "8",
          "-t", "4s", "--csv", str(prefix), "--only-summary"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
     )  # fmt: skip
     workers = [
         subprocess.Popen(
-            [*LOCUST, *common, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+            # No --host or --world: the master forwards them with each spawn.
+            [*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=_env(),
@@ -111,5 +112,5 @@ def test_distributed_master_and_two_workers(target: RunningServer, world: Path, 
                 process.kill()
                 process.wait()
     assert master.returncode == 0, err[-3000:]
-    assert "2 workers connected" in err or "workers connected" in err
+    assert "2 workers connected" in err  # both workers took part
     _assert_validated_load(prefix)
