@@ -30,7 +30,7 @@ from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 log = logging.getLogger("settlesim.server")
 
 SESSION_HEADER = "x-settlesim-session"
-_SESSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SESSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 R = TypeVar("R")
 
 
@@ -93,7 +93,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
                 session = value
         if session and not self.allow_sessions:
             raise Refusal(Reason.SESSIONS_DISABLED, "this server does not accept session-scoped sandboxes")
-        if session and not _SESSION.match(session):
+        if session and not _SESSION.fullmatch(session):
             raise Refusal(
                 Reason.FIELD_INVALID,
                 f"metadata {SESSION_HEADER} must be 1-64 letters, digits or ._-",
