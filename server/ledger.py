@@ -12,6 +12,8 @@ that replay runs use to keep their state apart (see docs/sessions.md).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -154,6 +156,9 @@ class Ledger:
         # own busy handler sleeps 1, 2, 5 ... 100 ms, which wrecks latency when
         # several server processes share the file.
         self._db.execute("PRAGMA busy_timeout=0")
+        # Writers in every process on this file queue on one advisory lock, which
+        # the kernel hands over the moment it is released (no polling).
+        self._writers_lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._read_lock = threading.Lock()
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=1")
@@ -190,11 +195,14 @@ class Ledger:
         with self._lock, self._read_lock:
             self._db.close()
             self._reader.close()
+            if self._writers_lock >= 0:  # close() may be called twice
+                os.close(self._writers_lock)
+                self._writers_lock = -1
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: committed on success, rolled back on error."""
-        with self._lock:
+        with self._lock, self._across_processes():
             self._begin(self._db)
             try:
                 yield self._db
@@ -202,6 +210,14 @@ class Ledger:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def _across_processes(self) -> Iterator[None]:
+        fcntl.flock(self._writers_lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writers_lock, fcntl.LOCK_UN)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -247,7 +263,7 @@ class Ledger:
             self._commit(batch)
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
-        with self._lock:
+        with self._lock, self._across_processes():
             db = self._db
             try:
                 self._begin(db)
