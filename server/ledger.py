@@ -142,7 +142,8 @@ class Ledger:
     callers: every acknowledged write is durable, and one fsync serves many.
     Reads use a second connection in a read transaction of their own (WAL lets
     them run beside the writer and see only committed data). Several processes
-    may share the file: SQLite's locking serialises their write transactions."""
+    may share the file: their writers take turns on an flock beside it (and
+    SQLite's own locking would serialise them anyway)."""
 
     MAX_BATCH = 256  # writes per transaction: bounds the latency one batch adds
 
