@@ -261,7 +261,14 @@ class Ledger:
                     stopping = True
                     break
                 batch.append(job)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as error:  # e.g. the flock failed: fail the batch, keep serving
+                for job in batch:
+                    if not job.done.locked():
+                        continue  # already answered
+                    job.error = job.error or error
+                    job.done.release()
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
         with self._lock, self._across_processes():
