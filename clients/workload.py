@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import yaml
 from settlesim.v1 import settlement_service_pb2 as pb
 
 VISITS_FILE = "visits.csv"
@@ -35,6 +36,25 @@ class EligibleVisit:
     def day(self, rng: random.Random) -> str:
         first, last = self.window
         return (first + timedelta(days=rng.randrange((last - first).days + 1))).isoformat()
+
+
+def institution_tokens(world: Path | str | None) -> dict[str, str]:
+    """Institution code -> bearer token (`token` in the world's institution
+    files), for a server run with `serve --auth token`. Reads only those files."""
+    from settlesim.server.world_loader import default_world_dir
+
+    root = Path(world) if world else default_world_dir()
+    if root.is_file():  # a visits.csv: its world is the folder around it
+        root = root.parent
+    records: list[dict[str, object]] = []
+    files = [root / "institutions.yaml", *sorted((root / "institutions").glob("*.yaml"))]
+    for path in files:
+        if path.exists():
+            records += yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    for path in sorted((root / "institutions").glob("*.jsonl")):
+        with path.open(encoding="utf-8") as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    return {str(r["code"]): str(r["token"]) for r in records if r.get("token")}
 
 
 # The bundled world's reference case (people/cast.yaml), for a plain `settlesim serve`.

@@ -39,7 +39,7 @@ grpc_gevent.init_gevent()  # before any channel exists: gRPC must yield to geven
 import grpc  # noqa: E402
 from locust import User, events, task  # noqa: E402
 from settlesim.clients.rejections import rejection_of  # noqa: E402
-from settlesim.clients.workload import Workload  # noqa: E402
+from settlesim.clients.workload import Workload, institution_tokens  # noqa: E402
 from settlesim.v1 import settlement_service_pb2 as pb  # noqa: E402
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -69,6 +69,12 @@ def _arguments(parser: Any) -> None:
         default="per-user",
         help="per-user: each user is its own ledger sandbox (exact checks); shared: no session header",
     )
+    parser.add_argument(
+        "--auth",
+        choices=["none", "token"],
+        default="none",
+        help="token: send each institution's bearer token from the world (for serve --auth token)",
+    )
 
 
 _workload: dict[str, Workload] = {}
@@ -78,6 +84,24 @@ def _workload_for(world: str) -> Workload:
     if world not in _workload:  # read once per process, shared by its users
         _workload[world] = Workload.load(world or None)
     return _workload[world]
+
+
+_tokens: dict[str, dict[str, str]] = {}
+
+
+def _tokens_for(world: str) -> dict[str, str]:
+    if world not in _tokens:
+        _tokens[world] = institution_tokens(world or None)
+    return _tokens[world]
+
+
+def _institution_of(request: Any) -> str:
+    """The institution a request acts for, wherever its message keeps it."""
+    if hasattr(request, "institution_code"):
+        return request.institution_code
+    if hasattr(request, "request"):
+        return request.request.visit.institution_code
+    return request.visit.institution_code
 
 
 def _weights(spec: str) -> dict[str, int]:
@@ -100,11 +124,24 @@ def _target(host: str | None) -> str:
 class SettlementClient:
     """The gRPC stub, reporting every call to Locust (time, size, error)."""
 
-    def __init__(self, target: str, metadata: tuple[tuple[str, str], ...], environment: Any) -> None:
+    def __init__(
+        self,
+        target: str,
+        metadata: tuple[tuple[str, str], ...],
+        environment: Any,
+        tokens: dict[str, str] | None = None,
+    ) -> None:
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.SettlementServiceStub(self.channel)
         self.metadata = metadata
+        self.tokens = tokens or {}  # institution -> bearer token (serve --auth token)
         self.fire = environment.events.request.fire
+
+    def _metadata(self, request: Any) -> tuple[tuple[str, str], ...]:
+        if not self.tokens:
+            return self.metadata
+        token = self.tokens.get(_institution_of(request), "")
+        return (*self.metadata, ("authorization", f"Bearer {token}"))
 
     def call(self, name: str, request: Any, expect_reason: str = "") -> Any:
         """The answer; None when the call failed (already reported). With
@@ -112,7 +149,7 @@ class SettlementClient:
         started = time.perf_counter()
         answer, error = None, None
         try:
-            answer = getattr(self.stub, name)(request, timeout=DEADLINE_S, metadata=self.metadata)
+            answer = getattr(self.stub, name)(request, timeout=DEADLINE_S, metadata=self._metadata(request))
             if expect_reason:
                 error = ValidationError(f"{name} succeeded; expected refusal {expect_reason}")
         except grpc.RpcError as e:
@@ -148,7 +185,10 @@ class Hospital(User):
         self.seq = 0
         shared = options is not None and getattr(options, "ledger_session", "per-user") == "shared"
         metadata = () if shared else ((SESSION_HEADER, f"locust-{self.tag}"),)
-        self.client = SettlementClient(_target(self.host), metadata, self.environment)
+        tokens = None
+        if options is not None and getattr(options, "auth", "none") == "token":
+            tokens = _tokens_for(getattr(options, "world", ""))
+        self.client = SettlementClient(_target(self.host), metadata, self.environment, tokens)
         self.settled: deque[tuple[pb.SettlementRequest, pb.Settlement]] = deque(maxlen=50)
         self.caps: dict[tuple[str, str, str], int] = {}  # (person, disease, year) -> cap left
 

@@ -114,3 +114,22 @@ def test_distributed_master_and_two_workers(target: RunningServer, world: Path, 
     assert master.returncode == 0, err[-3000:]
     assert "2 workers connected" in err  # both workers took part
     _assert_validated_load(prefix)
+
+
+def test_headless_run_with_bearer_tokens(world: Path, tmp_path: Path) -> None:
+    """Against `serve --auth token` the kit sends each institution's token from the world."""
+    config = ServerConfig(
+        port=0, world_dir=world, db_path=tmp_path / "ledger.db", max_workers=8, auth="token"
+    )
+    running = start(config)
+    try:
+        prefix = tmp_path / "token"
+        done = subprocess.run(
+            [*LOCUST, "--host", running.target, "--world", str(world), "--auth", "token", "--headless",
+             "-u", "4", "-r", "4", "-t", "2s", "--csv", str(prefix), "--only-summary"],
+            capture_output=True, text=True, timeout=TIMEOUT_S, env=_env(), cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        _assert_validated_load(prefix)
+    finally:
+        running.stop(grace=1)
