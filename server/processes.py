@@ -37,13 +37,23 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _child(config: ServerConfig, world: object, ready: int) -> None:
-    """Run one server until SIGTERM; never returns."""
+def _watch_parent(parent: int, stopped: threading.Event) -> None:
+    """Stop when the parent is gone: a parent killed with SIGKILL cannot forward
+    SIGTERM, and an orphaned server would keep the port and the ledger open."""
+    while not stopped.wait(0.5):
+        if os.getppid() != parent:
+            log.warning("server process %d: parent %d is gone, stopping", os.getpid(), parent)
+            stopped.set()
+
+
+def _child(config: ServerConfig, world: object, ready: int, parent: int) -> None:
+    """Run one server until SIGTERM or the parent's death; never returns."""
     code = 0
     try:
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it forwards SIGTERM
+        threading.Thread(target=_watch_parent, args=(parent, stopped), daemon=True).start()
         running = start(config, world)  # type: ignore[arg-type]
         os.write(ready, b"1")
         os.close(ready)
@@ -65,13 +75,14 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
     shared = replace(config, port=port, reuse_port=True)
     children: list[int] = []
     readies: list[int] = []
+    parent = os.getpid()
     for _ in range(processes):
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
             reserved.close()
             os.close(read_end)
-            _child(shared, world, write_end)
+            _child(shared, world, write_end, parent)
         os.close(write_end)
         children.append(pid)
         readies.append(read_end)

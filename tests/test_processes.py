@@ -53,3 +53,14 @@ def test_two_processes_share_port_and_ledger(
         assert ledger.counts() == {"settled": 12}
     finally:
         ledger.close()
+
+
+def test_children_stop_when_the_parent_is_killed(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """SIGKILL of the parent cannot be forwarded; orphaned servers once kept the port open."""
+    served = server_process(tmp_path / "orphan.db", "--processes", "2")
+    children = psutil.Process(served.proc.pid).children()
+    assert len(children) == 2
+    served.proc.kill()
+    served.proc.wait(10)
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert alive == [] and len(gone) == 2
