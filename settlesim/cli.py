@@ -217,7 +217,12 @@ def run_world_generate(args: argparse.Namespace) -> int:
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         raise CliError(f"{args.out_dir} is not empty")
     report = generate_world(args.out_dir, args.persons, args.seed)
-    print(report.summary() if hasattr(report, "summary") else report)
+    regions = ", ".join(f"{region} {count}" for region, count in sorted(report.people_by_region.items()))
+    print(
+        f"wrote {report.persons} people in {report.shards} shard(s), {report.institutions} synthetic "
+        f"institutions and {report.catalog_items} synthetic catalog items to {report.out_dir} "
+        f"in {report.seconds:.1f}s (people by insured region: {regions})"
+    )
     return 0
 
 

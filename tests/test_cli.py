@@ -68,3 +68,12 @@ def test_every_reason_is_documented_with_its_status_code():
         row = next((line for line in table.splitlines() if line.startswith(f"| `{reason.value}` |")), None)
         assert row is not None, f"{reason} missing from docs/errors.md"
         assert code_pb2.Code.Name(code_for(reason)) in row
+
+
+def test_world_generate_writes_a_world_that_loads(tmp_path):
+    result = settlesim("world", "generate", "--persons", "50", "--seed", "2", str(tmp_path / "w"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("wrote 50 people")
+    assert settlesim("world", "check", str(tmp_path / "w")).returncode == 0
+    again = settlesim("world", "generate", "--persons", "50", str(tmp_path / "w"))
+    assert again.returncode == 2 and "is not empty" in again.stderr
