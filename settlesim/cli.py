@@ -25,7 +25,7 @@ def _parser(prog: str, sub: argparse._SubParsersAction, help: str, examples: str
     return sub.add_parser(
         prog,
         help=help,
-        description=help,
+        description=help.replace("%%", "%"),  # `help` is %-formatted by argparse, a description is not
         epilog=examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -77,3 +77,8 @@ def test_world_generate_writes_a_world_that_loads(tmp_path):
     assert settlesim("world", "check", str(tmp_path / "w")).returncode == 0
     again = settlesim("world", "generate", "--persons", "50", str(tmp_path / "w"))
     assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+@pytest.mark.parametrize("command", list(_subcommands(build_parser())), ids=" ".join)
+def test_help_shows_no_escaped_percent(command):
+    assert "%%" not in settlesim(*command, "--help").stdout
