@@ -33,6 +33,18 @@ def region_covers(destination: str, region: str) -> bool:
     return region == destination
 
 
+def add_months(day: date, months: int) -> date:
+    """The same day `months` later (or earlier), clamped to the month's end."""
+    month0 = day.month - 1 + months
+    year, month = day.year + month0 // 12, month0 % 12 + 1
+    for d in (day.day, 30, 29, 28):
+        try:
+            return date(year, month, d)
+        except ValueError:
+            continue
+    raise ValueError(day)
+
+
 def region_lineage(region: str) -> tuple[str, ...]:
     """The region, its city and its province, most specific first: where to
     look for a policy or catalog that applies to `region`."""
@@ -139,6 +151,8 @@ class Scheme:
     max_institutions: int = 2
     min_residence_months: int = 0
     allow_settle_at_home: bool = False
+    # Bounds on a registration's validity (Beijing: 1-3 years); None: unbounded.
+    validity_months: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from settlesim.server.model import (
     RegionPolicy,
     RegistrationScope,
     World,
+    add_months,
     province_of,
     region_covers,
 )
@@ -211,11 +212,6 @@ def _days(first: date, last: date) -> tuple[str, ...]:
     return tuple((first + timedelta(n)).isoformat() for n in range((last - first).days + 1))
 
 
-def _add_months(day: date, months: int) -> date:
-    month0 = day.month - 1 + months
-    return date(day.year + month0 // 12, month0 % 12 + 1, min(day.day, 28))
-
-
 def _stable(dated: Dated[Any], first: date, last: date) -> list[Any]:
     """The values in force over first..last, or [] if any day has none."""
     start = dated.on(first)
@@ -298,8 +294,8 @@ def _plan(world: World, institutions: Sequence[Institution], seed: int, rng: ran
                 reg_from=(VALID_FROM.isoformat(),)
                 if institution_scope
                 else _days(max(date(2023, 1, 1), scheme_start), VALID_FROM),
-                resident_since=_days(date(2010, 1, 1), _add_months(VALID_FROM, -months)),
-                resident_before_history=_days(date(2010, 1, 1), _add_months(_HISTORY_FROM, -months)),
+                resident_since=_days(date(2010, 1, 1), add_months(VALID_FROM, -months)),
+                resident_before_history=_days(date(2010, 1, 1), add_months(_HISTORY_FROM, -months)),
                 history=scheme_start <= date(2022, 1, 1),
             )
         )

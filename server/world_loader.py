@@ -10,7 +10,7 @@ import gc
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
@@ -39,6 +39,7 @@ from settlesim.server.model import (
     RegistrationStatus,
     Scheme,
     World,
+    add_months,
     region_lineage,
 )
 from settlesim.server.world_fast import PersonReader
@@ -257,7 +258,39 @@ def parse_scheme(node: _Node) -> Scheme:
         max_institutions=node.get("max_institutions", 2).integer(1, 100),
         min_residence_months=node.get("min_residence_months", 0).integer(0, 600),
         allow_settle_at_home=node.get("allow_settle_at_home", False).boolean(),
+        validity_months=_month_range(node.get("validity_months", None)),
     )
+
+
+def _month_range(node: _Node) -> tuple[int, int] | None:
+    """[min, max] months, e.g. [12, 36] for Beijing's 1-3 years."""
+    if node.value is None:
+        return None
+    bounds = [child.integer(1, 1200) for child in node.list()]
+    if len(bounds) != 2 or bounds[0] > bounds[1]:
+        raise node.fail(f"expected [min, max] months, got {node.value!r}")
+    return bounds[0], bounds[1]
+
+
+def check_validity(person: Person, policy: RegionPolicy | None) -> str | None:
+    """Why one of the person's registrations breaks the validity bounds of the
+    insured region's scheme in force when it starts, or None."""
+    if policy is None:
+        return None
+    for registration in person.registrations:
+        found = policy.scheme.on(registration.valid.start)
+        bounds = found[1].validity_months if found else None
+        if bounds is None:
+            continue
+        low, high = bounds
+        start, end = registration.valid.start, registration.valid.end
+        # Valid from `start` through `end` inclusive: 12 months from 2025-01-01 ends 2025-12-31.
+        if end is None or not add_months(start, low) <= end + timedelta(days=1) <= add_months(start, high):
+            return (
+                f"registration {registration.id} is valid {start}..{end or 'open-ended'}; the "
+                f"{policy.region} scheme allows {low}-{high} months"
+            )
+    return None
 
 
 def parse_terms(node: _Node) -> DiseaseTerms:
@@ -483,7 +516,7 @@ def _load_world(root: Path | str | None) -> World:
                 f"certificate {key[0]}/{key[1]} also belongs to {by_certificate[key]}",
             )
         by_certificate[key] = person.person_no
-    return World(
+    world = World(
         name=meta.get("name", root.name).text(),
         regions=regions,
         diseases=diseases,
@@ -494,6 +527,10 @@ def _load_world(root: Path | str | None) -> World:
         people_by_certificate=by_certificate,
         institution_tokens=tokens,
     )
+    for person in people.values():
+        if problem := check_validity(person, world.policy_for(person.insured_region)):
+            raise WorldError("people", person.person_no, problem)
+    return world
 
 
 def _yaml_files(root: Path, folder: str) -> Iterator[_Node]:

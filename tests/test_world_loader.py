@@ -439,3 +439,26 @@ def test_fast_person_path_reads_exactly_what_the_careful_parser_reads(tmp_path: 
     broken = dict(records[0].value, insured_region="999999")
     with pytest.raises(Exception):  # noqa: B017 - any refusal sends the record to the careful parser
         reader.person(broken)
+
+
+@pytest.mark.parametrize(
+    ("valid_to", "accepted"),
+    [
+        ("2025-12-31", True),  # 12 months from 2025-01-01: the minimum
+        ("2025-12-30", False),  # a day short of a year
+        ("2027-12-31", True),  # 36 months: the maximum
+        ("2028-01-01", False),  # a day over three years
+        ("null", False),  # open-ended: Beijing registrations always end
+    ],
+)
+def test_beijing_registration_validity_is_one_to_three_years(world_dir: Path, valid_to: str, accepted: bool) -> None:
+    """policies/110000.yaml: validity_months [12, 36] (seed 000: valid 1-3 years)."""
+    edit(world_dir / "people" / "cast.yaml",
+         "institutions: [H46020000001], from: 2025-01-01, to: 2027-12-31, resident_since: 2024-01-01}",
+         f"institutions: [H46020000001], from: 2025-01-01, to: {valid_to}, resident_since: 2024-01-01}}")  # fmt: skip
+    if accepted:
+        load_world(world_dir)
+        return
+    error = load_error(world_dir)
+    assert (error.file, error.path) == ("people", "11000000000000000001")
+    assert "BJ-R-0001" in error.reason and "12-36 months" in error.reason

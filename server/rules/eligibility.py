@@ -20,6 +20,7 @@ from settlesim.server.model import (
     TraceEntry,
     VisitKey,
     World,
+    add_months,
     province_of,
     region_covers,
 )
@@ -95,17 +96,6 @@ def registration_covers(
     return Reason.DESTINATION_MISMATCH
 
 
-def _add_months(day: date, months: int) -> date:
-    month0 = day.month - 1 + months
-    year, month = day.year + month0 // 12, month0 % 12 + 1
-    for d in (day.day, 30, 29, 28):
-        try:
-            return date(year, month, d)
-        except ValueError:
-            continue
-    raise ValueError(day)
-
-
 def scheme_limits(person: Person, registration: Registration, scheme: Scheme, day: date) -> Reason | None:
     """Beijing-style scheme limits: at most N institutions named at a time, and
     a minimum residence before the registration starts (checked when the
@@ -120,7 +110,7 @@ def scheme_limits(person: Person, registration: Registration, scheme: Scheme, da
         if len(named) > scheme.max_institutions:
             return Reason.TOO_MANY_INSTITUTIONS
     if scheme.min_residence_months and registration.resident_since is not None:
-        earliest = _add_months(registration.resident_since, scheme.min_residence_months)
+        earliest = add_months(registration.resident_since, scheme.min_residence_months)
         if registration.valid.start < earliest:
             return Reason.RESIDENCE_TOO_SHORT
     return None
