@@ -79,7 +79,9 @@ class SettlementServiceServicer:
     def VerifyRegistration(self, request, context):
         """Is this visit eligible for chronic/special-disease cross-province
         settlement? Ineligibility is an OK answer with `eligible = false` and a
-        reason; only malformed requests are errors.
+        reason; only malformed requests are errors. settlesim extension; no
+        single national transaction: it answers what 1101 人员信息获取, 5301
+        慢特病备案查询 and a refused 2207 tell together.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +121,8 @@ class SettlementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSettlement(self, request, context):
-        """Reads one settlement of the calling institution.
+        """Reads one settlement of the calling institution (like 5203 结算信息查询),
+        with its current status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
