@@ -115,6 +115,18 @@ def test_datong_at_home_only_from_2025(world: World) -> None:
     )
 
 
+def test_same_province_without_a_policy_in_force_is_not_cross_province(world: World) -> None:
+    """Step 2 comes before step 3 even when the insured region has no policy in
+    force (Hotan's starts 2025-01-01): a Hotan person at a hospital in Xinjiang
+    is refused as NOT_CROSS_PROVINCE, not DISEASE_NOT_COVERED."""
+    from dataclasses import replace
+
+    in_xinjiang = replace(world.institutions[SANYA_SECOND], code="H65010000001", region="650100")
+    moved = replace(world, institutions={**world.institutions, in_xinjiang.code: in_xinjiang})
+    refused(check(moved, "65320000000000000001", in_xinjiang.code, day=date(2024, 12, 31)), Reason.NOT_CROSS_PROVINCE)
+    refused(check(moved, "65320000000000000001", day=date(2024, 12, 31)), Reason.DISEASE_NOT_COVERED)
+
+
 # --- 3. the disease -------------------------------------------------------------------------------
 
 

@@ -164,19 +164,13 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
     # 2. cross-province, unless the insured region's policy allows settling at home
     policy = world.policy_for(person.insured_region)
     scheme_on = policy.scheme.on(day) if policy else None
-    if policy is None or scheme_on is None:
-        return Eligibility(
-            Reason.DISEASE_NOT_COVERED,
-            f"insured region {person.insured_region} has no policy in force on {day}",
-            **partial,
-        )
-    scheme_since, scheme = scheme_on
-    partial |= {"policy": policy, "scheme": scheme}
     same_province = province_of(person.insured_region) == province_of(institution.region)
-    # "Settle back home" (Datong 2025) means the insured region itself, not its whole province.
+    # "Settle back home" (Datong 2025) means the insured region itself, not its whole province;
+    # with no scheme in force nothing allows it, so step 2 still comes before step 3.
     at_home = (
         same_province
-        and scheme.allow_settle_at_home
+        and scheme_on is not None
+        and scheme_on[1].allow_settle_at_home
         and region_covers(person.insured_region, institution.region)
     )
     if same_province and not at_home:
@@ -186,6 +180,14 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
             f"{person.insured_region}; this is not a cross-province visit",
             **partial,
         )
+    if policy is None or scheme_on is None:
+        return Eligibility(
+            Reason.DISEASE_NOT_COVERED,
+            f"insured region {person.insured_region} has no policy in force on {day}",
+            **partial,
+        )
+    scheme_since, scheme = scheme_on
+    partial |= {"policy": policy, "scheme": scheme}
 
     # 3. the disease is chronic/special under the insured region's policy
     dated = policy.terms.get((person.insurance_type, visit.disease_code))
