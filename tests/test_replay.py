@@ -26,13 +26,15 @@ from rich.console import Console
 from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import CaseError, load_cases
 from settlesim.clients.replay.command import ReplayError, ReplayOptions, conformance_cases_dir, replay
-from settlesim.clients.replay.runner import run_cases
+from settlesim.clients.replay.compare import Diff
+from settlesim.clients.replay.runner import CaseResult, RunResult, StepResult, run_cases
 from settlesim.server.app import ServerConfig, start
 from settlesim.server.rules.reasons import Reason
 
 SUITE = conformance_cases_dir()
 SEEDS = SUITE / "seeds"
 QINGHAI_SEED = SEEDS / "qinghai-breast-cancer-beijing.yaml"
+JUNIT_XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 
 
 def settlesim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -181,11 +183,12 @@ def _mixed_run(server, wrong_server):
     return good, bad
 
 
-def test_junit_xml_structure_and_counts_agree(server, wrong_server, tmp_path):
+def test_junit_xml_structure_and_counts_agree(server, wrong_server, junit_schema, tmp_path):
     good, bad = _mixed_run(server, wrong_server)
     for run in (good, bad):
         path = tmp_path / f"{run.run_id}.xml"
         reports.write_junit(run, path)
+        junit_schema.validate(str(path))
         root = ET.parse(path).getroot()
         assert root.tag == "testsuites"
         suites = root.findall("testsuite")
@@ -419,3 +422,110 @@ def test_replay_command_against_a_wrong_server_process(server_process, tmp_path)
     assert "expected 129.63 yuan (12963 fen)" in result.stdout
     assert "actual   116.67 yuan (11667 fen)" in result.stdout
     assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
+
+
+# --- JUnit XML against the schema -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def junit_schema():
+    """tests/data/junit-10.xsd: the schema Jenkins, Surefire and pytest's junitxml target."""
+    import xmlschema
+
+    return xmlschema.XMLSchema(str(JUNIT_XSD))
+
+
+def _made_up_run() -> RunResult:
+    """Results made up (no server) for real cases: one passed, one failed, one errored, from a
+    multi-document file and a one-case file, with text that XML 1.0 cannot carry."""
+    rules = load_cases([SUITE / "settlement-rules.yaml"])[:3]
+    seed = load_cases([QINGHAI_SEED])[0]
+    assert rules[1].source.endswith("settlement-rules.yaml#2") and "#" not in seed.source
+
+    def result(case, status, **step):
+        steps = [StepResult(s, status="passed") for s in case.steps]
+        for key, value in step.items():
+            setattr(steps[0], key, value)
+        steps[0].status = status
+        return CaseResult(case, f"replay-test-{case.name}", steps, 0.0125)
+
+    cases = [
+        result(rules[0], "passed"),
+        result(rules[1], "failed", diffs=[Diff("settlement.totals.fund_pays_fen", 4022, 3620)]),
+        result(rules[2], "error", message="the target could not answer: INTERNAL bad\x00byte"),
+        result(seed, "passed"),
+    ]
+    return RunResult("127.0.0.1:1", "abc123", "2025-03-01T00:00:00+00:00", cases, 1234.5)
+
+
+def test_junit_xml_is_valid_against_the_junit_10_schema(junit_schema, tmp_path):
+    run = _made_up_run()
+    path = tmp_path / "junit.xml"
+    reports.write_junit(run, path)
+    junit_schema.validate(str(path))  # raises with the offending element and attribute
+    root = ET.parse(path).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("4", "1", "1")
+    assert root.get("time") == "1234.500"
+    suites = root.findall("testsuite")
+    assert [(s.get("name"), Path(s.get("file")).name, s.get("tests")) for s in suites] == [
+        ("settlement-rules", "settlement-rules.yaml", "3"),
+        ("qinghai-breast-cancer-beijing", "qinghai-breast-cancer-beijing.yaml", "1"),
+    ]
+    # What the schema has no attribute for is kept in system-out: the case's own document.
+    testcases = root.findall("./testsuite/testcase")
+    outs = [tc.findtext("system-out") or "" for tc in testcases]
+    assert f"source {run.cases[1].case.source}\n" in outs[1] and "#2\n" in outs[1]
+    assert "session replay-test-" in outs[0] and "world default" in outs[0]
+    assert "bad\\x00byte" in testcases[2].find("error").get("message")  # shown, not emitted raw
+    assert "4022" in testcases[1].findtext("failure")
+
+
+def test_junit_schema_refuses_what_the_writer_used_to_emit(junit_schema):
+    """The check can fail: the attributes the writer used to emit (testcase@file,
+    testsuites@skipped), or any unknown one, make the document invalid."""
+    root = reports.junit_tree(_made_up_run()).getroot()
+    assert junit_schema.is_valid(root)
+    for element, attribute in ((root.find("./testsuite/testcase"), "file"), (root, "skipped")):
+        element.set(attribute, "x")
+        assert not junit_schema.is_valid(root), attribute
+        del element.attrib[attribute]
+    assert junit_schema.is_valid(root)
+    root.find("./testsuite/testcase").set("line", "3")
+    errors = list(junit_schema.iter_errors(root))
+    assert errors and "line" in str(errors[0])
+
+
+# --- references to a msgid ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["verify", "get", "reconcile"])
+def test_msgid_of_a_step_that_sends_none_is_refused_at_load(tmp_path, call):
+    request = {
+        "verify": "{person: '63000000000000000009', disease: M00503, date: 2025-03-01}",
+        "get": "{msgid: '${steps.s1.msgid}'}",
+        "reconcile": "{start: 2025-01-01, end: 2025-12-31}",
+    }[call]
+    path = tmp_path / "ref.yaml"
+    path.write_text(
+        f"name: ref\nworld: default\nwhy: x\ninstitution: H11010500001\nsteps:\n{GOOD_STEP}"
+        f"  - {{id: q, call: {call}, request: {request}}}\n"
+        "  - {call: void, request: {original_msgid: '${steps.q.msgid}'}}\n"
+    )
+    with pytest.raises(CaseError) as caught:
+        load_cases([path])
+    assert str(caught.value).startswith(f"{path}: steps[2].request: ${{steps.q.msgid}}: step 'q'")
+    assert f"is a {call} call, which sends no msgid" in str(caught.value)
+
+
+def test_msgid_of_steps_that_send_one_still_loads(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        f"name: ok\nworld: default\nwhy: x\ninstitution: H11010500001\nsteps:\n{GOOD_STEP}"
+        "  - {id: g, call: get, request: {msgid: '${steps.s1.msgid}'}}\n"
+        "  - {id: r, call: reverse, request: {settlement_id: '${steps.g.settlement.settlement_id}'},\n"
+        "     expect: {settlement: {undone_by_msgid: '${steps.r.msgid}'}}}\n"
+        "  - {id: v, call: void, request: {original_msgid: '${steps.g.request.msgid}'}}\n"
+        "  - {call: void, request: {original_msgid: '${steps.v.msgid}'}}\n"
+    )
+    (case,) = load_cases([path])
+    assert [s.call for s in case.steps] == ["settle", "get", "reverse", "void", "void"]

@@ -36,6 +36,9 @@ CALLS: dict[str, tuple[str, type, type, frozenset[str]]] = {
     "reconcile": ("Reconcile", pb.ReconcileRequest, pb.ReconcileResponse,
                   frozenset({"start", "end", "hospital", "include_entries"})),
 }  # fmt: skip
+# The calls whose request carries a message id of its own (报文ID), which ${steps.ID.msgid} names.
+# A get's `msgid` is the settlement it looks up, not a message id it sends.
+SENDS_MSGID = ("pre_settle", "settle", "reverse", "void")
 FEE_KEYS = frozenset({"code", "price", "quantity", "amount", "seq", "name", "hospital_code", "repeat"})
 CASE_KEYS = frozenset({"name", "title", "world", "tags", "why", "institution", "steps"})
 STEP_KEYS = frozenset({"id", "call", "institution", "request", "raw", "expect", "why"})
@@ -337,8 +340,9 @@ def references(value: Any) -> Iterator[str]:
 
 
 def _check_reference(check: _Checker, ref: str, path: str, earlier: dict[str, str]) -> None:
-    """${steps.ID.msgid}, ${steps.ID.request.FIELD...} or ${steps.ID.FIELD...} of an earlier
-    step, each FIELD checked against that step's request or response type."""
+    """${steps.ID.msgid} of an earlier step that sends one (SENDS_MSGID), ${steps.ID.request.FIELD...}
+    or ${steps.ID.FIELD...} of an earlier step, each FIELD checked against that step's request or
+    response type."""
     if ref == "new_msgid":
         return
     parts = ref.split(".")
@@ -348,8 +352,16 @@ def _check_reference(check: _Checker, ref: str, path: str, earlier: dict[str, st
         raise check.fail(
             path, f"${{{ref}}}: no earlier step has id {parts[1]!r} (earlier: {list(earlier) or 'none'})"
         )
-    _, request_type, response_type, _ = CALLS[earlier[parts[1]]]
+    call = earlier[parts[1]]
+    _, request_type, response_type, _ = CALLS[call]
     if parts[2:] == ["msgid"]:
+        if call not in SENDS_MSGID:
+            hint = f"; the msgid it looked up is ${{steps.{parts[1]}.request.msgid}}" if call == "get" else ""
+            raise check.fail(
+                path,
+                f"${{{ref}}}: step {parts[1]!r} is a {call} call, which sends no msgid "
+                f"(only {', '.join(SENDS_MSGID)} do){hint}",
+            )
         return
     fields, descriptor = (
         (parts[3:], request_type.DESCRIPTOR)

@@ -5,6 +5,7 @@ self-contained HTML file for people."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -197,26 +198,45 @@ def _failure_text(case: CaseResult) -> str:
     return "\n".join(lines)
 
 
+# Characters XML 1.0 cannot carry at all (not even escaped): C0 controls other than tab, newline
+# and carriage return, lone surrogates, U+FFFE and U+FFFF. An answer or message that holds one is
+# shown as \xNN / \uNNNN instead, so the report stays well-formed.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_MULTI_DOCUMENT = re.compile(r"^(?P<file>.*)#(?P<n>\d+)$")
+
+
+def _xml(text: str) -> str:
+    return _NOT_XML.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _file_of(source: str) -> str:
+    """`cases/x.yaml#2` (the 2nd document of a file) -> `cases/x.yaml`."""
+    match = _MULTI_DOCUMENT.match(source)
+    return match.group("file") if match else source
+
+
 def junit_tree(run: RunResult) -> ET.ElementTree:
-    """The common JUnit dialect (Jenkins, GitLab, GitHub test reporters): one
-    testsuite per case file, one testcase per case."""
-    groups: dict[str, list[CaseResult]] = defaultdict(list)
+    """JUnit XML valid against the junit-10.xsd schema that Jenkins, Maven Surefire and
+    pytest (xunit2) share, which GitLab and GitHub test reporters also read: one testsuite
+    per case file (`file` = its path), one testcase per case. The schema has no
+    testcase@file nor testsuites@skipped, so a case's own source (`file.yaml#2` for the 2nd
+    document of a file), world, session and tags go to its system-out."""
+    groups: dict[tuple[str, str], list[CaseResult]] = defaultdict(list)
     for case in run.cases:
-        groups[case.case.group or "cases"].append(case)
+        groups[case.case.group or "cases", _file_of(case.case.source)].append(case)
     root = ET.Element(
         "testsuites",
         name="settlesim replay",
         tests=str(len(run.cases)),
         failures=str(run.count("failed")),
         errors=str(run.count("error")),
-        skipped="0",
         time=f"{run.seconds:.3f}",
     )
-    for group, cases in groups.items():
+    for (group, file), cases in groups.items():
         suite = ET.SubElement(
             root,
             "testsuite",
-            name=group,
+            name=_xml(group),
             tests=str(len(cases)),
             failures=str(sum(c.status == "failed" for c in cases)),
             errors=str(sum(c.status == "error" for c in cases)),
@@ -224,18 +244,14 @@ def junit_tree(run: RunResult) -> ET.ElementTree:
             time=f"{sum(c.seconds for c in cases):.3f}",
             timestamp=run.started,
             hostname=socket.gethostname(),
+            file=_xml(file),
         )
         props = ET.SubElement(suite, "properties")
         for name, value in (("target", run.target), ("run_id", run.run_id)):
-            ET.SubElement(props, "property", name=name, value=value)
+            ET.SubElement(props, "property", name=name, value=_xml(value))
         for case in cases:
             element = ET.SubElement(
-                suite,
-                "testcase",
-                classname=group,
-                name=case.case.name,
-                file=case.case.source,
-                time=f"{case.seconds:.3f}",
+                suite, "testcase", classname=_xml(group), name=case.case.name, time=f"{case.seconds:.3f}"
             )
             if case.status in {"failed", "error"}:
                 bad = [s for s in case.steps if s.status == case.status]
@@ -247,9 +263,10 @@ def junit_tree(run: RunResult) -> ET.ElementTree:
                 )
                 tag = "failure" if case.status == "failed" else "error"
                 kind = "AnswerMismatch" if case.status == "failed" else "TargetError"
-                ET.SubElement(element, tag, message=message, type=kind).text = _failure_text(case)
-            ET.SubElement(element, "system-out").text = (
-                f"{case.case.title}\nsession {case.session}\ntags: {', '.join(case.case.tags)}\n"
+                ET.SubElement(element, tag, message=_xml(message), type=kind).text = _xml(_failure_text(case))
+            ET.SubElement(element, "system-out").text = _xml(
+                f"{case.case.title}\nsource {case.case.source}\nworld {case.case.world}\n"
+                f"session {case.session}\ntags: {', '.join(case.case.tags)}\n"
                 + "\n".join(f"step {s.step.id} ({s.step.call}): {s.status}" for s in case.steps)
             )
     ET.indent(root)
