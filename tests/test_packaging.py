@@ -1,25 +1,46 @@
 """What a user installs: one `settlesim` namespace (no top-level `server` or
-`clients`), with the bundled world, the protos and the conformance cases."""
+`clients`), with the bundled world, the protos and the conformance cases; and that
+wheel, installed on its own, serves and passes its own conformance suite."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+from settlesim.clients.replay.cases import load_cases
+
 ROOT = Path(__file__).resolve().parents[1]
+CASES = ROOT / "clients" / "conformance" / "cases"
+DEFAULT_WORLD = ROOT / "server" / "worlds" / "default"
 
 
-def test_wheel_installs_only_the_settlesim_namespace(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    (wheel,) = tmp_path.glob("settlesim-*.whl")
+    (built,) = out.glob("settlesim-*.whl")
+    return built
+
+
+def _packaged(names: list[str], prefix: str, source: Path, pattern: str) -> tuple[set[str], set[str]]:
+    """(files under `prefix` in the wheel, files the source tree has there), both relative."""
+    in_wheel = {name.removeprefix(prefix) for name in names if name.startswith(prefix)}
+    in_source = {p.relative_to(source).as_posix() for p in source.rglob(pattern) if p.is_file()}
+    return {name for name in in_wheel if Path(name).match(pattern)}, in_source
+
+
+def test_wheel_installs_only_the_settlesim_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"settlesim"}
@@ -27,6 +48,86 @@ def test_wheel_installs_only_the_settlesim_namespace(tmp_path):
     assert "settlesim/v1/settlement_service.proto" in names
     assert "settlesim/v1/settlement_service_pb2.pyi" in names
     assert "settlesim/server/rules/settlement.py" in names
+
+
+def test_wheel_holds_every_conformance_case_and_default_world_file(wheel):
+    """Exactly the source tree's files: none missing (`settlesim conformance` would silently run
+    fewer cases) and none stale (a case deleted from the source but left in a build directory)."""
+    names = zipfile.ZipFile(wheel).namelist()
+    cases, source_cases = _packaged(names, "settlesim/clients/conformance/cases/", CASES, "*.yaml")
+    assert len(source_cases) >= 8 and "seeds/qinghai-breast-cancer-beijing.yaml" in source_cases
+    assert cases == source_cases
+    world, source_world = _packaged(names, "settlesim/server/worlds/default/", DEFAULT_WORLD, "*.yaml")
+    assert {"world.yaml", "people/cast.yaml", "catalogs/110000.yaml", "policies/630000.yaml"} <= source_world
+    assert world == source_world
+
+
+@pytest.mark.slow
+def test_installed_wheel_serves_and_passes_its_own_conformance_suite(wheel, tmp_path):
+    """The wheel alone in a fresh venv (dependencies from the system site-packages, so no
+    download): its `settlesim serve` and its `settlesim conformance --target`, with the
+    bundled world and cases read from the installed package, not from this checkout."""
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+        timeout=60,
+    )
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python, settlesim = bin_dir / "python", bin_dir / "settlesim"
+    # The system's pip, run by the venv's interpreter, installs into the venv. --ignore-installed:
+    # this checkout may itself be installed (editable) in the system site-packages.
+    pip = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed"]
+    install = subprocess.run(
+        [*pip, str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert install.returncode == 0, install.stderr
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTHONPATH", None)
+    where = subprocess.run(
+        [str(python), "-c", "import settlesim.clients.replay.command as c; print(c.__file__); "
+         "print(c.conformance_cases_dir())"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert len(where) == 2, where
+    assert all(Path(line).resolve().is_relative_to(venv.resolve()) for line in where), where
+
+    log = tmp_path / "server.log"  # the server logs a line per call to stderr: a file, not a pipe
+    with log.open("w", encoding="utf-8") as stderr:
+        server = subprocess.Popen(
+            [str(settlesim), "serve", "--port", "0", "--db", str(tmp_path / "ledger.db")],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+    try:
+        assert server.stdout is not None
+        for line in iter(server.stdout.readline, ""):  # "settlesim serving on 127.0.0.1:PORT (db ...)"
+            if match := re.search(r"serving on [\d.]+:(\d+)", line):
+                port = int(match.group(1))
+                break
+        else:
+            pytest.fail(f"server exited with {server.wait()}: {log.read_text(encoding='utf-8')[-2000:]}")
+        result = subprocess.run(
+            [str(settlesim), "conformance", "--target", f"127.0.0.1:{port}", "--jobs", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+        cases = len(load_cases([CASES]))
+        assert f"{cases} cases: {cases} passed, 0 failed, 0 errors" in result.stdout
+    finally:
+        server.terminate()
+        server.wait(20)
 
 
 def test_serve_with_a_bad_world_fails_with_one_line(tmp_path):
