@@ -7,7 +7,13 @@ updating the totals are one atomic step: concurrent settles for one person can
 never both spend the last of a cap.
 
 Every public call is keyed by a `session` ("" by default): a sandbox namespace
-that replay runs use to keep their state apart (see docs/sessions.md).
+that replay runs use to keep their state apart (see docs/sessions.md). Within a
+session, msgids are keyed by the institution that sent them: a msgid is a
+sender's message id, so one institution can never block or take another's.
+
+The file carries its schema version (PRAGMA user_version, SCHEMA_VERSION); a
+server opening an older ledger upgrades it once, in one write transaction.
+`check_file` (`settlesim ledger check`) reads a ledger without changing it.
 """
 
 from __future__ import annotations
@@ -24,11 +30,36 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
 
-SCHEMA = """
+SCHEMA_VERSION = 1  # PRAGMA user_version; 0: msgids keyed by (session, msgid), before versions
+
+# Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
+# original msgid voided before it ever settled. A msgid is its sender's message id
+# (报文ID): each institution has its own namespace of them. The columns keep the
+# order of version 0, only the key changed.
+_MESSAGES = """
+CREATE TABLE IF NOT EXISTS {table} (
+    session          TEXT NOT NULL,
+    msgid            TEXT NOT NULL,
+    kind             TEXT NOT NULL CHECK (kind IN ('settle', 'reverse', 'void', 'blocked')),
+    institution_code TEXT NOT NULL,
+    request_hash     TEXT NOT NULL,
+    settlement_id    TEXT NOT NULL DEFAULT '',
+    created_at       TEXT NOT NULL,
+    PRIMARY KEY (session, institution_code, msgid)
+) WITHOUT ROWID"""
+
+# msgid before institution_code: the index also answers "did another institution
+# settle this msgid", which the refusals of GetSettlement and VoidByMessageId need.
+_SETTLEMENTS_BY_MSGID = (
+    "CREATE INDEX IF NOT EXISTS settlements_by_msgid ON settlements (session, msgid, institution_code)"
+)
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS settlements (
     settlement_id      TEXT PRIMARY KEY,
     session            TEXT NOT NULL,
@@ -49,7 +80,7 @@ CREATE TABLE IF NOT EXISTS settlements (
 );
 CREATE INDEX IF NOT EXISTS settlements_by_institution
     ON settlements (session, institution_code, visit_date);
-CREATE INDEX IF NOT EXISTS settlements_by_msgid ON settlements (session, msgid);
+{_SETTLEMENTS_BY_MSGID};
 
 CREATE TABLE IF NOT EXISTS yearly_totals (
     session         TEXT NOT NULL,
@@ -60,20 +91,28 @@ CREATE TABLE IF NOT EXISTS yearly_totals (
     fund_paid       INTEGER NOT NULL,
     PRIMARY KEY (session, person_no, disease_code, year)
 ) WITHOUT ROWID;
-
--- Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
--- original msgid voided before it ever settled.
-CREATE TABLE IF NOT EXISTS messages (
-    session          TEXT NOT NULL,
-    msgid            TEXT NOT NULL,
-    kind             TEXT NOT NULL CHECK (kind IN ('settle', 'reverse', 'void', 'blocked')),
-    institution_code TEXT NOT NULL,
-    request_hash     TEXT NOT NULL,
-    settlement_id    TEXT NOT NULL DEFAULT '',
-    created_at       TEXT NOT NULL,
-    PRIMARY KEY (session, msgid)
-) WITHOUT ROWID;
+{_MESSAGES.format(table="messages")};
 """
+
+# The columns `settlesim ledger check` needs before it calls a file a ledger.
+_LEDGER_COLUMNS = {
+    "settlements": {
+        "settlement_id", "session", "msgid", "institution_code", "person_no", "disease_code",
+        "visit_date", "year", "status", "total", "fund_pays", "patient_pays", "deductible_applied",
+        "undone_by_msgid",
+    },
+    "yearly_totals": {"session", "person_no", "disease_code", "year", "deductible_used", "fund_paid"},
+    "messages": {"session", "msgid", "kind", "institution_code", "request_hash", "settlement_id"},
+}  # fmt: skip
+
+
+class LedgerFileError(Exception):
+    """A file that is not a settlesim ledger this version can use (not a
+    database, tables missing, or a schema newer than this code)."""
+
+
+class LedgerUnavailable(RuntimeError):
+    """The writer thread has stopped: no write can commit any more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +171,43 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _table_exists(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script, to run one by one inside a transaction
+    (sqlite3's executescript would COMMIT first)."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
+def _rekey_messages(db: sqlite3.Connection) -> None:
+    """Version 0 -> 1: messages keyed by (session, institution_code, msgid)
+    instead of (session, msgid). Called inside the upgrade's write transaction:
+    a failure anywhere rolls all of it back. Every row is copied (the new key is
+    the old one plus a column, so no two rows can collide); the counts are
+    compared before the old table goes."""
+    db.execute(_MESSAGES.format(table="messages_rekeyed").replace(" IF NOT EXISTS", ""))
+    db.execute(
+        "INSERT INTO messages_rekeyed (session, msgid, kind, institution_code, request_hash, "
+        "settlement_id, created_at) SELECT session, msgid, kind, institution_code, request_hash, "
+        "settlement_id, created_at FROM messages"
+    )
+    (before,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+    (after,) = db.execute("SELECT COUNT(*) FROM messages_rekeyed").fetchone()
+    if before != after:  # cannot happen; never drop a message if it somehow did
+        raise LedgerFileError(f"re-keying messages copied {after} of {before} rows; nothing was changed")
+    db.execute("DROP TABLE messages")
+    db.execute("ALTER TABLE messages_rekeyed RENAME TO messages")
+    # (session, msgid): the upgrade makes it again with the institution
+    db.execute("DROP INDEX IF EXISTS settlements_by_msgid")
+
+
 class Ledger:
     """One SQLite database, thread-safe, with group commit.
 
@@ -146,26 +222,34 @@ class Ledger:
     SQLite's own locking would serialise them anyway)."""
 
     MAX_BATCH = 256  # writes per transaction: bounds the latency one batch adds
+    WRITER_CHECK_SECONDS = 0.5  # a caller waiting this long checks that the writer thread lives
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = self._connect()
-        self._db.executescript(SCHEMA)
+        # Writers in every process on this file queue on one advisory lock, which
+        # the kernel hands over the moment it is released (no polling).
+        self._writers_lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # The schema version this process upgraded the file from; None when it was current.
+            self.upgraded_from: int | None = self._upgrade()
+        except BaseException:
+            self._db.close()
+            os.close(self._writers_lock)
+            raise
         # The writer waits for other processes' write locks itself (_begin): SQLite's
         # own busy handler sleeps 1, 2, 5 ... 100 ms, which wrecks latency when
         # several server processes share the file.
         self._db.execute("PRAGMA busy_timeout=0")
-        # Writers in every process on this file queue on one advisory lock, which
-        # the kernel hands over the moment it is released (no polling).
-        self._writers_lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._read_lock = threading.Lock()
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=1")
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._closed = False
         self._closing = threading.Lock()
+        self._writer_failure: BaseException | None = None
         self._writer = threading.Thread(target=self._write_batches, name="ledger-writer", daemon=True)
         self._writer.start()
 
@@ -185,6 +269,30 @@ class Ledger:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=30000")
         return db
+
+    # --- schema versions ---------------------------------------------------------------------
+
+    def _upgrade(self) -> int | None:
+        """Create a new ledger, or bring an older one to SCHEMA_VERSION, in one write
+        transaction. Processes opening the file at once queue on the write lock and
+        read the version again inside it: exactly one of them upgrades."""
+        if _user_version(self._db) == SCHEMA_VERSION:
+            return None  # the common case: no write lock taken
+        with self._write() as db:
+            version = _user_version(db)
+            if version == SCHEMA_VERSION:
+                return None  # another process did it while this one waited
+            if version > SCHEMA_VERSION:
+                raise LedgerFileError(
+                    f"{self.path}: ledger schema version {version} is newer than this settlesim "
+                    f"knows ({SCHEMA_VERSION}); upgrade settlesim"
+                )
+            if _table_exists(db, "messages"):
+                _rekey_messages(db)
+            for statement in _statements(SCHEMA):  # what is missing; CREATE ... IF NOT EXISTS
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return version
 
     def close(self) -> None:
         """Finish the writes already queued, then close."""
@@ -238,14 +346,38 @@ class Ledger:
         with self._closing:  # no write can slip in behind the writer's stop mark
             if self._closed:
                 raise sqlite3.ProgrammingError("the ledger is closed")
+            if not self._writer.is_alive():  # nobody would ever answer: fail now, not hang
+                raise self._writer_gone()
             self._queue.put(job)
-        with job.done:  # released by the writer after COMMIT
-            pass
+        # Released by the writer after COMMIT. The timeout only matters when no answer
+        # comes for a while: then check that the writer still lives.
+        if not job.done.acquire(timeout=self.WRITER_CHECK_SECONDS):
+            self._wait_for_writer(job)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
 
+    def _wait_for_writer(self, job: _Job[Any]) -> None:
+        while not job.done.acquire(timeout=self.WRITER_CHECK_SECONDS):
+            if not self._writer.is_alive():
+                if job.done.acquire(blocking=False):  # answered just before it stopped
+                    return
+                # Whether this write committed is unknown: a retry with the same msgid
+                # on a restarted server answers it.
+                raise self._writer_gone()
+
+    def _writer_gone(self) -> LedgerUnavailable:
+        why = f": {self._writer_failure!r}" if self._writer_failure is not None else ""
+        return LedgerUnavailable(f"the ledger writer has stopped{why}; no write can commit until a restart")
+
     def _write_batches(self) -> None:
+        try:
+            self._serve_batches()
+        except BaseException as error:  # the thread dies; callers see _writer_gone()
+            self._writer_failure = error
+            raise
+
+    def _serve_batches(self) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -320,21 +452,21 @@ class Ledger:
         year: int,
         compute: Callable[[YearlyTotals], tuple[StoredSettlement, YearlyTotals]],
     ) -> tuple[StoredSettlement, bool]:
-        """Commit a settlement once per msgid. Returns (settlement, replayed)."""
+        """Commit a settlement once per msgid of the institution. Returns (settlement, replayed)."""
 
         def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
             seen = db.execute(
-                "SELECT kind, request_hash, settlement_id, institution_code FROM messages "
-                "WHERE session = ? AND msgid = ?",
-                (session, msgid),
+                "SELECT kind, request_hash, settlement_id FROM messages "
+                "WHERE session = ? AND institution_code = ? AND msgid = ?",
+                (session, institution_code, msgid),
             ).fetchone()
             if seen is not None:
-                kind, seen_hash, settlement_id, seen_institution = seen
+                kind, seen_hash, settlement_id = seen
                 if kind == "blocked":
                     raise Refusal(
                         Reason.MSGID_VOIDED, f"msgid {msgid} was voided and cannot settle", msgid=msgid
                     )
-                if kind == "settle" and seen_hash == request_hash and seen_institution == institution_code:
+                if kind == "settle" and seen_hash == request_hash:
                     return self._get(db, session, settlement_id), True
                 raise Refusal(
                     Reason.MSGID_REUSED,
@@ -382,30 +514,27 @@ class Ledger:
     def void(
         self, session: str, msgid: str, institution_code: str, request_hash: str, original_msgid: str
     ) -> VoidOutcome:
-        """Void whatever `original_msgid` did; if it never settled, block it."""
+        """Void whatever the institution's `original_msgid` did; if it never
+        settled, block it (for this institution only)."""
 
         def job(db: sqlite3.Connection) -> VoidOutcome:
             replay = self._replay(db, session, msgid, "void", institution_code, request_hash)
             if replay is not None:
                 return VoidOutcome(self._get(db, session, replay) if replay != "-" else None, True)
             original = db.execute(
-                "SELECT kind, settlement_id, institution_code FROM messages WHERE session = ? AND msgid = ?",
-                (session, original_msgid),
+                "SELECT kind, settlement_id FROM messages "
+                "WHERE session = ? AND institution_code = ? AND msgid = ?",
+                (session, institution_code, original_msgid),
             ).fetchone()
             voided: StoredSettlement | None = None
             if original is None:
+                self._refuse_if_anothers(db, session, institution_code, original_msgid)
                 db.execute(
                     "INSERT INTO messages VALUES (?, ?, 'blocked', ?, '', '', ?)",
                     (session, original_msgid, institution_code, _now()),
                 )
             else:
-                kind, settlement_id, owner = original
-                if owner != institution_code:
-                    raise Refusal(
-                        Reason.INSTITUTION_NOT_CALLER,
-                        f"msgid {original_msgid} belongs to another institution",
-                        msgid=original_msgid,
-                    )
+                kind, settlement_id = original
                 if kind == "settle":
                     voided = self._undo(db, self._get(db, session, settlement_id), "voided", msgid)
                 elif kind != "blocked":
@@ -437,14 +566,30 @@ class Ledger:
         with self._read() as db:
             if not settlement_id:
                 row = db.execute(
-                    "SELECT settlement_id FROM settlements WHERE session = ? AND msgid = ?", (session, msgid)
+                    "SELECT settlement_id FROM settlements "
+                    "WHERE session = ? AND msgid = ? AND institution_code = ?",
+                    (session, msgid, institution_code),
                 ).fetchone()
                 if row is None:
+                    self._refuse_if_anothers(db, session, institution_code, msgid)
                     raise Refusal(
                         Reason.SETTLEMENT_NOT_FOUND, f"no settlement for msgid {msgid}", msgid=msgid
                     )
                 settlement_id = row[0]
             return self._owned(db, session, settlement_id, institution_code)
+
+    def find_message(self, session: str, institution_code: str, msgid: str) -> tuple[str, str, str] | None:
+        """(kind, request_hash, settlement_id) of a msgid the institution sent
+        (committed data), or None. kind is settle, reverse, void or blocked (a
+        msgid voided before it settled); settlement_id is "" for blocked and "-"
+        for a void that found nothing to undo."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT kind, request_hash, settlement_id FROM messages "
+                "WHERE session = ? AND institution_code = ? AND msgid = ?",
+                (session, institution_code, msgid),
+            ).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
 
     def reconcile(
         self, session: str, institution_code: str, start: date, end: date, with_entries: bool
@@ -470,90 +615,15 @@ class Ledger:
     # --- invariants ---------------------------------------------------------------------------
 
     def check(self) -> list[str]:
-        """Problems with the ledger's invariants; empty when it is sound:
-        yearly totals equal the sum of settlements in force, every settle msgid
-        has exactly one settlement, and every settlement's money adds up."""
-        problems: list[str] = []
+        """Problems with the ledger's invariants; empty when it is sound (see
+        `_problems`). `settlesim ledger check` runs the same on a file, read-only:
+        `check_file`."""
         with self._read() as db:
-            expected = {
-                (s, p, d, y): (ded, fund)
-                for s, p, d, y, ded, fund in db.execute(
-                    "SELECT session, person_no, disease_code, year, SUM(deductible_applied), SUM(fund_pays) "
-                    "FROM settlements WHERE status = 'settled' GROUP BY 1, 2, 3, 4"
-                )
-            }
-            actual = {
-                (s, p, d, y): (ded, fund)
-                for s, p, d, y, ded, fund in db.execute("SELECT * FROM yearly_totals")
-            }
-            for key in sorted(set(expected) | set(actual)):
-                want, have = expected.get(key, (0, 0)), actual.get(key, (0, 0))
-                if want != have:
-                    problems.append(
-                        f"yearly totals {key}: deductible/fund {have} but settlements in force sum to {want}"
-                    )
-            for msgid, count in db.execute(
-                "SELECT msgid, COUNT(*) FROM settlements GROUP BY session, msgid HAVING COUNT(*) > 1"
-            ):
-                problems.append(f"msgid {msgid} has {count} settlements")
-            for (settlement_id,) in db.execute(
-                "SELECT s.settlement_id FROM settlements s LEFT JOIN messages m "
-                "ON m.session = s.session AND m.msgid = s.msgid AND m.kind = 'settle' "
-                "AND m.settlement_id = s.settlement_id WHERE m.msgid IS NULL"
-            ):
-                problems.append(f"settlement {settlement_id} has no settle message")
-            for settlement_id, total, fund, patient in db.execute(
-                "SELECT settlement_id, total, fund_pays, patient_pays FROM settlements "
-                "WHERE fund_pays + patient_pays != total OR fund_pays < 0 OR patient_pays < 0"
-            ):
-                problems.append(
-                    f"settlement {settlement_id}: fund {fund} + patient {patient} != total {total}"
-                )
-            problems += self._check_links(db)
-        return problems
-
-    @staticmethod
-    def _check_links(db: sqlite3.Connection) -> list[str]:
-        """The invariants the totals cannot show: an acknowledged settle (its
-        message) still has its settlement, every undone settlement names the
-        reversal or void that undid it, and each settlement sits in its visit's year."""
-        problems = [
-            f"settle msgid {msgid} answered settlement {settlement_id}, which is missing"
-            for msgid, settlement_id in db.execute(
-                "SELECT m.msgid, m.settlement_id FROM messages m LEFT JOIN settlements s "
-                "ON s.session = m.session AND s.settlement_id = m.settlement_id "
-                "WHERE m.kind = 'settle' AND s.settlement_id IS NULL"
-            )
-        ]
-        problems += [
-            f"settlement {settlement_id} is {status} but no {status[:-1]} message {by!r} undid it"
-            for settlement_id, status, by in db.execute(
-                "SELECT s.settlement_id, s.status, s.undone_by_msgid FROM settlements s LEFT JOIN messages m "
-                "ON m.session = s.session AND m.msgid = s.undone_by_msgid "
-                "AND m.settlement_id = s.settlement_id "
-                "AND m.kind = CASE s.status WHEN 'reversed' THEN 'reverse' ELSE 'void' END "
-                "WHERE s.status != 'settled' AND m.msgid IS NULL"
-            )
-        ]
-        problems += [
-            f"settlement {settlement_id}: year {year} is not the year of visit {visit}"
-            for settlement_id, year, visit in db.execute(
-                "SELECT settlement_id, year, visit_date FROM settlements "
-                "WHERE year != CAST(substr(visit_date, 1, 4) AS INTEGER)"
-            )
-        ]
-        problems += [
-            f"settlement {settlement_id}: deductible {deductible} outside 0..total {total}"
-            for settlement_id, deductible, total in db.execute(
-                "SELECT settlement_id, deductible_applied, total FROM settlements "
-                "WHERE deductible_applied < 0 OR deductible_applied > total"
-            )
-        ]
-        return problems
+            return _problems(db)
 
     def counts(self) -> dict[str, int]:
         with self._read() as db:
-            return dict(db.execute("SELECT status, COUNT(*) FROM settlements GROUP BY status").fetchall())
+            return _counts(db)
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -562,17 +632,32 @@ class Ledger:
     ) -> str | None:
         """The settlement id a repeated identical call answered, or None if new."""
         seen = db.execute(
-            "SELECT kind, request_hash, settlement_id, institution_code FROM messages "
-            "WHERE session = ? AND msgid = ?",
-            (session, msgid),
+            "SELECT kind, request_hash, settlement_id FROM messages "
+            "WHERE session = ? AND institution_code = ? AND msgid = ?",
+            (session, institution, msgid),
         ).fetchone()
         if seen is None:
             return None
-        if seen[0] == kind and seen[1] == request_hash and seen[3] == institution:
+        if seen[0] == kind and seen[1] == request_hash:
             return seen[2]
         raise Refusal(
             Reason.MSGID_REUSED, f"msgid {msgid} was already used for a different request", msgid=msgid
         )
+
+    @staticmethod
+    def _refuse_if_anothers(db: sqlite3.Connection, session: str, institution_code: str, msgid: str) -> None:
+        """The caller named a msgid it never sent that another institution settled
+        with: refuse as for another's settlement id (docs/security.md) instead of
+        answering "not found" or blocking the caller's own, unused msgid. Only on the
+        not-found path, never on a settle."""
+        other = db.execute(
+            "SELECT 1 FROM settlements WHERE session = ? AND msgid = ? AND institution_code != ? LIMIT 1",
+            (session, msgid, institution_code),
+        ).fetchone()
+        if other is not None:
+            raise Refusal(
+                Reason.INSTITUTION_NOT_CALLER, f"msgid {msgid} belongs to another institution", msgid=msgid
+            )
 
     def _owned(
         self, db: sqlite3.Connection, session: str, settlement_id: str, institution_code: str
@@ -707,3 +792,208 @@ class Ledger:
             status=status,
             undone_by_msgid=by,
         )
+
+
+# --- checking a ledger (settlesim ledger check) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    problems: list[str]
+    counts: dict[str, int]  # settlements by status
+    schema_version: int
+
+
+def check_file(path: Path | str) -> CheckReport:
+    """Check the ledger in `path` without changing it: opened read-only (no
+    schema, no journal mode switch, no lock file). Raises LedgerFileError, in one
+    line, when the file is not a settlesim ledger this code can read."""
+    path = Path(path)
+    try:
+        db = _open_read_only(path)
+    except sqlite3.Error as error:
+        raise LedgerFileError(f"{path}: cannot open read-only: {error}") from None
+    try:
+        try:
+            db.execute("BEGIN")  # one snapshot for every query, even beside a running server
+            version = _user_version(db)
+            _require_ledger(db, path, version)
+        except sqlite3.DatabaseError as error:  # "file is not a database" and the like
+            raise LedgerFileError(f"{path} is not a settlesim ledger: {error}") from None
+        problems = _problems(db)
+        try:
+            counts = _counts(db)
+        except sqlite3.DatabaseError:
+            counts = {}  # already among the problems
+        return CheckReport(problems, counts, version)
+    finally:
+        db.close()
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection. A WAL ledger with no -wal file beside it (no server
+    has it open, none crashed) holds everything in the main file: open it
+    immutable, so SQLite creates no -wal/-shm files either. Otherwise read beside
+    the server (or recover a crashed one's WAL) as any reader does."""
+    with path.open("rb") as f:
+        header = f.read(100)
+    wal_mode = header.startswith(b"SQLite format 3\x00") and len(header) > 18 and header[18] == 2
+    idle = wal_mode and not Path(f"{path}-wal").exists()
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if idle else "")
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA query_only=1")
+    return db
+
+
+def _require_ledger(db: sqlite3.Connection, path: Path, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise LedgerFileError(
+            f"{path}: ledger schema version {version} is newer than this settlesim knows ({SCHEMA_VERSION})"
+        )
+    for table, columns in _LEDGER_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            raise LedgerFileError(f"{path} is not a settlesim ledger: it has no table {table}")
+        if missing := columns - have:
+            raise LedgerFileError(
+                f"{path} is not a settlesim ledger: table {table} has no column {', '.join(sorted(missing))}"
+            )
+
+
+def _counts(db: sqlite3.Connection) -> dict[str, int]:
+    return dict(db.execute("SELECT status, COUNT(*) FROM settlements GROUP BY status").fetchall())
+
+
+def _problems(db: sqlite3.Connection) -> list[str]:
+    """SQLite's own quick_check, then the ledger's invariants. A file SQLite finds
+    damaged may fail the invariant queries themselves: that is one more problem."""
+    try:
+        problems = [
+            f"sqlite quick_check: {line}"
+            for (answer,) in db.execute("PRAGMA quick_check").fetchall()
+            for line in answer.splitlines()
+            if line != "ok" and not line.startswith("*** in database")
+        ]
+    except sqlite3.DatabaseError as error:  # too damaged for quick_check to finish
+        problems = [f"sqlite quick_check: {error}"]
+    try:
+        problems += _totals_problems(db) + _message_problems(db) + _money_problems(db)
+    except sqlite3.DatabaseError as error:
+        problems.append(f"the invariants could not be read: {error}")
+    return problems
+
+
+def _totals_problems(db: sqlite3.Connection) -> list[str]:
+    """Yearly totals equal the sum of the settlements in force, and are never negative."""
+    problems = []
+    expected = {
+        (s, p, d, y): (ded, fund)
+        for s, p, d, y, ded, fund in db.execute(
+            "SELECT session, person_no, disease_code, year, SUM(deductible_applied), SUM(fund_pays) "
+            "FROM settlements WHERE status = 'settled' GROUP BY 1, 2, 3, 4"
+        )
+    }
+    actual = {
+        (s, p, d, y): (ded, fund)
+        for s, p, d, y, ded, fund in db.execute(
+            "SELECT session, person_no, disease_code, year, deductible_used, fund_paid FROM yearly_totals"
+        )
+    }
+    for key in sorted(set(expected) | set(actual)):
+        want, have = expected.get(key, (0, 0)), actual.get(key, (0, 0))
+        if want != have:
+            problems.append(
+                f"yearly totals {key}: deductible/fund {have} but settlements in force sum to {want}"
+            )
+        if have[0] < 0 or have[1] < 0:
+            problems.append(f"yearly totals {key}: deductible/fund {have} is negative")
+    return problems
+
+
+def _message_problems(db: sqlite3.Connection) -> list[str]:
+    """Settlements and messages agree, each msgid in its sender's namespace: one
+    settlement per (institution, settle msgid), every settlement has its settle
+    message, every acknowledged settle still has its own settlement, every undone
+    settlement names the reversal or void that undid it, and every reversal or
+    void undid the settlement it names."""
+    problems = [
+        f"msgid {msgid} of {institution} has {count} settlements"
+        for institution, msgid, count in db.execute(
+            "SELECT institution_code, msgid, COUNT(*) FROM settlements "
+            "GROUP BY session, institution_code, msgid HAVING COUNT(*) > 1"
+        )
+    ]
+    problems += [
+        f"settlement {settlement_id} has no settle message {msgid!r} from {institution}"
+        for settlement_id, msgid, institution in db.execute(
+            "SELECT s.settlement_id, s.msgid, s.institution_code FROM settlements s LEFT JOIN messages m "
+            "ON m.session = s.session AND m.institution_code = s.institution_code AND m.msgid = s.msgid "
+            "AND m.kind = 'settle' AND m.settlement_id = s.settlement_id WHERE m.msgid IS NULL"
+        )
+    ]
+    problems += [
+        f"settle msgid {msgid} of {institution} answered settlement {settlement_id}, which is "
+        + ("missing" if owner is None else f"msgid {other!r} of {owner}")
+        for msgid, institution, settlement_id, other, owner in db.execute(
+            "SELECT m.msgid, m.institution_code, m.settlement_id, s.msgid, s.institution_code "
+            "FROM messages m LEFT JOIN settlements s "
+            "ON s.session = m.session AND s.settlement_id = m.settlement_id "
+            "WHERE m.kind = 'settle' AND (s.settlement_id IS NULL "
+            "OR s.msgid != m.msgid OR s.institution_code != m.institution_code)"
+        )
+    ]
+    problems += [
+        f"settlement {settlement_id} is {status} but no {status[:-1]} message {by!r} undid it"
+        for settlement_id, status, by in db.execute(
+            "SELECT s.settlement_id, s.status, s.undone_by_msgid FROM settlements s LEFT JOIN messages m "
+            "ON m.session = s.session AND m.institution_code = s.institution_code "
+            "AND m.msgid = s.undone_by_msgid AND m.settlement_id = s.settlement_id "
+            "AND m.kind = CASE s.status WHEN 'reversed' THEN 'reverse' ELSE 'void' END "
+            "WHERE s.status != 'settled' AND m.msgid IS NULL"
+        )
+    ]
+    for kind, msgid, institution, settlement_id, status, by, owner in db.execute(
+        "SELECT m.kind, m.msgid, m.institution_code, m.settlement_id, s.status, s.undone_by_msgid, "
+        "s.institution_code FROM messages m LEFT JOIN settlements s "
+        "ON s.session = m.session AND s.settlement_id = m.settlement_id "
+        "WHERE m.kind IN ('reverse', 'void') AND m.settlement_id NOT IN ('', '-') AND (s.settlement_id IS NULL "
+        "OR s.status != CASE m.kind WHEN 'reverse' THEN 'reversed' ELSE 'voided' END "
+        "OR s.undone_by_msgid != m.msgid OR s.institution_code != m.institution_code)"
+    ):
+        if status is None:
+            state = "missing"
+        elif status == "settled":
+            state = "still settled"
+        else:
+            state = f"{status} by msgid {by!r} of {owner}"
+        problems.append(
+            f"{kind} msgid {msgid} of {institution} undid settlement {settlement_id}, which is {state}"
+        )
+    return problems
+
+
+def _money_problems(db: sqlite3.Connection) -> list[str]:
+    """Each settlement's money adds up, its deductible lies within its total, and
+    it sits in its visit's year."""
+    problems = [
+        f"settlement {settlement_id}: fund {fund} + patient {patient} != total {total}"
+        for settlement_id, total, fund, patient in db.execute(
+            "SELECT settlement_id, total, fund_pays, patient_pays FROM settlements "
+            "WHERE fund_pays + patient_pays != total OR fund_pays < 0 OR patient_pays < 0"
+        )
+    ]
+    problems += [
+        f"settlement {settlement_id}: year {year} is not the year of visit {visit}"
+        for settlement_id, year, visit in db.execute(
+            "SELECT settlement_id, year, visit_date FROM settlements "
+            "WHERE year != CAST(substr(visit_date, 1, 4) AS INTEGER)"
+        )
+    ]
+    problems += [
+        f"settlement {settlement_id}: deductible {deductible} outside 0..total {total}"
+        for settlement_id, deductible, total in db.execute(
+            "SELECT settlement_id, deductible_applied, total FROM settlements "
+            "WHERE deductible_applied < 0 OR deductible_applied > total"
+        )
+    ]
+    return problems

@@ -240,26 +240,31 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
     check = _parser(
         "check",
         ledger_sub,
-        "Verify the ledger's invariants: yearly totals equal the sum of settlements in force, "
-        "one settlement per msgid and one per acknowledged settle, fund + patient = total, every "
-        "reversed or voided settlement linked to its reversal or void. Exits 1 when any fails.",
+        "Verify a ledger without changing it (opened read-only): SQLite's quick_check, then the "
+        "invariants: yearly totals equal the sum of settlements in force and are not negative, one "
+        "settlement per msgid of an institution and one per acknowledged settle, fund + patient = "
+        "total, every reversed or voided settlement linked to its reversal or void and every "
+        "reversal or void to the settlement it undid. Exits 1 when any fails, 2 when the file is "
+        "not a settlesim ledger.",
         _examples("settlesim ledger check --db /tmp/s.db"),
     )
-    check.add_argument("--db", type=Path, required=True, help="SQLite ledger file")
+    check.add_argument("--db", type=Path, required=True, help="SQLite ledger file (only read)")
     check.set_defaults(run=run_ledger_check)
 
 
 def run_ledger_check(args: argparse.Namespace) -> int:
-    from settlesim.server.ledger import Ledger
+    from settlesim.server.ledger import SCHEMA_VERSION, LedgerFileError, check_file
 
-    if not args.db.exists():
+    if not args.db.is_file():
         raise CliError(f"no ledger at {args.db}")
-    ledger = Ledger(args.db)
     try:
-        problems, counts = ledger.check(), ledger.counts()
-    finally:
-        ledger.close()
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no settlements"
+        report = check_file(args.db)
+    except LedgerFileError as e:
+        raise CliError(str(e)) from None
+    problems = report.problems
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items())) or "no settlements"
+    if report.schema_version < SCHEMA_VERSION:
+        summary += f" (schema version {report.schema_version}: a server upgrades it when it next opens it)"
     if problems:
         for problem in problems:
             print(f"FAIL {problem}")

@@ -283,6 +283,14 @@ CORRUPTIONS = {
     "undone without a reversal or void": "UPDATE settlements SET status = 'voided' WHERE status = 'reversed'",
     "year not the visit date's": "UPDATE settlements SET year = 2023 WHERE status = 'reversed'",
     "negative deductible": ("UPDATE settlements SET deductible_applied = -1 WHERE status = 'reversed'"),
+    # msgids are per institution: the Cancer Hospital's settles filed under Fuwai's msgids.
+    "settle messages in another institution's namespace": (
+        "UPDATE messages SET institution_code = 'H11010200002' WHERE kind = 'settle'"
+    ),
+    "reversal whose settlement is back in force": (
+        "UPDATE settlements SET status = 'settled', undone_by_msgid = '' WHERE status = 'reversed'"
+    ),
+    "negative yearly total": "UPDATE yearly_totals SET deductible_used = -1",
 }
 
 

@@ -1,0 +1,279 @@
+"""Schema version 0 -> 1: ledgers written before msgids were per institution
+(messages keyed by (session, msgid)) are re-keyed by (session, institution_code,
+msgid) the first time a server opens them: once, in one write transaction, even
+when several server processes open the file at the same moment, and without
+losing a row (an acknowledged settlement above all)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import sqlite3
+from contextlib import closing
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CANCER_HOSPITAL, FUWAI
+from settlesim.server import ledger as ledger_module
+from settlesim.server.ledger import SCHEMA_VERSION, Ledger, LedgerFileError, StoredSettlement, check_file
+from settlesim.server.model import YearlyTotals
+from settlesim.server.rules.reasons import Reason, Refusal
+
+# The schema as released before versions (server/ledger.py at 5d13505), verbatim.
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settlements (
+    settlement_id      TEXT PRIMARY KEY,
+    session            TEXT NOT NULL,
+    msgid              TEXT NOT NULL,
+    institution_code   TEXT NOT NULL,
+    person_no          TEXT NOT NULL,
+    disease_code       TEXT NOT NULL,
+    visit_date         TEXT NOT NULL,
+    year               INTEGER NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('settled', 'reversed', 'voided')),
+    total              INTEGER NOT NULL,
+    fund_pays          INTEGER NOT NULL,
+    patient_pays       INTEGER NOT NULL,
+    deductible_applied INTEGER NOT NULL,
+    undone_by_msgid    TEXT NOT NULL DEFAULT '',
+    created_at         TEXT NOT NULL,
+    answer             BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS settlements_by_institution
+    ON settlements (session, institution_code, visit_date);
+CREATE INDEX IF NOT EXISTS settlements_by_msgid ON settlements (session, msgid);
+
+CREATE TABLE IF NOT EXISTS yearly_totals (
+    session         TEXT NOT NULL,
+    person_no       TEXT NOT NULL,
+    disease_code    TEXT NOT NULL,
+    year            INTEGER NOT NULL,
+    deductible_used INTEGER NOT NULL,
+    fund_paid       INTEGER NOT NULL,
+    PRIMARY KEY (session, person_no, disease_code, year)
+) WITHOUT ROWID;
+
+-- Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
+-- original msgid voided before it ever settled.
+CREATE TABLE IF NOT EXISTS messages (
+    session          TEXT NOT NULL,
+    msgid            TEXT NOT NULL,
+    kind             TEXT NOT NULL CHECK (kind IN ('settle', 'reverse', 'void', 'blocked')),
+    institution_code TEXT NOT NULL,
+    request_hash     TEXT NOT NULL,
+    settlement_id    TEXT NOT NULL DEFAULT '',
+    created_at       TEXT NOT NULL,
+    PRIMARY KEY (session, msgid)
+) WITHOUT ROWID;
+"""
+
+QINGHAI, TUMOUR = "63000000000000000009", "M00503"
+DATONG, HYPERTENSION = "14020000000000000001", "M03900"
+AT = "2025-01-01T00:00:00.000000+00:00"
+# (settlement_id, session, msgid, institution, person, disease, visit, status, total, fund, patient,
+#  deductible, undone_by): a sound ledger as the old code wrote it.
+SETTLEMENTS = [
+    ("S1", "", "M1", CANCER_HOSPITAL, QINGHAI, TUMOUR, "2024-03-01", "settled", 9000, 4000, 5000, 5000, ""),
+    ("S2", "", "M2", CANCER_HOSPITAL, QINGHAI, TUMOUR, "2024-04-01", "reversed", 3000, 3000, 0, 0, "R1"),
+    ("S3", "", "M3", CANCER_HOSPITAL, QINGHAI, TUMOUR, "2024-05-01", "voided", 2000, 2000, 0, 0, "V1"),
+    ("S4", "", "F1", FUWAI, DATONG, HYPERTENSION, "2025-02-01", "settled", 30000, 12000, 18000, 10000, ""),
+    ("S5", "sandbox", "M1", CANCER_HOSPITAL, QINGHAI, TUMOUR, "2024-03-01", "settled", 9000, 4000, 5000, 5000, ""),
+]  # fmt: skip
+MESSAGES = [  # (session, msgid, kind, institution, request_hash, settlement_id)
+    ("", "M1", "settle", CANCER_HOSPITAL, "h-M1", "S1"),
+    ("", "M2", "settle", CANCER_HOSPITAL, "h-M2", "S2"),
+    ("", "R1", "reverse", CANCER_HOSPITAL, "h-R1", "S2"),
+    ("", "M3", "settle", CANCER_HOSPITAL, "h-M3", "S3"),
+    ("", "V1", "void", CANCER_HOSPITAL, "h-V1", "S3"),
+    ("", "M4", "blocked", CANCER_HOSPITAL, "", ""),  # voided (V2) before it ever settled
+    ("", "V2", "void", CANCER_HOSPITAL, "h-V2", "-"),
+    ("", "F1", "settle", FUWAI, "h-F1", "S4"),
+    ("sandbox", "M1", "settle", CANCER_HOSPITAL, "h-M1", "S5"),
+]
+YEARLY = [
+    ("", QINGHAI, TUMOUR, 2024, 5000, 4000),
+    ("", DATONG, HYPERTENSION, 2025, 10000, 12000),
+    ("sandbox", QINGHAI, TUMOUR, 2024, 5000, 4000),
+]
+
+
+def old_ledger(folder: Path) -> Path:
+    """A version-0 ledger as a server leaves it when killed: WAL mode, every
+    committed row still in the -wal file (never checkpointed into the main file)."""
+    live = folder / "live"
+    live.mkdir()
+    db = sqlite3.connect(live / "ledger.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.executescript(OLD_SCHEMA)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema in the main file, the rows only in the WAL
+    for s in SETTLEMENTS:
+        db.execute(
+            "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*s[:7], int(s[6][:4]), *s[7:], AT, b"answer-" + s[0].encode()),
+        )
+    for m in MESSAGES:
+        db.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", (*m, AT))
+    for y in YEARLY:
+        db.execute("INSERT INTO yearly_totals VALUES (?, ?, ?, ?, ?, ?)", y)
+    crashed = folder / "crashed.db"
+    shutil.copy(live / "ledger.db", crashed)  # a copy taken while the server was up = a crash
+    shutil.copy(live / "ledger.db-wal", f"{crashed}-wal")
+    db.close()
+    return crashed
+
+
+def read_only(path: Path, *flags: str) -> sqlite3.Connection:
+    """A connection that cannot checkpoint the WAL away (the fixture's crash state stays)."""
+    return sqlite3.connect(f"file:{path}?" + "&".join(("mode=ro", *flags)), uri=True)
+
+
+def rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with closing(read_only(path)) as db:
+        return {
+            t: sorted(db.execute(f"SELECT * FROM {t}").fetchall())
+            for t in ("settlements", "messages", "yearly_totals")
+        }
+
+
+def layout(path: Path) -> tuple[int, list[str], list[str]]:
+    """(user_version, messages' key columns in order, settlements_by_msgid's columns)."""
+    with closing(read_only(path)) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        key = [
+            name for pk, name in sorted((r[5], r[1]) for r in db.execute("PRAGMA table_info(messages)")) if pk
+        ]
+        index = [r[2] for r in db.execute("PRAGMA index_info(settlements_by_msgid)")]
+    return version, key, index
+
+
+def settle(ledger: Ledger, msgid: str, institution: str, settlement_id: str) -> tuple[StoredSettlement, bool]:
+    """A 1000-fen class-A visit, all of it the fund's (the deductible is met)."""
+
+    def compute(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
+        stored = StoredSettlement(
+            settlement_id, "", msgid, institution, QINGHAI, TUMOUR, date(2024, 6, 1), 1000, 1000, 0, 0, b"new"
+        )
+        return stored, YearlyTotals(totals.deductible_used, totals.fund_paid + 1000)
+
+    return ledger.settle("", msgid, institution, f"h-{msgid}", QINGHAI, TUMOUR, 2024, compute)
+
+
+def test_the_fixture_is_a_sound_version_0_ledger(tmp_path):
+    old = old_ledger(tmp_path)
+    report = check_file(old)
+    assert (report.problems, report.counts, report.schema_version) == (
+        [],
+        {"settled": 3, "reversed": 1, "voided": 1},
+        0,
+    )
+    assert layout(old) == (0, ["session", "msgid"], ["session", "msgid"])
+
+
+def test_upgrade_keeps_every_row_and_rekeys_messages(tmp_path):
+    old = old_ledger(tmp_path)
+    before = rows(old)
+    assert len(before["messages"]) == len(MESSAGES) and len(before["settlements"]) == len(SETTLEMENTS)
+    with closing(read_only(old, "immutable=1")) as main_file_only:  # the WAL unread
+        assert main_file_only.execute("SELECT COUNT(*) FROM settlements").fetchone() == (0,)
+
+    ledger = Ledger(old)
+    try:
+        assert ledger.upgraded_from == 0
+        assert rows(old) == before  # every settlement, message and yearly total, byte for byte
+        assert layout(old) == (
+            SCHEMA_VERSION,
+            ["session", "institution_code", "msgid"],
+            ["session", "msgid", "institution_code"],
+        )
+        assert ledger.check() == []
+        # The old messages still answer as before, each in its sender's namespace now.
+        assert settle(ledger, "M1", CANCER_HOSPITAL, "unused") == (
+            ledger.get("", CANCER_HOSPITAL, "S1"),
+            True,
+        )
+        with pytest.raises(Refusal) as refused:
+            settle(ledger, "M4", CANCER_HOSPITAL, "unused")
+        assert refused.value.reason == Reason.MSGID_VOIDED
+        assert ledger.find_message("", CANCER_HOSPITAL, "R1") == ("reverse", "h-R1", "S2")
+        assert ledger.get("", FUWAI, msgid="F1").settlement_id == "S4"
+        # M4 was blocked for the Cancer Hospital only, and M1 is the Cancer Hospital's only.
+        assert settle(ledger, "M4", FUWAI, "S6")[1] is False
+        assert settle(ledger, "M1", FUWAI, "S7")[1] is False
+        assert ledger.get("", FUWAI, msgid="M1").settlement_id == "S7"
+        assert ledger.get("", CANCER_HOSPITAL, msgid="M1").settlement_id == "S1"
+        assert ledger.check() == []
+    finally:
+        ledger.close()
+    again = Ledger(old)
+    try:
+        assert again.upgraded_from is None  # once
+    finally:
+        again.close()
+
+
+def test_a_failed_upgrade_changes_nothing(tmp_path, monkeypatch):
+    old = old_ledger(tmp_path)
+    before = rows(old)
+    rekey = ledger_module._rekey_messages
+
+    def rekey_then_fail(db: sqlite3.Connection) -> None:
+        rekey(db)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ledger_module, "_rekey_messages", rekey_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        Ledger(old)
+    assert layout(old) == (0, ["session", "msgid"], ["session", "msgid"])
+    assert rows(old) == before
+    monkeypatch.undo()
+    ledger = Ledger(old)  # and the next start upgrades it
+    try:
+        assert ledger.upgraded_from == 0 and ledger.check() == []
+    finally:
+        ledger.close()
+    assert rows(old) == before
+
+
+def test_a_ledger_newer_than_the_code_is_refused(tmp_path):
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(LedgerFileError, match="newer than this settlesim"):
+        Ledger(path)
+
+
+def _open(path: Path, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        ledger = Ledger(path)
+        results.put(("opened", ledger.upgraded_from))
+        ledger.close()
+    except Exception as error:  # reported to the parent, which asserts there were none
+        results.put(("failed", repr(error)))
+
+
+@pytest.mark.parametrize("processes", [2, 6])
+def test_processes_opening_an_old_ledger_at_once_upgrade_it_once(tmp_path, processes):
+    """`serve --processes N` on a version-0 file: all start, exactly one upgrades,
+    the others wait for its transaction and find the version current."""
+    context = multiprocessing.get_context("fork")
+    for round_no in range(4):
+        folder = tmp_path / f"round{round_no}"
+        folder.mkdir()
+        old = old_ledger(folder)
+        before = rows(old)
+        barrier, results = context.Barrier(processes), context.Queue()
+        started = [context.Process(target=_open, args=(old, barrier, results)) for _ in range(processes)]
+        for process in started:
+            process.start()
+        for process in started:
+            process.join(60)
+        assert [p.exitcode for p in started] == [0] * processes
+        outcomes = sorted((results.get(timeout=5) for _ in range(processes)), key=repr)
+        assert outcomes == sorted([("opened", 0)] + [("opened", None)] * (processes - 1), key=repr)
+        assert rows(old) == before
+        assert layout(old)[0] == SCHEMA_VERSION
+        assert check_file(old).problems == []
