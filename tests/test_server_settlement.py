@@ -176,19 +176,19 @@ def test_refusal_reasons(hospital, person, institution, day, reason):
 
 def test_class_b_share_class_c_and_price_ceiling(hospital):
     """Qinghai 390/M00503 in 2025: deductible 5000, ratio 100%, cap 5,000,000. Beijing catalog.
-    B-DRUG-001 1 × 10015, class B 10%: pre-self-pay round(10015 × 10%) = round(1001.5) = 1002 (half up);
-                                       in scope 10015 - 1002 = 9013
+    B-DRUG-001 1 × 10025, class B 10%: pre-self-pay round(10025 × 10%) = round(1002.5) = 1003 (half up;
+                                       half-even would give 1002); in scope 10025 - 1003 = 9022
     C-DRUG-001 2 × 1000, class C: full self-pay 2000
     A-CEIL-001 2 × 3500, class A, ceiling 3000: over-ceiling (3500 - 3000) × 2 = 1000; in scope 6000
     B-CEIL-001 1 × 9000, class B 5%, ceiling 8000: over 1000; pre round(8000 × 5%) = 400; in scope 7600
     NOT-IN-CATALOG 1 × 500: not listed, full self-pay 500
-    total 10015 + 2000 + 7000 + 9000 + 500 = 28515
-    full self-pay 2000 + 500 = 2500; over-ceiling 1000 + 1000 = 2000; pre 1002 + 400 = 1402
-    in scope 9013 + 6000 + 7600 = 22613
-    deductible min(22613, 5000) = 5000; fund round((22613 - 5000) × 100%) = 17613
-    patient 28515 - 17613 = 10902 (= 2500 + 2000 + 1402 + 5000)"""
+    total 10025 + 2000 + 7000 + 9000 + 500 = 28525
+    full self-pay 2000 + 500 = 2500; over-ceiling 1000 + 1000 = 2000; pre 1003 + 400 = 1403
+    in scope 9022 + 6000 + 7600 = 22622
+    deductible min(22622, 5000) = 5000; fund round((22622 - 5000) × 100%) = 17622
+    patient 28525 - 17622 = 10903 (= 2500 + 2000 + 1403 + 5000)"""
     fees = [
-        Fee("B-DRUG-001", 10015),
+        Fee("B-DRUG-001", 10025),
         Fee("C-DRUG-001", 1000, 2),
         Fee("A-CEIL-001", 3500, 2),
         Fee("B-CEIL-001", 9000),
@@ -197,10 +197,10 @@ def test_class_b_share_class_c_and_price_ceiling(hospital):
     answer = hospital(CANCER_HOSPITAL).settle(QINGHAI_RULES, TUMOUR, "2025-03-01", fees)
     t = answer.settlement.totals
     assert (t.total_fen, t.full_self_pay_fen, t.over_ceiling_self_pay_fen, t.pre_self_pay_fen) == (
-        28515, 2500, 2000, 1402,
+        28525, 2500, 2000, 1403,
     )  # fmt: skip
     assert (t.in_scope_fen, t.deductible_applied_fen, t.fund_pays_fen, t.patient_pays_fen) == (
-        22613, 5000, 17613, 10902,
+        22622, 5000, 17622, 10903,
     )  # fmt: skip
     classes = [item.catalog_class for item in answer.settlement.items]
     assert classes == [
