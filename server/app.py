@@ -20,10 +20,9 @@ from settlesim.server.audit import AuditInterceptor, AuditLog
 from settlesim.server.faults import FaultInterceptor, FaultPlan
 from settlesim.server.ledger import Ledger
 from settlesim.server.model import World
-from settlesim.server.service import SettlementService
+from settlesim.server.service import SettlementService, add_to_server
 from settlesim.server.world_loader import load_world
 from settlesim.v1 import settlement_service_pb2 as pb
-from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: 500 fee items fit many times over
@@ -106,7 +105,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         ],
         interceptors=interceptors,
     )
-    pb_grpc.add_SettlementServiceServicer_to_server(service, server)
+    add_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -118,6 +118,8 @@ def verify_chain(path: Path) -> list[str]:
 def _ids(message: Any, out: dict[str, str]) -> None:
     """msgid, settlement_id, original_msgid and institution_code wherever the
     request or answer carries them (settle requests nest them one level down)."""
+    if not hasattr(message, "DESCRIPTOR"):  # an undecodable request has no fields
+        return
     for nested in ("request", "visit", "settlement"):
         if nested in message.DESCRIPTOR.fields_by_name and message.HasField(nested):
             _ids(getattr(message, nested), out)

@@ -16,6 +16,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from settlesim.server.app import MAX_MESSAGE_BYTES
+from settlesim.server.service import add_to_server
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 
@@ -68,7 +69,7 @@ def start_noop(host: str = "127.0.0.1", port: int = 0, max_workers: int = 16) ->
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_SettlementServiceServicer_to_server(NoopService(), server)
+    add_to_server(NoopService(), server)  # the reference server's handlers and deserializers
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")

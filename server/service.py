@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from settlesim.server import answers, validation
 from settlesim.server.ledger import Ledger, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
@@ -34,6 +35,46 @@ _SESSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 R = TypeVar("R")
 
 
+class Undecodable:
+    """Request bytes that do not parse as the call's message (truncated, garbage,
+    invalid UTF-8 in a string field). gRPC would answer INTERNAL with no reason;
+    the servicer refuses it as MALFORMED_MESSAGE instead."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that hands undecodable bytes on as Undecodable."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return Undecodable(str(error))
+
+    return deserialize
+
+
+def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Server) -> None:
+    """What the generated add_SettlementServiceServicer_to_server does, with
+    tolerant request deserializers."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["SettlementService"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=tolerant(request_type.FromString),
+            response_serializer=response_type.SerializeToString,
+        )
+    name = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
     """Turn a Refusal into its gRPC status; anything else is a bug and is
     logged with its traceback before gRPC answers INTERNAL."""
@@ -41,6 +82,8 @@ def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
     @functools.wraps(method)
     def wrapper(self: SettlementService, request: Any, context: grpc.ServicerContext) -> R:
         try:
+            if type(request) is Undecodable:
+                raise Refusal(Reason.MALFORMED_MESSAGE, f"the request does not parse: {request.error}")
             return method(self, request, context)
         except Refusal as refusal:
             log.info("%s refused: %s %s", method.__name__, refusal.reason, refusal.message)
@@ -184,6 +227,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
     def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.ServicerContext):
         caller = self.caller(context)
         validation.required_codes(
+            {"operator": request.operator},
             msgid=request.msgid,
             institution_code=request.institution_code,
             settlement_id=request.settlement_id,
@@ -198,6 +242,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
     def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: grpc.ServicerContext):
         caller = self.caller(context)
         validation.required_codes(
+            {"operator": request.operator, "original_infno": request.original_infno},
             msgid=request.msgid,
             institution_code=request.institution_code,
             original_msgid=request.original_msgid,

@@ -8,7 +8,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from settlesim.server.rules.reasons import Reason, Refusal
+from settlesim.server.rules.reasons import Reason, Refusal, Violation
 
 DOMAIN = "settlesim.v1"
 
@@ -16,7 +16,10 @@ _MALFORMED = {
     Reason.FIELD_MISSING, Reason.FIELD_INVALID, Reason.QUANTITY_NOT_POSITIVE, Reason.PRICE_NEGATIVE,
     Reason.AMOUNT_MISMATCH, Reason.ITEMS_EMPTY, Reason.TOO_MANY_ITEMS, Reason.AMOUNT_OUT_OF_RANGE,
     Reason.DUPLICATE_SEQUENCE_NO, Reason.UNKNOWN_INSTITUTION, Reason.UNKNOWN_DISEASE, Reason.PERSON_MISMATCH,
+    Reason.MALFORMED_MESSAGE,
 }  # fmt: skip
+# The field a malformed-input refusal is about when it lists no violation itself.
+_FIELD_OF = {Reason.PERSON_MISMATCH: "request.visit.person", Reason.MALFORMED_MESSAGE: "*"}
 _CODES = {
     Reason.MSGID_REUSED: code_pb2.ALREADY_EXISTS,
     Reason.SETTLEMENT_NOT_FOUND: code_pb2.NOT_FOUND,
@@ -68,10 +71,20 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def _violations(refusal: Refusal) -> tuple[Violation, ...]:
+    """Every malformed-input refusal carries a BadRequest: its own violations, or
+    one for the field it names (metadata `field`) or is about."""
+    if refusal.violations or refusal.reason not in _MALFORMED:
+        return refusal.violations
+    field = refusal.metadata.get("field") or _FIELD_OF.get(refusal.reason, "")
+    return (Violation(field, refusal.message[:200], refusal.reason),)
+
+
 def to_status(refusal: Refusal, code: int | None = None) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=refusal.reason.value, domain=DOMAIN, metadata=refusal.metadata)
     details = [_pack(info)]
-    if refusal.violations:
+    violations = _violations(refusal)
+    if violations:
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
@@ -79,7 +92,7 @@ def to_status(refusal: Refusal, code: int | None = None) -> grpc.Status:
                         error_details_pb2.BadRequest.FieldViolation(
                             field=v.field, description=v.description, reason=v.reason.value
                         )
-                        for v in refusal.violations
+                        for v in violations
                     ]
                 )
             )

@@ -40,6 +40,11 @@ class SettlementInput:
     lines: tuple[FeeLine, ...]
 
 
+def is_code(value: str) -> bool:
+    """A well-formed code or id (msgid, institution, person, disease, ...)."""
+    return 0 < len(value) <= MAX_CODE_LENGTH and CODE.match(value) is not None
+
+
 def quoted(value: str) -> str:
     """Bad input as a description quotes it: briefly, in ASCII."""
     return f"{value[:QUOTED_CHARS]!a}"
@@ -59,13 +64,18 @@ class _Checker:
             if required:
                 self.add(field, "required", Reason.FIELD_MISSING)
             return value
-        if len(value) > MAX_CODE_LENGTH or not CODE.match(value):
+        if not is_code(value):
             self.add(
                 field,
                 f"must be 1-{MAX_CODE_LENGTH} letters, digits or ._:/- (got {quoted(value)})",
                 Reason.FIELD_INVALID,
             )
         return value
+
+    def text(self, field: str, value: str) -> None:
+        """Free text the platform only records (operator 经办人, original infno)."""
+        if len(value) > MAX_CODE_LENGTH:
+            self.add(field, f"at most {MAX_CODE_LENGTH} characters", Reason.FIELD_INVALID)
 
     def day(self, field: str, value: str) -> date | None:
         if not value:
@@ -192,8 +202,7 @@ def visit_key(visit: pb.Visit, world: World) -> VisitKey:
 def settlement_input(request: pb.SettlementRequest, world: World) -> SettlementInput:
     check = _Checker()
     msgid = check.code("request.msgid", request.msgid)
-    if len(request.operator) > MAX_CODE_LENGTH:
-        check.add("request.operator", f"at most {MAX_CODE_LENGTH} characters", Reason.FIELD_INVALID)
+    check.text("request.operator", request.operator)
     key = _visit(check, request.visit, world, "request.visit")
     lines = _lines(check, request.items, len(request.items), "request.items")
     check.refuse_if_any()
@@ -201,11 +210,14 @@ def settlement_input(request: pb.SettlementRequest, world: World) -> SettlementI
     return SettlementInput(msgid, key, lines)
 
 
-def required_codes(**fields: str) -> None:
-    """Check plain id fields (msgid, settlement_id, ...) of the other calls."""
+def required_codes(texts: dict[str, str] | None = None, **fields: str) -> None:
+    """Check plain id fields (msgid, settlement_id, ...) of the other calls, and
+    the length of their free-text fields."""
     check = _Checker()
     for name, value in fields.items():
         check.code(name, value)
+    for name, value in (texts or {}).items():
+        check.text(name, value)
     check.refuse_if_any()
 
 

@@ -549,3 +549,82 @@ def test_a_request_over_the_size_limit_is_refused_by_the_transport(fuzz_server, 
     with grpc.insecure_channel(fuzz_server.target) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --- bytes that are not a message ----------------------------------------------------------------
+
+METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["SettlementService"].methods]
+
+
+@st.composite
+def wire_bytes(draw: st.DrawFn) -> bytes:
+    """Garbage, a valid settle request cut short or with bytes changed, and a
+    string field holding invalid UTF-8 (field 1, the msgid of most requests)."""
+    valid = pb.SettleVisitRequest(
+        request=pb.SettlementRequest(
+            msgid="H11010500001202412010000000001",
+            visit=pb.Visit(institution_code=CANCER_HOSPITAL, disease_code="M00503", visit_date="2024-12-01"),
+            items=[pb.FeeItem(sequence_no="1", catalog_code="A-CONSULT-001", unit_price_fen=5000, quantity=1)],
+        )
+    ).SerializeToString()
+    kind = draw(st.sampled_from(["garbage", "truncated", "mutated", "bad-utf8"]))
+    if kind == "garbage":
+        return draw(st.binary(min_size=1, max_size=2_000))
+    if kind == "truncated":
+        return valid[: draw(st.integers(1, len(valid) - 1))]
+    if kind == "mutated":
+        data = bytearray(valid)
+        for _ in range(draw(st.integers(1, 8))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data)
+    bad = draw(st.binary(min_size=1, max_size=40).filter(_not_utf8))
+    return b"\x0a" + bytes([len(bad)]) + bad
+
+
+def _not_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fuzz_undecodable_bytes(fuzz_server, method):
+    """Bytes that do not parse never reach the rules as INTERNAL: they are
+    INVALID_ARGUMENT / MALFORMED_MESSAGE (or, when they happen to parse, any
+    documented answer)."""
+    channel = grpc.insecure_channel(fuzz_server.target)
+    call = channel.unary_unary(f"/settlesim.v1.SettlementService/{method}")
+    tally = OUTCOMES[f"bytes:{method}"]
+
+    @FUZZ
+    @given(data=wire_bytes())
+    def check(data: bytes) -> None:
+        parses = True
+        try:
+            getattr(pb, f"{method}Request").FromString(data)
+        except Exception:
+            parses = False
+        try:
+            call(data, timeout=30)
+            tally["OK"] += 1
+            assert parses
+        except grpc.RpcError as error:
+            rejection = rejection_of(error)
+            tally[rejection.reason or rejection.code] += 1
+            assert rejection.reason in REASONS, rejection
+            assert grpc.StatusCode[rejection.code].value[0] == code_for(Reason(rejection.reason)), rejection
+            if not parses:
+                assert (rejection.code, rejection.reason) == ("INVALID_ARGUMENT", "MALFORMED_MESSAGE")
+
+    try:
+        check()
+    finally:
+        channel.close()
+    print(f"\nbytes to {method}: {dict(tally.most_common())}")
+    assert tally["MALFORMED_MESSAGE"] > 0
+    with grpc.insecure_channel(fuzz_server.target) as health_channel:
+        answer = health_pb2_grpc.HealthStub(health_channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert fuzz_server.ledger.check() == []

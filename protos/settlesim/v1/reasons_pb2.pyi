@@ -19,6 +19,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNKNOWN_INSTITUTION: _ClassVar[ErrorReason]
     UNKNOWN_DISEASE: _ClassVar[ErrorReason]
     PERSON_MISMATCH: _ClassVar[ErrorReason]
+    MALFORMED_MESSAGE: _ClassVar[ErrorReason]
     PERSON_NOT_FOUND: _ClassVar[ErrorReason]
     PERSON_NOT_INSURED: _ClassVar[ErrorReason]
     INSURANCE_TYPE_MISMATCH: _ClassVar[ErrorReason]
@@ -61,6 +62,7 @@ DUPLICATE_SEQUENCE_NO: ErrorReason
 UNKNOWN_INSTITUTION: ErrorReason
 UNKNOWN_DISEASE: ErrorReason
 PERSON_MISMATCH: ErrorReason
+MALFORMED_MESSAGE: ErrorReason
 PERSON_NOT_FOUND: ErrorReason
 PERSON_NOT_INSURED: ErrorReason
 INSURANCE_TYPE_MISMATCH: ErrorReason
