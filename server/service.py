@@ -175,7 +175,16 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
     @refusals_as_status
     def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.ServicerContext):
         caller = self.caller(context)
-        plan = self._plan(caller, request.request)
+        try:
+            plan = self._plan(caller, request.request)
+        except Refusal:
+            # A msgid the platform has seen is answered as what it was (a retry
+            # replays even if the world changed since; a voided or reused msgid
+            # says so) rather than judged again. Only refused requests pay this.
+            seen = self._seen_settle(caller, request.request)
+            if seen is None:
+                raise
+            return seen
         built: list[pb.Settlement] = []  # the answer made in the transaction, if it was new
 
         def settle(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
@@ -309,6 +318,27 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         return answer
 
     # --- shared steps -------------------------------------------------------------------------
+
+    def _seen_settle(self, caller: Caller, request: pb.SettlementRequest) -> pb.SettleVisitResponse | None:
+        """The answer to a settle whose msgid this institution already used, or
+        None when the msgid is new (or not even well-formed)."""
+        institution, msgid = request.visit.institution_code, request.msgid
+        if not (validation.is_code(institution) and validation.is_code(msgid)):
+            return None
+        if caller.institution and caller.institution != institution:
+            return None  # not the caller's msgid to ask about: the first refusal stands
+        seen = self.ledger.find_message(caller.session, institution, msgid)
+        if seen is None:
+            return None
+        kind, seen_hash, _ = seen
+        if kind == "blocked":
+            raise Refusal(Reason.MSGID_VOIDED, f"msgid {msgid} was voided and cannot settle", msgid=msgid)
+        if kind != "settle" or seen_hash != request_hash(request):
+            raise Refusal(
+                Reason.MSGID_REUSED, f"msgid {msgid} was already used for a different request", msgid=msgid
+            )
+        stored = self.ledger.get(caller.session, institution, msgid=msgid)
+        return pb.SettleVisitResponse(settlement=settlement_answer(stored), replayed=True)
 
     def _plan(self, caller: Caller, request: pb.SettlementRequest) -> SettlementPlan:
         """Validation and the registration check: everything before money."""

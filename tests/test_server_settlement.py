@@ -367,3 +367,86 @@ def test_malformed_requests_are_invalid_argument_with_field_violations(hospital,
     rejection = _raw(hospital(CANCER_HOSPITAL), mutate)
     assert (rejection.code, rejection.reason) == ("INVALID_ARGUMENT", reason)
     assert (field, reason) in [(f, r) for f, r, _ in rejection.violations]
+
+
+def test_a_used_msgid_answers_as_what_it_was_even_when_the_new_request_is_refused(hospital):
+    """A msgid names one message: once used, a request carrying it is judged by
+    the ledger first. A different request that would also fail the registration
+    check (an unknown person) is still MSGID_REUSED, and a voided msgid is
+    MSGID_VOIDED whatever the request says, so an HIS learns what happened to
+    its message rather than a reason about a request the platform never ran."""
+    his = hospital(CANCER_HOSPITAL)
+    first = his.settle(QINGHAI_RULES, TUMOUR, "2025-10-01", [Fee("A-CONSULT-001", 7000)])
+    stranger = his.settlement_request(
+        "63000000000099999999", TUMOUR, "2025-10-01", [Fee("A-CONSULT-001", 7000)], first.settlement.msgid
+    )
+    assert refused(lambda: his.settle_request(stranger)).reason == "MSGID_REUSED"
+    blocked = his.next_msgid()
+    assert not his.void(blocked).voided_settlement
+    late = his.settlement_request(
+        "63000000000099999999", TUMOUR, "2025-10-01", [Fee("A-CONSULT-001", 7000)], blocked
+    )
+    assert refused(lambda: his.settle_request(late)).reason == "MSGID_VOIDED"
+    # A new msgid with the same refused request gets the registration check's reason.
+    fresh = his.settlement_request("63000000000099999999", TUMOUR, "2025-10-01", [Fee("A-CONSULT-001", 7000)])
+    assert refused(lambda: his.settle_request(fresh)).reason == "PERSON_NOT_FOUND"
+
+
+def test_a_retry_after_the_world_changed_replays_the_settlement(tmp_path, server_process):
+    """The Cancer Hospital settles, then the operator closes M00503 there and
+    restarts on the same ledger. The HIS, which never saw the answer, retries
+    the same msgid: the platform answers the settlement it committed (replayed)
+    instead of refusing the retry as DISEASE_NOT_OPENED, which would leave the
+    hospital believing nothing was settled. A new msgid is refused."""
+    import shutil
+    from pathlib import Path
+
+    from settlesim.clients.hospital import Hospital
+
+    world = tmp_path / "world"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "server" / "worlds" / "default", world)
+    db = tmp_path / "ledger.db"
+    first_server = server_process(db, "--world", str(world))
+    his = Hospital.connect(first_server.target, CANCER_HOSPITAL)
+    request = his.settlement_request(QINGHAI_RULES, TUMOUR, "2025-11-01", [Fee("A-CONSULT-001", 7000)])
+    first = his.settle_request(request)
+    his.close()
+    assert first_server.stop() == 0
+    institutions = world / "institutions.yaml"
+    text = institutions.read_text(encoding="utf-8")
+    closed = text.replace("opened_diseases: [M03900, M01600, M00503, M00504]", "opened_diseases: [M03900]", 1)
+    assert closed != text
+    institutions.write_text(closed, encoding="utf-8")
+    second_server = server_process(db, "--world", str(world))
+    his = Hospital.connect(second_server.target, CANCER_HOSPITAL)
+    try:
+        again = his.settle_request(request)
+        assert again.replayed
+        assert again.settlement.settlement_id == first.settlement.settlement_id
+        assert again.settlement.totals == first.settlement.totals
+        fresh = his.settlement_request(QINGHAI_RULES, TUMOUR, "2025-11-01", [Fee("A-CONSULT-001", 7000)])
+        assert refused(lambda: his.settle_request(fresh)).reason == "DISEASE_NOT_OPENED"
+    finally:
+        his.close()
+
+
+def test_person_mismatch_lists_the_field(hospital):
+    """A malformed-input refusal always carries a BadRequest, even one found by
+    the registration check (psn_no and certificate name different people)."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    his = hospital(CANCER_HOSPITAL)
+    request = his.settlement_request(QINGHAI_RULES, TUMOUR, "2025-10-01", [Fee("A-CONSULT-001", 7000)])
+    request.visit.person.certificate_type = "01"
+    request.visit.person.certificate_no = "630102197001010021"  # the breast-cancer patient's
+    with pytest.raises(grpc.RpcError) as caught:
+        his.stub.SettleVisit(pb.SettleVisitRequest(request=request), timeout=10)
+    status = rpc_status.from_call(caught.value)
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [(v.field, v.reason) for v in bad.field_violations]
+    assert fields == [("request.visit.person", "PERSON_MISMATCH")]
