@@ -77,6 +77,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import sqlite3
+
     from settlesim.server.app import ServerConfig, configure_logging, serve_forever
 
     configure_logging(args.log_level, json_lines=not args.plain_logs)
@@ -99,6 +101,10 @@ def run_serve(args: argparse.Namespace) -> int:
         return serve_forever(config)
     except ValueError as e:  # a refused auth/TLS combination
         raise CliError(str(e)) from e
+    except sqlite3.DatabaseError as e:  # e.g. --db names a file that is not a database
+        from settlesim.server.app import default_db_path
+
+        raise CliError(f"ledger {config.db_path or default_db_path()}: {e}") from e
 
 
 def _add_security_and_fault_args(p: argparse.ArgumentParser) -> None:
@@ -478,9 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # one clear line for the errors users meet
+        from settlesim.server.ledger import LedgerFileError
         from settlesim.server.world_loader import WorldError
 
-        if isinstance(e, WorldError | OSError):
+        if isinstance(e, WorldError | LedgerFileError | OSError):
             print(f"settlesim: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         raise

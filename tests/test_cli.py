@@ -31,6 +31,22 @@ def test_every_subcommand_has_help_with_examples(command):
     assert "examples:" in result.stdout
 
 
+@pytest.mark.parametrize("kind", ["not a database", "newer schema"])
+def test_serve_on_a_file_that_is_no_ledger_is_one_clear_line(tmp_path, kind):
+    import sqlite3
+
+    db = tmp_path / "ledger.db"
+    if kind == "not a database":
+        db.write_text("a spreadsheet, perhaps\n" * 200)
+    else:
+        with sqlite3.connect(db) as made:
+            made.execute("PRAGMA user_version = 99")
+    result = settlesim("serve", "--port", "0", "--db", str(db))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert str(db) in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_world_is_one_clear_line(tmp_path):
     (tmp_path / "regions.yaml").write_text("- {code: '12', name: bad}\n")
     result = settlesim("world", "check", str(tmp_path))
