@@ -222,6 +222,9 @@ class Ledger:
     SQLite's own locking would serialise them anyway)."""
 
     MAX_BATCH = 256  # writes per transaction: bounds the latency one batch adds
+    # Reconcile entries per answer: ~100 bytes each keeps an answer far below the
+    # 4 MiB send limit (docs/errors.md "Limits").
+    MAX_RECONCILE_ENTRIES = 10_000
     WRITER_CHECK_SECONDS = 0.5  # a caller waiting this long checks that the writer thread lives
 
     def __init__(self, path: Path | str) -> None:
@@ -607,6 +610,13 @@ class Ledger:
                 args,
             ).fetchone()
             entries: tuple[StoredSettlement, ...] = ()
+            if with_entries and count > self.MAX_RECONCILE_ENTRIES:
+                raise Refusal(
+                    Reason.TOO_MANY_ENTRIES,
+                    f"{count} settlements from {start} to {end}; entries are listed for at most "
+                    f"{self.MAX_RECONCILE_ENTRIES}: ask for the sums alone or a shorter period",
+                    count=str(count),
+                )
             if with_entries:
                 rows = db.execute(f"SELECT * {where} ORDER BY visit_date, created_at", args).fetchall()
                 entries = tuple(self._row(r) for r in rows)

@@ -335,6 +335,21 @@ def test_reconcile_match_and_mismatch(hospital):
     assert list(answer.mismatched_fields) == ["fund_pays_fen", "patient_pays_fen"]
 
 
+def test_reconcile_lists_entries_only_up_to_its_limit(server, hospital):
+    """The sums cover any period; the entries of more settlements than one answer
+    lists are refused with TOO_MANY_ENTRIES (the limit lowered to 1 here; it is
+    10,000 in service, so an answer stays far below gRPC's send limit)."""
+    server.ledger.MAX_RECONCILE_ENTRIES = 1
+    his = hospital(CANCER_HOSPITAL)
+    his.settle(QINGHAI_RULES, TUMOUR, "2021-06-01", [Fee("A-CONSULT-001", 1000)])
+    assert len(his.reconcile("2021-06-01", "2021-06-30", include_entries=True).entries) == 1
+    his.settle(QINGHAI_RULES, TUMOUR, "2021-06-02", [Fee("A-CONSULT-001", 1000)])
+    assert his.reconcile("2021-06-01", "2021-06-30").platform.count == 2
+    rejection = refused(lambda: his.reconcile("2021-06-01", "2021-06-30", include_entries=True))
+    assert (rejection.code, rejection.reason) == ("FAILED_PRECONDITION", "TOO_MANY_ENTRIES")
+    assert len(his.reconcile("2021-06-02", "2021-06-02", include_entries=True).entries) == 1
+
+
 # --- malformed requests ----------------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SETTLEMENT_NOT_FOUND: _ClassVar[ErrorReason]
     ALREADY_REVERSED: _ClassVar[ErrorReason]
     ALREADY_VOIDED: _ClassVar[ErrorReason]
+    TOO_MANY_ENTRIES: _ClassVar[ErrorReason]
     CALLER_UNAUTHENTICATED: _ClassVar[ErrorReason]
     INSTITUTION_NOT_CALLER: _ClassVar[ErrorReason]
     SESSIONS_DISABLED: _ClassVar[ErrorReason]
@@ -88,6 +89,7 @@ MSGID_VOIDED: ErrorReason
 SETTLEMENT_NOT_FOUND: ErrorReason
 ALREADY_REVERSED: ErrorReason
 ALREADY_VOIDED: ErrorReason
+TOO_MANY_ENTRIES: ErrorReason
 CALLER_UNAUTHENTICATED: ErrorReason
 INSTITUTION_NOT_CALLER: ErrorReason
 SESSIONS_DISABLED: ErrorReason
