@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ from google.rpc import error_details_pb2, status_pb2
 from settlesim.server.rules.reasons import Refusal
 
 SERVICE_PREFIX = "/settlesim.v1.SettlementService/"
+log = logging.getLogger("settlesim.server")
 GENESIS = "0" * 64
 _STATUS_KEY = "grpc-status-details-bin"
 SESSION_HEADER = "x-settlesim-session"
@@ -179,7 +181,10 @@ class AuditInterceptor(grpc.ServerInterceptor):
                 entry = {"time": when, "rpc": rpc, **self._who(request, context)}
                 entry.update(outcome)
                 entry["ms"] = round((time.perf_counter() - started) * 1000, 1)
-                self.log.record(entry)
+                try:
+                    self.log.record(entry)
+                except Exception:  # e.g. disk full: the answer must not be lost for it
+                    log.exception("audit log write failed; the record: %s", json.dumps(entry, ensure_ascii=False))
 
         return grpc.unary_unary_rpc_method_handler(
             audited,
