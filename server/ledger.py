@@ -35,7 +35,10 @@ from urllib.parse import quote
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
 
-SCHEMA_VERSION = 1  # PRAGMA user_version; 0: msgids keyed by (session, msgid), before versions
+# PRAGMA user_version. 0: msgids keyed by (session, msgid), before versions;
+# 1: keyed by (session, institution, msgid); 2: each settlement's figures and fee
+# items as rows (a settlement from before 2 has NULL figures and no item rows).
+SCHEMA_VERSION = 2
 
 # Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
 # original msgid voided before it ever settled. A msgid is its sender's message id
@@ -76,7 +79,13 @@ CREATE TABLE IF NOT EXISTS settlements (
     deductible_applied INTEGER NOT NULL,
     undone_by_msgid    TEXT NOT NULL DEFAULT '',
     created_at         TEXT NOT NULL,
-    answer             BLOB NOT NULL
+    answer             BLOB NOT NULL,
+    -- version 2 (ALTER TABLE appends them, so new files put them last too)
+    full_self_pay      INTEGER,
+    over_ceiling       INTEGER,
+    pre_self_pay       INTEGER,
+    in_scope           INTEGER,
+    ratio_bp           INTEGER
 );
 CREATE INDEX IF NOT EXISTS settlements_by_institution
     ON settlements (session, institution_code, visit_date);
@@ -92,7 +101,27 @@ CREATE TABLE IF NOT EXISTS yearly_totals (
     PRIMARY KEY (session, person_no, disease_code, year)
 ) WITHOUT ROWID;
 {_MESSAGES.format(table="messages")};
+
+-- 费用明细 as settled (version 2): the fee line and the parts the rules gave it, fen.
+CREATE TABLE IF NOT EXISTS settlement_items (
+    settlement_id      TEXT NOT NULL,
+    sequence_no        TEXT NOT NULL,
+    catalog_code       TEXT NOT NULL,
+    hospital_item_code TEXT NOT NULL,
+    unit_price         INTEGER NOT NULL,
+    quantity           INTEGER NOT NULL,
+    amount             INTEGER NOT NULL,
+    catalog_class      TEXT NOT NULL,
+    self_pay_share_bp  INTEGER NOT NULL,
+    price_ceiling      INTEGER,
+    full_self_pay      INTEGER NOT NULL,
+    over_ceiling       INTEGER NOT NULL,
+    pre_self_pay       INTEGER NOT NULL,
+    in_scope           INTEGER NOT NULL,
+    PRIMARY KEY (settlement_id, sequence_no)
+) WITHOUT ROWID;
 """
+_FIGURE_COLUMNS = ("full_self_pay", "over_ceiling", "pre_self_pay", "in_scope", "ratio_bp")
 
 # The columns `settlesim ledger check` needs before it calls a file a ledger.
 _LEDGER_COLUMNS = {
@@ -116,9 +145,31 @@ class LedgerUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class StoredItem:
+    """费用明细 as settled: a fee line and the parts the rules gave it, fen."""
+
+    sequence_no: str
+    catalog_code: str
+    hospital_item_code: str
+    unit_price: int
+    quantity: int
+    amount: int
+    catalog_class: str  # A, B, C or not_listed
+    self_pay_share_bp: int
+    price_ceiling: int | None
+    full_self_pay: int
+    over_ceiling: int
+    pre_self_pay: int
+    in_scope: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoredSettlement:
     """A settlement as the ledger keeps it. `answer` is the caller's encoded
-    answer (opaque bytes here), returned as-is to a retry."""
+    answer (opaque bytes here), returned as-is to a retry. The figures and
+    `items` are also rows, for operators' SQL and `ledger check`; reads do not
+    load the items (the answer has them). Settlements made before schema
+    version 2 have None figures and no item rows."""
 
     settlement_id: str
     session: str
@@ -134,6 +185,12 @@ class StoredSettlement:
     answer: bytes = b""
     status: str = "settled"
     undone_by_msgid: str = ""
+    full_self_pay: int | None = None
+    over_ceiling: int | None = None
+    pre_self_pay: int | None = None
+    in_scope: int | None = None
+    ratio_bp: int | None = None
+    items: tuple[StoredItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +347,11 @@ class Ledger:
                     f"{self.path}: ledger schema version {version} is newer than this settlesim "
                     f"knows ({SCHEMA_VERSION}); upgrade settlesim"
                 )
-            if _table_exists(db, "messages"):
+            if version < 1 and _table_exists(db, "messages"):
                 _rekey_messages(db)
+            if version < 2 and _table_exists(db, "settlements"):
+                for column in _FIGURE_COLUMNS:  # NULL for the settlements made before
+                    db.execute(f"ALTER TABLE settlements ADD COLUMN {column} INTEGER")
             for statement in _statements(SCHEMA):  # what is missing; CREATE ... IF NOT EXISTS
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -733,7 +793,7 @@ class Ledger:
     @staticmethod
     def _insert(db: sqlite3.Connection, s: StoredSettlement, year: int) -> None:
         db.execute(
-            "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 s.settlement_id,
                 s.session,
@@ -751,7 +811,34 @@ class Ledger:
                 s.undone_by_msgid,
                 _now(),
                 s.answer,
+                s.full_self_pay,
+                s.over_ceiling,
+                s.pre_self_pay,
+                s.in_scope,
+                s.ratio_bp,
             ),
+        )
+        db.executemany(
+            "INSERT INTO settlement_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    s.settlement_id,
+                    i.sequence_no,
+                    i.catalog_code,
+                    i.hospital_item_code,
+                    i.unit_price,
+                    i.quantity,
+                    i.amount,
+                    i.catalog_class,
+                    i.self_pay_share_bp,
+                    i.price_ceiling,
+                    i.full_self_pay,
+                    i.over_ceiling,
+                    i.pre_self_pay,
+                    i.in_scope,
+                )
+                for i in s.items
+            ],
         )
 
     def _get(self, db: sqlite3.Connection, session: str, settlement_id: str) -> StoredSettlement:
@@ -785,6 +872,11 @@ class Ledger:
             by,
             _at,
             doc,
+            full_self_pay,
+            over_ceiling,
+            pre_self_pay,
+            in_scope,
+            ratio_bp,
         ) = row
         return StoredSettlement(
             settlement_id=sid,
@@ -801,7 +893,49 @@ class Ledger:
             answer=doc,
             status=status,
             undone_by_msgid=by,
+            full_self_pay=full_self_pay,
+            over_ceiling=over_ceiling,
+            pre_self_pay=pre_self_pay,
+            in_scope=in_scope,
+            ratio_bp=ratio_bp,
         )
+
+
+def _item_problems(db: sqlite3.Connection) -> list[str]:
+    """A settlement's figures are its items' parts added up: each item's parts
+    make its amount, the amounts make the total, and the items' full self-pay,
+    over-ceiling, pre-self-pay and in-scope parts make the settlement's. A
+    settlement with figures (schema version 2 on) has item rows."""
+    problems = [
+        f"settlement {sid} item {seq}: parts {full} + {over} + {pre} + {scope} != amount {amount}"
+        for sid, seq, amount, full, over, pre, scope in db.execute(
+            "SELECT settlement_id, sequence_no, amount, full_self_pay, over_ceiling, pre_self_pay, in_scope "
+            "FROM settlement_items WHERE full_self_pay + over_ceiling + pre_self_pay + in_scope != amount "
+            "OR amount != unit_price * quantity OR min(full_self_pay, over_ceiling, pre_self_pay, in_scope) < 0"
+        )
+    ]
+    sums = (
+        "SELECT s.settlement_id, s.total, s.full_self_pay, s.over_ceiling, s.pre_self_pay, s.in_scope, "
+        "COUNT(i.sequence_no), SUM(i.amount), SUM(i.full_self_pay), SUM(i.over_ceiling), "
+        "SUM(i.pre_self_pay), SUM(i.in_scope) FROM settlements s LEFT JOIN settlement_items i "
+        "ON i.settlement_id = s.settlement_id WHERE s.full_self_pay IS NOT NULL GROUP BY s.settlement_id"
+    )
+    for sid, total, full, over, pre, scope, count, *items in db.execute(sums):
+        if count == 0:
+            problems.append(f"settlement {sid} has figures but no item rows")
+        elif tuple(items) != (total, full, over, pre, scope):
+            problems.append(
+                f"settlement {sid}: total/full/over/pre/in-scope {(total, full, over, pre, scope)} "
+                f"but its items sum to {tuple(items)}"
+            )
+    problems += [
+        f"item rows of settlement {sid}, which does not exist"
+        for (sid,) in db.execute(
+            "SELECT DISTINCT i.settlement_id FROM settlement_items i LEFT JOIN settlements s "
+            "ON s.settlement_id = i.settlement_id WHERE s.settlement_id IS NULL"
+        )
+    ]
+    return problems
 
 
 # --- checking a ledger (settlesim ledger check) ---------------------------------------------------
@@ -888,6 +1022,8 @@ def _problems(db: sqlite3.Connection) -> list[str]:
         problems = [f"sqlite quick_check: {error}"]
     try:
         problems += _totals_problems(db) + _message_problems(db) + _money_problems(db)
+        if _table_exists(db, "settlement_items"):  # schema version 2 on
+            problems += _item_problems(db)
     except sqlite3.DatabaseError as error:
         problems.append(f"the invariants could not be read: {error}")
     return problems

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from settlesim.server import answers, validation
-from settlesim.server.ledger import Ledger, StoredSettlement
+from settlesim.server.ledger import Ledger, StoredItem, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
 from settlesim.server.rules.eligibility import Eligibility, check_registration
 from settlesim.server.rules.reasons import Reason, Refusal
@@ -207,6 +207,29 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
                 patient_pays=f.patient_pays,
                 deductible_applied=f.deductible_applied,
                 answer=answer.SerializeToString(),
+                full_self_pay=f.full_self_pay,
+                over_ceiling=f.over_ceiling,
+                pre_self_pay=f.pre_self_pay,
+                in_scope=f.in_scope,
+                ratio_bp=f.ratio_bp,
+                items=tuple(
+                    StoredItem(
+                        line.sequence_no,
+                        line.catalog_code,
+                        line.hospital_item_code,
+                        line.unit_price,
+                        line.quantity,
+                        item.amount,
+                        item.catalog_class.value,
+                        item.b_share_bp,
+                        item.price_ceiling,
+                        item.full_self_pay,
+                        item.over_ceiling,
+                        item.pre_self_pay,
+                        item.in_scope,
+                    )
+                    for line, item in zip(plan.given.lines, result.items, strict=True)
+                ),
             )
             return stored, result.totals_after
 

@@ -270,7 +270,9 @@ CORRUPTIONS = {
     "yearly deductible edited": "UPDATE yearly_totals SET deductible_used = 0",
     "yearly totals row lost": "DELETE FROM yearly_totals",
     "settlement doubled": (
-        "INSERT INTO settlements SELECT 'SDOUBLE', session, msgid, institution_code, person_no, "
+        "INSERT INTO settlements (settlement_id, session, msgid, institution_code, person_no, disease_code, "
+        "visit_date, year, status, total, fund_pays, patient_pays, deductible_applied, undone_by_msgid, "
+        "created_at, answer) SELECT 'SDOUBLE', session, msgid, institution_code, person_no, "
         "disease_code, visit_date, year, status, total, fund_pays, patient_pays, deductible_applied, "
         "undone_by_msgid, created_at, answer FROM settlements WHERE status = 'settled' LIMIT 1"
     ),
@@ -291,6 +293,15 @@ CORRUPTIONS = {
         "UPDATE settlements SET status = 'settled', undone_by_msgid = '' WHERE status = 'reversed'"
     ),
     "negative yearly total": "UPDATE yearly_totals SET deductible_used = -1",
+    # Schema version 2: each settlement's figures are its fee items' parts added up.
+    "item amount edited": "UPDATE settlement_items SET amount = amount + 1, in_scope = in_scope + 1",
+    "item parts do not make its amount": "UPDATE settlement_items SET in_scope = in_scope - 1",
+    "item rows lost": "DELETE FROM settlement_items",
+    "settlement figure edited": "UPDATE settlements SET in_scope = in_scope - 1, full_self_pay = full_self_pay + 1",
+    "item rows of no settlement": (
+        "UPDATE settlement_items SET settlement_id = 'SGONE' "
+        "WHERE settlement_id = (SELECT MIN(settlement_id) FROM settlement_items)"
+    ),
 }
 
 

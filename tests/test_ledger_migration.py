@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 from conftest import CANCER_HOSPITAL, FUWAI
 from settlesim.server import ledger as ledger_module
-from settlesim.server.ledger import SCHEMA_VERSION, Ledger, LedgerFileError, StoredSettlement, check_file
+from settlesim.server.ledger import (
+    SCHEMA_VERSION,
+    Ledger,
+    LedgerFileError,
+    StoredItem,
+    StoredSettlement,
+    check_file,
+)
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
 
@@ -130,11 +137,20 @@ def read_only(path: Path, *flags: str) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?" + "&".join(("mode=ro", *flags)), uri=True)
 
 
+# The columns of version 0; later versions only add to them.
+V0_COLUMNS = {
+    "settlements": "settlement_id, session, msgid, institution_code, person_no, disease_code, visit_date, "
+    "year, status, total, fund_pays, patient_pays, deductible_applied, undone_by_msgid, created_at, answer",
+    "messages": "session, msgid, kind, institution_code, request_hash, settlement_id, created_at",
+    "yearly_totals": "session, person_no, disease_code, year, deductible_used, fund_paid",
+}
+
+
 def rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     with closing(read_only(path)) as db:
         return {
-            t: sorted(db.execute(f"SELECT * FROM {t}").fetchall())
-            for t in ("settlements", "messages", "yearly_totals")
+            t: sorted(db.execute(f"SELECT {columns} FROM {t}").fetchall())
+            for t, columns in V0_COLUMNS.items()
         }
 
 
@@ -183,6 +199,13 @@ def test_upgrade_keeps_every_row_and_rekeys_messages(tmp_path):
     try:
         assert ledger.upgraded_from == 0
         assert rows(old) == before  # every settlement, message and yearly total, byte for byte
+        # Version 2's figures are unknown (NULL) for settlements made before it, with no item rows.
+        with closing(read_only(old)) as db:
+            assert db.execute(
+                "SELECT COUNT(*) FROM settlements WHERE full_self_pay IS NULL AND over_ceiling IS NULL "
+                "AND pre_self_pay IS NULL AND in_scope IS NULL AND ratio_bp IS NULL"
+            ).fetchone() == (len(SETTLEMENTS),)
+            assert db.execute("SELECT COUNT(*) FROM settlement_items").fetchone() == (0,)
         assert layout(old) == (
             SCHEMA_VERSION,
             ["session", "institution_code", "msgid"],
@@ -277,3 +300,44 @@ def test_processes_opening_an_old_ledger_at_once_upgrade_it_once(tmp_path, proce
         assert rows(old) == before
         assert layout(old)[0] == SCHEMA_VERSION
         assert check_file(old).problems == []
+
+
+def test_a_version_1_ledger_gains_the_figure_columns_and_item_rows(tmp_path):
+    """Version 1 -> 2 only adds: the messages (already per institution) are left
+    as they are, the old settlements get NULL figures, and a new settlement is
+    written with its figures and one row per fee item."""
+    old = old_ledger(tmp_path)
+    with closing(sqlite3.connect(old, isolation_level=None)) as db:  # make it what version 1 left
+        db.execute("BEGIN IMMEDIATE")
+        ledger_module._rekey_messages(db)
+        db.execute("PRAGMA user_version = 1")
+        db.execute("COMMIT")
+    before = rows(old)
+    ledger = Ledger(old)
+    try:
+        assert ledger.upgraded_from == 1
+        assert rows(old) == before
+        assert layout(old)[0] == SCHEMA_VERSION == 2
+        item = StoredItem("0001", "A-CONSULT-001", "HIS-1", 500, 2, 1000, "A", 0, None, 0, 0, 0, 1000)
+
+        def compute(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
+            stored = StoredSettlement(
+                "S9", "", "M9", CANCER_HOSPITAL, QINGHAI, TUMOUR, date(2024, 6, 1), 1000, 1000, 0, 0, b"new",
+                full_self_pay=0, over_ceiling=0, pre_self_pay=0, in_scope=1000, ratio_bp=10000, items=(item,),
+            )  # fmt: skip
+            return stored, YearlyTotals(totals.deductible_used, totals.fund_paid + 1000)
+
+        ledger.settle("", "M9", CANCER_HOSPITAL, "h-M9", QINGHAI, TUMOUR, 2024, compute)
+        assert ledger.check() == []
+        with closing(read_only(old)) as db:
+            assert db.execute(
+                "SELECT in_scope, ratio_bp FROM settlements WHERE settlement_id = 'S9'"
+            ).fetchone() == (
+                1000,
+                10000,
+            )
+            assert db.execute(
+                "SELECT settlement_id, sequence_no, amount FROM settlement_items"
+            ).fetchall() == [("S9", "0001", 1000)]
+    finally:
+        ledger.close()
