@@ -12,6 +12,7 @@ becomes a second settlement.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,14 +21,30 @@ from datetime import date, datetime
 from typing import ClassVar, TypeVar
 
 import grpc
+from settlesim.clients.rejections import rejection_of
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 
 SESSION_HEADER = "x-settlesim-session"
-# RESOURCE_EXHAUSTED: the platform shed load and did not run the call; retry later.
-TRANSIENT = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# The codes a lost answer comes with (the network, the transport, a server that
+# died or shed load mid-call). WITHOUT an ErrorInfo reason they say nothing about
+# whether the call ran: the outcome is uncertain and the call is retried with the
+# same request. With a reason they are an answer from the platform (see answer_lost).
+LOST_ANSWER_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+    }
 )
+TRANSIENT = LOST_ANSWER_CODES  # the former name
+# The platform's stand-in for a lost answer (docs/faults.md): treated exactly like
+# a status without ErrorInfo, whatever its `fault` metadata says.
+INJECTED_FAULT = "INJECTED_FAULT"
 T = TypeVar("T")
 
 
@@ -95,6 +112,120 @@ class SettlementUncertain(Exception):
         self.msgid, self.last_error = msgid, last_error
 
 
+class TransportRefused(grpc.RpcError):
+    """The transport refused the call in a way a retry would only repeat. Wraps
+    the gRPC error: code(), details() and trailing_metadata() are its, so code
+    that reads an RpcError (clients/rejections.py) reads this one too; str() is
+    one line that says what to fix."""
+
+    def __init__(self, message: str, error: grpc.RpcError) -> None:
+        super().__init__(message)
+        self.error = error
+
+    def code(self) -> grpc.StatusCode:
+        return self.error.code()  # type: ignore[attr-defined,no-any-return]
+
+    def details(self) -> str:
+        return self.error.details()  # type: ignore[attr-defined,no-any-return]
+
+    def trailing_metadata(self) -> object:
+        return getattr(self.error, "trailing_metadata", lambda: None)()
+
+    def initial_metadata(self) -> object:
+        return getattr(self.error, "initial_metadata", lambda: None)()
+
+
+class TlsHandshakeRefused(TransportRefused):
+    """The TLS handshake failed, so no request was sent: nothing ran, and
+    retrying cannot help until a certificate or the trusted CA is changed."""
+
+
+class MessageTooLarge(TransportRefused):
+    """A message over gRPC's size limit. For the request (over the platform's
+    limit, or this client's max_send_message_length) nothing ran: the request
+    must be made smaller, not retried. For the answer (over this client's
+    max_receive_message_length), the call DID run: `ran` is True, and a settle
+    is then uncertain (a retry would only bring the same oversized answer)."""
+
+    def __init__(self, message: str, error: grpc.RpcError, *, ran: bool) -> None:
+        super().__init__(message, error)
+        self.ran = ran
+
+
+_SIZE = re.compile(r"(SERVER|CLIENT): (Received|Sent) message larger than max \((\d+) vs\. (\d+)\)")
+_PEER = re.compile(r"last error: \w+: ([^ ]+): ")
+
+
+def transport_refusal(error: grpc.RpcError, *, tls: bool = False) -> TransportRefused | None:
+    """`error` as a TransportRefused when it is one (a TLS handshake that failed
+    on a secure channel, a message over the size limit), else None."""
+    if isinstance(error, TransportRefused):
+        return error
+    if not hasattr(error, "code"):
+        return None
+    details = error.details() or ""
+    code = error.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (size := _SIZE.search(details)):
+        side, direction, size_bytes, limit = size.groups()
+        if direction == "Received" and side == "CLIENT":
+            return MessageTooLarge(
+                f"the answer ({size_bytes} bytes) is over this client's receive limit ({limit} bytes): "
+                "the call ran; raise grpc.max_receive_message_length",
+                error,
+                ran=True,
+            )
+        where = "the platform's" if side == "SERVER" else "this client's"
+        return MessageTooLarge(
+            f"request too large ({size_bytes} bytes; {where} limit is {limit} bytes): it was refused "
+            "before it ran; send fewer fee items per settlement, do not retry it",
+            error,
+            ran=False,
+        )
+    if tls and code == grpc.StatusCode.UNAVAILABLE and "failed to connect to all addresses" in details:
+        peer = _PEER.search(details)
+        at = peer.group(1).removeprefix("ipv4:").removeprefix("ipv6:") if peer else "the server"
+        if "Socket closed" in details or "Connection reset" in details:
+            return TlsHandshakeRefused(
+                f"TLS handshake refused by {at}: it closed the connection during the handshake; check that "
+                "the client certificate (cert/key, --cert/--key) is signed by the platform's CA, or give "
+                "one if the platform requires mutual TLS",
+                error,
+            )
+        if "CERTIFICATE_VERIFY_FAILED" in details:
+            why = (
+                "the server's certificate is not signed by a CA this client trusts "
+                "(CERTIFICATE_VERIFY_FAILED); check that ca / --ca is the platform's CA"
+            )
+        elif "Hostname Verification" in details:
+            why = (
+                "the server's certificate does not name the address dialled; connect by a name in its "
+                "subjectAltName (or set server_name)"
+            )
+        elif "WRONG_VERSION_NUMBER" in details:
+            why = "the server does not speak TLS on this port (WRONG_VERSION_NUMBER); connect without a CA"
+        elif "handshake" in details.lower():
+            why = details.rpartition("last error: ")[2]
+        else:
+            return None
+        return TlsHandshakeRefused(f"TLS handshake with {at} failed: {why}", error)
+    return None
+
+
+def answer_lost(error: grpc.RpcError) -> bool:
+    """True when `error` is no answer at all, so a write may or may not have run:
+    a code a lost answer comes with (LOST_ANSWER_CODES) and no ErrorInfo reason
+    (or INJECTED_FAULT, the platform's stand-in for a lost answer). A refusal
+    with any other reason is the platform's definite answer: nothing was done.
+    Transport refusals that a retry would repeat (TransportRefused) are not lost
+    answers either."""
+    if isinstance(error, TransportRefused) or not hasattr(error, "code"):
+        return False
+    if error.code() not in LOST_ANSWER_CODES:
+        return False
+    reason = rejection_of(error).reason
+    return not reason or reason == INJECTED_FAULT
+
+
 def fee_items(fees: Iterable[Fee]) -> list[pb.FeeItem]:
     return [
         pb.FeeItem(
@@ -124,7 +255,10 @@ class Hospital:
         backoff: float = 0.05,
         metadata: Sequence[tuple[str, str]] = (),
         operator: str = "mock-his",
+        tls: bool = False,
     ) -> None:
+        """`tls`: the channel is a secure one, so a connection that fails during
+        the handshake is reported as TlsHandshakeRefused instead of retried."""
         self.channel = channel
         self.stub = pb_grpc.SettlementServiceStub(channel)
         self.institution_code = institution_code
@@ -132,6 +266,7 @@ class Hospital:
         self.deadline, self.retries, self.backoff = deadline, retries, backoff
         self.metadata = tuple(metadata) + (((SESSION_HEADER, session),) if session else ())
         self.operator = operator
+        self.tls = tls
 
     @classmethod
     def connect(cls, target: str, institution_code: str, **kwargs: object) -> Hospital:
@@ -172,14 +307,19 @@ class Hospital:
     # --- calls --------------------------------------------------------------------------------
 
     def _call(self, method: Callable[..., T], request: object, *, retry: bool = True) -> T:
-        """Call with a deadline; retry transient failures with the SAME request
-        (and so the same msgid), which the platform answers idempotently."""
+        """Call with a deadline; when the answer was lost (answer_lost) retry with
+        the SAME request (and so the same msgid), which the platform answers
+        idempotently. A definite refusal, a failed TLS handshake and a message
+        over the size limit are raised at once: a retry would get the same."""
         attempts = 1 + (self.retries if retry else 0)
         for attempt in range(attempts):
             try:
                 return method(request, timeout=self.deadline, metadata=self.metadata)
             except grpc.RpcError as error:
-                if error.code() not in TRANSIENT or attempt == attempts - 1:
+                refused = transport_refusal(error, tls=self.tls)
+                if refused is not None:
+                    raise refused from error
+                if not answer_lost(error) or attempt == attempts - 1:
                     raise
                 time.sleep(self.backoff * (2**attempt))
         raise AssertionError("unreachable")
@@ -205,11 +345,14 @@ class Hospital:
         return self._call(self.stub.PreSettleVisit, pb.PreSettleVisitRequest(request=request)).settlement
 
     def settle_request(self, request: pb.SettlementRequest) -> pb.SettleVisitResponse:
-        """Settle a prepared request; raises SettlementUncertain when no answer came."""
+        """Settle a prepared request; raises SettlementUncertain when no answer
+        came (the platform may have committed it), the grpc.RpcError of a
+        definite refusal (nothing was settled), TlsHandshakeRefused or
+        MessageTooLarge (nothing was sent, or nothing ran)."""
         try:
             return self._call(self.stub.SettleVisit, pb.SettleVisitRequest(request=request))
         except grpc.RpcError as error:
-            if error.code() in TRANSIENT:
+            if answer_lost(error) or (isinstance(error, MessageTooLarge) and error.ran):
                 raise SettlementUncertain(request.msgid, error) from error
             raise
 

@@ -1,6 +1,10 @@
 """Settling through a network that loses answers, the way a careful HIS does.
 
-A settle that gets no answer may or may not have committed. The HIS retries
+A settle that gets no answer may or may not have committed. "No answer" is a
+status without a google.rpc.ErrorInfo reason (UNAVAILABLE, DEADLINE_EXCEEDED,
+INTERNAL, UNKNOWN, CANCELLED, a transport RESOURCE_EXHAUSTED, ...; see
+hospital.answer_lost); a refusal WITH a reason is the platform's answer and
+settled nothing, whatever its code. The HIS retries
 with the SAME msgid (the platform answers a retry with the original
 settlement, never a second one); when retries run out it voids the msgid
 (冲正, VoidByMessageId — itself retried with its own fixed msgid), which undoes
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import grpc
-from settlesim.clients.hospital import TRANSIENT, Fee, Hospital, SettlementUncertain
+from settlesim.clients.hospital import Fee, Hospital, MessageTooLarge, SettlementUncertain, answer_lost
 from settlesim.v1 import settlement_service_pb2 as pb
 
 
@@ -99,13 +103,16 @@ class VisitOutcome:
 
 def void_reliably(his: Hospital, original_msgid: str, rounds: int = 10) -> pb.VoidByMessageIdResponse:
     """Void `original_msgid`, retrying the SAME void msgid through `rounds`
-    rounds of the client's own retries: a void is idempotent too."""
+    rounds of the client's own retries while the answer is lost (answer_lost):
+    a void is idempotent too. A definite refusal is raised as it came."""
     void_msgid = his.next_msgid()
     for attempt in range(rounds):
         try:
             return his.void(original_msgid, msgid=void_msgid)
         except grpc.RpcError as error:
-            if error.code() not in TRANSIENT:
+            if isinstance(error, MessageTooLarge) and error.ran:
+                raise VoidUncertain(original_msgid, void_msgid) from error
+            if not answer_lost(error):
                 raise
             time.sleep(his.backoff * min(2**attempt, 20))
     raise VoidUncertain(original_msgid, void_msgid)
@@ -121,7 +128,12 @@ def settle_reliably(
 ) -> VisitOutcome:
     """Settle a visit so that the hospital's book and the platform agree, whatever
     answers are lost: retry with the same msgid, and void when retries run out.
-    Refusals other than transient ones (the patient is not eligible, ...) are raised."""
+
+    What is raised instead is certain to have settled nothing: a refusal with an
+    ErrorInfo reason (the patient is not eligible, ...), TlsHandshakeRefused (no
+    request left the hospital) and MessageTooLarge for the request (refused
+    before it ran). Only a lost answer — a status without ErrorInfo, whatever
+    its code — leaves the outcome uncertain, and only that is retried and voided."""
     request = his.settlement_request(person_no, disease_code, visit_date, fees)
     try:
         answer = his.settle_request(request)
