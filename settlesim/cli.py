@@ -345,6 +345,26 @@ def _replay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--serve", action="store_true", help="start the reference server on a free port (throw-away ledger)"
     )
+    secured = p.add_argument_group(
+        "a secured target (serve --auth token, TLS, mutual TLS; docs/cases.md)",
+        "e.g. --tokens tokens.yaml | --ca ca.pem --tokens tokens.yaml | --ca ca.pem --cert his.pem --key his.key",
+    )
+    secured.add_argument(
+        "--ca",
+        type=Path,
+        metavar="FILE",
+        help="speak TLS and trust this CA (PEM) for the server's certificate",
+    )
+    secured.add_argument(
+        "--cert", type=Path, metavar="FILE", help="client certificate (PEM) for mutual TLS, for every institution "
+        "not given its own in --tokens; needs --ca and --key",
+    )  # fmt: skip
+    secured.add_argument("--key", type=Path, metavar="FILE", help="the private key (PEM) of --cert")
+    secured.add_argument(
+        "--tokens", type=Path, metavar="FILE", help="YAML/JSON map: institution code -> bearer token, or -> "
+        "{token, cert, key} (PEM paths relative to the file); cases acting for an institution the target "
+        "refuses without credentials are skipped",
+    )  # fmt: skip
 
 
 def add_replay(sub: argparse._SubParsersAction) -> None:
@@ -358,6 +378,8 @@ def add_replay(sub: argparse._SubParsersAction) -> None:
             "settlesim replay case.yaml --target his-test:50051 --junit out/junit.xml --html out/report.html",
             "settlesim replay cases/ --target 127.0.0.1:50051 --tag rule:ratio --jobs 8",
             "settlesim replay my-case.yaml --serve   # against a throw-away reference server",
+            "settlesim replay cases/ --target 127.0.0.1:50051 --tokens tokens.yaml   # serve --auth token",
+            "settlesim replay cases/ --target his-test:50443 --ca ca.pem --cert his.pem --key his.key  # mTLS",
         ),
     )
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="case files or folders of *.yaml")
@@ -376,6 +398,8 @@ def add_conformance(sub: argparse._SubParsersAction) -> None:
             "settlesim conformance --serve       # against a throw-away reference server",
             "settlesim conformance --target 127.0.0.1:50051 --junit junit.xml --html report.html",
             "settlesim conformance --list",
+            "settlesim conformance --target 127.0.0.1:50051 --tokens tokens.yaml   # serve --auth token",
+            "settlesim conformance --target localhost:50443 --ca ca.pem --tokens creds.yaml  # TLS, per-hospital",
         ),
     )
     _replay_options(p)
@@ -397,6 +421,10 @@ def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False
         json=args.json,
         html=args.html,
         list_only=args.list,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        tokens=args.tokens,
     )
     try:
         return replay(paths, options)

@@ -5,6 +5,7 @@ server, run, report. Exit 0 only when every case passed, 1 when any did not."""
 from __future__ import annotations
 
 import importlib.resources
+import ipaddress
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -15,8 +16,9 @@ from pathlib import Path
 from rich.console import Console
 from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import Case, CaseError, load_cases
-from settlesim.clients.replay.runner import run_cases
-from settlesim.clients.replay.target import TargetError
+from settlesim.clients.replay.runner import NO_CREDENTIALS, run_cases
+from settlesim.clients.replay.target import Credentials, TargetError
+from settlesim.clients.secure import CredentialsError, Identity, load_identities, read_pem
 
 
 class ReplayError(Exception):
@@ -35,6 +37,52 @@ class ReplayOptions:
     json: Path | None = None
     html: Path | None = None
     list_only: bool = False
+    # A secured target (docs/cases.md): trust `ca` (TLS); present `cert`/`key`
+    # (mutual TLS); `tokens`: a file of institution code -> token or {token, cert, key}.
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    tokens: Path | None = None
+
+
+def credentials_of(options: ReplayOptions) -> Credentials | None:
+    """The Credentials the options ask for (None: plaintext, no identity); one-line
+    ReplayError for files that cannot be used or options that do not go together."""
+    if options.ca is None and options.cert is None and options.key is None and options.tokens is None:
+        return None
+    if (options.cert is None) != (options.key is None):
+        raise ReplayError("--cert and --key go together (the client certificate and its private key)")
+    try:
+        identities = load_identities(options.tokens) if options.tokens is not None else {}
+        if options.ca is None and (options.cert is not None or any(i.cert for i in identities.values())):
+            raise ReplayError(
+                "a client certificate needs TLS: give --ca FILE, the CA that signed the server's certificate"
+            )
+        default = Identity()
+        if options.cert is not None and options.key is not None:
+            default = Identity(
+                cert=read_pem(options.cert, "certificate"), key=read_pem(options.key, "private key")
+            )
+        ca = read_pem(options.ca, "certificate") if options.ca is not None else None
+    except CredentialsError as e:
+        raise ReplayError(str(e)) from None
+    tokens = any(i.token for i in identities.values())
+    if tokens and ca is None and options.target and not _loopback(options.target):
+        raise ReplayError(
+            f"--tokens would send bearer tokens in clear text to {options.target}: give --ca FILE (TLS); "
+            "plaintext is for a loopback target only"
+        )
+    return Credentials(ca, default, identities, str(options.tokens or ""))
+
+
+def _loopback(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]") if ":" in target else target
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def conformance_cases_dir() -> Path:
@@ -75,22 +123,43 @@ def replay(paths: Sequence[Path], options: ReplayOptions, console: Console | Non
             console.print(f"{case.name}  [dim]{', '.join(case.tags)}[/dim]")
         console.print(f"{len(cases)} cases")
         return 0
+    credentials = credentials_of(options)
     if options.serve:
+        if credentials is not None:
+            raise ReplayError(
+                "--serve starts a plaintext reference server without authentication; "
+                "--ca/--cert/--key/--tokens are for --target"
+            )
         with _reference_server() as target:
             console.print(f"[dim]started the reference server on {target} (throw-away ledger)[/dim]")
             return _run(cases, target, options, console)
     if not options.target:
         raise ReplayError("give --target HOST:PORT (or --serve for the bundled reference server)")
-    return _run(cases, options.target, options, console)
+    return _run(cases, options.target, options, console, credentials)
 
 
-def _run(cases: list[Case], target: str, options: ReplayOptions, console: Console) -> int:
+def _run(
+    cases: list[Case],
+    target: str,
+    options: ReplayOptions,
+    console: Console,
+    credentials: Credentials | None = None,
+) -> int:
     worlds = sorted({c.world for c in cases})
 
     terminal = reports.TerminalReport(console, len(cases))
 
+    def skip(skipped: list[tuple[Case, str]]) -> None:  # cases acting for institutions without credentials
+        terminal.total -= len(skipped)
+        codes = sorted({code for _, why in skipped for code in why.removeprefix(NO_CREDENTIALS).split(", ")})
+        console.print(
+            f"[yellow]skipping {len(skipped)} case{'s' if len(skipped) != 1 else ''}: the target does not let "
+            f"this replay act for {', '.join(codes)} (give credentials in --tokens FILE):[/yellow] "
+            + ", ".join(case.name for case, _ in skipped)
+        )
+
     def header() -> None:  # only once the target has answered
-        console.print(f"replaying {len(cases)} cases against {target} (world {', '.join(worlds)})")
+        console.print(f"replaying {terminal.total} cases against {target} (world {', '.join(worlds)})")
         terminal.start()
 
     try:
@@ -102,6 +171,8 @@ def _run(cases: list[Case], target: str, options: ReplayOptions, console: Consol
             connect_timeout=options.connect_timeout,
             on_case=terminal.case_done,
             on_start=header,
+            credentials=credentials,
+            on_skip=skip,
         )
     except TargetError as e:
         raise ReplayError(str(e)) from None

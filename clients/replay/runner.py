@@ -21,8 +21,15 @@ from settlesim.clients.rejections import Rejection, rejection_of
 from settlesim.clients.replay.cases import REFERENCE, Case, Step
 from settlesim.clients.replay.compare import Diff, compare, compare_error
 from settlesim.clients.replay.requests import build_request, msgid_of
-from settlesim.clients.replay.target import check_target
+from settlesim.clients.replay.target import (
+    Connections,
+    Credentials,
+    TargetError,
+    check_identities,
+    check_target,
+)
 
+NO_CREDENTIALS = "no credentials for "  # + institution codes: why a case was skipped
 # Statuses that say the target could not answer at all, not that it answered wrongly.
 BROKEN = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNKNOWN"})
 
@@ -59,6 +66,9 @@ class RunResult:
     started: str
     cases: list[CaseResult]
     seconds: float = 0.0
+    # Cases not run: they act for an institution the target would not let this
+    # replay act for (no credentials for it), with why.
+    skipped: list[tuple[Case, str]] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for c in self.cases if c.status == status)
@@ -148,17 +158,32 @@ def _as_json(message: Message) -> dict[str, Any]:
 # --- running -----------------------------------------------------------------------------------
 
 
-def run_case(case: Case, channel: grpc.Channel, session: str, deadline: float = 10.0) -> CaseResult:
+def first_institution(case: Case) -> str:
+    """The institution of steps that name none (raw-only requests)."""
+    return next((s.institution for s in case.steps if s.institution), "H000000000000")
+
+
+def institutions(case: Case) -> set[str]:
+    """Every institution a case acts for."""
+    default = first_institution(case)
+    return {s.institution or default for s in case.steps}
+
+
+def run_case(
+    case: Case, channel: grpc.Channel | Connections, session: str, deadline: float = 10.0
+) -> CaseResult:
+    """Run one case; `channel` is one channel for every institution, or the
+    Connections that give each institution its own channel and token."""
     started = time.perf_counter()
     hospitals: dict[str, Hospital] = {}
+    connections = channel if isinstance(channel, Connections) else Connections("", channel=channel)
 
     def hospital(code: str) -> Hospital:
         if code not in hospitals:
-            hospitals[code] = Hospital(channel, code, session=session, deadline=deadline)
+            hospitals[code] = connections.hospital(code, session, deadline)
         return hospitals[code]
 
-    first_institution = next((s.institution for s in case.steps if s.institution), "H000000000000")
-    scope = _Scope(hospital, first_institution)
+    scope = _Scope(hospital, first_institution(case))
     results = [StepResult(step) for step in case.steps]
     for result in results:
         keep_going = _run_step(result, scope, hospital)
@@ -236,22 +261,60 @@ def run_cases(
     on_case: Callable[[CaseResult], None] | None = None,
     on_start: Callable[[], None] | None = None,
     channel: grpc.Channel | None = None,
+    credentials: Credentials | None = None,
+    on_skip: Callable[[list[tuple[Case, str]]], None] | None = None,
 ) -> RunResult:
     """Run every case (in parallel, each in its own fresh session) and collect results
-    in the order given. Raises TargetError before running when the target is unusable."""
-    own = channel is None
-    channel = channel or grpc.insecure_channel(target)
+    in the order given. Raises TargetError before running when the target is unusable.
+
+    With `credentials`, each institution sends its own token and/or client
+    certificate; a case acting for an institution the target refuses without
+    explicit credentials is skipped (RunResult.skipped, reported to `on_skip`
+    before `on_start`), and explicit credentials the target refuses are a TargetError."""
+    connections = Connections(target, credentials, channel)
     run_id = secrets.token_hex(6)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
+    skipped: list[tuple[Case, str]] = []
     try:
-        check_target(channel, target, connect_timeout)
+        if credentials is None:
+            check_target(connections.channel(""), target, connect_timeout)
+        else:
+            needed = set().union(*(institutions(c) for c in cases))
+            # The probe acts as an institution with explicit credentials, if any.
+            explicit = sorted(needed & set(credentials.identities)) or sorted(credentials.identities)
+            probe = explicit[0] if explicit else ""
+            check_target(
+                connections.channel(probe),
+                target,
+                connect_timeout,
+                metadata=connections.metadata(probe),
+                tls=connections.tls,
+                credentials=credentials.describe(probe),
+            )
+            unusable = check_identities(connections, needed, connect_timeout)
+            if unusable:
+                runnable = []
+                for case in cases:
+                    refused = sorted(institutions(case) & set(unusable))
+                    if refused:
+                        skipped.append((case, NO_CREDENTIALS + ", ".join(refused)))
+                    else:
+                        runnable.append(case)
+                if not runnable:
+                    raise TargetError(
+                        f"{target} would refuse every selected case: no credentials for "
+                        f"{', '.join(sorted(unusable))} (add them to --tokens FILE)"
+                    )
+                cases = runnable
+                if on_skip is not None:
+                    on_skip(skipped)
         if on_start is not None:
             on_start()
         results: list[CaseResult | None] = [None] * len(cases)
         with futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="replay") as pool:
             running = {
-                pool.submit(run_case, case, channel, f"replay-{run_id}-{i:04d}", deadline): i
+                pool.submit(run_case, case, connections, f"replay-{run_id}-{i:04d}", deadline): i
                 for i, case in enumerate(cases)
             }
             for done in futures.as_completed(running):
@@ -260,8 +323,12 @@ def run_cases(
                 if on_case is not None:
                     on_case(result)
     finally:
-        if own:
-            channel.close()
+        connections.close()  # closes only the channels it opened, not a given one
     return RunResult(
-        target, run_id, started_at, [r for r in results if r is not None], time.perf_counter() - started
+        target,
+        run_id,
+        started_at,
+        [r for r in results if r is not None],
+        time.perf_counter() - started,
+        skipped,
     )
