@@ -19,7 +19,7 @@ from conftest import CANCER_HOSPITAL
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from settlesim.clients.hospital import Fee, Hospital, SettlementUncertain
 from settlesim.clients.rejections import rejection_of
-from settlesim.clients.resilience import BookEntry, HospitalBook, settle_reliably
+from settlesim.clients.resilience import BookEntry, HospitalBook, VisitOutcome, settle_reliably
 from settlesim.server.app import RunningServer, ServerConfig, start
 from settlesim.server.faults import (
     FaultPlan,
@@ -46,8 +46,10 @@ WINDOWS = {
 def platform(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     started: list[RunningServer] = []
 
-    def make(plan: FaultPlan, **settings: object) -> RunningServer:
-        config = ServerConfig(port=0, db_path=tmp_path / "ledger.db", max_workers=8, faults=plan, **settings)
+    def make(plan: FaultPlan, max_workers: int = 8, **settings: object) -> RunningServer:
+        config = ServerConfig(
+            port=0, db_path=tmp_path / "ledger.db", max_workers=max_workers, faults=plan, **settings
+        )
         started.append(start(config))
         return started[-1]
 
@@ -137,6 +139,125 @@ def test_thousand_visits_with_commit_then_drop_reconcile_exactly(platform, conne
         book.entries(), key=lambda e: e.settlement_id
     )
     assert running.ledger.check() == []
+
+
+def settle_all(
+    his: Hospital, n: int, threads: int = 4
+) -> tuple[HospitalBook, list[VisitOutcome], Counter[str]]:
+    """Settle n visits with settle_reliably from `threads` threads; the hospital's
+    book, each visit's outcome and a tally of the outcomes."""
+    book = HospitalBook()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        outcomes = list(pool.map(lambda v: settle_reliably(his, book, v[0], TUMOUR, v[1], v[2]), visits(n)))
+    tally = Counter(
+        "voided-after-commit" if o.undid else "voided-never-committed" if o.voided
+        else "settled-on-a-retry" if o.replayed else "settled"
+        for o in outcomes
+    )  # fmt: skip
+    return book, outcomes, tally
+
+
+def assert_books_match(
+    his: Hospital, running: RunningServer, book: HospitalBook, outcomes: list[VisitOutcome]
+):
+    """The platform holds exactly the settlements the hospital believes in force,
+    entry for entry, and the ledger's invariants hold."""
+    settled = [o.entry for o in outcomes if o.entry is not None]
+    assert len(settled) == len(book.entries())
+    answer = his.reconcile("2021-01-01", "2027-12-31", book.figures("2021-01-01", "2027-12-31"), True)
+    assert answer.matched and list(answer.mismatched_fields) == []
+    assert answer.platform.count == len(settled)
+    assert sorted(map(BookEntry.of_reconcile, answer.entries), key=lambda e: e.settlement_id) == sorted(
+        book.entries(), key=lambda e: e.settlement_id
+    )
+    assert running.ledger.check() == []
+
+
+def audit_records(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- latency beyond the deadline: the server commits after the client gave up ----------------
+
+
+@pytest.mark.slow
+def test_late_commits_after_the_client_gave_up_reconcile_exactly(platform, connect, tmp_path):
+    """Settles sleep 0-500 ms (jitter) against a 200 ms client deadline: 60 % of
+    attempts end DEADLINE_EXCEEDED on the client while the server is still
+    asleep, and then run anyway. A retry that finds the late commit replays it;
+    when both attempts time out the hospital voids at once, and either the void
+    runs first (it blocks the msgid: the late settles are refused MSGID_VOIDED)
+    or after a late commit (it undoes it). Whatever the order, the books match."""
+    audit = tmp_path / "audit.jsonl"
+    plan = FaultPlan({"SettleVisit": RpcFaults(jitter_ms=500)}, seed=20211209)
+    running = platform(plan, max_workers=48, audit_log=audit)
+    his = connect(running, deadline=0.2, retries=1, backoff=0.001)
+    started = time.perf_counter()
+    book, outcomes, tally = settle_all(his, 240, threads=16)
+    print(f"\n240 visits in {time.perf_counter() - started:.1f} s: {dict(sorted(tally.items()))}")
+    time.sleep(0.6)  # the abandoned settles still asleep in the server wake and run
+    his.deadline = 10  # reconcile without the deadline race
+    assert_books_match(his, running, book, outcomes)
+    running.stop(grace=1)
+    settles = Counter((r["code"], r["reason"]) for r in audit_records(audit) if r["rpc"] == "SettleVisit")
+    print(f"settle calls as the server answered them: {dict(settles)}")
+    # All three endings happened: a retry replayed a late commit, a void undid
+    # one, and a void overtook the late settles, which were then refused.
+    assert tally["settled-on-a-retry"] > 0 and tally["voided-after-commit"] > 0
+    assert tally["voided-never-committed"] > 0 and settles[("FAILED_PRECONDITION", "MSGID_VOIDED")] > 0
+    checked = subprocess.run(
+        [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(tmp_path / "ledger.db")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0 and ": OK;" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_a_void_that_overtakes_a_late_settle_wins(platform, connect, tmp_path):
+    """Deterministic: the settle sleeps 600 ms, the client gives up at 100 ms and
+    voids at once. The void blocks the msgid; the settle, when it wakes, is
+    refused MSGID_VOIDED and nothing is ever committed."""
+    audit = tmp_path / "audit.jsonl"
+    running = platform(FaultPlan({"SettleVisit": RpcFaults(latency_ms=600)}, seed=1), audit_log=audit)
+    his = connect(running, deadline=0.1, retries=0)
+    book = HospitalBook()
+    outcome = settle_reliably(his, book, "63000000000000000001", TUMOUR, "2021-12-09", REFERENCE_FEES)
+    assert outcome.voided and not outcome.undid and outcome.entry is None
+    time.sleep(0.8)  # the settle wakes and runs
+    assert running.ledger.counts() == {}
+    his.deadline = 10
+    assert_books_match(his, running, book, [outcome])
+    running.stop(grace=1)
+    settles = [(r["code"], r["reason"]) for r in audit_records(audit) if r["rpc"] == "SettleVisit"]
+    assert settles == [("FAILED_PRECONDITION", "MSGID_VOIDED")]
+
+
+# --- every injected code, with commit-then-drop --------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"])
+def test_each_injected_code_with_commit_then_drop_reconciles_exactly(platform, connect, tmp_path, code):
+    """Each code the platform can inject, at 10 % on every RPC, with 20 % of
+    settles and voids committed and their answers dropped: the mock hospital
+    treats them all as lost answers (retry, then void) and the books match."""
+    audit = tmp_path / "audit.jsonl"
+    plan = FaultPlan(
+        {
+            "*": RpcFaults(errors={code: 0.1}),
+            "SettleVisit": RpcFaults(commit_then_drop=0.2),
+            "VoidByMessageId": RpcFaults(commit_then_drop=0.2),
+        },
+        seed=7,
+    )
+    running = platform(plan, audit_log=audit)
+    his = connect(running, retries=1, backoff=0.001)
+    book, outcomes, tally = settle_all(his, 300)
+    print(f"\n{code}: {dict(sorted(tally.items()))}")
+    assert sum(tally.values()) == 300
+    assert tally["settled-on-a-retry"] > 0 and tally["voided-after-commit"] > 0
+    assert_books_match(his, running, book, outcomes)
+    running.stop(grace=1)
+    injected = Counter((r["code"], r["fault"]) for r in audit_records(audit) if r.get("fault"))
+    assert injected[(code, "error")] > 0 and injected[("UNAVAILABLE", "commit_then_drop")] > 0
 
 
 # --- each fault on its own -------------------------------------------------------------------
