@@ -240,7 +240,13 @@ def test_json_report_has_rules_table_and_steps(server, tmp_path):
     path = tmp_path / "r.json"
     reports.write_json(run, path)
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["passed"] is True and data["summary"] == {"cases": 4, "passed": 4, "failed": 0, "errors": 0}
+    assert data["passed"] is True and data["summary"] == {
+        "cases": 4,
+        "passed": 4,
+        "failed": 0,
+        "errors": 0,
+        "skipped": 0,
+    }
     assert data["rules"]["seed:hotan"] == [{"case": "seed-hotan-75-percent-100k-cap", "status": "passed"}]
     hotan = next(c for c in data["cases"] if c["name"] == "seed-hotan-75-percent-100k-cap")
     assert [s["status"] for s in hotan["steps"]] == ["passed"] * 4

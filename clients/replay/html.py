@@ -48,8 +48,18 @@ TEMPLATE = r"""<!doctype html>
     <span class="passed">passed: <b id="count-passed">{{ run.summary.passed }}</b></span>
     <span class="failed">failed: <b id="count-failed">{{ run.summary.failed }}</b></span>
     <span class="error">errors: <b id="count-errors">{{ run.summary.errors }}</b></span>
+    <span class="skipped">skipped: <b id="count-skipped">{{ run.summary.skipped }}</b></span>
   </div>
 </section>
+{% if run.skipped %}
+<h2>Skipped</h2>
+<table id="skipped">
+  <tr><th>case</th><th>why</th></tr>
+  {% for case in run.skipped %}
+  <tr><td class="skipped"><b>{{ case.name }}</b> — {{ case.title }}</td><td>{{ case.why }}</td></tr>
+  {% endfor %}
+</table>
+{% endif %}
 
 <h2>Rules → cases → result</h2>
 <table id="rules">

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
+from settlesim.clients.replay.cases import Case
 from settlesim.clients.replay.compare import Diff
 from settlesim.clients.replay.runner import CaseResult, RunResult, StepResult
 
@@ -24,9 +25,10 @@ LABEL = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"
 
 def headline(run: RunResult) -> str:
     n = len(run.cases)
+    skipped = f", {len(run.skipped)} skipped" if run.skipped else ""
     return (
         f"{n} case{'s' if n != 1 else ''}: {run.count('passed')} passed, {run.count('failed')} failed, "
-        f"{run.count('error')} errors in {run.seconds:.2f}s against {run.target}"
+        f"{run.count('error')} errors{skipped} in {run.seconds:.2f}s against {run.target}"
     )
 
 
@@ -157,6 +159,7 @@ def as_dict(run: RunResult) -> dict[str, Any]:
             "passed": run.count("passed"),
             "failed": run.count("failed"),
             "errors": run.count("error"),
+            "skipped": len(run.skipped),
         },
         "headline": headline(run),
         "rules": rules_table(run),
@@ -174,6 +177,11 @@ def as_dict(run: RunResult) -> dict[str, Any]:
                 "steps": [_step_dict(s) for s in c.steps],
             }
             for c in run.cases
+        ],
+        # Not run: the target would not let this replay act for their institution.
+        "skipped": [
+            {"name": case.name, "title": case.title, "source": case.source, "tags": list(case.tags), "why": why}
+            for case, why in run.skipped
         ],
     }
 
@@ -224,10 +232,15 @@ def junit_tree(run: RunResult) -> ET.ElementTree:
     groups: dict[tuple[str, str], list[CaseResult]] = defaultdict(list)
     for case in run.cases:
         groups[case.case.group or "cases", _file_of(case.case.source)].append(case)
+    skipped: dict[tuple[str, str], list[tuple[Case, str]]] = defaultdict(list)
+    for case, why in run.skipped:
+        key = (case.group or "cases", _file_of(case.source))
+        skipped[key].append((case, why))
+        groups.setdefault(key, [])
     root = ET.Element(
         "testsuites",
         name="settlesim replay",
-        tests=str(len(run.cases)),
+        tests=str(len(run.cases) + len(run.skipped)),
         failures=str(run.count("failed")),
         errors=str(run.count("error")),
         time=f"{run.seconds:.3f}",
@@ -237,10 +250,10 @@ def junit_tree(run: RunResult) -> ET.ElementTree:
             root,
             "testsuite",
             name=_xml(group),
-            tests=str(len(cases)),
+            tests=str(len(cases) + len(skipped[group, file])),
             failures=str(sum(c.status == "failed" for c in cases)),
             errors=str(sum(c.status == "error" for c in cases)),
-            skipped="0",
+            skipped=str(len(skipped[group, file])),
             time=f"{sum(c.seconds for c in cases):.3f}",
             timestamp=run.started,
             hostname=socket.gethostname(),
@@ -269,6 +282,9 @@ def junit_tree(run: RunResult) -> ET.ElementTree:
                 f"session {case.session}\ntags: {', '.join(case.case.tags)}\n"
                 + "\n".join(f"step {s.step.id} ({s.step.call}): {s.status}" for s in case.steps)
             )
+        for case, why in skipped[group, file]:
+            element = ET.SubElement(suite, "testcase", classname=_xml(group), name=case.name, time="0.000")
+            ET.SubElement(element, "skipped", message=_xml(why))
     ET.indent(root)
     return ET.ElementTree(root)
 
