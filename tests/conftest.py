@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from settlesim.clients.hospital import Hospital
+from settlesim.clients.rejections import Rejection, rejection_of
 from settlesim.server.app import RunningServer, ServerConfig, start
 
 CANCER_HOSPITAL = "H11010500001"  # 中国医学科学院肿瘤医院
@@ -24,6 +25,23 @@ SANYA_OTHER = "H46020000002"
 SANYA_UNDESIGNATED = "H46020000003"
 SANYA_UNCONNECTED = "H46020000004"
 DATONG_HOME = "H14020000001"
+
+
+def refused(call: Callable[[], object]) -> Rejection:
+    """The refusal `call` must end in: its code, ErrorInfo reason and violations."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return rejection_of(caught.value)
+
+
+def ledger_check(db: Path) -> subprocess.CompletedProcess[str]:
+    """`settlesim ledger check --db DB`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture

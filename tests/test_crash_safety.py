@@ -12,8 +12,6 @@ import random
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import CANCER_HOSPITAL
+from conftest import CANCER_HOSPITAL, ledger_check
 from settlesim.clients.hospital import Fee, Hospital
 from settlesim.clients.rejections import rejection_of
 from settlesim.server.world_loader import load_world
@@ -37,14 +35,6 @@ MAX_CALLS_PER_THREAD = 2_000
 # one per class, so visits mix deductibles, B shares and self-pay.
 FEE_CODES = ("A-CONSULT-001", "A-CHEMO-001", "A-TARGET-001", "B-DRUG-001", "C-DRUG-001")
 
-
-def ledger_check(db: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def eligible_visits(target: str) -> list[tuple[str, str, str]]:

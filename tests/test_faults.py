@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import CANCER_HOSPITAL
+from conftest import CANCER_HOSPITAL, refused
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from settlesim.clients.hospital import Fee, Hospital, SettlementUncertain
 from settlesim.clients.rejections import rejection_of
@@ -70,11 +70,6 @@ def connect() -> Iterator[Callable[..., Hospital]]:
     for his in opened:
         his.close()
 
-
-def refused(call: Callable[[], object]):
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return rejection_of(caught.value)
 
 
 def visits(n: int) -> list[tuple[str, str, list[Fee]]]:

@@ -9,27 +9,18 @@ import hashlib
 import shutil
 import sqlite3
 import subprocess
-import sys
 from contextlib import closing
 from datetime import date
 from pathlib import Path
 
 import pytest
-from conftest import CANCER_HOSPITAL, FUWAI
+from conftest import CANCER_HOSPITAL, FUWAI, ledger_check
 from settlesim.server.ledger import SCHEMA_VERSION, Ledger, StoredSettlement
 from settlesim.server.model import YearlyTotals
 from test_ledger_migration import old_ledger
 
 QINGHAI, TUMOUR = "63000000000000000009", "M00503"
 
-
-def ledger_check(db: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def snapshot(folder: Path) -> dict[str, str]:

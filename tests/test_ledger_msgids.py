@@ -8,14 +8,12 @@ deductible, 100%) -> fund 12963, patient 5000; Fuwai settles Datong hypertension
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from conftest import CANCER_HOSPITAL, FUWAI
+from conftest import CANCER_HOSPITAL, FUWAI, refused
 from settlesim.clients.hospital import Fee, Hospital
-from settlesim.clients.rejections import rejection_of
 from settlesim.clients.secure import connect
 from settlesim.server.app import RunningServer, ServerConfig, start
 from settlesim.server.ledger import Ledger
@@ -44,11 +42,6 @@ def hospitals(platform: RunningServer) -> Iterator[tuple[Hospital, Hospital]]:
     for his in opened:
         his.close()
 
-
-def refused(call: Callable[[], object]):
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return rejection_of(caught.value)
 
 
 def money(answer: pb.SettleVisitResponse) -> tuple[int, int]:

@@ -14,12 +14,10 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from conftest import CANCER_HOSPITAL, FUWAI
+from conftest import CANCER_HOSPITAL, FUWAI, refused
 from pki import Authority, Issued, authority
 from settlesim.clients.hospital import Fee, Hospital, TlsHandshakeRefused
-from settlesim.clients.rejections import rejection_of
 from settlesim.clients.secure import connect
 from settlesim.server.app import RunningServer, ServerConfig, start
 from settlesim.server.audit import AuditLog, verify_chain
@@ -75,11 +73,6 @@ def client() -> Iterator[Callable[..., Hospital]]:
     for his in opened:
         his.close()
 
-
-def refused(call: Callable[[], object]):
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return rejection_of(caught.value)
 
 
 def fund_and_patient(answer: pb.SettleVisitResponse) -> tuple[int, int]:

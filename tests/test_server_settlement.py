@@ -16,9 +16,9 @@ from conftest import (
     SANYA_OTHER,
     SANYA_UNCONNECTED,
     SANYA_UNDESIGNATED,
+    refused,
 )
 from settlesim.clients.hospital import Fee
-from settlesim.clients.rejections import rejection_of
 from settlesim.v1 import settlement_service_pb2 as pb
 
 QINGHAI_BREAST_CANCER = "63000000000000000001"
@@ -29,11 +29,6 @@ HOTAN_ROUNDING = "65320000000000000002"
 DATONG = "14020000000000000001"
 TUMOUR, HYPERTENSION = "M00503", "M03900"
 
-
-def refused(call) -> object:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return rejection_of(caught.value)
 
 
 def totals(answer) -> tuple[int, int, int]:
