@@ -375,12 +375,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             )
         institution = self.world.institutions[given.visit.institution_code]
         catalog = self.world.catalog_for(institution.region)
-        if catalog is None:
-            raise Refusal(
-                Reason.DISEASE_NOT_OPENED,
-                f"treatment region {institution.region} has no catalog loaded",
-                institution_code=institution.code,
-            )
+        assert catalog is not None  # the world loader refuses a settling institution without one
         return SettlementPlan(self.world, given, eligibility, catalog)
 
     def _verification(self, visit: VisitKey, e: Eligibility) -> pb.VerifyRegistrationResponse:

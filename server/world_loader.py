@@ -530,6 +530,15 @@ def _load_world(root: Path | str | None) -> World:
     for person in people.values():
         if problem := check_validity(person, world.policy_for(person.insured_region)):
             raise WorldError("people", person.person_no, problem)
+    for institution in institutions.values():
+        # 就医地目录: an institution that can settle a disease needs its region's catalog.
+        if institution.opened_diseases and world.catalog_for(institution.region) is None:
+            raise WorldError(
+                "institutions",
+                institution.code,
+                f"opens diseases for settlement in region {institution.region}, which has no catalog "
+                "(catalogs/<region>.yaml for it or a region above it)",
+            )
     return world
 
 

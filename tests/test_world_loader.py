@@ -85,6 +85,15 @@ def test_bad_region_code(world_dir: Path) -> None:
     assert str(error).startswith("regions.yaml: [0].code: ")
 
 
+def test_an_institution_that_settles_needs_its_regions_catalog(world_dir: Path) -> None:
+    """Sanya's hospitals open diseases; without Hainan's catalog (就医地目录) they
+    could not price a fee line, so the world does not load."""
+    (world_dir / "catalogs" / "460000.yaml").unlink()
+    error = load_error(world_dir)
+    assert error.file == "institutions" and error.path.startswith("H4602")
+    assert "no catalog" in error.reason and "460200" in error.reason
+
+
 def test_unknown_disease_in_policy(world_dir: Path) -> None:
     edit(world_dir / "policies" / "653200.yaml", "    M07801:\n", "    M99999:\n")
     error = load_error(world_dir)
