@@ -130,7 +130,9 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: easy to grep, easy to ship."""
+    """One JSON object per line: easy to grep, easy to ship. The ids a record
+    carries (`extra={"fields": {...}}`: rpc, msgid, settlement_id, reason ...)
+    are keys of their own, so a log shipper can index them."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -139,6 +141,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if k not in entry})
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

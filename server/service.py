@@ -86,7 +86,13 @@ def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
                 raise Refusal(Reason.MALFORMED_MESSAGE, f"the request does not parse: {request.error}")
             return method(self, request, context)
         except Refusal as refusal:
-            log.info("%s refused: %s %s", method.__name__, refusal.reason, refusal.message)
+            log.info(
+                "%s refused: %s %s",
+                method.__name__,
+                refusal.reason,
+                refusal.message,
+                extra={"fields": {"rpc": method.__name__, "reason": str(refusal.reason), **refusal.metadata}},
+            )
             context.abort_with_status(to_status(refusal))
             raise  # abort_with_status raises; this keeps type checkers honest
         except Exception:
@@ -243,13 +249,24 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             plan.visit.visit_date.year,
             settle,
         )
-        log.info(
-            "settled %s msgid=%s fund=%d replayed=%s",
-            stored.settlement_id,
-            plan.msgid,
-            stored.fund_pays,
-            replayed,
-        )
+        if log.isEnabledFor(logging.INFO):  # the settle path is measured: no work when unlogged
+            log.info(
+                "settled %s msgid=%s fund=%d replayed=%s",
+                stored.settlement_id,
+                plan.msgid,
+                stored.fund_pays,
+                replayed,
+                extra={
+                    "fields": {
+                        "rpc": "SettleVisit",
+                        "settlement_id": stored.settlement_id,
+                        "msgid": plan.msgid,
+                        "institution_code": stored.institution_code,
+                        "fund_pays_fen": stored.fund_pays,
+                        "replayed": replayed,
+                    }
+                },
+            )
         # A new settlement answers with the message it stored (no decode of the
         # bytes just encoded); a replay answers the stored bytes with today's status.
         fresh = built[-1] if built and not replayed else settlement_answer(stored)

@@ -56,3 +56,43 @@ def test_health_and_reflection(server):
         )
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert {"settlesim.v1.SettlementService", "grpc.health.v1.Health"} <= names
+
+
+def test_sigint_drains_and_logs_are_json_lines_with_their_ids(tmp_path):
+    """Ctrl-C (SIGINT) stops the stub cleanly (exit 0), like SIGTERM; every log
+    line is one JSON object, and a settle's ids are keys of their own."""
+    import json
+    import os
+    import re
+    import signal
+    import time
+
+    log_file = tmp_path / "serve.log"
+    with log_file.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--db", str(tmp_path / "l.db")],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert proc.stdout is not None
+            port = re.search(r"serving on [\d.]+:(\d+)", proc.stdout.readline())
+            assert port, "no start-up line"
+            his = Hospital.connect(f"127.0.0.1:{port.group(1)}", CANCER_HOSPITAL)
+            settled = his.settle(QINGHAI, "M00503", "2021-12-09", [Fee("A-CONSULT-001", 5000)])
+            his.close()
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    lines = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)
+    settle = next(entry for entry in lines if entry.get("rpc") == "SettleVisit")
+    assert settle["settlement_id"] == settled.settlement.settlement_id
+    # 5000 fen in scope all go to the unused 5000-fen Qinghai deductible: fund 0
+    assert settle["msgid"] == settled.settlement.msgid and settle["fund_pays_fen"] == 0
+    assert [entry["message"] for entry in lines][-2:] == ["received SIGINT, draining", "stopped"]
