@@ -142,3 +142,19 @@ def test_serve_with_a_bad_world_fails_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "settlesim: error: diseases.yaml: [0]: missing required key 'name'"
     ]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """The README opens with two commands; the second is the test suite, and CI
+    runs exactly it (the last command of .ci/run), so the two cannot drift."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = re.search(r"```sh\n(.*?)```", readme, re.S)
+    assert first_block and readme.index("```sh") < readme.index("\n## ")  # before any section
+    install_and_serve, test_command = (line.split("#")[0].strip() for line in first_block.group(1).splitlines())
+    assert install_and_serve.endswith("settlesim serve")
+    ci_commands = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert ci_commands[-1] == test_command
