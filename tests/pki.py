@@ -68,6 +68,33 @@ def authority(folder: Path, name: str) -> Authority:
     return Authority(name, _write_cert(folder / f"{name}-ca.pem", cert), key, cert, folder)
 
 
+class PlatformPki:
+    """The platform's CA with a server certificate for 127.0.0.1/localhost, the
+    Cancer Hospital's client certificate, and a rogue CA with a server
+    certificate and a Cancer Hospital certificate of its own (right names, wrong
+    CA). `hospital(code)` issues any institution's certificate once."""
+
+    CANCER_HOSPITAL = "H11010500001"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ca = authority(folder, "national")
+        self.rogue = authority(folder, "rogue")
+        self.server = self.ca.issue("localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
+        self.rogue_server = self.rogue.issue("localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
+        self.forged = self.rogue.issue(self.CANCER_HOSPITAL)
+        self._hospitals: dict[str, Issued] = {}
+
+    def hospital(self, code: str) -> Issued:
+        if code not in self._hospitals:
+            self._hospitals[code] = self.ca.issue(code)
+        return self._hospitals[code]
+
+    @property
+    def cancer(self) -> Issued:
+        return self.hospital(self.CANCER_HOSPITAL)
+
+
 def _base(subject: x509.Name, issuer: x509.Name) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
     return (

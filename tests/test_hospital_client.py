@@ -11,11 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import pytest
-from pki import authority
+from pki import PlatformPki
 from settlesim.clients.hospital import (
     Fee,
     Hospital,
@@ -239,16 +238,8 @@ def test_an_answer_over_the_clients_receive_limit_is_uncertain():
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    folder = tmp_path_factory.mktemp("pki")
-    ca, rogue = authority(folder, "national"), authority(folder, "rogue")
-    return SimpleNamespace(
-        ca=ca,
-        server=ca.issue("localhost", dns=("localhost",), ips=("127.0.0.1",), server=True),
-        rogue_server=rogue.issue("localhost", dns=("localhost",), ips=("127.0.0.1",), server=True),
-        cancer=ca.issue("H11010500001"),
-        forged=rogue.issue("H11010500001"),
-    )
+def certs(tmp_path_factory: pytest.TempPathFactory) -> PlatformPki:
+    return PlatformPki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

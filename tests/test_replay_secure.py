@@ -13,11 +13,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
-from pki import authority
+from pki import PlatformPki, authority
 from rich.console import Console
 from settlesim.clients.replay.cases import load_cases
 from settlesim.clients.replay.command import ReplayError, ReplayOptions, conformance_cases_dir, replay
@@ -50,16 +49,8 @@ def capture() -> tuple[Console, io.StringIO]:
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    folder = tmp_path_factory.mktemp("pki")
-    ca, rogue = authority(folder, "national"), authority(folder, "rogue")
-    return SimpleNamespace(
-        ca=ca,
-        server=ca.issue("localhost", dns=("localhost",), ips=("127.0.0.1",), server=True),
-        hospitals={code: ca.issue(code) for code in load_world().institutions},
-        forged=rogue.issue(CANCER),
-        folder=folder,
-    )
+def certs(tmp_path_factory: pytest.TempPathFactory) -> PlatformPki:
+    return PlatformPki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -138,7 +129,8 @@ def test_conformance_over_mutual_tls_with_a_certificate_per_institution(platform
         tls_cert=certs.server.cert, tls_key=certs.server.key, client_ca=certs.ca.cert, auth="mtls"
     )
     creds = certs.folder / "creds.yaml"  # a relative path is relative to the file; absolute works too
-    entries = {code: {"cert": i.cert.name, "key": str(i.key)} for code, i in certs.hospitals.items()}
+    issued = {code: certs.hospital(code) for code in load_world().institutions}
+    entries = {code: {"cert": i.cert.name, "key": str(i.key)} for code, i in issued.items()}
     creds.write_text(yaml.safe_dump(entries), encoding="utf-8")
     console, out = capture()
     options = ReplayOptions(target=running.target, ca=certs.ca.cert, tokens=creds)
@@ -154,7 +146,7 @@ def test_one_client_certificate_runs_that_institutions_cases(platform, certs):
     running = platform(
         tls_cert=certs.server.cert, tls_key=certs.server.key, client_ca=certs.ca.cert, auth="mtls"
     )
-    cancer = certs.hospitals[CANCER]
+    cancer = certs.hospital(CANCER)
     console, out = capture()
     options = ReplayOptions(target=running.target, ca=certs.ca.cert, cert=cancer.cert, key=cancer.key)
     assert replay([SEEDS], options, console) == 0, out.getvalue()[-3000:]
@@ -249,7 +241,7 @@ def test_a_bad_credentials_file_is_one_line(tmp_path, certs, content, expected):
 
 
 def test_bad_tls_options_are_one_line(tmp_path, certs, tokens_file):
-    cancer = certs.hospitals[CANCER]
+    cancer = certs.hospital(CANCER)
     not_pem = tmp_path / "ca.txt"
     not_pem.write_text("hello")
     cases = {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CANCER_HOSPITAL, FUWAI, refused
-from pki import Authority, Issued, authority
+from pki import Issued, PlatformPki
 from settlesim.clients.hospital import Fee, Hospital, TlsHandshakeRefused
 from settlesim.clients.secure import connect
 from settlesim.server.app import RunningServer, ServerConfig, start
@@ -29,15 +29,11 @@ REFERENCE_FEES = [Fee("A-CONSULT-001", 5000), Fee("A-CHEMO-001", 12963)]
 TOKENS = {CANCER_HOSPITAL: "dev-token-H11010500001", FUWAI: "dev-token-H11010200002"}
 
 
-class Pki:
+class Pki(PlatformPki):
     def __init__(self, folder: Path) -> None:
-        self.ca: Authority = authority(folder, "national")
-        self.rogue: Authority = authority(folder, "rogue")
-        self.server: Issued = self.ca.issue("localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
-        self.cancer: Issued = self.ca.issue(CANCER_HOSPITAL)
+        super().__init__(folder)
         self.fuwai_by_san: Issued = self.ca.issue("his-gateway-fuwai", dns=(FUWAI,))
         self.stranger: Issued = self.ca.issue("not-a-hospital")
-        self.forged: Issued = self.rogue.issue(CANCER_HOSPITAL)  # right name, wrong CA
 
 
 @pytest.fixture(scope="module")
