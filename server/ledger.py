@@ -56,8 +56,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     PRIMARY KEY (session, institution_code, msgid)
 ) WITHOUT ROWID"""
 
-# msgid before institution_code: the index also answers "did another institution
-# settle this msgid", which the refusals of GetSettlement and VoidByMessageId need.
+# A settlement by its sender's msgid: (session, institution, msgid), all equalities.
 _SETTLEMENTS_BY_MSGID = (
     "CREATE INDEX IF NOT EXISTS settlements_by_msgid ON settlements (session, msgid, institution_code)"
 )
@@ -590,8 +589,7 @@ class Ledger:
                 (session, institution_code, original_msgid),
             ).fetchone()
             voided: StoredSettlement | None = None
-            if original is None:
-                self._refuse_if_anothers(db, session, institution_code, original_msgid)
+            if original is None:  # never sent by this institution (another's msgid is not its own)
                 db.execute(
                     "INSERT INTO messages VALUES (?, ?, 'blocked', ?, '', '', ?)",
                     (session, original_msgid, institution_code, _now()),
@@ -634,7 +632,6 @@ class Ledger:
                     (session, msgid, institution_code),
                 ).fetchone()
                 if row is None:
-                    self._refuse_if_anothers(db, session, institution_code, msgid)
                     raise Refusal(
                         Reason.SETTLEMENT_NOT_FOUND, f"no settlement for msgid {msgid}", msgid=msgid
                     )
@@ -713,21 +710,6 @@ class Ledger:
         raise Refusal(
             Reason.MSGID_REUSED, f"msgid {msgid} was already used for a different request", msgid=msgid
         )
-
-    @staticmethod
-    def _refuse_if_anothers(db: sqlite3.Connection, session: str, institution_code: str, msgid: str) -> None:
-        """The caller named a msgid it never sent that another institution settled
-        with: refuse as for another's settlement id (docs/security.md) instead of
-        answering "not found" or blocking the caller's own, unused msgid. Only on the
-        not-found path, never on a settle."""
-        other = db.execute(
-            "SELECT 1 FROM settlements WHERE session = ? AND msgid = ? AND institution_code != ? LIMIT 1",
-            (session, msgid, institution_code),
-        ).fetchone()
-        if other is not None:
-            raise Refusal(
-                Reason.INSTITUTION_NOT_CALLER, f"msgid {msgid} belongs to another institution", msgid=msgid
-            )
 
     def _owned(
         self, db: sqlite3.Connection, session: str, settlement_id: str, institution_code: str

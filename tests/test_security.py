@@ -180,20 +180,26 @@ def test_token_over_tls(platform, client, pki):
 
 def test_one_institution_cannot_touch_anothers_settlement(platform, client):
     """Fuwai, properly authenticated as itself, holds the Cancer Hospital's
-    settlement id and msgid: it can neither read, reverse, void nor reconcile them."""
+    settlement id and msgid: it can neither read, reverse, void nor reconcile them.
+    A settlement id is the platform's: naming another's is INSTITUTION_NOT_CALLER.
+    A msgid is its sender's: Fuwai's msgid of that name is not the Cancer
+    Hospital's, so a get finds nothing and a void voids nothing of it (it only
+    blocks Fuwai's own, unused msgid); Fuwai cannot even learn whether the Cancer
+    Hospital used it (its msgids are guessable: code + time + sequence)."""
     running = platform(auth="token")
     cancer = client(running.target, CANCER_HOSPITAL, token=TOKENS[CANCER_HOSPITAL])
     settled = cancer.settle(QINGHAI, TUMOUR, "2021-12-09", REFERENCE_FEES).settlement
     fuwai = client(running.target, FUWAI, token=TOKENS[FUWAI])
     attempts = {
         "get": lambda: fuwai.get(settled.settlement_id),
-        "get by msgid": lambda: fuwai.get(msgid=settled.msgid),
         "reverse": lambda: fuwai.reverse(settled.settlement_id),
-        "void": lambda: fuwai.void(settled.msgid),
     }
     for name, attempt in attempts.items():
         rejection = refused(attempt)
         assert (rejection.code, rejection.reason) == ("PERMISSION_DENIED", "INSTITUTION_NOT_CALLER"), name
+    rejection = refused(lambda: fuwai.get(msgid=settled.msgid))
+    assert (rejection.code, rejection.reason) == ("NOT_FOUND", "SETTLEMENT_NOT_FOUND")
+    assert not fuwai.void(settled.msgid).voided_settlement
     # Reconciling the other's books means naming the other institution: refused too.
     request = pb.ReconcileRequest(
         institution_code=CANCER_HOSPITAL, start_date="2021-01-01", end_date="2021-12-31"
