@@ -34,6 +34,13 @@ def refused(call: Callable[[], object]) -> Rejection:
     return rejection_of(caught.value)
 
 
+def settlesim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The `settlesim` command line in a process of its own, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "settlesim", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def ledger_check(db: Path) -> subprocess.CompletedProcess[str]:
     """`settlesim ledger check --db DB`, as an operator runs it."""
     return subprocess.run(

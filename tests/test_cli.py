@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from conftest import settlesim
 
 from settlesim.cli import build_parser
-
-
-def settlesim(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "settlesim", *args], capture_output=True, text=True, timeout=60
-    )
 
 
 def _subcommands(parser, prefix=()):

@@ -12,7 +12,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import settlesim
 from grpc_health.v1 import health, health_pb2_grpc
 from rich.console import Console
 from settlesim.clients.replay import reports
@@ -36,11 +36,6 @@ SEEDS = SUITE / "seeds"
 QINGHAI_SEED = SEEDS / "qinghai-breast-cancer-beijing.yaml"
 JUNIT_XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 
-
-def settlesim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "settlesim", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def capture() -> tuple[Console, io.StringIO]:

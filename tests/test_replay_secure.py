@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import settlesim
 from pki import PlatformPki, authority
 from rich.console import Console
 from settlesim.clients.replay.cases import load_cases
@@ -36,11 +36,6 @@ TOKENLESS_CASES = {
     "registration-institution-not-connected",
 }
 
-
-def settlesim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "settlesim", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def capture() -> tuple[Console, io.StringIO]:
