@@ -45,6 +45,9 @@ TRANSIENT = LOST_ANSWER_CODES  # the former name
 # The platform's stand-in for a lost answer (docs/faults.md): treated exactly like
 # a status without ErrorInfo, whatever its `fault` metadata says.
 INJECTED_FAULT = "INJECTED_FAULT"
+# The platform could not write the call's audit record and withheld the answer
+# (docs/security.md): the call may have taken effect, exactly as a lost answer.
+AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 T = TypeVar("T")
 
 
@@ -214,7 +217,8 @@ def transport_refusal(error: grpc.RpcError, *, tls: bool = False) -> TransportRe
 def answer_lost(error: grpc.RpcError) -> bool:
     """True when `error` is no answer at all, so a write may or may not have run:
     a code a lost answer comes with (LOST_ANSWER_CODES) and no ErrorInfo reason
-    (or INJECTED_FAULT, the platform's stand-in for a lost answer). A refusal
+    (or INJECTED_FAULT, the platform's stand-in for a lost answer, or
+    AUDIT_UNAVAILABLE, an answer withheld for want of its audit record). A refusal
     with any other reason is the platform's definite answer: nothing was done.
     Transport refusals that a retry would repeat (TransportRefused) are not lost
     answers either."""
@@ -223,7 +227,7 @@ def answer_lost(error: grpc.RpcError) -> bool:
     if error.code() not in LOST_ANSWER_CODES:
         return False
     reason = rejection_of(error).reason
-    return not reason or reason == INJECTED_FAULT
+    return not reason or reason in (INJECTED_FAULT, AUDIT_UNAVAILABLE)
 
 
 def fee_items(fees: Iterable[Fee]) -> list[pb.FeeItem]:

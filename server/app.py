@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from settlesim.server import auth
-from settlesim.server.audit import AuditInterceptor, AuditLog
+from settlesim.server.audit import AuditInterceptor, AuditLog, open_audit_log
 from settlesim.server.faults import FaultInterceptor, FaultPlan
 from settlesim.server.ledger import Ledger
 from settlesim.server.model import World
@@ -53,6 +53,7 @@ class ServerConfig:
     client_ca: Path | None = None  # mutual TLS: hospitals' certificates must be signed by it
     audit_log: Path | None = None
     audit_fsync: bool = False
+    audit_new_chain: bool = False  # the audit log was rotated on purpose: start a new chain
     faults: FaultPlan | None = None
     # Several processes on one port (serve --processes, server/processes.py).
     reuse_port: bool = False
@@ -76,9 +77,9 @@ class RunningServer:
         """Drain in-flight calls, then close the ledger."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        self.ledger.close()
         if self.audit is not None:
-            self.audit.close()
+            self.audit.close()  # anchors its head in the ledger a last time
+        self.ledger.close()
 
 
 def start(config: ServerConfig, world: World | None = None) -> RunningServer:
@@ -90,7 +91,15 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         world, ledger, allow_sessions=config.allow_sessions, authenticate=authenticate
     )
     # Interceptors only when asked for: an idle feature costs the hot path nothing.
-    audit = AuditLog(config.audit_log, fsync=config.audit_fsync) if config.audit_log else None
+    audit = None
+    if config.audit_log:
+        try:
+            audit = open_audit_log(
+                config.audit_log, ledger, fsync=config.audit_fsync, new_chain=config.audit_new_chain
+            )
+        except BaseException:
+            ledger.close()
+            raise
     interceptors: list[grpc.ServerInterceptor] = []
     if audit is not None:
         interceptors.append(AuditInterceptor(audit, authenticate))  # outermost: sees injected faults
@@ -119,14 +128,23 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     except RuntimeError:  # grpc reports a failed bind this way
         port = 0
     if port == 0:
-        ledger.close()
         if audit is not None:
             audit.close()
+        ledger.close()
         raise OSError(f"cannot listen on {config.host}:{config.port} (address in use or not local?)")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if audit is not None:
+        audit.on_failing = lambda failing: _serving(health_servicer, not failing)
     return RunningServer(server, port, world, ledger, health_servicer, audit, tuple(warnings))
+
+
+def _serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+    """Health for the audit log: NOT_SERVING while its records cannot be written."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, status)
 
 
 class JsonFormatter(logging.Formatter):

@@ -37,8 +37,9 @@ from settlesim.server.rules.reasons import Reason, Refusal
 
 # PRAGMA user_version. 0: msgids keyed by (session, msgid), before versions;
 # 1: keyed by (session, institution, msgid); 2: each settlement's figures and fee
-# items as rows (a settlement from before 2 has NULL figures and no item rows).
-SCHEMA_VERSION = 2
+# items as rows (a settlement from before 2 has NULL figures and no item rows);
+# 3: the audit log's anchor (audit_anchors).
+SCHEMA_VERSION = 3
 
 # Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
 # original msgid voided before it ever settled. A msgid is its sender's message id
@@ -119,6 +120,17 @@ CREATE TABLE IF NOT EXISTS settlement_items (
     in_scope           INTEGER NOT NULL,
     PRIMARY KEY (settlement_id, sequence_no)
 ) WITHOUT ROWID;
+
+-- The audit log's head as of the last commit (version 3, server/audit.py): records,
+-- bytes and the digest of its last record. audit_path is the file's absolute path,
+-- renamed '<path> retired <time>' when a new chain is started there (--audit-new-chain).
+CREATE TABLE IF NOT EXISTS audit_anchors (
+    audit_path TEXT PRIMARY KEY,
+    records    INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    head       TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
 """
 _FIGURE_COLUMNS = ("full_self_pay", "over_ceiling", "pre_self_pay", "in_scope", "ratio_bp")
 
@@ -190,6 +202,16 @@ class StoredSettlement:
     in_scope: int | None = None
     ratio_bp: int | None = None
     items: tuple[StoredItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditAnchor:
+    """The head of an audit log's chain: how many records, how many bytes up to
+    the end of the last one, and that record's digest (GENESIS when none)."""
+
+    records: int
+    size: int
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +331,8 @@ class Ledger:
         self._closed = False
         self._closing = threading.Lock()
         self._writer_failure: BaseException | None = None
+        # The audit log's (absolute path, head), committed with every write (_anchor_audit).
+        self.audit_head: Callable[[], tuple[str, AuditAnchor]] | None = None
         self._writer = threading.Thread(target=self._write_batches, name="ledger-writer", daemon=True)
         self._writer.start()
 
@@ -477,6 +501,7 @@ class Ledger:
                         job.error = error
                         db.execute("ROLLBACK TO job")
                     db.execute("RELEASE job")
+                self._anchor_audit(db)
                 db.execute("COMMIT")
             except BaseException as error:  # nothing of this batch is durable: say so to everyone
                 if db.in_transaction:
@@ -691,6 +716,40 @@ class Ledger:
     def counts(self) -> dict[str, int]:
         with self._read() as db:
             return _counts(db)
+
+    # --- the audit log's anchor (server/audit.py) ---------------------------------------------
+
+    def _anchor_audit(self, db: sqlite3.Connection) -> None:
+        """Commit the audit log's head with this transaction: every audit record
+        written before a write commits is anchored (docs/security.md)."""
+        if self.audit_head is not None:
+            path, head = self.audit_head()
+            db.execute(
+                "INSERT INTO audit_anchors VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "records = excluded.records, size = excluded.size, head = excluded.head, "
+                "updated_at = excluded.updated_at",
+                (path, head.records, head.size, head.digest, _now()),
+            )
+
+    def anchor_audit(self) -> None:
+        """A write transaction with nothing but the audit log's anchor in it."""
+        self._group(lambda db: None)
+
+    def audit_anchor(self, audit_path: str) -> AuditAnchor | None:
+        with self._read() as db:
+            return _audit_anchors(db, audit_path).get(audit_path)
+
+    def retire_audit_anchor(self, audit_path: str) -> None:
+        """A new chain starts at `audit_path`: keep the old chain's anchor under
+        '<path> retired <time>', where `audit verify --db` still finds it."""
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE audit_anchors SET audit_path = audit_path || ' retired ' || ? WHERE audit_path = ?",
+                (_now(), audit_path),
+            )
+
+        self._group(job)
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -1125,3 +1184,34 @@ def _money_problems(db: sqlite3.Connection) -> list[str]:
         )
     ]
     return problems
+
+
+# --- the audit log's anchor, read-only (settlesim audit verify --db) -------------------------------
+
+
+def read_audit_anchors(path: Path | str) -> dict[str, AuditAnchor]:
+    """Every audit anchor in the ledger at `path` (read-only), by audit file path;
+    {} for a ledger from before version 3."""
+    path = Path(path)
+    try:
+        db = _open_read_only(path)
+        try:
+            return _audit_anchors(db)
+        finally:
+            db.close()
+    except (sqlite3.Error, OSError) as error:
+        raise LedgerFileError(f"{path}: cannot read audit anchors: {error}") from None
+
+
+def read_audit_anchor(path: Path | str, audit_path: Path | str) -> AuditAnchor | None:
+    return read_audit_anchors(path).get(str(Path(audit_path).absolute()))
+
+
+def _audit_anchors(db: sqlite3.Connection, audit_path: str | None = None) -> dict[str, AuditAnchor]:
+    if not _table_exists(db, "audit_anchors"):
+        return {}
+    where, args = ("WHERE audit_path = ?", (audit_path,)) if audit_path is not None else ("", ())
+    return {
+        row[0]: AuditAnchor(*row[1:])
+        for row in db.execute(f"SELECT audit_path, records, size, head FROM audit_anchors {where}", args)
+    }

@@ -27,6 +27,7 @@ _CODES = {
     Reason.INSTITUTION_NOT_CALLER: code_pb2.PERMISSION_DENIED,
     Reason.SESSIONS_DISABLED: code_pb2.PERMISSION_DENIED,
     Reason.INJECTED_FAULT: code_pb2.UNAVAILABLE,
+    Reason.AUDIT_UNAVAILABLE: code_pb2.UNAVAILABLE,
 }
 
 # 给医院操作员看的中文说明 (LocalizedMessage zh-CN) for the refusals staff meet most.
@@ -55,6 +56,7 @@ _ZH = {
     Reason.SETTLEMENT_NOT_FOUND: "未查询到结算信息",
     Reason.ALREADY_REVERSED: "该结算已撤销",
     Reason.ALREADY_VOIDED: "该结算已冲正",
+    Reason.AUDIT_UNAVAILABLE: "平台审计日志暂不可用，请稍后以同一报文ID重试",
 }
 
 

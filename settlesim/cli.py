@@ -121,6 +121,11 @@ def _add_security_and_fault_args(p: argparse.ArgumentParser) -> None:
     )
     sec.add_argument("--audit-log", type=Path, help="append-only JSON-lines audit log of every call")
     sec.add_argument("--audit-fsync", action="store_true", help="fsync each audit record (survives power loss)")
+    sec.add_argument(
+        "--audit-new-chain",
+        action="store_true",
+        help="the --audit-log file was rotated (moved aside): start a new chain there",
+    )
     flt = p.add_argument_group("fault injection (docs/faults.md); all off by default")
     flt.add_argument("--faults", type=Path, metavar="YAML", help="fault plan file (per-RPC latency, errors, drops)")
     flt.add_argument("--fault-latency-ms", type=float, help="added latency on every settlement RPC")
@@ -165,6 +170,7 @@ def _security_and_fault_config(args: argparse.Namespace) -> dict[str, object]:
         "client_ca": args.client_ca,
         "audit_log": args.audit_log,
         "audit_fsync": args.audit_fsync,
+        "audit_new_chain": args.audit_new_chain,
         "faults": plan if plan.active else None,
     }
 
@@ -460,25 +466,34 @@ def add_audit(sub: argparse._SubParsersAction) -> None:
     verify = _parser(
         "verify",
         audit_sub,
-        "Check the chain of digests: exits 1 when a line was edited, removed or inserted.",
-        _examples("settlesim audit verify audit.jsonl"),
+        "Check the chain of digests, and with --db its end against the head the ledger "
+        "anchored: exits 1 when a line was edited, removed or inserted, the file was "
+        "truncated or its chain recomputed.",
+        _examples(
+            "settlesim audit verify audit.jsonl",
+            "settlesim audit verify --db ~/.local/share/settlesim/settlesim.db audit.jsonl",
+        ),
     )
     verify.add_argument("path", type=Path, help="audit log (JSON lines)")
+    verify.add_argument("--db", type=Path, help="the ledger the server wrote beside it (its anchor)")
     verify.set_defaults(run=run_audit_verify)
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
-    from settlesim.server.audit import verify_chain
+    from settlesim.server.audit import verify_against
 
     if not args.path.is_file():
         raise CliError(f"no audit log at {args.path}")
-    problems = verify_chain(args.path)
-    for problem in problems:
+    if args.db is not None and not args.db.is_file():
+        raise CliError(f"no ledger at {args.db}")
+    report, anchored = verify_against(args.path, args.db)
+    for problem in report.problems:
         print(f"FAIL {problem}")
-    with args.path.open(encoding="utf-8") as f:
-        records = sum(1 for _ in f)
-    print(f"audit log {args.path}: {records} records, " + (f"{len(problems)} problem(s)" if problems else "chain OK"))
-    return 1 if problems else 0
+    summary = f"{len(report.problems)} problem(s)" if report.problems else "chain OK"
+    print(
+        f"audit log {args.path}: {report.records} records, {summary}" + (f"; {anchored}" if anchored else "")
+    )
+    return 1 if report.problems else 0
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -512,10 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # one clear line for the errors users meet
+        from settlesim.server.audit import AuditAnchorError
         from settlesim.server.ledger import LedgerFileError
         from settlesim.server.world_loader import WorldError
 
-        if isinstance(e, WorldError | LedgerFileError | OSError):
+        if isinstance(e, WorldError | LedgerFileError | AuditAnchorError | OSError):
             print(f"settlesim: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         raise

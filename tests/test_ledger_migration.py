@@ -317,7 +317,7 @@ def test_a_version_1_ledger_gains_the_figure_columns_and_item_rows(tmp_path):
     try:
         assert ledger.upgraded_from == 1
         assert rows(old) == before
-        assert layout(old)[0] == SCHEMA_VERSION == 2
+        assert layout(old)[0] == SCHEMA_VERSION
         item = StoredItem("0001", "A-CONSULT-001", "HIS-1", 500, 2, 1000, "A", 0, None, 0, 0, 0, 1000)
 
         def compute(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
@@ -341,3 +341,29 @@ def test_a_version_1_ledger_gains_the_figure_columns_and_item_rows(tmp_path):
             ).fetchall() == [("S9", "0001", 1000)]
     finally:
         ledger.close()
+
+
+def test_a_version_2_ledger_gains_the_audit_anchors_and_keeps_every_row(tmp_path):
+    """Version 2 -> 3 only adds the audit_anchors table (server/audit.py): a
+    version-2 file has no anchor, and its rows stay as they were."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    settle(ledger, "M1", CANCER_HOSPITAL, "S1")
+    ledger.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:  # make it what version 2 left
+        db.execute("DROP TABLE audit_anchors")
+        db.execute("PRAGMA user_version = 2")
+    assert ledger_module.read_audit_anchors(path) == {}
+    before = rows(path)
+    ledger = Ledger(path)
+    try:
+        assert ledger.upgraded_from == 2 and layout(path)[0] == SCHEMA_VERSION == 3
+        assert rows(path) == before and ledger.check() == []
+        assert ledger.audit_anchor("/var/log/audit.jsonl") is None
+        ledger.audit_head = lambda: ("/var/log/audit.jsonl", ledger_module.AuditAnchor(2, 300, "ab" * 32))
+        ledger.anchor_audit()
+    finally:
+        ledger.close()
+    assert ledger_module.read_audit_anchors(path) == {
+        "/var/log/audit.jsonl": ledger_module.AuditAnchor(2, 300, "ab" * 32)
+    }

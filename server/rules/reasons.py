@@ -57,6 +57,8 @@ class Reason(StrEnum):
     SESSIONS_DISABLED = "SESSIONS_DISABLED"
     # injected faults
     INJECTED_FAULT = "INJECTED_FAULT"
+    # the audit log (branch audit)
+    AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 
 
 @dataclass(frozen=True, slots=True)

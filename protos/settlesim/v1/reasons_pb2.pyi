@@ -50,6 +50,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTITUTION_NOT_CALLER: _ClassVar[ErrorReason]
     SESSIONS_DISABLED: _ClassVar[ErrorReason]
     INJECTED_FAULT: _ClassVar[ErrorReason]
+    AUDIT_UNAVAILABLE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 FIELD_MISSING: ErrorReason
 FIELD_INVALID: ErrorReason
@@ -94,3 +95,4 @@ CALLER_UNAUTHENTICATED: ErrorReason
 INSTITUTION_NOT_CALLER: ErrorReason
 SESSIONS_DISABLED: ErrorReason
 INJECTED_FAULT: ErrorReason
+AUDIT_UNAVAILABLE: ErrorReason
