@@ -143,7 +143,7 @@ def verify_against(path: Path, ledger: Path | None) -> tuple[ChainReport, str]:
     if ledger is None:
         return verify_file(path), ""
     anchors = read_audit_anchors(ledger)
-    key = str(path.absolute())
+    key = str(path.resolve())
     if key in anchors:
         anchor = anchors[key]
         return verify_file(path, anchor), f"anchored in {ledger}: {anchor.records} records"
@@ -241,7 +241,7 @@ class AuditLog:
         ledger_path: Path | None = None,
         anchoring: Callable[[], None] | None = None,
     ) -> None:
-        path = path.absolute()
+        path = path.resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.fsync = path, fsync
         self._head = _continue_chain(path, anchor, str(ledger_path or "the ledger"))
@@ -339,7 +339,7 @@ def open_audit_log(path: Path, ledger: Ledger, *, fsync: bool = False, new_chain
     anchored by every ledger write from now on. `new_chain`: the file was
     rotated on purpose; start a new chain there (it must be missing or empty)
     and keep the old chain's anchor as retired."""
-    path = path.absolute()
+    path = path.resolve()
     if new_chain:
         if path.exists() and path.stat().st_size:
             raise AuditAnchorError(

@@ -1204,7 +1204,7 @@ def read_audit_anchors(path: Path | str) -> dict[str, AuditAnchor]:
 
 
 def read_audit_anchor(path: Path | str, audit_path: Path | str) -> AuditAnchor | None:
-    return read_audit_anchors(path).get(str(Path(audit_path).absolute()))
+    return read_audit_anchors(path).get(str(Path(audit_path).resolve()))
 
 
 def _audit_anchors(db: sqlite3.Connection, audit_path: str | None = None) -> dict[str, AuditAnchor]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -276,3 +277,22 @@ def test_audit_verify_reports_invalid_utf8_and_garbage_by_line_without_a_traceba
     assert "line 4: not a JSON object" in checked.stdout
     assert "line 5: not JSON" in checked.stdout
     assert "5 records" in checked.stdout
+
+
+def test_after_kill_9_the_unanchored_tail_is_continued_when_it_chains_from_the_anchor(tmp_path, server_process):
+    """The window: records written after the last anchor (a kill -9 within
+    ANCHOR_SECONDS of them) are not anchored, but a restart still checks that
+    they chain from the anchored head, then anchors them."""
+    db, audit = audited_run(tmp_path)
+    served = server_process(db, "--audit-log", str(audit), "--log-level", "error")
+    his = Hospital.connect(served.target, CANCER_HOSPITAL)
+    try:
+        his.verify(QINGHAI_PERSON, TUMOUR, "2021-12-09")
+    finally:
+        his.close()
+    served.stop(signal.SIGKILL)
+    assert len(audit.read_bytes().splitlines()) == 7
+    served = server_process(db, "--audit-log", str(audit), "--log-level", "error")
+    served.stop()
+    checked = verify(audit, db)
+    assert checked.returncode == 0 and "7 records" in checked.stdout, checked.stdout
