@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
 import pytest
 from settlesim.clients.replay.cases import load_cases
+from test_fresh_clone import readme_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "clients" / "conformance" / "cases"
@@ -64,19 +67,34 @@ def test_wheel_holds_every_conformance_case_and_default_world_file(wheel):
 
 @pytest.mark.slow
 def test_installed_wheel_serves_and_passes_its_own_conformance_suite(wheel, tmp_path):
-    """The wheel alone in a fresh venv (dependencies from the system site-packages, so no
-    download): its `settlesim serve` and its `settlesim conformance --target`, with the
-    bundled world and cases read from the installed package, not from this checkout."""
+    """The wheel alone in a fresh venv (its dependencies seen from this interpreter's
+    site-packages, so no download): its `settlesim serve` and its `settlesim conformance
+    --target`, with the bundled world and cases read from the installed package, not from this
+    checkout. `--system-site-packages` would not do: run from a venv (as scripts/test does), it
+    shows the base interpreter's site-packages, not this venv's, where the dependencies are."""
     venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-        check=True,
-        timeout=60,
+    made = subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True, timeout=60
     )
+    assert made.returncode == 0, made.stderr
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
     python, settlesim = bin_dir / "python", bin_dir / "settlesim"
-    # The system's pip, run by the venv's interpreter, installs into the venv. --ignore-installed:
-    # this checkout may itself be installed (editable) in the system site-packages.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    nested_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert nested_site.returncode == 0, nested_site.stderr
+    # A .pth file of plain paths: this interpreter's site-packages come after the venv's own, and
+    # their .pth files (this checkout's editable install among them) are not run.
+    ours = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    (Path(nested_site.stdout.strip()) / "dependencies-of-the-running-suite.pth").write_text(
+        "\n".join(dict.fromkeys(ours)) + "\n", encoding="utf-8"
+    )
+    # This interpreter's pip, run by the venv's interpreter, installs into the venv. --ignore-installed:
+    # this checkout is itself installed (editable) in the site-packages the venv sees.
     pip = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed"]
     install = subprocess.run(
         [*pip, str(wheel)],
@@ -84,15 +102,16 @@ def test_installed_wheel_serves_and_passes_its_own_conformance_suite(wheel, tmp_
         text=True,
         timeout=120,
         cwd=tmp_path,
+        env=env,
     )
     assert install.returncode == 0, install.stderr
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("PYTHONPATH", None)
-    where = subprocess.run(
+    found = subprocess.run(
         [str(python), "-c", "import settlesim.clients.replay.command as c; print(c.__file__); "
          "print(c.conformance_cases_dir())"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=True,
-    ).stdout.splitlines()  # fmt: skip
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    where = found.stdout.splitlines()
     assert len(where) == 2, where
     assert all(Path(line).resolve().is_relative_to(venv.resolve()) for line in where), where
 
@@ -144,17 +163,16 @@ def test_serve_with_a_bad_world_fails_with_one_line(tmp_path):
     ]
 
 
-def test_ci_runs_exactly_the_readme_test_command():
-    """The README opens with two commands; the second is the test suite, and CI
-    runs exactly it (the last command of .ci/run), so the two cannot drift."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    first_block = re.search(r"```sh\n(.*?)```", readme, re.S)
-    assert first_block and readme.index("```sh") < readme.index("\n## ")  # before any section
-    install_and_serve, test_command = (line.split("#")[0].strip() for line in first_block.group(1).splitlines())
-    assert install_and_serve.endswith("settlesim serve")
+def test_ci_runs_exactly_the_readme_commands():
+    """The README opens with two commands, the stub and the test suite; CI runs both exactly as
+    written (the serve command, output redirected and in the background, then the test command as
+    the last command of .ci/run), so the two cannot drift. tests/test_fresh_clone.py runs them."""
+    serve_command, test_command = readme_commands()
     ci_commands = [
         line.strip()
         for line in (ROOT / ".ci" / "run").read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     assert ci_commands[-1] == test_command
+    serve_lines = [line for line in ci_commands if line.split(" >")[0].split(" &")[0] == serve_command]
+    assert len(serve_lines) == 1 and serve_lines[0].endswith("&"), ci_commands
