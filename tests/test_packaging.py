@@ -4,12 +4,15 @@ wheel, installed on its own, serves and passes its own conformance suite."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
 import re
 import site
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -176,3 +179,35 @@ def test_ci_runs_exactly_the_readme_commands():
     assert ci_commands[-1] == test_command
     serve_lines = [line for line in ci_commands if line.split(" >")[0].split(" &")[0] == serve_command]
     assert len(serve_lines) == 1 and serve_lines[0].endswith("&"), ci_commands
+
+
+def _distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_installed_module_imports_only_core_dependencies():
+    """What `pip install -e .` (no extras) gives must run every subcommand: no module of the
+    installed package (settlesim, server, clients, the protos) may import a package that only
+    an extra brings (`settlesim bench` once died on psutil, a test extra). Locust stays in
+    loadtests/, which is not installed."""
+    core = {
+        _distribution(re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0])
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    }
+    providers = importlib.metadata.packages_distributions()
+    outside: set[str] = set()
+    for folder in ("settlesim", "server", "clients", "protos/settlesim/v1"):
+        for source in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for top in {module.split(".")[0] for module in modules}:
+                    if top in sys.stdlib_module_names or top in {"settlesim", "__future__"}:
+                        continue
+                    if not core & {_distribution(d) for d in providers.get(top, [])}:
+                        outside.add(f"{source.relative_to(ROOT)} imports {top} ({providers.get(top, '?')})")
+    assert not outside, sorted(outside)
