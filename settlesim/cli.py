@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 EXIT_USAGE = 2
 
@@ -19,6 +20,65 @@ class CliError(Exception):
 
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (with where to look), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types: a bad value is refused before anything starts, naming what is wrong ------
+
+
+def port_number(text: str) -> int:
+    """A port to listen on: 0-65535, 0 for any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number 0-65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number 0-65535 (0: any free port)")
+    return port
+
+
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def target_address(text: str) -> str:
+    """HOST:PORT of a server to call (IPv6 as [::1]:PORT), as gRPC takes it: no scheme."""
+    example = "e.g. 127.0.0.1:50051"
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give HOST:PORT with no scheme ({text.split('://')[0]}://), {example}"
+        )
+    host, colon, port = text.rpartition(":")
+    if not colon or (host.startswith("[") != host.endswith("]")) or (":" in host and not host.startswith("[")):
+        raise argparse.ArgumentTypeError(f"{text!r} has no port: give HOST:PORT, {example}")
+    if not host.strip("[]"):
+        raise argparse.ArgumentTypeError(f"{text!r} has no host: give HOST:PORT, {example}")
+    if not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: the port {port!r} is not a number 1-65535, {example}")
+    if not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port {port} is not a port number 1-65535")
+    return text
+
+
+def _default_db() -> Path:
+    """The ledger serve uses when given no --db: $SETTLESIM_DB, else the user data dir."""
+    if os.environ.get("SETTLESIM_DB"):
+        return Path(os.environ["SETTLESIM_DB"])
+    from settlesim.server.app import default_db_path
+
+    return default_db_path()
 
 
 def _parser(prog: str, sub: argparse._SubParsersAction, help: str, examples: str) -> argparse.ArgumentParser:
@@ -50,7 +110,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (default 50051)")
+    p.add_argument("--port", type=port_number, default=50051, help="port 0-65535; 0 picks a free one (default 50051)")
     p.add_argument("--world", type=Path, help="world directory (default: the bundled world)")
     p.add_argument(
         "--db",
@@ -58,7 +118,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("SETTLESIM_DB"),
         help="SQLite ledger (default $SETTLESIM_DB or ~/.local/share/settlesim/settlesim.db)",
     )
-    p.add_argument("--workers", type=int, default=16, help="request threads (default 16)")
+    p.add_argument("--workers", type=at_least_one, default=16, help="request threads (default 16)")
     p.add_argument(
         "--processes",
         type=int,
@@ -145,8 +205,24 @@ def _add_security_and_fault_args(p: argparse.ArgumentParser) -> None:
     flt.add_argument("--fault-seed", type=int, help="seed for the fault draws (default: random)")
 
 
+def _readable(flag: str, path: Path | None) -> None:
+    """One line naming the flag and the file, not an errno from deep in start-up."""
+    if path is None:
+        return
+    if not path.exists():
+        raise CliError(f"{flag} {path}: no such file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        raise CliError(f"{flag} {path}: cannot read it ({e.strerror or e})") from None
+
+
 def _security_and_fault_config(args: argparse.Namespace) -> dict[str, object]:
     from settlesim.server.faults import FaultPlanError, load_plan, plan_from_flags
+
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--client-ca", args.client_ca)):
+        _readable(flag, path)
 
     errors: dict[str, float] = {}
     for spec in args.fault_error:
@@ -258,15 +334,24 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
         "total, every reversed or voided settlement linked to its reversal or void and every "
         "reversal or void to the settlement it undid. Exits 1 when any fails, 2 when the file is "
         "not a settlesim ledger.",
-        _examples("settlesim ledger check --db /tmp/s.db"),
+        _examples(
+            "settlesim ledger check                # the ledger `settlesim serve` uses by default",
+            "settlesim ledger check --db /tmp/s.db",
+        ),
     )
-    check.add_argument("--db", type=Path, required=True, help="SQLite ledger file (only read)")
+    check.add_argument(
+        "--db",
+        type=Path,
+        help="SQLite ledger file, only read (default: serve's, $SETTLESIM_DB or "
+        "~/.local/share/settlesim/settlesim.db)",
+    )
     check.set_defaults(run=run_ledger_check)
 
 
 def run_ledger_check(args: argparse.Namespace) -> int:
     from settlesim.server.ledger import SCHEMA_VERSION, LedgerFileError, check_file
 
+    args.db = args.db or _default_db()
     if not args.db.is_file():
         raise CliError(f"no ledger at {args.db}")
     try:
@@ -340,7 +425,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _replay_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", metavar="HOST:PORT", help="the server to test (any implementation of the protos)")
+    p.add_argument(
+        "--target",
+        type=target_address,
+        metavar="HOST:PORT",
+        help="the server to test (any implementation of the protos), e.g. 127.0.0.1:50051",
+    )
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write a JSON report")
     p.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
@@ -504,7 +594,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="settlesim",
         description="Stub, conformance suite and load kit for cross-province outpatient "
         "chronic/special-disease (门诊慢特病) direct settlement.",
