@@ -1,4 +1,4 @@
-"""Unit tests of the registration check (DOMAIN.md "Registration check") over
+"""Unit tests of the registration check (docs/domain.md "Registration check") over
 the bundled world: one test per refusal reason, each with the person of
 server/worlds/default/people/cast.yaml that exists to exercise it, and the
 positive cases."""

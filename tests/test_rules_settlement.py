@@ -1,4 +1,4 @@
-"""Unit tests of the pure settlement computation (DOMAIN.md "Settlement rules")
+"""Unit tests of the pure settlement computation (docs/domain.md "Settlement rules")
 over the bundled world. Every expected money figure is derived by hand in the
 comment or docstring next to it; none is copied from program output.
 

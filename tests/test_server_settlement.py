@@ -1,6 +1,6 @@
 """The reference platform through a real gRPC server on a free port.
 
-Every expected money figure is derived by hand from the rules of DOMAIN.md and
+Every expected money figure is derived by hand from the rules of docs/domain.md and
 the bundled world's data (server/worlds/default); the derivation is written
 beside it."""
 

@@ -1,5 +1,5 @@
 """The registration check (what VerifyRegistration decides), in the order of
-DOMAIN.md: person, cross-province, disease, qualification, institution,
+docs/domain.md: person, cross-province, disease, qualification, institution,
 registration. The first failing step gives the one reason."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The settlement computation (what SettleVisit computes), in the order and
-rounding of DOMAIN.md: "就医地目录，参保地政策" — the treatment region's catalog
+rounding of docs/domain.md: "就医地目录，参保地政策" — the treatment region's catalog
 decides what is covered, the insured region's policy decides how much the fund
 pays. All money is integer fen; rounding is half up to the fen, per item for the
 class-B share and once per visit for the ratio."""
