@@ -502,7 +502,7 @@ def add_conformance(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_conformance)
 
 
-def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False) -> int:
+def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False, tool: str = "replay") -> int:
     from settlesim.clients.replay.command import ReplayError, ReplayOptions, replay
 
     if args.jobs < 1:
@@ -521,6 +521,7 @@ def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False
         cert=args.cert,
         key=args.key,
         tokens=args.tokens,
+        tool=f"settlesim {tool}",
     )
     try:
         return replay(paths, options)
@@ -539,7 +540,7 @@ def run_conformance(args: argparse.Namespace) -> int:
 
     if args.serve and args.target:
         raise CliError("give --target or --serve, not both")
-    return _run_replay([conformance_cases_dir()], args, serve=args.serve)
+    return _run_replay([conformance_cases_dir()], args, serve=args.serve, tool="conformance")
 
 
 # --- audit ----------------------------------------------------------------------------------

@@ -230,6 +230,50 @@ def test_html_report_opens_in_headless_chromium(server, wrong_server, tmp_path):
     assert 'id="rules"' in dom and "seed:qinghai" in dom
 
 
+def test_html_report_of_the_whole_suite_is_small(server, tmp_path):
+    """Passing cases are one summary row each (no request, answer or trace): the report of the
+    whole suite stays small enough to attach to every CI run (it was 1.1 MB for 61 cases)."""
+    run = run_cases(load_cases([SUITE]), server.target, jobs=4)
+    assert run.passed and len(run.cases) >= 60
+    page = tmp_path / "report.html"
+    reports.write_html(run, page)
+    html = page.read_text(encoding="utf-8")
+    assert len(html.encode("utf-8")) < 150_000, len(html.encode("utf-8"))
+    assert all(f'id="case-{case.case.name}"' in html for case in run.cases)  # the rules table links
+    assert "<pre>request" not in html and '"trace"' not in html
+
+
+def test_html_report_keeps_the_detail_of_failures_only(server, wrong_server, tmp_path):
+    _, bad = _mixed_run(server, wrong_server)
+    (failed,) = [case for case in bad.cases if case.status == "failed"]
+    page = tmp_path / "report.html"
+    reports.write_html(bad, page)
+    html = page.read_text(encoding="utf-8")
+    # Every step of the failed case, and only those, shows its request, expectation and answer.
+    assert html.count("<pre>request") == html.count("<pre>answer") == len(failed.steps)
+    assert failed.case.why.splitlines()[0] in html and "12963" in html and "11667" in html
+    assert "trace" in html  # the failed answers' traces, which show why the figures differ
+
+
+def test_html_report_is_titled_by_its_command_in_chinese_with_cjk_fonts(tmp_path):
+    """`settlesim conformance --html` is a conformance report, not a replay; the page is
+    zh-CN and names CJK fonts, so 中国医学科学院肿瘤医院 is not a row of empty boxes where the
+    default font family has no CJK glyphs."""
+    page = tmp_path / "conformance.html"
+    result = settlesim("conformance", "--serve", "--tag", "seed:qinghai", "--html", str(page))
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = page.read_text(encoding="utf-8")
+    assert "<title>settlesim conformance — 1 case: 1 passed" in html
+    assert "<h1>settlesim conformance</h1>" in html and "settlesim replay" not in html
+    assert '<html lang="zh-CN">' in html
+    for font in ('"Noto Sans CJK SC"', '"Source Han Sans SC"', '"PingFang SC"', '"Microsoft YaHei"'):
+        assert html.count(font) >= 2, font  # the text and the monospace blocks
+    replayed = tmp_path / "replay.html"
+    result = settlesim("replay", str(QINGHAI_SEED), "--serve", "--html", str(replayed))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<title>settlesim replay — 1 case: 1 passed" in replayed.read_text(encoding="utf-8")
+
+
 def test_json_report_has_rules_table_and_steps(server, tmp_path):
     run = run_cases(load_cases([SEEDS]), server.target)
     path = tmp_path / "r.json"

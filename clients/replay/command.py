@@ -37,6 +37,7 @@ class ReplayOptions:
     json: Path | None = None
     html: Path | None = None
     list_only: bool = False
+    tool: str = "settlesim replay"  # the command, as the reports name it (title, JUnit suite name)
     # A secured target (docs/cases.md): trust `ca` (TLS); present `cert`/`key`
     # (mutual TLS); `tokens`: a file of institution code -> token or {token, cert, key}.
     ca: Path | None = None
@@ -184,7 +185,7 @@ def _run(
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write(run, path)
+                write(run, path, options.tool)
             except OSError as e:
                 raise ReplayError(f"cannot write {path}: {e}") from None
             console.print(f"[dim]wrote {path}[/dim]")

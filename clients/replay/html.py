@@ -1,5 +1,8 @@
 """The self-contained HTML report: one file, inline CSS, no scripts or fetches,
-so it can be attached to a CI run and opened anywhere."""
+so it can be attached to a CI run and opened anywhere. Passing cases are one row
+each; only cases that did not pass carry their requests, expectations and answers
+(traces included), which keeps the whole suite's report small. The page is zh-CN
+with CJK fonts named, so Chinese names render where the default font has none."""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ from typing import Any
 import jinja2
 
 TEMPLATE = r"""<!doctype html>
-<html lang="en">
+<html lang="zh-CN">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>settlesim replay — {{ run.headline }}</title>
+<title>{{ tool }} — {{ run.headline }}</title>
 <style>
-  body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
+  body { font: 14px/1.45 {{ sans | safe }}; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
   h1 { font-size: 1.5em; margin-bottom: .2em; }
   .meta { color: #666; }
   #summary { border-radius: 6px; padding: .8em 1.2em; margin: 1em 0; font-size: 1.15em; }
@@ -29,7 +32,9 @@ TEMPLATE = r"""<!doctype html>
   .badge { font-weight: bold; font-size: .85em; letter-spacing: .03em; }
   details.case { border: 1px solid #ddd; border-radius: 6px; margin: .5em 0; padding: .3em .8em; }
   details.case > summary { cursor: pointer; }
+  pre, code { font-family: {{ mono | safe }}; }
   pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: 12px; white-space: pre-wrap; }
+  table.passed-cases td { border-bottom: 1px solid #eee; }
   .why { white-space: pre-wrap; background: #fbfaf3; border-left: 3px solid #d8c97a; padding: .4em .8em; }
   td.result { white-space: nowrap; }
   td.exp { color: #17762a; } td.act { color: #b31d1d; }
@@ -37,7 +42,7 @@ TEMPLATE = r"""<!doctype html>
 </style>
 </head>
 <body>
-<h1>settlesim replay</h1>
+<h1>{{ tool }}</h1>
 <p class="meta">target <code>{{ run.target }}</code> · started {{ run.started }} · run {{ run.run_id }}
   · {{ "%.2f"|format(run.seconds) }} s</p>
 
@@ -77,8 +82,12 @@ TEMPLATE = r"""<!doctype html>
   {% endfor %}
 </table>
 
-<h2>Cases</h2>
-{% for case in run.cases %}
+{% set not_passed = run.cases | rejectattr("status", "equalto", "passed") | list %}
+{% set passed = run.cases | selectattr("status", "equalto", "passed") | list %}
+{% if not_passed %}
+<h2>Cases that did not pass</h2>
+{% endif %}
+{% for case in not_passed %}
 <details class="case" id="case-{{ case.name }}" {{ "open" if case.status != "passed" }}>
   <summary><span class="badge {{ case.status }}">{{ case.status|upper }}</span>
     <b>{{ case.name }}</b> — {{ case.title }}
@@ -115,12 +124,34 @@ TEMPLATE = r"""<!doctype html>
   </table>
 </details>
 {% endfor %}
+{% if passed %}
+<h2>Passed cases</h2>
+<p class="meta">Each case's steps, expectations and hand derivation are in its source file.</p>
+<table class="passed-cases">
+  <tr><th>result</th><th>case</th><th>steps</th><th>ms</th></tr>
+  {% for case in passed %}
+  <tr id="case-{{ case.name }}"><td class="badge passed">PASSED</td>
+    <td><b>{{ case.name }}</b> — {{ case.title }}<br><span class="meta">{{ case.source }}</span></td>
+    <td>{{ case.steps | map(attribute="call") | join(", ") }}</td>
+    <td>{{ "%.0f"|format(case.seconds * 1000) }}</td></tr>
+  {% endfor %}
+</table>
+{% endif %}
 </body>
 </html>
 """
 
 
+# Fonts with CJK glyphs on Linux, macOS and Windows, named so a browser whose default family has
+# none still finds one (otherwise Chinese shows as empty boxes).
+CJK_FONTS = '"Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", "WenQuanYi Micro Hei"'
+SANS = f'system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", {CJK_FONTS}, sans-serif'
+MONO = f'ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", "Noto Sans Mono CJK SC", {CJK_FONTS}, monospace'
+
+
 def render(run: dict[str, Any]) -> str:
+    """The page of `run` (reports.as_dict); titled by `run["tool"]`, the command that ran."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["pretty"] = lambda value: json.dumps(value, ensure_ascii=False, indent=2)
-    return env.from_string(TEMPLATE).render(run=run)
+    tool = run.get("tool", "settlesim replay")
+    return env.from_string(TEMPLATE).render(run=run, tool=tool, sans=SANS, mono=MONO)

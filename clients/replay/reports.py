@@ -146,9 +146,10 @@ def rules_table(run: RunResult) -> dict[str, list[dict[str, str]]]:
     return dict(sorted(rules.items()))
 
 
-def as_dict(run: RunResult) -> dict[str, Any]:
+def as_dict(run: RunResult, tool: str = "settlesim replay") -> dict[str, Any]:
+    """The whole run as plain data; `tool` names the command (replay, conformance) in reports."""
     return {
-        "tool": "settlesim replay",
+        "tool": tool,
         "target": run.target,
         "run_id": run.run_id,
         "started": run.started,
@@ -186,8 +187,8 @@ def as_dict(run: RunResult) -> dict[str, Any]:
     }
 
 
-def write_json(run: RunResult, path: Path) -> None:
-    path.write_text(json.dumps(as_dict(run), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+def write_json(run: RunResult, path: Path, tool: str = "settlesim replay") -> None:
+    path.write_text(json.dumps(as_dict(run, tool), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 # --- JUnit XML ---------------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def _file_of(source: str) -> str:
     return match.group("file") if match else source
 
 
-def junit_tree(run: RunResult) -> ET.ElementTree:
+def junit_tree(run: RunResult, tool: str = "settlesim replay") -> ET.ElementTree:
     """JUnit XML valid against the junit-10.xsd schema that Jenkins, Maven Surefire and
     pytest (xunit2) share, which GitLab and GitHub test reporters also read: one testsuite
     per case file (`file` = its path), one testcase per case. The schema has no
@@ -239,7 +240,7 @@ def junit_tree(run: RunResult) -> ET.ElementTree:
         groups.setdefault(key, [])
     root = ET.Element(
         "testsuites",
-        name="settlesim replay",
+        name=tool,
         tests=str(len(run.cases) + len(run.skipped)),
         failures=str(run.count("failed")),
         errors=str(run.count("error")),
@@ -289,14 +290,14 @@ def junit_tree(run: RunResult) -> ET.ElementTree:
     return ET.ElementTree(root)
 
 
-def write_junit(run: RunResult, path: Path) -> None:
-    junit_tree(run).write(path, encoding="utf-8", xml_declaration=True)
+def write_junit(run: RunResult, path: Path, tool: str = "settlesim replay") -> None:
+    junit_tree(run, tool).write(path, encoding="utf-8", xml_declaration=True)
 
 
 # --- HTML --------------------------------------------------------------------------------------
 
 
-def write_html(run: RunResult, path: Path) -> None:
+def write_html(run: RunResult, path: Path, tool: str = "settlesim replay") -> None:
     from settlesim.clients.replay.html import render
 
-    path.write_text(render(as_dict(run)), encoding="utf-8")
+    path.write_text(render(as_dict(run, tool)), encoding="utf-8")
