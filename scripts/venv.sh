@@ -7,7 +7,7 @@
 # Messages go to stderr, prefixed with the script's name.
 
 VENV=.venv
-_say() { echo "${0##*/}: $*" >&2; }
+_say() { echo "scripts/${0##*/}: $*" >&2; }
 
 _is_python311() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -139,3 +141,53 @@ def test_readme_commands_work_on_a_fresh_clone(python, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 passed" in result.stdout, result.stdout[-3000:]
+
+
+FAKE_PYTHON_WITHOUT_ENSUREPIP = """#!/bin/sh
+# Debian's python3 without the python3-venv package: no ensurepip, so `-m venv` fails.
+if [ "$1" = "-c" ] && [ "$2" = "import ensurepip" ]; then exit 1; fi
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+  echo "The virtual environment was not created successfully because ensurepip is not available." >&2
+  exit 1
+fi
+exec {python} "$@"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+@pytest.mark.skipif(not _python_ok(DEBIAN_PYTHON), reason=f"{DEBIAN_PYTHON} is missing or older than 3.11")
+def test_without_python3_venv_the_scripts_say_in_one_line_what_to_install():
+    """A Python that cannot make a venv (Debian without python3-venv), run by a user who is not
+    root (so apt-get is not tried): scripts/serve and scripts/test stop at once with one line
+    naming the package. As root they apt-get it, as CI does."""
+    nobody = 65534
+    work = Path(tempfile.mkdtemp(prefix="settlesim-no-venv-"))
+    try:
+        (work / "bin").mkdir()
+        (work / "bin" / "python3").write_text(FAKE_PYTHON_WITHOUT_ENSUREPIP.format(python=DEBIAN_PYTHON))
+        (work / "bin" / "python3").chmod(0o755)
+        for script in ("venv.sh", "serve", "test"):
+            (work / "scripts").mkdir(exist_ok=True)
+            shutil.copy2(ROOT / "scripts" / script, work / "scripts" / script)
+        shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")
+        os.chmod(work, 0o755)
+        subprocess.run(["chown", "-R", f"{nobody}:{nobody}", str(work)], check=True)
+        env = {"HOME": str(work), "PATH": os.pathsep.join([str(work / "bin"), *SYSTEM_DIRS])}
+        version = subprocess.run(
+            [str(DEBIAN_PYTHON), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        for script in ("scripts/serve", "scripts/test"):
+            result = subprocess.run(
+                ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", script],
+                cwd=work, env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert result.returncode == 1, result.stdout + result.stderr
+            last = result.stderr.strip().splitlines()[-1]
+            assert last == (
+                f"{script}: {work / 'bin' / 'python3'} cannot make a venv: install python{version}-venv "
+                f"(apt-get install python{version}-venv) and run again"
+            ), result.stderr
+            assert not (work / ".venv").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
