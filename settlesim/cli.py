@@ -140,6 +140,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import sqlite3
 
     from settlesim.server.app import ServerConfig, configure_logging, serve_forever
+    from settlesim.server.auth import check_combination
 
     configure_logging(args.log_level, json_lines=not args.plain_logs)
     config = ServerConfig(
@@ -153,6 +154,12 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if args.processes < 1:
         raise CliError("--processes must be at least 1")
+    try:  # the combination first ("--tls-cert and --tls-key go together"), then each file
+        check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--client-ca", args.client_ca)):
+        _readable(flag, path)
     try:
         if args.processes > 1:
             from settlesim.server.processes import serve_processes
@@ -220,9 +227,6 @@ def _readable(flag: str, path: Path | None) -> None:
 
 def _security_and_fault_config(args: argparse.Namespace) -> dict[str, object]:
     from settlesim.server.faults import FaultPlanError, load_plan, plan_from_flags
-
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--client-ca", args.client_ca)):
-        _readable(flag, path)
 
     errors: dict[str, float] = {}
     for spec in args.fault_error:
