@@ -104,6 +104,7 @@ def _serve_and_check_health(clone: Path, env: dict[str, str], serve: str, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two installs and a pytest run: a minute each here, more on a busy machine
 @pytest.mark.parametrize("python", ["debian", "venv"])
 def test_readme_commands_work_on_a_fresh_clone(python, tmp_path):
     """A fresh `git clone` of HEAD, a PATH whose only python3 is Debian's /usr/bin/python3
