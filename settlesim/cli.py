@@ -9,9 +9,8 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
-EXIT_USAGE = 2
+from settlesim.arguments import EXIT_USAGE, OneLineParser, at_least_one, port_number, target_address
 
 
 class CliError(Exception):
@@ -20,56 +19,6 @@ class CliError(Exception):
 
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line (with where to look), not usage + error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# --- argument types: a bad value is refused before anything starts, naming what is wrong ------
-
-
-def port_number(text: str) -> int:
-    """A port to listen on: 0-65535, 0 for any free one."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number 0-65535") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port number 0-65535 (0: any free port)")
-    return port
-
-
-def at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def target_address(text: str) -> str:
-    """HOST:PORT of a server to call (IPv6 as [::1]:PORT), as gRPC takes it: no scheme."""
-    example = "e.g. 127.0.0.1:50051"
-    if "://" in text:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give HOST:PORT with no scheme ({text.split('://')[0]}://), {example}"
-        )
-    host, colon, port = text.rpartition(":")
-    if not colon or (host.startswith("[") != host.endswith("]")) or (":" in host and not host.startswith("[")):
-        raise argparse.ArgumentTypeError(f"{text!r} has no port: give HOST:PORT, {example}")
-    if not host.strip("[]"):
-        raise argparse.ArgumentTypeError(f"{text!r} has no host: give HOST:PORT, {example}")
-    if not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: the port {port!r} is not a number 1-65535, {example}")
-    if not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: the port {port} is not a port number 1-65535")
-    return text
 
 
 def _default_db() -> Path:

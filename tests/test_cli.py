@@ -124,6 +124,8 @@ def test_serve_refuses_a_port_outside_0_to_65535(port, tmp_path):
         ("127.0.0.1:0", "1-65535"),
         (":50051", "no host"),
         ("127.0.0.1:port", "port"),
+        ("::1", "no port"),
+        ("[::1]", "no port"),
     ],
 )
 @pytest.mark.parametrize("command", ["conformance", "replay"])
@@ -135,7 +137,7 @@ def test_a_bad_target_says_what_is_wrong_with_the_address(command, target, what)
 
 @pytest.mark.parametrize("target", ["127.0.0.1:50051", "localhost:1", "[::1]:50051", "his-test.example:443"])
 def test_a_good_target_is_taken_as_given(target):
-    from settlesim.cli import target_address
+    from settlesim.arguments import target_address
 
     assert target_address(target) == target
 

@@ -1,0 +1,57 @@
+"""Argument types and the parser of the command line: a bad value is refused before
+anything starts, in one line naming the argument and what is wrong with it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (with where to look), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def port_number(text: str) -> int:
+    """A port to listen on: 0-65535, 0 for any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number 0-65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number 0-65535 (0: any free port)")
+    return port
+
+
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def target_address(text: str) -> str:
+    """HOST:PORT of a server to call (IPv6 as [::1]:PORT), as gRPC takes it: no scheme."""
+    example = "e.g. 127.0.0.1:50051"
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give HOST:PORT with no scheme ({text.split('://')[0]}://), {example}"
+        )
+    host, colon, port = text.rpartition(":")
+    bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))  # ::1, not [::1]:PORT
+    if not colon or bare_ipv6:
+        raise argparse.ArgumentTypeError(f"{text!r} has no port: give HOST:PORT, {example}")
+    if not host.strip("[]"):
+        raise argparse.ArgumentTypeError(f"{text!r} has no host: give HOST:PORT, {example}")
+    if not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: the port {port!r} is not a number 1-65535, {example}")
+    if not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port {port} is not a port number 1-65535")
+    return text
