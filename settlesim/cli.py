@@ -463,6 +463,7 @@ def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False
     options = ReplayOptions(
         target=args.target,
         serve=serve,
+        tool=f"settlesim {tool}",
         jobs=args.jobs,
         deadline=args.deadline,
         tags=args.tag,
@@ -474,7 +475,6 @@ def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False
         cert=args.cert,
         key=args.key,
         tokens=args.tokens,
-        tool=f"settlesim {tool}",
     )
     try:
         return replay(paths, options)
