@@ -3,6 +3,7 @@ standard health and reflection services, structured logs and graceful shutdown."
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -45,6 +46,9 @@ class ServerConfig:
     db_path: Path | None = None  # None: default_db_path()
     max_workers: int = 16
     allow_sessions: bool = True
+    # SQLite's integrity check of an existing ledger at start-up (docs/ledger.md);
+    # off only for a ledger too large to wait for (serve --skip-integrity-check).
+    integrity_check: bool = True
     options: dict[str, object] = field(default_factory=dict)
     # Identity, audit and faults (docs/security.md, docs/faults.md); all off by default.
     auth: str = "none"  # none | token | mtls
@@ -85,8 +89,10 @@ class RunningServer:
 def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     world = world if world is not None else load_world(config.world_dir)
     warnings = auth.check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
+    if not config.integrity_check:
+        warnings = [*warnings, "the ledger's integrity check at start-up is skipped (--skip-integrity-check)"]
     authenticate = auth.authenticator(config.auth, world.institutions, world.institution_tokens)
-    ledger = Ledger(config.db_path or default_db_path())
+    ledger = Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check)
     service = SettlementService(
         world, ledger, allow_sessions=config.allow_sessions, authenticate=authenticate
     )
@@ -135,16 +141,33 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_of = _Health(health_servicer)
+    ledger.watch_health(functools.partial(health_of.tell, "ledger"))
     if audit is not None:
-        audit.on_failing = lambda failing: _serving(health_servicer, not failing)
+        audit.on_failing = lambda failing: health_of.tell("audit log", not failing)
     return RunningServer(server, port, world, ledger, health_servicer, audit, tuple(warnings))
 
 
-def _serving(health_servicer: health.HealthServicer, serving: bool) -> None:
-    """Health for the audit log: NOT_SERVING while its records cannot be written."""
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, status)
+class _Health:
+    """The server's health from its parts' (the ledger's writes, server/ledger_health.py;
+    the audit log's records): NOT_SERVING while any of them fails, SERVING once none does."""
+
+    def __init__(self, servicer: health.HealthServicer) -> None:
+        self._servicer = servicer
+        self._failing: set[str] = set()
+        self._lock = threading.Lock()
+
+    def tell(self, part: str, serving: bool) -> None:
+        with self._lock:
+            if serving:
+                self._failing.discard(part)
+            else:
+                self._failing.add(part)
+            status = (
+                health_pb2.HealthCheckResponse.NOT_SERVING if self._failing else health_pb2.HealthCheckResponse.SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                self._servicer.set(name, status)
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,33 +13,53 @@ sender's message id, so one institution can never block or take another's.
 
 The file carries its schema version (PRAGMA user_version, SCHEMA_VERSION); a
 server opening an older ledger upgrades it once, in one write transaction.
+A ledger is created only where no file exists; an existing file that is empty,
+damaged (SQLite's integrity check at start-up) or whose tables are not those
+of its version is refused in one line (LedgerFileError).
 `check_file` (`settlesim ledger check`) reads a ledger without changing it.
+
+Storage failures while serving are classified in server/ledger_health.py:
+refusals with a reason (LEDGER_UNAVAILABLE, LEDGER_DAMAGED), never a bare
+sqlite3 error, and the ledger's write health follows them.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
+from settlesim.server.ledger_health import (
+    LedgerUnavailable,
+    WriteHealth,
+    is_damage,
+    is_storage_failure,
+    storage_refusal,
+)
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
+
+__all__ = ["Ledger", "LedgerFileError", "LedgerUnavailable", "check_file"]
+
+log = logging.getLogger("settlesim.server")
 
 # PRAGMA user_version. 0: msgids keyed by (session, msgid), before versions;
 # 1: keyed by (session, institution, msgid); 2: each settlement's figures and fee
 # items as rows (a settlement from before 2 has NULL figures and no item rows);
-# 3: the audit log's anchor (audit_anchors).
-SCHEMA_VERSION = 3
+# 3: the audit log's anchor (audit_anchors); 4: institution_totals, the running
+# yearly total that bounds every Reconcile sum.
+SCHEMA_VERSION = 4
 
 # Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
 # original msgid voided before it ever settled. A msgid is its sender's message id
@@ -131,7 +151,22 @@ CREATE TABLE IF NOT EXISTS audit_anchors (
     head       TEXT NOT NULL,
     updated_at TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- version 4: the total of an institution's settlements in force per visit year,
+-- kept in the settle transaction and bounded (Ledger.MAX_INSTITUTION_YEAR_FEN) so that
+-- no Reconcile sum can overflow.
+CREATE TABLE IF NOT EXISTS institution_totals (
+    session          TEXT NOT NULL,
+    institution_code TEXT NOT NULL,
+    year             INTEGER NOT NULL,
+    total            INTEGER NOT NULL,
+    PRIMARY KEY (session, institution_code, year)
+) WITHOUT ROWID;
 """
+_INSTITUTION_TOTALS_FROM_SETTLEMENTS = (
+    "INSERT INTO institution_totals SELECT session, institution_code, year, SUM(total) FROM settlements "
+    "WHERE status = 'settled' GROUP BY session, institution_code, year"
+)
 _FIGURE_COLUMNS = ("full_self_pay", "over_ceiling", "pre_self_pay", "in_scope", "ratio_bp")
 
 # The columns `settlesim ledger check` needs before it calls a file a ledger.
@@ -147,12 +182,9 @@ _LEDGER_COLUMNS = {
 
 
 class LedgerFileError(Exception):
-    """A file that is not a settlesim ledger this version can use (not a
-    database, tables missing, or a schema newer than this code)."""
-
-
-class LedgerUnavailable(RuntimeError):
-    """The writer thread has stopped: no write can commit any more."""
+    """A file that is not a settlesim ledger this version can use (empty, not a
+    database, damaged, tables missing or not those of its version, or a schema
+    newer than this code)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +262,8 @@ class VoidOutcome:
 
 
 T = TypeVar("T")
+# A check `ledger check` runs beside the ledger's own: problems found, one line each.
+ExtraCheck = Callable[[sqlite3.Connection], list[str]]
 
 
 class _Job(Generic[T]):
@@ -256,6 +290,48 @@ def _user_version(db: sqlite3.Connection) -> int:
 def _table_exists(db: sqlite3.Connection, name: str) -> bool:
     row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
     return row is not None
+
+
+def _tables_version(db: sqlite3.Connection) -> int | None:
+    """The schema version the ledger's tables are, whatever user_version says;
+    None when none of them exists."""
+    if not any(_table_exists(db, table) for table in _LEDGER_COLUMNS):
+        return None
+    if _table_exists(db, "institution_totals"):
+        return 4
+    if _table_exists(db, "audit_anchors"):
+        return 3
+    columns = {row[1] for row in db.execute("PRAGMA table_info(settlements)")}
+    if _table_exists(db, "settlement_items") or "full_self_pay" in columns:
+        return 2
+    key = {row[1] for row in db.execute("PRAGMA table_info(messages)") if row[5]}
+    return 1 if "institution_code" in key else 0
+
+
+_EMPTY = (
+    "{path} is not a settlesim ledger: it is empty (0 bytes); if it held settlements, restore it "
+    "from a backup; to start a new ledger, delete it"
+)
+
+
+def _require_intact(db: sqlite3.Connection, path: Path) -> None:
+    """SQLite's integrity check, at start-up: a damaged file is refused before
+    anything is committed into it. PRAGMA integrity_check up to
+    Ledger.FULL_CHECK_BYTES, quick_check (no index-to-table cross-check, a few
+    times faster) above; docs/ledger.md gives the times."""
+    size = path.stat().st_size
+    pragma = "integrity_check" if size <= Ledger.FULL_CHECK_BYTES else "quick_check"
+    try:
+        found = [line for (row,) in db.execute(f"PRAGMA {pragma}(20)") for line in row.splitlines()]
+    except sqlite3.DatabaseError as error:  # too damaged for the check to finish
+        found = [str(error)]
+    found = [line for line in found if line != "ok" and not line.startswith("*** in database")]
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise LedgerFileError(
+            f"{path} is damaged: SQLite's {pragma} says {found[0]!r}{more}; restore it from a backup "
+            f"(settlesim ledger check --db {path} lists the damage)"
+        )
 
 
 def _statements(script: str) -> list[str]:
@@ -303,23 +379,43 @@ class Ledger:
     # Reconcile entries per answer: ~100 bytes each keeps an answer far below the
     # 4 MiB send limit (docs/errors.md "Limits").
     MAX_RECONCILE_ENTRIES = 10_000
+    # Sums the ledger keeps are bounded so that nothing it accepts can overflow
+    # what it computes later (SQLite INTEGER and protobuf int64: 2^63-1 = 9.2e18).
+    # A visit is at most validation.MAX_VISIT_TOTAL_FEN (1e10); a person's yearly
+    # fund and deductible (one yearly_totals row) at most:
+    MAX_PERSON_YEAR_FEN = 10**12  # 10,000,000,000 yuan
+    # An institution's settlements in force in one visit year at most this; a
+    # Reconcile spans at most the 111 years 1990..2100, so its sums are at most
+    # 111 × 1e16 = 1.1e18 (fund and patient are each at most the total).
+    MAX_INSTITUTION_YEAR_FEN = 10**16
+    # Start-up: SQLite's full integrity_check up to this file size, quick_check above
+    # (docs/ledger.md "Start-up check" gives the times measured).
+    FULL_CHECK_BYTES = 1 << 30
     WRITER_CHECK_SECONDS = 0.5  # a caller waiting this long checks that the writer thread lives
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, integrity_check: bool = True) -> None:
+        """Open the ledger at `path`, creating it only where no file exists. An
+        existing file is refused (LedgerFileError) when it is empty, is not a
+        settlesim ledger, its tables are not those of its user_version, or
+        (`integrity_check`) SQLite finds it damaged (see `_require_intact`)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = self._connect()
+        self._db: sqlite3.Connection | None = None
         # Writers in every process on this file queue on one advisory lock, which
         # the kernel hands over the moment it is released (no polling).
         self._writers_lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             # The schema version this process upgraded the file from; None when it was current.
-            self.upgraded_from: int | None = self._upgrade()
-        except BaseException:
-            self._db.close()
+            self.upgraded_from: int | None = self._open(integrity_check)
+        except BaseException as error:
+            if self._db is not None:
+                self._db.close()
             os.close(self._writers_lock)
+            if isinstance(error, sqlite3.DatabaseError):  # "file is not a database" and the like
+                raise LedgerFileError(f"{self.path} is not a settlesim ledger: {error}") from None
             raise
+        self._health = WriteHealth(self._probe)
         # The writer waits for other processes' write locks itself (_begin): SQLite's
         # own busy handler sleeps 1, 2, 5 ... 100 ms, which wrecks latency when
         # several server processes share the file.
@@ -335,6 +431,26 @@ class Ledger:
         self.audit_head: Callable[[], tuple[str, AuditAnchor]] | None = None
         self._writer = threading.Thread(target=self._write_batches, name="ledger-writer", daemon=True)
         self._writer.start()
+
+    def _open(self, integrity_check: bool) -> int | None:
+        """Connect, create or check, and upgrade; the version upgraded from."""
+        with self._across_processes():  # one process creates a new file; the others find it made
+            new = not self.path.exists()
+            if not new and self.path.stat().st_size == 0:
+                raise LedgerFileError(_EMPTY.format(path=self.path))
+            if new:
+                self._db = self._connect()
+                return self._upgrade()
+        # Looked at before anything changes it (not even the journal mode).
+        with closing(sqlite3.connect(self.path, isolation_level=None, timeout=30)) as db:
+            db.execute("PRAGMA query_only=1")
+            db.execute("BEGIN")  # one snapshot, even beside other processes writing
+            _require_ledger(db, self.path, _user_version(db))
+            if integrity_check:
+                _require_intact(db, self.path)
+            db.execute("COMMIT")
+        self._db = self._connect()
+        return self._upgrade()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -377,6 +493,8 @@ class Ledger:
                     db.execute(f"ALTER TABLE settlements ADD COLUMN {column} INTEGER")
             for statement in _statements(SCHEMA):  # what is missing; CREATE ... IF NOT EXISTS
                 db.execute(statement)
+            if version < 4:  # the running totals of the settlements already there
+                db.execute(_INSTITUTION_TOTALS_FROM_SETTLEMENTS)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return version
 
@@ -387,6 +505,7 @@ class Ledger:
             if stop:
                 self._queue.put(None)
         self._writer.join()
+        self._health.close()
         with self._lock, self._read_lock:
             self._db.close()
             self._reader.close()
@@ -416,13 +535,44 @@ class Ledger:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: one consistent snapshot of committed data."""
+        """A read transaction: one consistent snapshot of committed data. A storage
+        failure leaves as a refusal (LEDGER_UNAVAILABLE, or LEDGER_DAMAGED, after
+        which the ledger answers nothing more)."""
         with self._read_lock:
-            self._reader.execute("BEGIN")
+            self._refuse_if_damaged()
             try:
-                yield self._reader
-            finally:
-                self._reader.execute("COMMIT")
+                self._reader.execute("BEGIN")
+                try:
+                    yield self._reader
+                finally:
+                    self._reader.execute("COMMIT")
+            except sqlite3.Error as error:
+                raise self._storage_failed(error) from error
+
+    # --- storage health (server/ledger_health.py) -------------------------------------------
+
+    def watch_health(self, listener: Callable[[bool], None]) -> None:
+        """`listener(False)` when writes start failing for storage reasons,
+        `listener(True)` once one commits again (the gRPC health service)."""
+        self._health.listen(listener)
+
+    def _storage_failed(self, error: BaseException) -> Refusal:
+        """Classify a storage failure; the write health hears of it."""
+        refusal = storage_refusal(error)
+        if refusal.reason is Reason.LEDGER_DAMAGED or is_damage(error):
+            log.error("ledger %s is damaged: %s", self.path, error)
+        self._health.failed(refusal)
+        return refusal
+
+    def _refuse_if_damaged(self) -> None:
+        if self._health.damage is not None:
+            raise self._health.damage
+
+    def _probe(self) -> None:
+        """The smallest write transaction: rewrite the header's user_version (one
+        page into the WAL, fsynced at COMMIT)."""
+        with self._write() as db:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # --- group commit ---------------------------------------------------------------------
 
@@ -432,8 +582,9 @@ class Ledger:
         with self._closing:  # no write can slip in behind the writer's stop mark
             if self._closed:
                 raise sqlite3.ProgrammingError("the ledger is closed")
+            self._refuse_if_damaged()
             if not self._writer.is_alive():  # nobody would ever answer: fail now, not hang
-                raise self._writer_gone()
+                raise self._storage_failed(self._writer_gone())
             self._queue.put(job)
         # Released by the writer after COMMIT. The timeout only matters when no answer
         # comes for a while: then check that the writer still lives.
@@ -450,7 +601,7 @@ class Ledger:
                     return
                 # Whether this write committed is unknown: a retry with the same msgid
                 # on a restarted server answers it.
-                raise self._writer_gone()
+                raise self._storage_failed(self._writer_gone())
 
     def _writer_gone(self) -> LedgerUnavailable:
         why = f": {self._writer_failure!r}" if self._writer_failure is not None else ""
@@ -482,10 +633,11 @@ class Ledger:
             try:
                 self._commit(batch)
             except BaseException as error:  # e.g. the flock failed: fail the batch, keep serving
+                failure = self._storage_failed(error) if is_storage_failure(error) else error
                 for job in batch:
                     if not job.done.locked():
                         continue  # already answered
-                    job.error = job.error or error
+                    job.error = job.error or failure
                     job.done.release()
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
@@ -498,19 +650,30 @@ class Ledger:
                     try:
                         job.result = job.work(db)
                     except BaseException as error:  # the caller gets it; the batch goes on
-                        job.error = error
+                        job.error = self._storage_failed(error) if is_storage_failure(error) else error
                         db.execute("ROLLBACK TO job")
                     db.execute("RELEASE job")
                 self._anchor_audit(db)
                 db.execute("COMMIT")
             except BaseException as error:  # nothing of this batch is durable: say so to everyone
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                for job in batch:
-                    if job.error is None:
-                        job.error = error
+                self._fail_batch(db, batch, error)
+            else:
+                self._health.committed()
         for job in batch:
             job.done.release()
+
+    def _fail_batch(self, db: sqlite3.Connection, batch: list[_Job[Any]], error: BaseException) -> None:
+        """A group transaction that did not commit: every job of it fails with the
+        storage refusal (a job's own refusal stands: it had stored nothing either)."""
+        failure = self._storage_failed(error) if is_storage_failure(error) else error
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:  # SQLite may have rolled back already; nothing was committed either way
+            pass
+        for job in batch:
+            if job.error is None or is_storage_failure(job.error):
+                job.error = failure
 
     @staticmethod
     def _begin(db: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -563,6 +726,7 @@ class Ledger:
             totals = self._totals(db, session, person_no, disease_code, year)
             stored, after = compute(totals)
             stored = replace(stored, session=session)
+            self._add_to_institution_year(db, stored, year, after)  # refuses before anything is stored
             self._insert(db, stored, year)
             db.execute(
                 "INSERT INTO messages VALUES (?, ?, 'settle', ?, ?, ?, ?)",
@@ -706,12 +870,12 @@ class Ledger:
 
     # --- invariants ---------------------------------------------------------------------------
 
-    def check(self) -> list[str]:
+    def check(self, more_checks: Sequence[ExtraCheck] = ()) -> list[str]:
         """Problems with the ledger's invariants; empty when it is sound (see
         `_problems`). `settlesim ledger check` runs the same on a file, read-only:
         `check_file`."""
         with self._read() as db:
-            return _problems(db)
+            return _problems(db, more_checks)
 
     def counts(self) -> dict[str, int]:
         with self._read() as db:
@@ -797,6 +961,11 @@ class Ledger:
             (status, by, stored.settlement_id),
         )
         db.execute(
+            "UPDATE institution_totals SET total = total - ? WHERE session = ? AND institution_code = ? "
+            "AND year = ?",
+            (stored.total, stored.session, stored.institution_code, stored.visit_date.year),
+        )
+        db.execute(
             "UPDATE yearly_totals SET deductible_used = deductible_used - ?, fund_paid = fund_paid - ? "
             "WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
             (
@@ -809,6 +978,40 @@ class Ledger:
             ),
         )
         return replace(stored, status=status, undone_by_msgid=by)
+
+    def _add_to_institution_year(
+        self, db: sqlite3.Connection, stored: StoredSettlement, year: int, after: YearlyTotals
+    ) -> None:
+        """Refuse a settlement that would take the person's yearly totals or the
+        institution's yearly total past its limit (LEDGER_LIMIT_EXCEEDED); else add
+        it to the institution's yearly total."""
+        if max(after.fund_paid, after.deductible_used) > self.MAX_PERSON_YEAR_FEN:
+            raise Refusal(
+                Reason.LEDGER_LIMIT_EXCEEDED,
+                f"this settlement would take {stored.person_no}'s {year} fund for {stored.disease_code} "
+                f"to {after.fund_paid} fen, over the platform's limit of {self.MAX_PERSON_YEAR_FEN} "
+                "fen a person, disease and year; nothing was stored",
+                limit="person_year_fund",
+                person_no=stored.person_no,
+            )
+        row = db.execute(
+            "SELECT total FROM institution_totals WHERE session = ? AND institution_code = ? AND year = ?",
+            (stored.session, stored.institution_code, year),
+        ).fetchone()
+        total = (row[0] if row else 0) + stored.total
+        if total > self.MAX_INSTITUTION_YEAR_FEN:
+            raise Refusal(
+                Reason.LEDGER_LIMIT_EXCEEDED,
+                f"this settlement would take {stored.institution_code}'s settlements of {year} to "
+                f"{total} fen, over the platform's limit of {self.MAX_INSTITUTION_YEAR_FEN} fen an "
+                "institution and year; nothing was stored",
+                limit="institution_year_total",
+                institution_code=stored.institution_code,
+            )
+        db.execute(
+            "INSERT INTO institution_totals VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET total = excluded.total",
+            (stored.session, stored.institution_code, year, total),
+        )
 
     @staticmethod
     def _totals(
@@ -989,11 +1192,15 @@ class CheckReport:
     schema_version: int
 
 
-def check_file(path: Path | str) -> CheckReport:
+def check_file(path: Path | str, more_checks: Sequence[ExtraCheck] = ()) -> CheckReport:
     """Check the ledger in `path` without changing it: opened read-only (no
     schema, no journal mode switch, no lock file). Raises LedgerFileError, in one
-    line, when the file is not a settlesim ledger this code can read."""
+    line, when the file is not a settlesim ledger this code can read (the same
+    line a server gives). `more_checks` are checks this module cannot make
+    itself, such as decoding the stored answers (server/stored_answers.py)."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise LedgerFileError(_EMPTY.format(path=path))
     try:
         db = _open_read_only(path)
     except sqlite3.Error as error:
@@ -1005,7 +1212,7 @@ def check_file(path: Path | str) -> CheckReport:
             _require_ledger(db, path, version)
         except sqlite3.DatabaseError as error:  # "file is not a database" and the like
             raise LedgerFileError(f"{path} is not a settlesim ledger: {error}") from None
-        problems = _problems(db)
+        problems = _problems(db, more_checks)
         try:
             counts = _counts(db)
         except sqlite3.DatabaseError:
@@ -1031,9 +1238,19 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 
 
 def _require_ledger(db: sqlite3.Connection, path: Path, version: int) -> None:
+    """A settlesim ledger whose tables are those of its user_version (a server
+    and `ledger check` refuse anything else with the same line)."""
     if version > SCHEMA_VERSION:
+        present = _tables_version(db)
+        hint = (
+            f" (its tables are those of version {present}: if no newer settlesim wrote it, "
+            "its header is damaged)"
+            if present is not None
+            else ""
+        )
         raise LedgerFileError(
-            f"{path}: ledger schema version {version} is newer than this settlesim knows ({SCHEMA_VERSION})"
+            f"{path}: its header says schema user_version {version}, newer than this settlesim "
+            f"knows ({SCHEMA_VERSION}); upgrade settlesim{hint}"
         )
     for table, columns in _LEDGER_COLUMNS.items():
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
@@ -1043,13 +1260,20 @@ def _require_ledger(db: sqlite3.Connection, path: Path, version: int) -> None:
             raise LedgerFileError(
                 f"{path} is not a settlesim ledger: table {table} has no column {', '.join(sorted(missing))}"
             )
+    present = _tables_version(db)
+    if present != version:
+        raise LedgerFileError(
+            f"{path}: its header says schema user_version {version} but its tables are those of "
+            f"version {present}: the header was changed or damaged; restore the file from a backup "
+            f"(or, if you know its tables are sound, set PRAGMA user_version = {present})"
+        )
 
 
 def _counts(db: sqlite3.Connection) -> dict[str, int]:
     return dict(db.execute("SELECT status, COUNT(*) FROM settlements GROUP BY status").fetchall())
 
 
-def _problems(db: sqlite3.Connection) -> list[str]:
+def _problems(db: sqlite3.Connection, more_checks: Sequence[ExtraCheck] = ()) -> list[str]:
     """SQLite's own quick_check, then the ledger's invariants. A file SQLite finds
     damaged may fail the invariant queries themselves: that is one more problem."""
     try:
@@ -1065,6 +1289,10 @@ def _problems(db: sqlite3.Connection) -> list[str]:
         problems += _totals_problems(db) + _message_problems(db) + _money_problems(db)
         if _table_exists(db, "settlement_items"):  # schema version 2 on
             problems += _item_problems(db)
+        if _table_exists(db, "institution_totals"):  # schema version 4 on
+            problems += _institution_totals_problems(db)
+        for check in more_checks:
+            problems += check(db)
     except sqlite3.DatabaseError as error:
         problems.append(f"the invariants could not be read: {error}")
     return problems
@@ -1094,6 +1322,30 @@ def _totals_problems(db: sqlite3.Connection) -> list[str]:
             )
         if have[0] < 0 or have[1] < 0:
             problems.append(f"yearly totals {key}: deductible/fund {have} is negative")
+    return problems
+
+
+def _institution_totals_problems(db: sqlite3.Connection) -> list[str]:
+    """(version 4) Each institution's yearly total equals the sum of its settlements
+    in force and lies within 0..Ledger.MAX_INSTITUTION_YEAR_FEN."""
+    expected = dict(
+        ((s, i, y), total)
+        for s, i, y, total in db.execute(
+            "SELECT session, institution_code, year, SUM(total) FROM settlements "
+            "WHERE status = 'settled' GROUP BY 1, 2, 3"
+        )
+    )
+    actual = dict(
+        ((s, i, y), total)
+        for s, i, y, total in db.execute("SELECT session, institution_code, year, total FROM institution_totals")
+    )
+    problems = []
+    for key in sorted(set(expected) | set(actual)):
+        want, have = expected.get(key, 0), actual.get(key, 0)
+        if want != have:
+            problems.append(f"institution totals {key}: total {have} but settlements in force sum to {want}")
+        if not 0 <= have <= Ledger.MAX_INSTITUTION_YEAR_FEN:
+            problems.append(f"institution totals {key}: total {have} outside 0..{Ledger.MAX_INSTITUTION_YEAR_FEN}")
     return problems
 
 

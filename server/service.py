@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from settlesim.server import answers, validation
+from settlesim.server import answers, stored_answers, validation
 from settlesim.server.ledger import Ledger, StoredItem, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
 from settlesim.server.rules.eligibility import Eligibility, check_registration
@@ -464,8 +464,9 @@ class SettlementPlan:
 
 
 def settlement_answer(stored: StoredSettlement) -> pb.Settlement:
-    """The stored answer, with its current status."""
-    answer = pb.Settlement.FromString(stored.answer)
+    """The stored answer, with its current status (a damaged one is refused:
+    stored_answers.decode)."""
+    answer = stored_answers.decode(stored)
     answer.status = answers.STATUS[stored.status]
     answer.undone_by_msgid = stored.undone_by_msgid
     return answer

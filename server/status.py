@@ -28,6 +28,8 @@ _CODES = {
     Reason.SESSIONS_DISABLED: code_pb2.PERMISSION_DENIED,
     Reason.INJECTED_FAULT: code_pb2.UNAVAILABLE,
     Reason.AUDIT_UNAVAILABLE: code_pb2.UNAVAILABLE,
+    Reason.LEDGER_UNAVAILABLE: code_pb2.UNAVAILABLE,
+    Reason.LEDGER_DAMAGED: code_pb2.DATA_LOSS,
 }
 
 # 给医院操作员看的中文说明 (LocalizedMessage zh-CN) for the refusals staff meet most.
@@ -57,6 +59,8 @@ _ZH = {
     Reason.ALREADY_REVERSED: "该结算已撤销",
     Reason.ALREADY_VOIDED: "该结算已冲正",
     Reason.AUDIT_UNAVAILABLE: "平台审计日志暂不可用，请稍后以同一报文ID重试",
+    Reason.LEDGER_UNAVAILABLE: "结算平台暂时无法记账，请稍后使用同一报文ID重试",
+    Reason.LEDGER_DAMAGED: "结算平台数据异常，暂停服务",
 }
 
 

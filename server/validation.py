@@ -18,6 +18,11 @@ from settlesim.v1 import settlement_service_pb2 as pb
 MAX_ITEMS = 500  # fee lines per visit
 MAX_UNIT_PRICE_FEN = 100_000_000  # 1,000,000 yuan per unit
 MAX_QUANTITY = 100_000
+# A visit's total (the items' amounts added up). The item limits alone allow
+# 500 × 1e8 × 1e5 = 5e15 fen a visit, enough for a person's yearly sums to pass
+# int64 in 2,050 visits; the ledger bounds the yearly sums (Ledger.MAX_*_FEN),
+# this keeps one visit far below them: 1e10 fen = 100,000,000 yuan.
+MAX_VISIT_TOTAL_FEN = 10**10
 MAX_CODE_LENGTH = 64
 MIN_YEAR, MAX_YEAR = 1990, 2100
 # A refusal travels in gRPC trailers, which clients drop past 8-16 KiB: list at
@@ -188,6 +193,13 @@ def _lines(check: _Checker, items: Iterable[pb.FeeItem], count: int, prefix: str
                         item.hospital_item_code,
                     )
                 )
+    total = sum(line.unit_price * line.quantity for line in lines)
+    if not check.violations and total > MAX_VISIT_TOTAL_FEN:
+        check.add(
+            prefix,
+            f"the items total {total} fen, above the limit {MAX_VISIT_TOTAL_FEN} a visit",
+            Reason.AMOUNT_OUT_OF_RANGE,
+        )
     return tuple(lines)
 
 

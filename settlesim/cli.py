@@ -79,6 +79,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="refuse the x-settlesim-session sandbox header (see docs/sessions.md)",
     )
+    p.add_argument(
+        "--skip-integrity-check",
+        action="store_true",
+        help="start without SQLite's integrity check of the ledger (for a very large one; "
+        "run `settlesim ledger check` instead; see docs/ledger.md)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--plain-logs", action="store_true", help="human log lines instead of JSON lines")
     _add_security_and_fault_args(p)
@@ -99,6 +105,7 @@ def run_serve(args: argparse.Namespace) -> int:
         db_path=args.db,
         max_workers=args.workers,
         allow_sessions=not args.no_sessions,
+        integrity_check=not args.skip_integrity_check,
         **_security_and_fault_config(args),
     )
     if args.processes < 1:
@@ -302,13 +309,14 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
 
 
 def run_ledger_check(args: argparse.Namespace) -> int:
+    from settlesim.server import stored_answers
     from settlesim.server.ledger import SCHEMA_VERSION, LedgerFileError, check_file
 
     args.db = args.db or _default_db()
     if not args.db.is_file():
         raise CliError(f"no ledger at {args.db}")
     try:
-        report = check_file(args.db)
+        report = check_file(args.db, more_checks=(stored_answers.problems,))
     except LedgerFileError as e:
         raise CliError(str(e)) from None
     problems = report.problems

@@ -17,7 +17,7 @@ import pytest
 from conftest import CANCER_HOSPITAL, FUWAI, ledger_check
 from settlesim.server.ledger import SCHEMA_VERSION, Ledger, StoredSettlement
 from settlesim.server.model import YearlyTotals
-from test_ledger_migration import old_ledger
+from test_ledger_migration import answer_of, old_ledger
 
 QINGHAI, TUMOUR = "63000000000000000009", "M00503"
 
@@ -43,8 +43,10 @@ def settle(
     ledger: Ledger, msgid: str, institution: str, sid: str, day: date, total: int, fund: int, ded: int
 ):
     def compute(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
+        answer = answer_of(sid, "", msgid, institution, QINGHAI, TUMOUR, day.isoformat(), "", total, fund,
+                           total - fund, ded, "")  # fmt: skip
         stored = StoredSettlement(
-            sid, "", msgid, institution, QINGHAI, TUMOUR, day, total, fund, total - fund, ded
+            sid, "", msgid, institution, QINGHAI, TUMOUR, day, total, fund, total - fund, ded, answer
         )
         return stored, YearlyTotals(totals.deductible_used + ded, totals.fund_paid + fund)
 
@@ -92,7 +94,7 @@ def test_an_unrelated_sqlite_file_is_refused_and_left_byte_identical(tmp_path):
     [
         ("notes.txt", b"hello, this is text and not a database\n" * 50, "file is not a database"),
         ("random.bin", bytes(range(256)) * 16, "file is not a database"),
-        ("empty.db", b"", "no table settlements"),
+        ("empty.db", b"", "empty (0 bytes)"),
     ],
 )
 def test_a_file_that_is_not_a_database_is_refused_in_one_line(tmp_path, name, content, expected):

@@ -27,6 +27,7 @@ from settlesim.server.ledger import (
 )
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
+from settlesim.v1 import settlement_service_pb2 as pb
 
 # The schema as released before versions (server/ledger.py at 5d13505), verbatim.
 OLD_SCHEMA = """
@@ -106,6 +107,17 @@ YEARLY = [
 ]
 
 
+def answer_of(sid, _session, msgid, institution, person, disease, visit, _status, total, fund, patient, ded, _by):
+    """The answer a settlement of the old code returned (what `ledger check` decodes)."""
+    totals = pb.SettlementTotals(
+        total_fen=total, fund_pays_fen=fund, patient_pays_fen=patient, deductible_applied_fen=ded
+    )
+    return pb.Settlement(
+        settlement_id=sid, msgid=msgid, institution_code=institution, person_no=person,
+        disease_code=disease, visit_date=visit, totals=totals,
+    ).SerializeToString()  # fmt: skip
+
+
 def old_ledger(folder: Path) -> Path:
     """A version-0 ledger as a server leaves it when killed: WAL mode, every
     committed row still in the -wal file (never checkpointed into the main file)."""
@@ -119,7 +131,7 @@ def old_ledger(folder: Path) -> Path:
     for s in SETTLEMENTS:
         db.execute(
             "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*s[:7], int(s[6][:4]), *s[7:], AT, b"answer-" + s[0].encode()),
+            (*s[:7], int(s[6][:4]), *s[7:], AT, answer_of(*s)),
         )
     for m in MESSAGES:
         db.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", (*m, AT))
@@ -352,12 +364,13 @@ def test_a_version_2_ledger_gains_the_audit_anchors_and_keeps_every_row(tmp_path
     ledger.close()
     with closing(sqlite3.connect(path, isolation_level=None)) as db:  # make it what version 2 left
         db.execute("DROP TABLE audit_anchors")
+        db.execute("DROP TABLE institution_totals")
         db.execute("PRAGMA user_version = 2")
     assert ledger_module.read_audit_anchors(path) == {}
     before = rows(path)
     ledger = Ledger(path)
     try:
-        assert ledger.upgraded_from == 2 and layout(path)[0] == SCHEMA_VERSION == 3
+        assert ledger.upgraded_from == 2 and layout(path)[0] == SCHEMA_VERSION
         assert rows(path) == before and ledger.check() == []
         assert ledger.audit_anchor("/var/log/audit.jsonl") is None
         ledger.audit_head = lambda: ("/var/log/audit.jsonl", ledger_module.AuditAnchor(2, 300, "ab" * 32))

@@ -1,6 +1,6 @@
 """The ledger's one writer thread answers every write. If it ever dies, a write
-fails at once with LedgerUnavailable (saying why) instead of waiting forever for
-an answer nobody will give."""
+fails at once with UNAVAILABLE / LEDGER_UNAVAILABLE (cause writer_stopped, saying
+why) instead of waiting forever for an answer nobody will give."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import CANCER_HOSPITAL
-from settlesim.server.ledger import Ledger, LedgerUnavailable
+from settlesim.server.ledger import Ledger
+from settlesim.server.rules.reasons import Reason, Refusal
 
 # The dying writers below die loudly on purpose (the traceback goes to stderr).
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -45,8 +46,9 @@ def test_a_write_fails_at_once_when_the_writer_has_died(tmp_path):
     try:
         ledger._writer.join(10)
         started = time.monotonic()
-        with pytest.raises(LedgerUnavailable, match="writer has stopped: RuntimeError\\('disk on fire'\\)"):
+        with pytest.raises(Refusal, match="writer has stopped: RuntimeError\\('disk on fire'\\)") as caught:
             void(ledger)
+        assert (caught.value.reason, caught.value.metadata) == (Reason.LEDGER_UNAVAILABLE, {"cause": "writer_stopped"})
         assert time.monotonic() - started < 0.5
         assert ledger.find_message("", CANCER_HOSPITAL, "M1") is None  # reads still work
     finally:
@@ -58,8 +60,9 @@ def test_a_write_fails_at_once_when_the_writer_stopped_without_an_error(tmp_path
     try:
         ledger._queue.put(None)  # the writer's stop mark, without close()
         ledger._writer.join(10)
-        with pytest.raises(LedgerUnavailable, match="writer has stopped; no write"):
+        with pytest.raises(Refusal, match="writer has stopped; no write") as caught:
             void(ledger)
+        assert caught.value.reason is Reason.LEDGER_UNAVAILABLE
     finally:
         ledger.close()
 
@@ -83,7 +86,8 @@ def test_a_caller_already_waiting_is_told_when_the_writer_dies(tmp_path):
         ledger.die.set()
         waiting.join(4 * Ledger.WRITER_CHECK_SECONDS)
         assert not waiting.is_alive()
-        assert len(outcome) == 1 and isinstance(outcome[0], LedgerUnavailable), outcome
+        assert len(outcome) == 1 and isinstance(outcome[0], Refusal), outcome
+        assert outcome[0].reason is Reason.LEDGER_UNAVAILABLE
         assert "killed mid-batch" in str(outcome[0])
     finally:
         ledger.die.set()

@@ -59,6 +59,10 @@ class Reason(StrEnum):
     INJECTED_FAULT = "INJECTED_FAULT"
     # the audit log (branch audit)
     AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+    # storage (branch storage)
+    LEDGER_UNAVAILABLE = "LEDGER_UNAVAILABLE"
+    LEDGER_DAMAGED = "LEDGER_DAMAGED"
+    LEDGER_LIMIT_EXCEEDED = "LEDGER_LIMIT_EXCEEDED"
 
 
 @dataclass(frozen=True, slots=True)

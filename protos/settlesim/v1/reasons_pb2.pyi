@@ -51,6 +51,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SESSIONS_DISABLED: _ClassVar[ErrorReason]
     INJECTED_FAULT: _ClassVar[ErrorReason]
     AUDIT_UNAVAILABLE: _ClassVar[ErrorReason]
+    LEDGER_UNAVAILABLE: _ClassVar[ErrorReason]
+    LEDGER_DAMAGED: _ClassVar[ErrorReason]
+    LEDGER_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 FIELD_MISSING: ErrorReason
 FIELD_INVALID: ErrorReason
@@ -96,3 +99,6 @@ INSTITUTION_NOT_CALLER: ErrorReason
 SESSIONS_DISABLED: ErrorReason
 INJECTED_FAULT: ErrorReason
 AUDIT_UNAVAILABLE: ErrorReason
+LEDGER_UNAVAILABLE: ErrorReason
+LEDGER_DAMAGED: ErrorReason
+LEDGER_LIMIT_EXCEEDED: ErrorReason
