@@ -26,6 +26,7 @@ from settlesim.clients.hospital import Fee, Hospital
 from settlesim.server import validation
 from settlesim.server.app import RunningServer, ServerConfig, start
 from settlesim.server.ledger import SCHEMA_VERSION, Ledger
+from settlesim.server.ledger_health import WriteHealth
 from settlesim.v1 import settlement_service_pb2 as pb
 
 INT64_MAX = 2**63 - 1
@@ -173,6 +174,10 @@ def test_a_full_disk_is_unavailable_with_a_reason_and_health_follows_the_disk(sm
             assert (rejection.code, rejection.reason) == ("UNAVAILABLE", "LEDGER_UNAVAILABLE"), rejection
             assert rejection.metadata["cause"] == "disk_full"
         assert health_of(running.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        time.sleep(2.5 * WriteHealth.PROBE_SECONDS)  # the probe has tried and failed
+        assert health_of(running.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        rejection = refused(lambda: his.settle(QINGHAI, TUMOUR, "2024-03-10", QINGHAI_FEES))
+        assert rejection.reason == "LEDGER_UNAVAILABLE"
         # No client writes now: the ledger's own probe finds the disk usable again.
         filler.unlink()
         wait_for_health(running.target, health_pb2.HealthCheckResponse.SERVING)
