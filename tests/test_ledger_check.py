@@ -211,6 +211,16 @@ CORRUPTIONS = {
         ["UPDATE messages SET institution_code = 'H11010200002' WHERE msgid = 'R2'"],
         "settlement S2 is reversed but no reverse message 'R2' undid it",
     ),
+    # The Cancer Hospital's 2024 settlements in force: S1 9000 (S2 reversed, S3 voided).
+    "institution's yearly total off": (
+        ["UPDATE institution_totals SET total = total + 1 WHERE institution_code = 'H11010500001'"],
+        "institution totals ('', 'H11010500001', 2024): total 9001 but settlements in force sum to 9000",
+    ),
+    "a stored answer that disagrees with its column": (
+        ["UPDATE settlements SET fund_pays = 3000, patient_pays = 6000 WHERE settlement_id = 'S1'",
+         "UPDATE yearly_totals SET fund_paid = fund_paid - 1000"],
+        "settlement S1: stored answer says fund_pays 4000 but the column says 3000",
+    ),
 }  # fmt: skip
 
 
