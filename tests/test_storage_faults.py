@@ -290,6 +290,30 @@ def test_serve_refuses_a_zero_byte_ledger_and_leaves_it(tmp_path):
     assert one_line(ledger_check(empty), str(empty), "empty") == line  # the same line from both
 
 
+def unrelated_database(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+        db.execute("INSERT INTO notes VALUES ('not a ledger')")
+        db.commit()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (unrelated_database, "is not a settlesim ledger: it has no table settlements"),
+        (lambda path: path.write_bytes(b"plain text, not a database\n" * 200), "file is not a database"),
+    ],
+)
+def test_serve_refuses_a_file_that_is_not_a_ledger_without_touching_it(tmp_path, make, expected):
+    """Before, serve added the ledger's tables to any SQLite file (and switched it to WAL)."""
+    path = tmp_path / "other.db"
+    make(path)
+    before = path.read_bytes()
+    line = one_line(serve_exits(path), str(path), expected)
+    assert path.read_bytes() == before
+    assert one_line(ledger_check(path)) == line
+
+
 def page_size(path: Path) -> int:
     return int.from_bytes(path.read_bytes()[16:18], "big")
 
