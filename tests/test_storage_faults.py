@@ -21,9 +21,10 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import CANCER_HOSPITAL, SANYA_NAMED, ledger_check, refused
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from settlesim.clients.hospital import Fee, Hospital
-from settlesim.server import validation
+from settlesim.clients.rejections import Rejection, rejection_of
+from settlesim.server import app, validation
 from settlesim.server.app import RunningServer, ServerConfig, start
 from settlesim.server.ledger import SCHEMA_VERSION, Ledger
 from settlesim.server.ledger_health import WriteHealth
@@ -156,21 +157,19 @@ def test_a_full_disk_is_unavailable_with_a_reason_and_health_follows_the_disk(sm
         acknowledged = [his.settle(QINGHAI, TUMOUR, "2024-03-10", QINGHAI_FEES).settlement for _ in range(5)]
         filler = fill(small_disk)
         # Settle until the ledger's writes no longer fit (the WAL still has a little room).
-        refusals = []
+        refusals: dict[str, Rejection] = {}  # by msgid
         with ThreadPoolExecutor(max_workers=6) as pool:  # several jobs in one failing batch
             for _ in range(20):
-                outcomes = list(
-                    pool.map(
-                        lambda _: _outcome(lambda: his.settle(QINGHAI, TUMOUR, "2024-03-10", QINGHAI_FEES)),
-                        range(6),
-                    )
-                )
-                acknowledged += [o for o in outcomes if isinstance(o, pb.Settlement)]
-                refusals += [o for o in outcomes if not isinstance(o, pb.Settlement)]
+                requests = [his.settlement_request(QINGHAI, TUMOUR, "2024-03-10", QINGHAI_FEES) for _ in range(6)]
+                for request, outcome in zip(requests, pool.map(lambda r: _outcome(his, r), requests), strict=True):
+                    if isinstance(outcome, Rejection):
+                        refusals[request.msgid] = outcome
+                    else:
+                        acknowledged.append(outcome)
                 if refusals:
                     break
         assert refusals, "the disk never filled up"
-        for rejection in refusals:
+        for rejection in refusals.values():
             assert (rejection.code, rejection.reason) == ("UNAVAILABLE", "LEDGER_UNAVAILABLE"), rejection
             assert rejection.metadata["cause"] == "disk_full"
         assert health_of(running.target) == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -184,6 +183,8 @@ def test_a_full_disk_is_unavailable_with_a_reason_and_health_follows_the_disk(sm
         acknowledged.append(his.settle(QINGHAI, TUMOUR, "2024-03-11", QINGHAI_FEES).settlement)
         for answer in acknowledged:  # every acknowledged settlement is there, as answered
             assert his.get(answer.settlement_id).totals == answer.totals
+        for msgid in refusals:  # and nothing of a refused one: its whole batch was rolled back
+            assert running.ledger.find_message("", CANCER_HOSPITAL, msgid) is None
         assert running.ledger.check() == []
     finally:
         his.close()
@@ -192,13 +193,28 @@ def test_a_full_disk_is_unavailable_with_a_reason_and_health_follows_the_disk(sm
     assert ledger_check(db).returncode == 0
 
 
-def _outcome(call):
+def _outcome(his: Hospital, request: pb.SettlementRequest) -> pb.Settlement | Rejection:
     try:
-        return call().settlement
+        return his.settle_request(request).settlement
     except grpc.RpcError as error:
-        from settlesim.clients.rejections import rejection_of
-
         return rejection_of(error)
+
+
+def test_health_is_not_serving_while_any_part_of_the_server_fails():
+    """The ledger's writes and the audit log both tell the health service; one
+    recovering does not make the server SERVING while the other still fails."""
+    servicer = health.HealthServicer()
+    parts = app._Health(servicer)
+
+    def status() -> int:
+        return servicer.Check(health_pb2.HealthCheckRequest(service=""), None).status
+
+    parts.tell("ledger", False)
+    parts.tell("audit log", False)
+    parts.tell("audit log", True)
+    assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    parts.tell("ledger", True)
+    assert status() == health_pb2.HealthCheckResponse.SERVING
 
 
 # --- 5. overflow -----------------------------------------------------------------------
