@@ -27,6 +27,10 @@ from settlesim.v1 import settlement_service_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: 500 fee items fit many times over
+INTEGRITY_CHECK_SKIPPED = (
+    "the ledger's integrity check at start-up is skipped (--skip-integrity-check): "
+    "run settlesim ledger check on it"
+)
 
 log = logging.getLogger("settlesim.server")
 
@@ -90,7 +94,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     world = world if world is not None else load_world(config.world_dir)
     warnings = auth.check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
     if not config.integrity_check:
-        warnings = [*warnings, "the ledger's integrity check at start-up is skipped (--skip-integrity-check)"]
+        warnings = [*warnings, INTEGRITY_CHECK_SKIPPED]
     authenticate = auth.authenticator(config.auth, world.institutions, world.institution_tokens)
     ledger = Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check)
     service = SettlementService(

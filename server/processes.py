@@ -21,8 +21,9 @@ import sys
 import threading
 from dataclasses import replace
 
-from settlesim.server.app import ServerConfig, default_db_path, start
+from settlesim.server.app import INTEGRITY_CHECK_SKIPPED, ServerConfig, default_db_path, start
 from settlesim.server.auth import check_combination
+from settlesim.server.ledger import Ledger
 from settlesim.server.world_loader import load_world
 
 log = logging.getLogger("settlesim.server")
@@ -70,9 +71,13 @@ def _child(config: ServerConfig, world: object, ready: int, parent: int) -> None
 def serve_processes(config: ServerConfig, processes: int) -> int:
     """Fork `processes` servers on one port; drain them all on SIGTERM/SIGINT."""
     world = load_world(config.world_dir)
+    # The ledger file is checked (created, upgraded) once, here: a bad file is one
+    # line from the parent, not a traceback from each child, and N children do not
+    # each run the integrity check. Nothing of SQLite is open across the fork.
+    Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check).close()
     reserved = _reserve(config.host, config.port)
     port = reserved.getsockname()[1]
-    shared = replace(config, port=port, reuse_port=True)
+    shared = replace(config, port=port, reuse_port=True, integrity_check=False)
     children: list[int] = []
     readies: list[int] = []
     parent = os.getpid()
@@ -109,6 +114,8 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
         # The same start-up warnings as one process (INSECURE mode and the like).
         for warning in check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca):
             log.warning(warning)
+        if not config.integrity_check:
+            log.warning(INTEGRITY_CHECK_SKIPPED)
         print(f"settlesim serving on {config.host}:{port} (db {db}, {processes} processes)", flush=True)
     failed = not started
     remaining = set(children)

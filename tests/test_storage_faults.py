@@ -303,6 +303,7 @@ def test_serve_refuses_a_zero_byte_ledger_and_leaves_it(tmp_path):
     line = one_line(serve_exits(empty), str(empty), "empty")
     assert "Traceback" not in line
     assert empty.read_bytes() == b""  # not made into a new ledger
+    assert one_line(serve_exits(empty, "--processes", "2")) == line  # checked once, before the fork
     assert one_line(ledger_check(empty), str(empty), "empty") == line  # the same line from both
 
 
