@@ -16,6 +16,7 @@ out when writes work again.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 import threading
@@ -67,6 +68,8 @@ def storage_refusal(error: BaseException) -> Refusal:
         )
     if isinstance(error, LedgerUnavailable):
         cause = "writer_stopped"
+    elif isinstance(error, OSError):  # the writers' flock beside the file
+        cause = {errno.ENOSPC: "disk_full", errno.EIO: "io_error"}.get(error.errno or 0, "storage_error")
     else:
         code = getattr(error, "sqlite_errorcode", None)
         cause = _CAUSES.get(code & 0xFF, "storage_error") if code is not None else "storage_error"
