@@ -18,11 +18,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from settlesim.server import auth
 from settlesim.server.audit import AuditInterceptor, AuditLog, open_audit_log
-from settlesim.server.faults import FaultInterceptor, FaultPlan
+from settlesim.server.faults import FaultInterceptor, FaultPlan, after_call
+from settlesim.server.his_check_service import HisCheckService
+from settlesim.server.journal import Journal, JournalInterceptor, journal_path
 from settlesim.server.ledger import Ledger
 from settlesim.server.model import World
+from settlesim.server.runs import RunRegistry
 from settlesim.server.service import SettlementService, add_to_server
 from settlesim.server.world_loader import load_world
+from settlesim.v1 import his_check_pb2, his_check_pb2_grpc
 from settlesim.v1 import settlement_service_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
@@ -65,6 +69,8 @@ class ServerConfig:
     faults: FaultPlan | None = None
     # Several processes on one port (serve --processes, server/processes.py).
     reuse_port: bool = False
+    # The call journal and check runs (docs/his-check.md): serve --no-journal turns both off.
+    journal: bool = True
 
 
 @dataclass
@@ -76,6 +82,7 @@ class RunningServer:
     health: health.HealthServicer
     audit: AuditLog | None = None
     warnings: tuple[str, ...] = ()
+    journal: Journal | None = None
 
     @property
     def target(self) -> str:
@@ -85,6 +92,8 @@ class RunningServer:
         """Drain in-flight calls, then close the ledger."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.journal is not None:
+            self.journal.close()
         if self.audit is not None:
             self.audit.close()  # anchors its head in the ledger a last time
         self.ledger.close()
@@ -97,8 +106,10 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         warnings = [*warnings, INTEGRITY_CHECK_SKIPPED]
     authenticate = auth.authenticator(config.auth, world.institutions, world.institution_tokens)
     ledger = Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check)
+    journal = Journal(journal_path(config.db_path or default_db_path())) if config.journal else None
+    runs = RunRegistry(journal) if journal is not None else None
     service = SettlementService(
-        world, ledger, allow_sessions=config.allow_sessions, authenticate=authenticate
+        world, ledger, allow_sessions=config.allow_sessions, authenticate=authenticate, runs=runs
     )
     # Interceptors only when asked for: an idle feature costs the hot path nothing.
     audit = None
@@ -109,10 +120,14 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
             )
         except BaseException:
             ledger.close()
+            if journal is not None:
+                journal.close()
             raise
     interceptors: list[grpc.ServerInterceptor] = []
     if audit is not None:
         interceptors.append(AuditInterceptor(audit, authenticate))  # outermost: sees injected faults
+    if journal is not None:
+        interceptors.append(JournalInterceptor(journal, after_call))  # sees injected faults too
     if config.faults is not None and config.faults.active:
         interceptors.append(FaultInterceptor(config.faults))
     server = grpc.server(
@@ -125,9 +140,15 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         interceptors=interceptors,
     )
     add_to_server(service, server)
+    if journal is not None and runs is not None:
+        admin = HisCheckService(world, ledger, journal, runs, authenticate)
+        his_check_pb2_grpc.add_HisCheckServiceServicer_to_server(admin, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    his_check = his_check_pb2.DESCRIPTOR.services_by_name["HisCheckService"].full_name
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, his_check, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     try:
         address = f"{config.host}:{config.port}"
         if config.tls_cert is not None and config.tls_key is not None:
@@ -138,6 +159,8 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     except RuntimeError:  # grpc reports a failed bind this way
         port = 0
     if port == 0:
+        if journal is not None:
+            journal.close()
         if audit is not None:
             audit.close()
         ledger.close()
@@ -149,7 +172,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     ledger.watch_health(functools.partial(health_of.tell, "ledger"))
     if audit is not None:
         audit.on_failing = lambda failing: health_of.tell("audit log", not failing)
-    return RunningServer(server, port, world, ledger, health_servicer, audit, tuple(warnings))
+    return RunningServer(server, port, world, ledger, health_servicer, audit, tuple(warnings), journal)
 
 
 class _Health:

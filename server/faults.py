@@ -253,3 +253,79 @@ class FaultInterceptor(grpc.ServerInterceptor):
     def _abort(context: grpc.ServicerContext, rpc: str, code: str, kind: str, when: str) -> None:
         refusal = Refusal(Reason.INJECTED_FAULT, f"injected {code} on {rpc} {when}", fault=kind)
         context.abort_with_status(to_status(refusal, ERROR_CODES[code]))
+
+
+# --- targeted faults of a check run (docs/his-check.md) ------------------------------------------
+# Exact, not drawn: "the 1st SettleVisit of this run commits, then its answer is
+# dropped". The run's routing (server/runs.py route_call) calls before_call once
+# it knows the call's run; the journal's interceptor calls after_call with the
+# answer. Both are plain functions, so an asyncio port calls them as they are.
+
+TARGETED_KINDS = {
+    "unavailable": RPCS,  # refused before it runs: nothing is committed
+    "delay": RPCS,  # sleeps delay_ms, then runs (past the HIS's deadline, the commit lands late)
+    "drop_after_commit": WRITES,  # runs and commits, then the answer becomes UNAVAILABLE
+    "figures_off": ("PreSettleVisit",),  # the answer's fund/patient split moved by figures_off_fen
+}
+
+
+def check_targeted(fault: Any) -> str | None:
+    """What is wrong with a targeted fault (a runs.TargetedFault), or None."""
+    if fault.kind not in TARGETED_KINDS:
+        return f"kind {fault.kind!r} is not one of {', '.join(TARGETED_KINDS)}"
+    if fault.rpc not in TARGETED_KINDS[fault.kind]:
+        return f"{fault.kind} applies to {', '.join(TARGETED_KINDS[fault.kind])}, not {fault.rpc!r}"
+    if not fault.nth and fault.from_nth <= 0:
+        return "give nth (e.g. [1]) or from_nth"
+    if any(n < 1 for n in fault.nth):
+        return "nth counts calls from 1"
+    if fault.kind == "delay" and not 0 < fault.delay_ms <= 60_000:
+        return "delay needs delay_ms between 1 and 60000"
+    if fault.kind == "figures_off" and fault.figures_off_fen == 0:
+        return "figures_off needs figures_off_fen (not 0)"
+    return None
+
+
+def before_call(runs: Any, run: Any, note: Any) -> None:
+    """Count the call within its run and apply the faults that act before it runs."""
+    n = runs.count(run, note.rpc)
+    for fault in run.faults:
+        if fault.rpc != note.rpc or not fault.hits(n):
+            continue
+        if fault.kind == "delay":
+            note.fault = "delay"
+            log.info("%s #%d of run %s delayed %d ms (targeted)", note.rpc, n, run.run_id, fault.delay_ms)
+            time.sleep(fault.delay_ms / 1000)
+        elif fault.kind == "unavailable":
+            note.fault = "unavailable"
+            raise Refusal(
+                Reason.INJECTED_FAULT,
+                f"injected UNAVAILABLE on {note.rpc} #{n} of run {run.run_id} before it ran; nothing was committed",
+                fault="unavailable",
+            )
+        else:  # acts on the answer: after_call
+            note.fault = fault.kind
+            note.targeted = fault
+
+
+def after_call(note: Any, response: Any, context: grpc.ServicerContext) -> Any:
+    """Apply the call's answer-side fault (drop_after_commit, figures_off)."""
+    fault = getattr(note, "targeted", None)
+    if fault is None:
+        return response
+    if fault.kind == "drop_after_commit":
+        log.info("%s of run %s committed, answer dropped (targeted)", note.rpc, note.run.run_id)
+        refusal = Refusal(
+            Reason.INJECTED_FAULT,
+            f"injected UNAVAILABLE on {note.rpc} of run {note.run.run_id} after it ran; answer dropped",
+            fault="drop_after_commit",
+        )
+        context.abort_with_status(to_status(refusal, ERROR_CODES["UNAVAILABLE"]))
+    if fault.kind == "figures_off":
+        changed = type(response)()
+        changed.CopyFrom(response)
+        totals = changed.settlement.totals
+        totals.fund_pays_fen += fault.figures_off_fen
+        totals.patient_pays_fen -= fault.figures_off_fen
+        return changed
+    return response

@@ -870,6 +870,15 @@ class Ledger:
                 entries = tuple(self._row(r) for r in rows)
             return ReconcileSums(count, total, fund, patient, entries)
 
+    def session_settlements(self, session: str) -> list[StoredSettlement]:
+        """Every settlement of a session, in the order they were made: the end
+        state a check run (docs/his-check.md) is graded on."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM settlements WHERE session = ? ORDER BY created_at, rowid", (session,)
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
     # --- invariants ---------------------------------------------------------------------------
 
     def check(self, more_checks: Sequence[ExtraCheck] = ()) -> list[str]:

@@ -19,11 +19,13 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from settlesim.server import answers, stored_answers, validation
+from settlesim.server.journal import current_note
 from settlesim.server.ledger import Ledger, StoredItem, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
 from settlesim.server.rules.eligibility import Eligibility, check_registration
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.rules.settlement import SettlementResult, compute_settlement
+from settlesim.server.runs import route_call
 from settlesim.server.status import to_status
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
@@ -124,6 +126,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         *,
         allow_sessions: bool = True,
         authenticate: Callable[[grpc.ServicerContext], str] | None = None,
+        runs: Any = None,
     ) -> None:
         """`authenticate` names the institution the transport vouches for (client
         certificate or token) or raises Refusal; None trusts the request, as the
@@ -132,10 +135,13 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         self.ledger = ledger
         self.allow_sessions = allow_sessions
         self.authenticate = authenticate
+        self.runs = runs  # server/runs.py RunRegistry: check runs take their institution's calls
 
     # --- who is calling ---------------------------------------------------------------------
 
-    def caller(self, context: grpc.ServicerContext) -> Caller:
+    def caller(self, context: grpc.ServicerContext, claimed: str = "") -> Caller:
+        """`claimed`: the institution the request names (an open check run of
+        the institution the call acts for takes the call: server/runs.py)."""
         session = ""
         for key, value in context.invocation_metadata() or ():
             if key == SESSION_HEADER:
@@ -148,7 +154,16 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
                 f"metadata {SESSION_HEADER} must be 1-64 letters, digits or ._-",
                 field=SESSION_HEADER,
             )
-        return Caller(session, self.authenticate(context) if self.authenticate else "")
+        identity = self.authenticate(context) if self.authenticate else ""
+        session = self.route(context, session, identity, claimed)
+        return Caller(session, identity)
+
+    def route(self, context: grpc.ServicerContext, session: str, identity: str, claimed: str) -> str:
+        """The session the call uses: its check run's when it belongs to one."""
+        note = current_note()
+        if note is None and self.runs is None:
+            return session
+        return route_call(self.runs, context, session, identity, claimed, note)
 
     def acting_for(self, caller: Caller, institution_code: str) -> str:
         """The institution a request acts for: it must be the caller's own."""
@@ -164,14 +179,14 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     @refusals_as_status
     def VerifyRegistration(self, request: pb.VerifyRegistrationRequest, context: grpc.ServicerContext):
-        caller = self.caller(context)
+        caller = self.caller(context, request.visit.institution_code)
         visit = validation.visit_key(request.visit, self.world)
         self.acting_for(caller, visit.institution_code)
         return self._verification(visit, check_registration(self.world, visit))
 
     @refusals_as_status
     def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.ServicerContext):
-        caller = self.caller(context)
+        caller = self.caller(context, request.request.visit.institution_code)
         plan = self._plan(caller, request.request)
         totals = self.ledger.yearly_totals(
             caller.session, plan.person_no, plan.visit.disease_code, plan.visit.visit_date.year
@@ -180,7 +195,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     @refusals_as_status
     def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.ServicerContext):
-        caller = self.caller(context)
+        caller = self.caller(context, request.request.visit.institution_code)
         try:
             plan = self._plan(caller, request.request)
         except Refusal:
@@ -274,7 +289,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     @refusals_as_status
     def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.ServicerContext):
-        caller = self.caller(context)
+        caller = self.caller(context, request.institution_code)
         validation.required_codes(
             {"operator": request.operator},
             msgid=request.msgid,
@@ -289,7 +304,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     @refusals_as_status
     def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: grpc.ServicerContext):
-        caller = self.caller(context)
+        caller = self.caller(context, request.institution_code)
         validation.required_codes(
             {"operator": request.operator, "original_infno": request.original_infno},
             msgid=request.msgid,
@@ -315,7 +330,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     @refusals_as_status
     def GetSettlement(self, request: pb.GetSettlementRequest, context: grpc.ServicerContext):
-        caller = self.caller(context)
+        caller = self.caller(context, request.institution_code)
         if request.settlement_id:
             validation.required_codes(
                 institution_code=request.institution_code, settlement_id=request.settlement_id
@@ -328,7 +343,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     @refusals_as_status
     def Reconcile(self, request: pb.ReconcileRequest, context: grpc.ServicerContext):
-        caller = self.caller(context)
+        caller = self.caller(context, request.institution_code)
         validation.required_codes(institution_code=request.institution_code)
         start, end = validation.date_range(request.start_date, request.end_date)
         institution = self.acting_for(caller, request.institution_code)

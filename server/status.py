@@ -30,6 +30,8 @@ _CODES = {
     Reason.AUDIT_UNAVAILABLE: code_pb2.UNAVAILABLE,
     Reason.LEDGER_UNAVAILABLE: code_pb2.UNAVAILABLE,
     Reason.LEDGER_DAMAGED: code_pb2.DATA_LOSS,
+    Reason.RUN_ALREADY_OPEN: code_pb2.ALREADY_EXISTS,
+    Reason.RUN_NOT_FOUND: code_pb2.NOT_FOUND,
 }
 
 # 给医院操作员看的中文说明 (LocalizedMessage zh-CN) for the refusals staff meet most.

@@ -63,6 +63,9 @@ class Reason(StrEnum):
     LEDGER_UNAVAILABLE = "LEDGER_UNAVAILABLE"
     LEDGER_DAMAGED = "LEDGER_DAMAGED"
     LEDGER_LIMIT_EXCEEDED = "LEDGER_LIMIT_EXCEEDED"
+    # check runs (branch hischeck)
+    RUN_ALREADY_OPEN = "RUN_ALREADY_OPEN"
+    RUN_NOT_FOUND = "RUN_NOT_FOUND"
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LEDGER_UNAVAILABLE: _ClassVar[ErrorReason]
     LEDGER_DAMAGED: _ClassVar[ErrorReason]
     LEDGER_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
+    RUN_ALREADY_OPEN: _ClassVar[ErrorReason]
+    RUN_NOT_FOUND: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 FIELD_MISSING: ErrorReason
 FIELD_INVALID: ErrorReason
@@ -102,3 +104,5 @@ AUDIT_UNAVAILABLE: ErrorReason
 LEDGER_UNAVAILABLE: ErrorReason
 LEDGER_DAMAGED: ErrorReason
 LEDGER_LIMIT_EXCEEDED: ErrorReason
+RUN_ALREADY_OPEN: ErrorReason
+RUN_NOT_FOUND: ErrorReason

@@ -1,0 +1,386 @@
+"""The call journal (调用日志): every SettlementService call the platform receives,
+as plain data a check run grades (docs/his-check.md).
+
+An entry says when, through which door ("grpc" today; the national JSON door
+records the same entries), which RPC, who called (the identity the transport
+proved, the institution the request names), the session and check run it went
+to, the msgid, the request, the outcome (status code + ErrorInfo reason, or the
+answer), the server's latency and any injected fault. Requests and answers are
+protobuf JSON (field names as in the protos, int64 as strings, defaults left
+out), so a journal entry reads like what crossed the wire.
+
+The settle path pays for none of this: the interceptor only notes the objects
+of the call (`CallNote`) and puts the note on a queue; one writer thread turns
+notes into entries (protobuf JSON, request hash, the reason out of the status
+trailers) and inserts them in batches, one commit per batch. The journal is a
+SQLite file of its own beside the ledger (`settlesim.db` -> `settlesim.journal.db`),
+WAL with synchronous=NORMAL: a crash may lose the last batch of the journal,
+never a settlement (the ledger is the record of money; the journal is the
+record of conversation). `flush()` waits until every call noted so far is
+stored; a check run calls it before it grades.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
+
+log = logging.getLogger("settlesim.server.journal")
+
+SERVICE_PREFIX = "/settlesim.v1.SettlementService/"
+_STATUS_KEY = "grpc-status-details-bin"
+_BATCH = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    time         TEXT NOT NULL,
+    door         TEXT NOT NULL,
+    rpc          TEXT NOT NULL,
+    identity     TEXT NOT NULL,
+    institution  TEXT NOT NULL,
+    session      TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    msgid        TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    code         TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    fault        TEXT NOT NULL,
+    latency_ms   REAL NOT NULL,
+    request      TEXT NOT NULL,
+    answer       TEXT
+);
+CREATE INDEX IF NOT EXISTS journal_by_run ON journal (run_id, seq);
+CREATE INDEX IF NOT EXISTS journal_by_institution ON journal (institution, time);
+CREATE INDEX IF NOT EXISTS journal_by_msgid ON journal (msgid);
+"""
+COLUMNS = (
+    "seq", "time", "door", "rpc", "identity", "institution", "session", "run_id", "actor", "msgid",
+    "request_hash", "code", "reason", "fault", "latency_ms", "request", "answer",
+)  # fmt: skip
+
+
+def journal_path(ledger_path: Path | str) -> Path:
+    """The journal file beside a ledger: settlesim.db -> settlesim.journal.db."""
+    path = Path(ledger_path)
+    return path.with_name(f"{path.stem}.journal{path.suffix or '.db'}")
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One call as the platform received and answered it."""
+
+    seq: int
+    time: str  # UTC ISO 8601, when the call arrived
+    door: str  # "grpc"; the national JSON door will write "json"
+    rpc: str
+    identity: str  # the institution the transport proved; "" in --auth none
+    institution: str  # the institution the request names
+    session: str  # the ledger namespace the call used
+    run_id: str  # the check run it belongs to, "" for none
+    actor: str  # "his" (the hospital), or "setup" (his-check arranging a scenario)
+    msgid: str  # the request's own msgid ("" for calls that carry none)
+    request_hash: str  # SHA-256 of the request bytes (the SettlementRequest for 2206/2207)
+    code: str  # gRPC status name, "OK" for an answer
+    reason: str  # ErrorInfo reason of a refusal
+    fault: (
+        str  # an injected fault: error, commit_then_drop, unavailable, drop_after_commit, delay, figures_off
+    )
+    latency_ms: float
+    request: dict[str, Any]
+    answer: dict[str, Any] | None  # the answer made (also when an injected fault dropped it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JournalEntry:
+        return cls(**{name: data[name] for name in COLUMNS})
+
+
+@dataclass(slots=True)
+class CallNote:
+    """What the interceptor and the service know of a call while it runs; the
+    writer thread makes a JournalEntry of it."""
+
+    rpc: str
+    request: Any
+    arrived: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+    identity: str = ""
+    institution: str = ""
+    session: str = ""
+    run: Any = None  # the runs.Run the call belongs to
+    actor: str = "his"
+    fault: str = ""  # a targeted fault applied (server/faults.py)
+    targeted: Any = None  # the runs.TargetedFault that acts on the answer
+    response: Any = None
+    code: grpc.StatusCode | None = None
+    trailers: Any = None
+    latency_ms: float = 0.0
+
+
+_CURRENT: contextvars.ContextVar[CallNote | None] = contextvars.ContextVar("settlesim_call", default=None)
+
+
+def current_note() -> CallNote | None:
+    """The note of the call this thread (or task) is serving, if journaled."""
+    return _CURRENT.get()
+
+
+class Journal:
+    """The journal store and its writer thread."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = self._connect()
+        self._db.executescript(SCHEMA)
+        self._queue: queue.SimpleQueue[CallNote | threading.Event | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # one connection, shared by the writer and the readers
+        self._writer = threading.Thread(target=self._write_batches, name="journal-writer", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For runs.RunStore, which keeps its table in this file."""
+        return self._db
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    # --- the hot path: note, submit -----------------------------------------------------------
+
+    def submit(self, note: CallNote) -> None:
+        note.latency_ms = (time.perf_counter() - note.started) * 1000
+        self._queue.put(note)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every call submitted so far is stored."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(30)
+        with self._lock:
+            self._db.close()
+
+    # --- the writer thread --------------------------------------------------------------------
+
+    def _write_batches(self) -> None:
+        stop = False
+        while not stop:
+            batch: list[CallNote] = []
+            waiting: list[threading.Event] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiting.append(item)
+                else:
+                    batch.append(item)
+                if stop or len(batch) >= _BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self._store([entry_of(note) for note in batch])
+                except Exception:  # a journal that cannot write must not stop the platform
+                    log.exception("journal write failed; %d entries lost", len(batch))
+            for event in waiting:
+                event.set()
+
+    def _store(self, rows: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                f"INSERT INTO journal ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})",
+                rows,
+            )
+            self._db.execute("COMMIT")
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def entries(self, **filters: Any) -> list[JournalEntry]:
+        with self._lock:
+            return list(query(self._db, **filters))
+
+
+def query(
+    db: sqlite3.Connection,
+    *,
+    institution: str = "",
+    run_id: str = "",
+    rpc: str = "",
+    msgid: str = "",
+    since: str = "",
+    until: str = "",
+    limit: int = 0,
+) -> Iterator[JournalEntry]:
+    """Entries in the order received, filtered by institution, run, RPC, msgid
+    and time (ISO 8601 prefixes compare as text: `since=2026-12-01`)."""
+    where, args = [], []
+    for column, value in (("institution", institution), ("run_id", run_id), ("rpc", rpc), ("msgid", msgid)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since:
+        where.append("time >= ?")
+        args.append(since)
+    if until:
+        where.append("time < ?")
+        args.append(until)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM journal"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    for row in db.execute(sql, args):
+        data = dict(zip(COLUMNS, row, strict=True))
+        data["request"] = json.loads(data["request"])
+        data["answer"] = json.loads(data["answer"]) if data["answer"] is not None else None
+        yield JournalEntry(**data)
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A journal file opened for `settlesim journal show|export`, read-only."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no journal at {path} (the server writes it beside its ledger)")
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+# --- turning a note into an entry (writer thread) ------------------------------------------------
+
+
+def _plain(message: Any) -> dict[str, Any]:
+    if hasattr(message, "DESCRIPTOR"):
+        return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return {"undecodable": getattr(message, "error", repr(message))}
+
+
+def _hashed(message: Any) -> Any:
+    """The bytes a retry must repeat: the SettlementRequest of a 2206/2207."""
+    inner = getattr(message, "request", None)
+    return inner if hasattr(inner, "SerializeToString") else message
+
+
+def _outcome(code: grpc.StatusCode | None, trailers: Any) -> tuple[str, str, str]:
+    """(code name, ErrorInfo reason, fault kind from its metadata)."""
+    reason = fault = ""
+    for key, value in trailers or ():
+        if key == _STATUS_KEY:
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason, fault = info.reason, info.metadata.get("fault", "")
+    return (code.name if code is not None else "UNKNOWN"), reason, fault
+
+
+def entry_of(note: CallNote) -> tuple[Any, ...]:
+    """The row of a finished call (column order of COLUMNS[1:])."""
+    request = note.request
+    plain = _plain(request)
+    inner = plain.get("request", plain) if note.rpc in ("PreSettleVisit", "SettleVisit") else plain
+    msgid = inner.get("msgid", "") if isinstance(inner, dict) else ""
+    hashed = _hashed(request)
+    digest = (
+        hashlib.sha256(hashed.SerializeToString(deterministic=True)).hexdigest()
+        if hasattr(hashed, "SerializeToString")
+        else ""
+    )
+    if note.code is None:
+        code, reason, fault = "OK", "", ""
+    else:
+        code, reason, fault = _outcome(note.code, note.trailers)
+    answer = _plain(note.response) if note.response is not None else None
+    when = datetime.fromtimestamp(note.arrived, UTC).isoformat(timespec="milliseconds")
+    run_id = note.run.run_id if note.run is not None else ""
+    return (
+        when, "grpc", note.rpc, note.identity, note.institution, note.session, run_id, note.actor, msgid,
+        digest, code, reason, note.fault or fault, round(note.latency_ms, 3),
+        json.dumps(plain, ensure_ascii=False), json.dumps(answer, ensure_ascii=False) if answer is not None else None,
+    )  # fmt: skip
+
+
+# --- the interceptor ---------------------------------------------------------------------------
+
+
+class JournalInterceptor(grpc.ServerInterceptor):
+    """Notes every SettlementService call for the journal. Outermost but for
+    the audit log: it records what the caller got, injected faults included.
+    The logic is in `journaled_call` so an asyncio port wraps it as it is."""
+
+    def __init__(self, journal: Journal, after_call: Any = None) -> None:
+        """`after_call(note, response, context)`: the targeted faults that act
+        on an answer (server/faults.py), applied inside the journal's view."""
+        self.journal, self.after_call = journal, after_call
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
+            return handler
+        rpc, behavior = method.removeprefix(SERVICE_PREFIX), handler.unary_unary
+
+        def journaled(request: Any, context: grpc.ServicerContext) -> Any:
+            return journaled_call(self.journal, rpc, behavior, request, context, self.after_call)
+
+        return grpc.unary_unary_rpc_method_handler(
+            journaled,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def journaled_call(
+    journal: Journal, rpc: str, behavior: Any, request: Any, context: Any, after_call: Any
+) -> Any:
+    note = CallNote(rpc, request)
+    token = _CURRENT.set(note)
+    try:
+        response = behavior(request, context)
+        note.response = response
+        if note.run is not None and after_call is not None:
+            response = after_call(note, response, context)
+            note.response = response
+        return response
+    except BaseException:
+        note.code, note.trailers = context.code(), context.trailing_metadata()
+        if note.code is None:
+            note.code = grpc.StatusCode.UNKNOWN
+        raise
+    finally:
+        _CURRENT.reset(token)
+        journal.submit(note)
