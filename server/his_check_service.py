@@ -76,6 +76,7 @@ class HisCheckService(hc_grpc.HisCheckServiceServicer):
     @refusals_as_status
     def GetRunRecord(self, request: hc.GetRunRecordRequest, context: grpc.ServicerContext):
         run = self._own_run(request.run_id, context)
+        self.runs.wait_idle(run.run_id)
         self.journal.flush()
         answer = hc.GetRunRecordResponse(run=run_message(run))
         for entry in self.journal.entries(run_id=run.run_id):

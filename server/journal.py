@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS journal (
     reason       TEXT NOT NULL,
     fault        TEXT NOT NULL,
     latency_ms   REAL NOT NULL,
+    undelivered  INTEGER NOT NULL,
     request      TEXT NOT NULL,
     answer       TEXT
 );
@@ -72,7 +73,7 @@ CREATE INDEX IF NOT EXISTS journal_by_msgid ON journal (msgid);
 """
 COLUMNS = (
     "seq", "time", "door", "rpc", "identity", "institution", "session", "run_id", "actor", "msgid",
-    "request_hash", "code", "reason", "fault", "latency_ms", "request", "answer",
+    "request_hash", "code", "reason", "fault", "latency_ms", "undelivered", "request", "answer",
 )  # fmt: skip
 
 
@@ -103,6 +104,7 @@ class JournalEntry:
         str  # an injected fault: error, commit_then_drop, unavailable, drop_after_commit, delay, figures_off
     )
     latency_ms: float
+    undelivered: bool  # answered OK after the caller had gone (its deadline passed): the HIS got no answer
     request: dict[str, Any]
     answer: dict[str, Any] | None  # the answer made (also when an injected fault dropped it)
 
@@ -134,6 +136,8 @@ class CallNote:
     code: grpc.StatusCode | None = None
     trailers: Any = None
     latency_ms: float = 0.0
+    undelivered: bool = False
+    done: Any = None  # called when the call has finished (runs count a run's calls in flight)
 
 
 _CURRENT: contextvars.ContextVar[CallNote | None] = contextvars.ContextVar("settlesim_call", default=None)
@@ -268,6 +272,7 @@ def query(
     for row in db.execute(sql, args):
         data = dict(zip(COLUMNS, row, strict=True))
         data["request"] = json.loads(data["request"])
+        data["undelivered"] = bool(data["undelivered"])
         data["answer"] = json.loads(data["answer"]) if data["answer"] is not None else None
         yield JournalEntry(**data)
 
@@ -325,11 +330,11 @@ def entry_of(note: CallNote) -> tuple[Any, ...]:
     else:
         code, reason, fault = _outcome(note.code, note.trailers)
     answer = _plain(note.response) if note.response is not None else None
-    when = datetime.fromtimestamp(note.arrived, UTC).isoformat(timespec="milliseconds")
+    when = datetime.fromtimestamp(note.arrived, UTC).isoformat(timespec="microseconds")
     run_id = note.run.run_id if note.run is not None else ""
     return (
         when, "grpc", note.rpc, note.identity, note.institution, note.session, run_id, note.actor, msgid,
-        digest, code, reason, note.fault or fault, round(note.latency_ms, 3),
+        digest, code, reason, note.fault or fault, round(note.latency_ms, 3), int(note.undelivered),
         json.dumps(plain, ensure_ascii=False), json.dumps(answer, ensure_ascii=False) if answer is not None else None,
     )  # fmt: skip
 
@@ -375,6 +380,7 @@ def journaled_call(
         if note.run is not None and after_call is not None:
             response = after_call(note, response, context)
             note.response = response
+        note.undelivered = not context.is_active()  # the caller's deadline passed while it ran
         return response
     except BaseException:
         note.code, note.trailers = context.code(), context.trailing_metadata()
@@ -384,3 +390,5 @@ def journaled_call(
     finally:
         _CURRENT.reset(token)
         journal.submit(note)
+        if note.done is not None:
+            note.done()

@@ -98,6 +98,8 @@ class RunRegistry:
         self._lock = threading.Lock()
         self._open: dict[str, Run] = {}  # institution -> run
         self._counts: dict[str, _Counts] = {}
+        self._in_flight: dict[str, int] = {}
+        self._settled = threading.Condition(self._lock)
         for row in rows:
             run = _run_of(row)
             if run.open:
@@ -178,6 +180,24 @@ class RunRegistry:
             return None
         return run
 
+    def call_started(self, run: Run) -> Any:
+        """Count a call of `run` in flight; the function returned ends it."""
+        with self._lock:
+            self._in_flight[run.run_id] = self._in_flight.get(run.run_id, 0) + 1
+
+        def done() -> None:
+            with self._lock:
+                self._in_flight[run.run_id] -= 1
+                self._settled.notify_all()
+
+        return done
+
+    def wait_idle(self, run_id: str, timeout: float = 65.0) -> bool:
+        """Wait until no call of the run is in flight (a delayed call still asleep
+        belongs in the record), at most `timeout` seconds."""
+        with self._lock:
+            return self._settled.wait_for(lambda: self._in_flight.get(run_id, 0) <= 0, timeout)
+
     def count(self, run: Run, rpc: str) -> int:
         """This call's number among the run's calls of `rpc`, from 1."""
         with self._lock:
@@ -211,6 +231,7 @@ def route_call(
     setup = any(key == SETUP_HEADER and value == "setup" for key, value in metadata)
     if note is not None:
         note.run, note.session = run, run.session
+        note.done = runs.call_started(run)
         if setup:
             note.actor = "setup"
         else:

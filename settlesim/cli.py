@@ -87,6 +87,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--plain-logs", action="store_true", help="human log lines instead of JSON lines")
+    p.add_argument(
+        "--no-journal", action="store_true", help="keep no call journal (and so no check runs; docs/his-check.md)"
+    )
     _add_security_and_fault_args(p)
     p.set_defaults(run=run_serve)
 
@@ -106,6 +109,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_workers=args.workers,
         allow_sessions=not args.no_sessions,
         integrity_check=not args.skip_integrity_check,
+        journal=not args.no_journal,
         **_security_and_fault_config(args),
     )
     if args.processes < 1:
@@ -548,10 +552,277 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+# --- his-check, journal (docs/his-check.md) ---------------------------------------------------
+
+
+def _his_check_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", metavar="HOST:PORT", help="the running stub (settlesim serve)")
+    p.add_argument("--token", help="the institution's bearer token (serve --auth token)")
+    p.add_argument("--ca", type=Path, metavar="FILE", help="speak TLS and trust this CA (PEM)")
+    p.add_argument("--cert", type=Path, metavar="FILE", help="the institution's client certificate (mutual TLS)")
+    p.add_argument("--key", type=Path, metavar="FILE", help="the private key of --cert")
+
+
+def _his_check_reports(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write a JSON report")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
+
+
+def add_his_check(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "his-check",
+        sub,
+        "Grade a hospital's HIS against the stub: open a check run for a scenario, let the HIS do "
+        "its tasks, grade what the journal recorded (docs/his-check.md).",
+        _examples(
+            "settlesim his-check list",
+            "settlesim his-check start lost-answer-after-commit --institution H11010500001 --target 127.0.0.1:50051",
+            "settlesim his-check finish RUN_ID --target 127.0.0.1:50051 --html report.html",
+            "settlesim his-check run all --serve --exec 'python -m settlesim.clients.hischeck.good_his "
+            "{target} {institution} {run} {tasks}' --junit junit.xml",
+        ),
+    )
+    hs = p.add_subparsers(dest="his_check_command", required=True, metavar="{list,start,finish,run}")
+    ls = _parser("list", hs, "List the bundled scenarios.", _examples("settlesim his-check list"))
+    ls.set_defaults(run=run_his_check_list)
+    st = _parser(
+        "start", hs, "Open a run: arm the scenario's faults, print the HIS operator's tasks, the target and the run id.",
+        _examples("settlesim his-check start qinghai-happy-path --institution H11010500001 --target 127.0.0.1:50051",
+                  "settlesim his-check start reversal --serve     # a throw-away stub, serving until the run is finished"),
+    )  # fmt: skip
+    st.add_argument("scenario", help="a bundled scenario's name or a scenario YAML file")
+    st.add_argument("--institution", help="the HIS's institution code (default: the scenario's)")
+    st.add_argument("--serve", action="store_true", help="start a throw-away stub and serve until the run is finished")
+    st.add_argument("--tasks-out", type=Path, metavar="FILE", help="also write the tasks as JSON for automation")
+    st.add_argument("--timeout", type=int, default=3600, help="seconds the run takes calls (default 3600)")
+    _his_check_connection(st)
+    st.set_defaults(run=run_his_check_start)
+    fi = _parser(
+        "finish", hs, "Grade a run and report; exit 0 only when every check passes.",
+        _examples("settlesim his-check finish 20261201090115-5f32aa40 --target 127.0.0.1:50051 --junit junit.xml"),
+    )  # fmt: skip
+    fi.add_argument("run_id", metavar="RUN")
+    fi.add_argument("--scenario", help="the scenario file, when the run was started from a file not at hand")
+    _his_check_connection(fi)
+    _his_check_reports(fi)
+    fi.set_defaults(run=run_his_check_finish)
+    ru = _parser(
+        "run", hs, "start -> your driver command -> finish, for CI; exit 0 only when every check of every run passes.",
+        _examples("settlesim his-check run qinghai-happy-path --target 127.0.0.1:50051 --exec './drive-his {target} {run} {tasks}'",
+                  "settlesim his-check run all --serve --exec 'python -m settlesim.clients.hischeck.good_his "
+                  "{target} {institution} {run} {tasks}'"),
+    )  # fmt: skip
+    ru.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario names or files; `all` for every bundled one")
+    ru.add_argument("--institution", help="the HIS's institution code (default: each scenario's)")
+    ru.add_argument("--exec", dest="command", required=True, metavar="COMMAND",
+                    help="the driver: {target} {institution} {run} {tasks} {scenario} {credentials} are filled in")  # fmt: skip
+    ru.add_argument("--serve", action="store_true", help="against a throw-away stub")
+    ru.add_argument("--timeout", type=float, default=300, help="seconds the driver may take per run (default 300)")
+    _his_check_connection(ru)
+    _his_check_reports(ru)
+    ru.set_defaults(run=run_his_check_run)
+
+
+def _connection(args: argparse.Namespace, target: str | None = None):  # type: ignore[no-untyped-def]
+    from settlesim.clients.hischeck.command import Connection
+
+    target = target or args.target
+    if not target:
+        raise CliError("give --target HOST:PORT (or --serve)")
+    if (args.cert is None) != (args.key is None):
+        raise CliError("--cert and --key go together")
+    if args.cert is not None and args.ca is None:
+        raise CliError("a client certificate needs TLS: give --ca FILE")
+    return Connection(target, args.token or "", args.ca, args.cert, args.key)
+
+
+def _report(graded: list, args: argparse.Namespace) -> int:  # type: ignore[type-arg]
+    from settlesim.clients.hischeck import reports
+    from settlesim.clients.hischeck.command import exit_code
+
+    reports.terminal(graded)
+    if args.junit:
+        reports.write_junit(graded, args.junit)
+    if args.json:
+        reports.write_json(graded, args.json)
+    if args.html:
+        reports.write_html(graded, args.html)
+    return exit_code(graded)
+
+
+def run_his_check_list(args: argparse.Namespace) -> int:
+    from settlesim.clients.hischeck.scenarios import bundled
+
+    for s in bundled():
+        print(f"{s.name:<34} {s.institution}  {s.title}")
+    return 0
+
+
+def run_his_check_start(args: argparse.Namespace) -> int:
+    import time
+
+    from settlesim.clients.hischeck.command import HisCheckError, fetch_record, start, throwaway_stub
+
+    if args.serve and args.target:
+        raise CliError("give --target or --serve, not both")
+    try:
+        if not args.serve:
+            return _print_started(start(args.scenario, args.institution, _connection(args), args.timeout), args)
+        with throwaway_stub() as target:
+            conn = _connection(args, target)
+            started = start(args.scenario, args.institution, conn, args.timeout)
+            _print_started(started, args)
+            print(f"serving until `settlesim his-check finish {started.run.run_id} --target {target}` (Ctrl-C stops)",
+                  flush=True)  # fmt: skip
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                time.sleep(1)
+                run, _ = fetch_record(started.run.run_id, conn, close=False)
+                if run.closed_at:
+                    break
+            return 0
+    except HisCheckError as e:
+        raise CliError(str(e)) from None
+
+
+def _print_started(started, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    import json
+
+    print(f"scenario  {started.scenario.name} — {started.scenario.title}")
+    print(f"target    {started.plan['target']}")
+    print(f"institution {started.plan['institution']}")
+    print(f"run       {started.run.run_id}   (session {started.run.session}, until {started.run.expires_at})")
+    print("the HIS must now:")
+    for line in started.lines:
+        print(f"  {line}")
+    print(f"then: settlesim his-check finish {started.run.run_id} --target {started.plan['target']}", flush=True)
+    if args.tasks_out:
+        args.tasks_out.write_text(json.dumps(started.plan, ensure_ascii=False, indent=2), encoding="utf-8")
+    return 0
+
+
+def run_his_check_finish(args: argparse.Namespace) -> int:
+    from settlesim.clients.hischeck.command import HisCheckError, finish
+
+    try:
+        graded = finish(args.run_id, _connection(args), args.scenario)
+    except HisCheckError as e:
+        raise CliError(str(e)) from None
+    return _report([graded], args)
+
+
+def run_his_check_run(args: argparse.Namespace) -> int:
+    from settlesim.clients.hischeck.command import HisCheckError, run_with_driver, throwaway_stub
+    from settlesim.clients.hischeck.scenarios import bundled
+
+    if args.serve and args.target:
+        raise CliError("give --target or --serve, not both")
+    names = [s.name for s in bundled()] if args.scenarios == ["all"] else args.scenarios
+    try:
+        if args.serve:
+            with throwaway_stub() as target:
+                conn = _connection(args, target)
+                graded = [run_with_driver(n, args.institution, conn, args.command, args.timeout) for n in names]
+        else:
+            conn = _connection(args)
+            graded = [run_with_driver(n, args.institution, conn, args.command, args.timeout) for n in names]
+    except HisCheckError as e:
+        raise CliError(str(e)) from None
+    return _report(graded, args)
+
+
+def add_journal(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        "journal",
+        sub,
+        "Read the call journal the stub keeps beside its ledger (docs/his-check.md).",
+        _examples(
+            "settlesim journal show --db /tmp/s.db --institution H11010500001 --rpc SettleVisit",
+            "settlesim journal export --db /tmp/s.db --run RUN_ID > run.jsonl",
+            "settlesim journal export --db /tmp/s.db --run RUN_ID --as-case --out recorded.yaml",
+        ),
+    )
+    js = p.add_subparsers(dest="journal_command", required=True, metavar="{show,export}")
+    for name, help in (("show", "Print journal entries as a table."),
+                       ("export", "Write journal entries as JSON lines, or a run as a replay case (--as-case).")):  # fmt: skip
+        q = _parser(name, js, help, _examples(f"settlesim journal {name} --db /tmp/s.db --run RUN_ID"))
+        q.add_argument(
+            "--db", type=Path, default=os.environ.get("SETTLESIM_DB"),
+            help="the ledger whose journal to read (default $SETTLESIM_DB or the default ledger)",
+        )  # fmt: skip
+        q.add_argument("--institution", default="", help="only this institution's calls")
+        q.add_argument("--run", default="", help="only this check run's calls")
+        q.add_argument("--rpc", default="", help="only this RPC, e.g. SettleVisit")
+        q.add_argument("--msgid", default="", help="only calls carrying this msgid")
+        q.add_argument("--since", default="", help="calls from this UTC time on (ISO 8601, e.g. 2026-12-01T08)")
+        q.add_argument("--until", default="", help="calls before this UTC time")
+        q.add_argument("--limit", type=int, default=0, help="at most this many entries")
+        if name == "export":
+            q.add_argument("--out", type=Path, metavar="FILE", help="write here instead of standard output")
+            q.add_argument("--as-case", action="store_true", help="write the run (--run) as a replay case (docs/cases.md)")
+        q.set_defaults(run=run_journal_show if name == "show" else run_journal_export)
+
+
+def _journal_entries(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+    from settlesim.server.app import default_db_path
+    from settlesim.server.journal import journal_path, open_read_only, query
+
+    path = journal_path(args.db or default_db_path())
+    try:
+        db = open_read_only(path)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    try:
+        return list(query(db, institution=args.institution, run_id=args.run, rpc=args.rpc, msgid=args.msgid,
+                          since=args.since, until=args.until, limit=args.limit))  # fmt: skip
+    finally:
+        db.close()
+
+
+def run_journal_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    entries = _journal_entries(args)
+    table = Table(show_lines=False, box=None)
+    for column in ("#", "time (UTC)", "rpc", "institution", "run", "msgid", "outcome", "fault", "ms"):
+        table.add_column(column)
+    for e in entries:
+        outcome = e.code + (f" {e.reason}" if e.reason else "") + (" (after deadline)" if e.undelivered else "")
+        table.add_row(str(e.seq), e.time[:23], e.rpc, e.institution, e.run_id or "-", e.msgid or "-", outcome,
+                      e.fault or "", f"{e.latency_ms:.1f}")  # fmt: skip
+    Console(width=200).print(table)
+    print(f"{len(entries)} entries")
+    return 0
+
+
+def run_journal_export(args: argparse.Namespace) -> int:
+    import json
+
+    entries = _journal_entries(args)
+    if args.as_case:
+        from settlesim.clients.hischeck.record_case import case_yaml
+
+        if not args.run:
+            raise CliError("--as-case needs --run RUN_ID (one run makes one case)")
+        if not entries:
+            raise CliError(f"the journal has no calls for run {args.run}")
+        text = case_yaml([e.to_dict() for e in entries])
+    else:
+        text = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in entries)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 # --- main -----------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_serve, add_world, add_ledger, add_replay, add_conformance, add_bench, add_audit,
+    add_serve, add_world, add_ledger, add_replay, add_conformance, add_bench, add_audit, add_his_check,
+    add_journal,
 ]  # fmt: skip
 
 
