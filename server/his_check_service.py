@@ -98,20 +98,38 @@ class HisCheckService(hc_grpc.HisCheckServiceServicer):
 
 def settlement_dict(s: StoredSettlement) -> dict[str, Any]:
     return {
-        "settlement_id": s.settlement_id, "msgid": s.msgid, "institution_code": s.institution_code,
-        "person_no": s.person_no, "disease_code": s.disease_code, "visit_date": s.visit_date.isoformat(),
-        "status": s.status, "total": s.total, "fund_pays": s.fund_pays, "patient_pays": s.patient_pays,
+        "settlement_id": s.settlement_id,
+        "msgid": s.msgid,
+        "institution_code": s.institution_code,
+        "person_no": s.person_no,
+        "disease_code": s.disease_code,
+        "visit_date": s.visit_date.isoformat(),
+        "status": s.status,
+        "total": s.total,
+        "fund_pays": s.fund_pays,
+        "patient_pays": s.patient_pays,
         "undone_by_msgid": s.undone_by_msgid,
-    }  # fmt: skip
+    }
 
 
 def run_message(run: Run) -> hc.Run:
     return hc.Run(
-        run_id=run.run_id, institution_code=run.institution, scenario=run.scenario, session=run.session,
-        opened_at=run.opened_at, expires_at=run.expires_at, closed_at=run.closed_at,
+        run_id=run.run_id,
+        institution_code=run.institution,
+        scenario=run.scenario,
+        session=run.session,
+        opened_at=run.opened_at,
+        expires_at=run.expires_at,
+        closed_at=run.closed_at,
         faults=[
-            hc.TargetedFault(rpc=f.rpc, kind=f.kind, nth=f.nth, from_nth=f.from_nth, delay_ms=f.delay_ms,
-                             figures_off_fen=f.figures_off_fen)
+            hc.TargetedFault(
+                rpc=f.rpc,
+                kind=f.kind,
+                nth=f.nth,
+                from_nth=f.from_nth,
+                delay_ms=f.delay_ms,
+                figures_off_fen=f.figures_off_fen,
+            )
             for f in run.faults
         ],
-    )  # fmt: skip
+    )

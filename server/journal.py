@@ -72,9 +72,25 @@ CREATE INDEX IF NOT EXISTS journal_by_institution ON journal (institution, time)
 CREATE INDEX IF NOT EXISTS journal_by_msgid ON journal (msgid);
 """
 COLUMNS = (
-    "seq", "time", "door", "rpc", "identity", "institution", "session", "run_id", "actor", "msgid",
-    "request_hash", "code", "reason", "fault", "latency_ms", "undelivered", "request", "answer",
-)  # fmt: skip
+    "seq",
+    "time",
+    "door",
+    "rpc",
+    "identity",
+    "institution",
+    "session",
+    "run_id",
+    "actor",
+    "msgid",
+    "request_hash",
+    "code",
+    "reason",
+    "fault",
+    "latency_ms",
+    "undelivered",
+    "request",
+    "answer",
+)
 
 
 def journal_path(ledger_path: Path | str) -> Path:
@@ -333,10 +349,24 @@ def entry_of(note: CallNote) -> tuple[Any, ...]:
     when = datetime.fromtimestamp(note.arrived, UTC).isoformat(timespec="microseconds")
     run_id = note.run.run_id if note.run is not None else ""
     return (
-        when, "grpc", note.rpc, note.identity, note.institution, note.session, run_id, note.actor, msgid,
-        digest, code, reason, note.fault or fault, round(note.latency_ms, 3), int(note.undelivered),
-        json.dumps(plain, ensure_ascii=False), json.dumps(answer, ensure_ascii=False) if answer is not None else None,
-    )  # fmt: skip
+        when,
+        "grpc",
+        note.rpc,
+        note.identity,
+        note.institution,
+        note.session,
+        run_id,
+        note.actor,
+        msgid,
+        digest,
+        code,
+        reason,
+        note.fault or fault,
+        round(note.latency_ms, 3),
+        int(note.undelivered),
+        json.dumps(plain, ensure_ascii=False),
+        json.dumps(answer, ensure_ascii=False) if answer is not None else None,
+    )
 
 
 # --- the interceptor ---------------------------------------------------------------------------

@@ -138,9 +138,16 @@ class RunRegistry:
             with self.journal.lock:
                 self.journal.connection.execute(
                     "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, '', ?)",
-                    (run.run_id, institution, scenario, run.session, run.opened_at, run.expires_at,
-                     json.dumps([_fault_dict(f) for f in faults])),
-                )  # fmt: skip
+                    (
+                        run.run_id,
+                        institution,
+                        scenario,
+                        run.session,
+                        run.opened_at,
+                        run.expires_at,
+                        json.dumps([_fault_dict(f) for f in faults]),
+                    ),
+                )
             self._open[institution] = run
             self._counts[run_id] = _Counts()
         return run
@@ -243,21 +250,35 @@ def route_call(
 
 def _fault_dict(f: TargetedFault) -> dict[str, Any]:
     return {
-        "rpc": f.rpc, "kind": f.kind, "nth": list(f.nth), "from_nth": f.from_nth,
-        "delay_ms": f.delay_ms, "figures_off_fen": f.figures_off_fen,
-    }  # fmt: skip
+        "rpc": f.rpc,
+        "kind": f.kind,
+        "nth": list(f.nth),
+        "from_nth": f.from_nth,
+        "delay_ms": f.delay_ms,
+        "figures_off_fen": f.figures_off_fen,
+    }
 
 
 def fault_of(data: dict[str, Any]) -> TargetedFault:
     return TargetedFault(
-        rpc=data["rpc"], kind=data["kind"], nth=tuple(data.get("nth", ())), from_nth=data.get("from_nth", 0),
-        delay_ms=data.get("delay_ms", 0), figures_off_fen=data.get("figures_off_fen", 0),
-    )  # fmt: skip
+        rpc=data["rpc"],
+        kind=data["kind"],
+        nth=tuple(data.get("nth", ())),
+        from_nth=data.get("from_nth", 0),
+        delay_ms=data.get("delay_ms", 0),
+        figures_off_fen=data.get("figures_off_fen", 0),
+    )
 
 
 def _run_of(row: tuple[Any, ...]) -> Run:
     run_id, institution, scenario, session, opened_at, expires_at, closed_at, faults = row
     return Run(
-        run_id, institution, scenario, session, opened_at, expires_at, closed_at,
+        run_id,
+        institution,
+        scenario,
+        session,
+        opened_at,
+        expires_at,
+        closed_at,
         tuple(fault_of(f) for f in json.loads(faults)),
-    )  # fmt: skip
+    )

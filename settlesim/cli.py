@@ -559,7 +559,9 @@ def _his_check_connection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", metavar="HOST:PORT", help="the running stub (settlesim serve)")
     p.add_argument("--token", help="the institution's bearer token (serve --auth token)")
     p.add_argument("--ca", type=Path, metavar="FILE", help="speak TLS and trust this CA (PEM)")
-    p.add_argument("--cert", type=Path, metavar="FILE", help="the institution's client certificate (mutual TLS)")
+    p.add_argument(
+        "--cert", type=Path, metavar="FILE", help="the institution's client certificate (mutual TLS)"
+    )
     p.add_argument("--key", type=Path, metavar="FILE", help="the private key of --cert")
 
 
@@ -587,38 +589,67 @@ def add_his_check(sub: argparse._SubParsersAction) -> None:
     ls = _parser("list", hs, "List the bundled scenarios.", _examples("settlesim his-check list"))
     ls.set_defaults(run=run_his_check_list)
     st = _parser(
-        "start", hs, "Open a run: arm the scenario's faults, print the HIS operator's tasks, the target and the run id.",
-        _examples("settlesim his-check start qinghai-happy-path --institution H11010500001 --target 127.0.0.1:50051",
-                  "settlesim his-check start reversal --serve     # a throw-away stub, serving until the run is finished"),
-    )  # fmt: skip
+        "start",
+        hs,
+        "Open a run: arm the scenario's faults, print the HIS operator's tasks, the target and the run id.",
+        _examples(
+            "settlesim his-check start qinghai-happy-path --institution H11010500001 --target 127.0.0.1:50051",
+            "settlesim his-check start reversal --serve     # a throw-away stub, serving until the run is finished",
+        ),
+    )
     st.add_argument("scenario", help="a bundled scenario's name or a scenario YAML file")
     st.add_argument("--institution", help="the HIS's institution code (default: the scenario's)")
-    st.add_argument("--serve", action="store_true", help="start a throw-away stub and serve until the run is finished")
-    st.add_argument("--tasks-out", type=Path, metavar="FILE", help="also write the tasks as JSON for automation")
+    st.add_argument(
+        "--serve", action="store_true", help="start a throw-away stub and serve until the run is finished"
+    )
+    st.add_argument(
+        "--tasks-out", type=Path, metavar="FILE", help="also write the tasks as JSON for automation"
+    )
     st.add_argument("--timeout", type=int, default=3600, help="seconds the run takes calls (default 3600)")
     _his_check_connection(st)
     st.set_defaults(run=run_his_check_start)
     fi = _parser(
-        "finish", hs, "Grade a run and report; exit 0 only when every check passes.",
-        _examples("settlesim his-check finish 20261201090115-5f32aa40 --target 127.0.0.1:50051 --junit junit.xml"),
-    )  # fmt: skip
+        "finish",
+        hs,
+        "Grade a run and report; exit 0 only when every check passes.",
+        _examples(
+            "settlesim his-check finish 20261201090115-5f32aa40 --target 127.0.0.1:50051 --junit junit.xml"
+        ),
+    )
     fi.add_argument("run_id", metavar="RUN")
     fi.add_argument("--scenario", help="the scenario file, when the run was started from a file not at hand")
     _his_check_connection(fi)
     _his_check_reports(fi)
     fi.set_defaults(run=run_his_check_finish)
     ru = _parser(
-        "run", hs, "start -> your driver command -> finish, for CI; exit 0 only when every check of every run passes.",
-        _examples("settlesim his-check run qinghai-happy-path --target 127.0.0.1:50051 --exec './drive-his {target} {run} {tasks}'",
-                  "settlesim his-check run all --serve --exec 'python -m settlesim.clients.hischeck.good_his "
-                  "{target} {institution} {run} {tasks}'"),
-    )  # fmt: skip
-    ru.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario names or files; `all` for every bundled one")
+        "run",
+        hs,
+        "start -> your driver command -> finish, for CI; exit 0 only when every check of every run passes.",
+        _examples(
+            "settlesim his-check run qinghai-happy-path --target 127.0.0.1:50051 "
+            "--exec './drive-his {target} {run} {tasks}'",
+            "settlesim his-check run all --serve --exec 'python -m settlesim.clients.hischeck.good_his "
+            "{target} {institution} {run} {tasks}'",
+        ),
+    )
+    ru.add_argument(
+        "scenarios",
+        nargs="+",
+        metavar="SCENARIO",
+        help="scenario names or files; `all` for every bundled one",
+    )
     ru.add_argument("--institution", help="the HIS's institution code (default: each scenario's)")
-    ru.add_argument("--exec", dest="command", required=True, metavar="COMMAND",
-                    help="the driver: {target} {institution} {run} {tasks} {scenario} {credentials} are filled in")  # fmt: skip
+    ru.add_argument(
+        "--exec",
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="the driver: {target} {institution} {run} {tasks} {scenario} {credentials} are filled in",
+    )
     ru.add_argument("--serve", action="store_true", help="against a throw-away stub")
-    ru.add_argument("--timeout", type=float, default=300, help="seconds the driver may take per run (default 300)")
+    ru.add_argument(
+        "--timeout", type=float, default=300, help="seconds the driver may take per run (default 300)"
+    )
     _his_check_connection(ru)
     _his_check_reports(ru)
     ru.set_defaults(run=run_his_check_run)
@@ -668,13 +699,17 @@ def run_his_check_start(args: argparse.Namespace) -> int:
         raise CliError("give --target or --serve, not both")
     try:
         if not args.serve:
-            return _print_started(start(args.scenario, args.institution, _connection(args), args.timeout), args)
+            return _print_started(
+                start(args.scenario, args.institution, _connection(args), args.timeout), args
+            )
         with throwaway_stub() as target:
             conn = _connection(args, target)
             started = start(args.scenario, args.institution, conn, args.timeout)
             _print_started(started, args)
-            print(f"serving until `settlesim his-check finish {started.run.run_id} --target {target}` (Ctrl-C stops)",
-                  flush=True)  # fmt: skip
+            print(
+                f"serving until `settlesim his-check finish {started.run.run_id} --target {target}` (Ctrl-C stops)",
+                flush=True,
+            )
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
                 time.sleep(1)
@@ -696,7 +731,9 @@ def _print_started(started, args: argparse.Namespace) -> int:  # type: ignore[no
     print("the HIS must now:")
     for line in started.lines:
         print(f"  {line}")
-    print(f"then: settlesim his-check finish {started.run.run_id} --target {started.plan['target']}", flush=True)
+    print(
+        f"then: settlesim his-check finish {started.run.run_id} --target {started.plan['target']}", flush=True
+    )
     if args.tasks_out:
         args.tasks_out.write_text(json.dumps(started.plan, ensure_ascii=False, indent=2), encoding="utf-8")
     return 0
@@ -723,7 +760,9 @@ def run_his_check_run(args: argparse.Namespace) -> int:
         if args.serve:
             with throwaway_stub() as target:
                 conn = _connection(args, target)
-                graded = [run_with_driver(n, args.institution, conn, args.command, args.timeout) for n in names]
+                graded = [
+                    run_with_driver(n, args.institution, conn, args.command, args.timeout) for n in names
+                ]
         else:
             conn = _connection(args)
             graded = [run_with_driver(n, args.institution, conn, args.command, args.timeout) for n in names]
@@ -744,23 +783,33 @@ def add_journal(sub: argparse._SubParsersAction) -> None:
         ),
     )
     js = p.add_subparsers(dest="journal_command", required=True, metavar="{show,export}")
-    for name, help in (("show", "Print journal entries as a table."),
-                       ("export", "Write journal entries as JSON lines, or a run as a replay case (--as-case).")):  # fmt: skip
+    for name, help in (
+        ("show", "Print journal entries as a table."),
+        ("export", "Write journal entries as JSON lines, or a run as a replay case (--as-case)."),
+    ):
         q = _parser(name, js, help, _examples(f"settlesim journal {name} --db /tmp/s.db --run RUN_ID"))
         q.add_argument(
-            "--db", type=Path, default=os.environ.get("SETTLESIM_DB"),
+            "--db",
+            type=Path,
+            default=os.environ.get("SETTLESIM_DB"),
             help="the ledger whose journal to read (default $SETTLESIM_DB or the default ledger)",
-        )  # fmt: skip
+        )
         q.add_argument("--institution", default="", help="only this institution's calls")
         q.add_argument("--run", default="", help="only this check run's calls")
         q.add_argument("--rpc", default="", help="only this RPC, e.g. SettleVisit")
         q.add_argument("--msgid", default="", help="only calls carrying this msgid")
-        q.add_argument("--since", default="", help="calls from this UTC time on (ISO 8601, e.g. 2026-12-01T08)")
+        q.add_argument(
+            "--since", default="", help="calls from this UTC time on (ISO 8601, e.g. 2026-12-01T08)"
+        )
         q.add_argument("--until", default="", help="calls before this UTC time")
         q.add_argument("--limit", type=int, default=0, help="at most this many entries")
         if name == "export":
             q.add_argument("--out", type=Path, metavar="FILE", help="write here instead of standard output")
-            q.add_argument("--as-case", action="store_true", help="write the run (--run) as a replay case (docs/cases.md)")
+            q.add_argument(
+                "--as-case",
+                action="store_true",
+                help="write the run (--run) as a replay case (docs/cases.md)",
+            )
         q.set_defaults(run=run_journal_show if name == "show" else run_journal_export)
 
 
@@ -774,8 +823,18 @@ def _journal_entries(args: argparse.Namespace) -> list:  # type: ignore[type-arg
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
     try:
-        return list(query(db, institution=args.institution, run_id=args.run, rpc=args.rpc, msgid=args.msgid,
-                          since=args.since, until=args.until, limit=args.limit))  # fmt: skip
+        return list(
+            query(
+                db,
+                institution=args.institution,
+                run_id=args.run,
+                rpc=args.rpc,
+                msgid=args.msgid,
+                since=args.since,
+                until=args.until,
+                limit=args.limit,
+            )
+        )
     finally:
         db.close()
 
@@ -789,9 +848,20 @@ def run_journal_show(args: argparse.Namespace) -> int:
     for column in ("#", "time (UTC)", "rpc", "institution", "run", "msgid", "outcome", "fault", "ms"):
         table.add_column(column)
     for e in entries:
-        outcome = e.code + (f" {e.reason}" if e.reason else "") + (" (after deadline)" if e.undelivered else "")
-        table.add_row(str(e.seq), e.time[:23], e.rpc, e.institution, e.run_id or "-", e.msgid or "-", outcome,
-                      e.fault or "", f"{e.latency_ms:.1f}")  # fmt: skip
+        outcome = (
+            e.code + (f" {e.reason}" if e.reason else "") + (" (after deadline)" if e.undelivered else "")
+        )
+        table.add_row(
+            str(e.seq),
+            e.time[:23],
+            e.rpc,
+            e.institution,
+            e.run_id or "-",
+            e.msgid or "-",
+            outcome,
+            e.fault or "",
+            f"{e.latency_ms:.1f}",
+        )
     Console(width=200).print(table)
     print(f"{len(entries)} entries")
     return 0

@@ -18,7 +18,15 @@ from typing import Any
 
 from settlesim.clients.hischeck.scenarios import Scenario
 
-LOST_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN", "CANCELLED", "ABORTED"}
+LOST_CODES = {
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "INTERNAL",
+    "UNKNOWN",
+    "CANCELLED",
+    "ABORTED",
+}
 INJECTED = "INJECTED_FAULT"
 SETTLING = ("PreSettleVisit", "SettleVisit")
 SENDS_MSGID = ("PreSettleVisit", "SettleVisit", "ReverseSettlement", "VoidByMessageId")
@@ -89,7 +97,9 @@ def grade(record: Record, scenario: Scenario) -> list[CheckResult]:
 Problem = tuple[str, list[int]]
 
 
-def _outcome(problems: list[Problem], applicable: bool = True, ok: str = "") -> tuple[str, str, tuple[int, ...]]:
+def _outcome(
+    problems: list[Problem], applicable: bool = True, ok: str = ""
+) -> tuple[str, str, tuple[int, ...]]:
     if problems:
         seqs = sorted({s for _, ss in problems for s in ss})
         return "failed", "; ".join(m for m, _ in problems), tuple(seqs)
@@ -164,11 +174,21 @@ def msgid_format(record: Record, scenario: Scenario) -> tuple[str, str, tuple[in
     for e in sent:
         match = MSGID.fullmatch(e["msgid"])
         if match is None:
-            problems.append((f"#{e['seq']} {e['rpc']} msgid {e['msgid']!r} is not institution code (12) + "
-                             "yyyyMMddHHmmss + 4 digits", [e["seq"]]))  # fmt: skip
+            problems.append(
+                (
+                    f"#{e['seq']} {e['rpc']} msgid {e['msgid']!r} is not institution code (12) + "
+                    "yyyyMMddHHmmss + 4 digits",
+                    [e["seq"]],
+                )
+            )
         elif e["institution"] and match["institution"] != e["institution"]:
-            problems.append((f"#{e['seq']} msgid {e['msgid']} starts with {match['institution']}, not the sender "
-                             f"{e['institution']}", [e["seq"]]))  # fmt: skip
+            problems.append(
+                (
+                    f"#{e['seq']} msgid {e['msgid']} starts with {match['institution']}, not the sender "
+                    f"{e['institution']}",
+                    [e["seq"]],
+                )
+            )
     return _outcome(problems, bool(sent))
 
 
@@ -184,12 +204,19 @@ def msgid_timestamp(record: Record, scenario: Scenario) -> tuple[str, str, tuple
             try:
                 stamp = datetime.strptime(match["time"], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
             except ValueError:
-                problems.append((f"#{e['seq']} msgid {e['msgid']}: {match['time']} is no date and time", [e["seq"]]))
+                problems.append(
+                    (f"#{e['seq']} msgid {e['msgid']}: {match['time']} is no date and time", [e["seq"]])
+                )
                 continue
             arrived = datetime.fromisoformat(e["time"])
             if abs(stamp - arrived) > CLOCK_SLACK:
-                problems.append((f"#{e['seq']} msgid {e['msgid']} says {stamp:%Y-%m-%d %H:%M:%S}, but it arrived "
-                                 f"{arrived:%Y-%m-%d %H:%M:%S} UTC: is the HIS clock right?", [e["seq"]]))  # fmt: skip
+                problems.append(
+                    (
+                        f"#{e['seq']} msgid {e['msgid']} says {stamp:%Y-%m-%d %H:%M:%S}, but it arrived "
+                        f"{arrived:%Y-%m-%d %H:%M:%S} UTC: is the HIS clock right?",
+                        [e["seq"]],
+                    )
+                )
     return _outcome(problems, bool(first))
 
 
@@ -206,8 +233,13 @@ def msgid_unique(record: Record, scenario: Scenario) -> tuple[str, str, tuple[in
     for msgid, entries in by_msgid.items():
         hashes = {(e["rpc"] if e["rpc"] not in SETTLING else "settle", e["request_hash"]) for e in entries}
         if len(hashes) > 1:
-            problems.append((f"msgid {msgid} was sent with {len(hashes)} different requests ({refs(entries)}); "
-                             "give every new request a new msgid", [e["seq"] for e in entries]))  # fmt: skip
+            problems.append(
+                (
+                    f"msgid {msgid} was sent with {len(hashes)} different requests ({refs(entries)}); "
+                    "give every new request a new msgid",
+                    [e["seq"] for e in entries],
+                )
+            )
     return _outcome(problems, bool(by_msgid))
 
 
@@ -225,9 +257,10 @@ def _lost_settles(record: Record) -> list[dict[str, Any]]:
 
 def _voids_of(record: Record, msgid: str) -> list[dict[str, Any]]:
     return [
-        e for e in record.his
+        e
+        for e in record.his
         if e["rpc"] == "VoidByMessageId" and e["request"].get("original_msgid") == msgid and e["code"] == "OK"
-    ]  # fmt: skip
+    ]
 
 
 @check("retry.same-msgid", "a retry after a lost answer reuses the msgid, byte for byte")
@@ -242,12 +275,22 @@ def retry_same_msgid(record: Record, scenario: Scenario) -> tuple[str, str, tupl
             if e["rpc"] != "SettleVisit" or e["time"] <= first["time"] or e["seq"] == first["seq"]:
                 continue
             if e["msgid"] == first["msgid"] and e["request_hash"] != first["request_hash"]:
-                problems.append((f"#{e['seq']} retried msgid {first['msgid']} of #{first['seq']} with different "
-                                 "bytes: a retry must resend the request unchanged", [first["seq"], e["seq"]]))  # fmt: skip
+                problems.append(
+                    (
+                        f"#{e['seq']} retried msgid {first['msgid']} of #{first['seq']} with different "
+                        "bytes: a retry must resend the request unchanged",
+                        [first["seq"], e["seq"]],
+                    )
+                )
             elif e["msgid"] != first["msgid"] and visit_key(e) == visit_key(first) and e["time"] < voided_at:
-                problems.append((f"#{e['seq']} settled the visit of #{first['seq']} again under a new msgid "
-                                 f"{e['msgid']} while the answer to {first['msgid']} was lost: retry with the "
-                                 "same msgid, or void (2601) it first", [first["seq"], e["seq"]]))  # fmt: skip
+                problems.append(
+                    (
+                        f"#{e['seq']} settled the visit of #{first['seq']} again under a new msgid "
+                        f"{e['msgid']} while the answer to {first['msgid']} was lost: retry with the "
+                        "same msgid, or void (2601) it first",
+                        [first["seq"], e["seq"]],
+                    )
+                )
     return _outcome(problems, bool(_lost_settles(record)))
 
 
@@ -261,17 +304,25 @@ def retry_resolved(record: Record, scenario: Scenario) -> tuple[str, str, tuple[
     for first in lost_ones:
         m = first["msgid"]
         answered = any(
-            e["msgid"] == m and e["rpc"] == "SettleVisit" and e["code"] == "OK" and not lost(e)
+            e["msgid"] == m
+            and e["rpc"] == "SettleVisit"
+            and e["code"] == "OK"
+            and not lost(e)
             and e["time"] > first["time"]
             for e in record.his
         ) or any(
-            e["rpc"] == "GetSettlement" and e["request"].get("msgid") == m and e["code"] == "OK" for e in record.his
-        )  # fmt: skip
+            e["rpc"] == "GetSettlement" and e["request"].get("msgid") == m and e["code"] == "OK"
+            for e in record.his
+        )
         if not answered and not _voids_of(record, m):
             attempts = [e for e in record.his if e["msgid"] == m]
-            problems.append((f"msgid {m} got no answer ({refs(attempts)}) and the HIS never learned its fate: "
-                             "retry it with the same msgid or void it (2601) by that msgid",
-                             [e["seq"] for e in attempts]))  # fmt: skip
+            problems.append(
+                (
+                    f"msgid {m} got no answer ({refs(attempts)}) and the HIS never learned its fate: "
+                    "retry it with the same msgid or void it (2601) by that msgid",
+                    [e["seq"] for e in attempts],
+                )
+            )
     return _outcome(problems, bool(lost_ones))
 
 
@@ -285,16 +336,26 @@ def no_refusal_retry(record: Record, scenario: Scenario) -> tuple[str, str, tupl
     refusals = [e for e in his if refused(e) and e["rpc"] in SENDS_MSGID]
     for r in refusals:
         again = [
-            e for e in his
-            if e["time"] > r["time"] and e["rpc"] == r["rpc"]
-            and (e["request_hash"] == r["request_hash"]
-                 or (r["rpc"] in SETTLING
-                     and _without_msgid(settlement_request(e)) == _without_msgid(settlement_request(r))))
-        ]  # fmt: skip
+            e
+            for e in his
+            if e["time"] > r["time"]
+            and e["rpc"] == r["rpc"]
+            and (
+                e["request_hash"] == r["request_hash"]
+                or (
+                    r["rpc"] in SETTLING
+                    and _without_msgid(settlement_request(e)) == _without_msgid(settlement_request(r))
+                )
+            )
+        ]
         if again:
-            problems.append((f"#{r['seq']} was refused {r['code']} {r['reason']} and the HIS sent it again "
-                             f"({refs(again)}): show the reason to the operator instead",
-                             [r["seq"]] + [e["seq"] for e in again]))  # fmt: skip
+            problems.append(
+                (
+                    f"#{r['seq']} was refused {r['code']} {r['reason']} and the HIS sent it again "
+                    f"({refs(again)}): show the reason to the operator instead",
+                    [r["seq"]] + [e["seq"] for e in again],
+                )
+            )
     return _outcome(problems, bool(refusals))
 
 
@@ -307,9 +368,13 @@ def settled_once(record: Record, scenario: Scenario) -> tuple[str, str, tuple[in
         in_force = [s for s in rows if s["status"] == "settled"]
         if len(in_force) > 1:
             msgids = {s["msgid"] for s in in_force}
-            problems.append((f"visit {key[1]} {key[2]} {key[3]} has {len(in_force)} settlements in force "
-                             f"({', '.join(s['settlement_id'] for s in in_force)}, msgids {', '.join(sorted(msgids))})",
-                             _entries_of_msgids(record, msgids)))  # fmt: skip
+            problems.append(
+                (
+                    f"visit {key[1]} {key[2]} {key[3]} has {len(in_force)} settlements in force "
+                    f"({', '.join(s['settlement_id'] for s in in_force)}, msgids {', '.join(sorted(msgids))})",
+                    _entries_of_msgids(record, msgids),
+                )
+            )
     return _outcome(problems, bool(record.settlements))
 
 
@@ -330,10 +395,17 @@ def fees_amount(record: Record, scenario: Scenario) -> tuple[str, str, tuple[int
     lines = list(_fee_lines(record))
     for e, items in lines:
         for item in items:
-            price, quantity, amount = (int(item.get(k, 0)) for k in ("unit_price_fen", "quantity", "amount_fen"))
+            price, quantity, amount = (
+                int(item.get(k, 0)) for k in ("unit_price_fen", "quantity", "amount_fen")
+            )
             if amount != price * quantity:
-                problems.append((f"#{e['seq']} line {item.get('sequence_no', '?')}: amount {amount} fen ≠ "
-                                 f"{price} × {quantity} = {price * quantity} fen", [e["seq"]]))  # fmt: skip
+                problems.append(
+                    (
+                        f"#{e['seq']} line {item.get('sequence_no', '?')}: amount {amount} fen ≠ "
+                        f"{price} × {quantity} = {price * quantity} fen",
+                        [e["seq"]],
+                    )
+                )
     return _outcome(problems, bool(lines))
 
 
@@ -357,11 +429,18 @@ def fees_catalog_code(record: Record, scenario: Scenario) -> tuple[str, str, tup
     problems: list[Problem] = []
     lines = list(_fee_lines(record))
     for e, items in lines:
-        unknown = [i.get("catalog_code", "") for i in items if i.get("catalog_code", "") not in record.catalog_codes]
+        unknown = [
+            i.get("catalog_code", "") for i in items if i.get("catalog_code", "") not in record.catalog_codes
+        ]
         if unknown and record.catalog_codes:
             hint = [c for c in record.catalog_codes if any(u.strip().upper() == c for u in unknown)]
-            problems.append((f"#{e['seq']} sends code(s) {', '.join(map(repr, unknown))} the catalog does not have"
-                             + (f" (did you mean {', '.join(hint)}?)" if hint else ""), [e["seq"]]))  # fmt: skip
+            problems.append(
+                (
+                    f"#{e['seq']} sends code(s) {', '.join(map(repr, unknown))} the catalog does not have"
+                    + (f" (did you mean {', '.join(hint)}?)" if hint else ""),
+                    [e["seq"]],
+                )
+            )
     return _outcome(problems, bool(lines) and bool(record.catalog_codes))
 
 
@@ -379,10 +458,13 @@ def _first_settles(record: Record) -> list[dict[str, Any]]:
 
 def _pre_settle_before(record: Record, settle: dict[str, Any]) -> dict[str, Any] | None:
     before = [
-        e for e in record.his
-        if e["rpc"] == "PreSettleVisit" and e["code"] == "OK" and e["time"] < settle["time"]
+        e
+        for e in record.his
+        if e["rpc"] == "PreSettleVisit"
+        and e["code"] == "OK"
+        and e["time"] < settle["time"]
         and visit_key(e) == visit_key(settle)
-    ]  # fmt: skip
+    ]
     return before[-1] if before else None
 
 
@@ -396,8 +478,13 @@ def presettle_before(record: Record, scenario: Scenario) -> tuple[str, str, tupl
         key = _task_key(record, scenario, t.id)
         settles = [e for e in _first_settles(record) if visit_key(e) == key]
         if settles and _pre_settle_before(record, settles[0]) is None:
-            problems.append((f"task [{t.id}]: #{settles[0]['seq']} settled without a pre-settle (2206) of the "
-                             "visit before it", [settles[0]["seq"]]))  # fmt: skip
+            problems.append(
+                (
+                    f"task [{t.id}]: #{settles[0]['seq']} settled without a pre-settle (2206) of the "
+                    "visit before it",
+                    [settles[0]["seq"]],
+                )
+            )
     return _outcome(problems, bool(asked))
 
 
@@ -410,11 +497,17 @@ def presettle_matches(record: Record, scenario: Scenario) -> tuple[str, str, tup
     for s, p in pairs:
         if _without_msgid(settlement_request(s)) != _without_msgid(settlement_request(p)):
             differ = sorted(
-                k for k in set(settlement_request(s)) | set(settlement_request(p))
+                k
+                for k in set(settlement_request(s)) | set(settlement_request(p))
                 if k != "msgid" and settlement_request(s).get(k) != settlement_request(p).get(k)
-            )  # fmt: skip
-            problems.append((f"#{s['seq']} settles a request that differs from the pre-settle #{p['seq']} in "
-                             f"{', '.join(differ)}", [p["seq"], s["seq"]]))  # fmt: skip
+            )
+            problems.append(
+                (
+                    f"#{s['seq']} settles a request that differs from the pre-settle #{p['seq']} in "
+                    f"{', '.join(differ)}",
+                    [p["seq"], s["seq"]],
+                )
+            )
     return _outcome(problems, bool(pairs))
 
 
@@ -427,18 +520,28 @@ def figures_differ_undone(record: Record, scenario: Scenario) -> tuple[str, str,
     checked = 0
     for s in _first_settles(record):
         p = _pre_settle_before(record, s)
-        answer = next((e["answer"] for e in record.his if e["msgid"] == s["msgid"] and e["rpc"] == "SettleVisit"
-                       and e["answer"]), None)  # fmt: skip
+        answer = next(
+            (
+                e["answer"]
+                for e in record.his
+                if e["msgid"] == s["msgid"] and e["rpc"] == "SettleVisit" and e["answer"]
+            ),
+            None,
+        )
         if p is None or answer is None:
             continue
         checked += 1
         a, b = figures(p["answer"]), figures(answer)
         worst = max(abs(a[k] - b[k]) for k in a)
         if worst > TOLERANCE_FEN and status.get(s["msgid"]) == "settled":
-            problems.append((f"#{s['seq']} settled {b['fund_pays_fen']} fund / {b['patient_pays_fen']} patient fen, "
-                             f"the pre-settle #{p['seq']} said {a['fund_pays_fen']} / {a['patient_pays_fen']}: "
-                             f"{worst / 100:.2f} yuan off, yet the settlement is still in force; void or reverse it",
-                             [p["seq"], s["seq"]]))  # fmt: skip
+            problems.append(
+                (
+                    f"#{s['seq']} settled {b['fund_pays_fen']} fund / {b['patient_pays_fen']} patient fen, "
+                    f"the pre-settle #{p['seq']} said {a['fund_pays_fen']} / {a['patient_pays_fen']}: "
+                    f"{worst / 100:.2f} yuan off, yet the settlement is still in force; void or reverse it",
+                    [p["seq"], s["seq"]],
+                )
+            )
     return _outcome(problems, checked > 0)
 
 
@@ -447,10 +550,13 @@ def figures_differ_undone(record: Record, scenario: Scenario) -> tuple[str, str,
 
 def _reconciles(record: Record, start: str, end: str) -> list[dict[str, Any]]:
     return [
-        e for e in record.his
-        if e["rpc"] == "Reconcile" and e["code"] == "OK"
-        and e["request"].get("start_date") == start and e["request"].get("end_date") == end
-    ]  # fmt: skip
+        e
+        for e in record.his
+        if e["rpc"] == "Reconcile"
+        and e["code"] == "OK"
+        and e["request"].get("start_date") == start
+        and e["request"].get("end_date") == end
+    ]
 
 
 @check("reconcile.sent", "reconciliation (3201) sent where asked")
@@ -459,8 +565,9 @@ def reconcile_sent(record: Record, scenario: Scenario) -> tuple[str, str, tuple[
     asked = [t for t in scenario.tasks if t.do == "reconcile"]
     problems: list[Problem] = [
         (f"task [{t.id}]: no reconciliation (3201) of {t.start}..{t.end} was answered", [])
-        for t in asked if not _reconciles(record, t.start, t.end)
-    ]  # fmt: skip
+        for t in asked
+        if not _reconciles(record, t.start, t.end)
+    ]
     return _outcome(problems, bool(asked))
 
 
@@ -474,8 +581,13 @@ def reconcile_matched(record: Record, scenario: Scenario) -> tuple[str, str, tup
         done = _reconciles(record, t.start, t.end)
         if done and not done[-1]["answer"].get("matched", False):
             last = done[-1]
-            problems.append((f"task [{t.id}]: the last reconciliation #{last['seq']} did not match "
-                             f"({', '.join(last['answer'].get('mismatched_fields', []))})", [last["seq"]]))  # fmt: skip
+            problems.append(
+                (
+                    f"task [{t.id}]: the last reconciliation #{last['seq']} did not match "
+                    f"({', '.join(last['answer'].get('mismatched_fields', []))})",
+                    [last["seq"]],
+                )
+            )
     return _outcome(problems, bool(asked))
 
 
@@ -491,12 +603,19 @@ def reconcile_entries(record: Record, scenario: Scenario) -> tuple[str, str, tup
             continue
         start, end = m["request"].get("start_date", ""), m["request"].get("end_date", "")
         if not any(
-            e["time"] > m["time"] and e["request"].get("include_entries")
-            and e["request"].get("start_date", "") <= start and e["request"].get("end_date", "") >= end
+            e["time"] > m["time"]
+            and e["request"].get("include_entries")
+            and e["request"].get("start_date", "") <= start
+            and e["request"].get("end_date", "") >= end
             for e in rec
-        ):  # fmt: skip
-            problems.append((f"#{m['seq']} did not match and no reconciliation with entries followed: ask for "
-                             "include_entries and compare entry by entry", [m["seq"]]))  # fmt: skip
+        ):
+            problems.append(
+                (
+                    f"#{m['seq']} did not match and no reconciliation with entries followed: ask for "
+                    "include_entries and compare entry by entry",
+                    [m["seq"]],
+                )
+            )
     return _outcome(problems, bool(mismatches))
 
 
@@ -519,18 +638,39 @@ def end_state(record: Record, scenario: Scenario) -> tuple[str, str, tuple[int, 
         if want.refused:
             tried = [e for e in record.his if e["rpc"] == "SettleVisit" and visit_key(e) == key]
             if in_force or (tried and not any(e["reason"] == want.refused for e in tried)):
-                problems.append((f"task [{task_id}]: the platform should refuse it {want.refused} and settle "
-                                 f"nothing; it holds {len(in_force)} in force", seqs))  # fmt: skip
+                problems.append(
+                    (
+                        f"task [{task_id}]: the platform should refuse it {want.refused} and settle "
+                        f"nothing; it holds {len(in_force)} in force",
+                        seqs,
+                    )
+                )
             continue
         if want.in_force is not None and len(in_force) != want.in_force:
-            problems.append((f"task [{task_id}]: {len(in_force)} settlement(s) in force for the visit, expected "
-                             f"{want.in_force}", seqs))  # fmt: skip
+            problems.append(
+                (
+                    f"task [{task_id}]: {len(in_force)} settlement(s) in force for the visit, expected "
+                    f"{want.in_force}",
+                    seqs,
+                )
+            )
         last = rows[-1] if rows else None
         if want.status and (last is None or last["status"] != want.status):
-            problems.append((f"task [{task_id}]: the visit's settlement is {last['status'] if last else 'missing'}, "
-                             f"expected {want.status}", seqs))  # fmt: skip
-        for name, column in (("fund_pays_fen", "fund_pays"), ("patient_pays_fen", "patient_pays"), ("total_fen", "total")):
+            problems.append(
+                (
+                    f"task [{task_id}]: the visit's settlement is {last['status'] if last else 'missing'}, "
+                    f"expected {want.status}",
+                    seqs,
+                )
+            )
+        for name, column in (
+            ("fund_pays_fen", "fund_pays"),
+            ("patient_pays_fen", "patient_pays"),
+            ("total_fen", "total"),
+        ):
             expected = getattr(want, name)
             if expected is not None and in_force and in_force[-1][column] != expected:
-                problems.append((f"task [{task_id}]: {name} {in_force[-1][column]}, expected {expected}", seqs))
+                problems.append(
+                    (f"task [{task_id}]: {name} {in_force[-1][column]}, expected {expected}", seqs)
+                )
     return _outcome(problems, bool(scenario.expect))

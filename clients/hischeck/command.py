@@ -59,7 +59,12 @@ class Connection:
     def driver_args(self) -> list[str]:
         """The same credentials for the bundled good driver (`{credentials}` in --exec)."""
         out = []
-        for flag, value in (("--token", self.token), ("--ca", self.ca), ("--cert", self.cert), ("--key", self.key)):
+        for flag, value in (
+            ("--token", self.token),
+            ("--ca", self.ca),
+            ("--cert", self.cert),
+            ("--key", self.key),
+        ):
             if value:
                 out += [flag, str(value)]
         return out
@@ -95,8 +100,10 @@ def _fail(error: grpc.RpcError, what: str, target: str) -> HisCheckError:
     if code == grpc.StatusCode.UNAVAILABLE and not rejection_of(error).reason:
         return HisCheckError(f"cannot reach {target}: {error.details()}")
     if code == grpc.StatusCode.UNIMPLEMENTED:
-        return HisCheckError(f"{target} has no check runs (settlesim.v1.HisCheckService); is it `settlesim serve` "
-                             "with the journal on?")  # fmt: skip
+        return HisCheckError(
+            f"{target} has no check runs (settlesim.v1.HisCheckService); is it `settlesim serve` "
+            "with the journal on?"
+        )
     return HisCheckError(f"{what}: {code.name} {rejection_of(error).reason}: {error.details()}")
 
 
@@ -114,30 +121,42 @@ def start(scenario_ref: str, institution: str | None, conn: Connection, timeout_
         raise HisCheckError(str(e)) from None
     institution = institution or scenario.institution
     faults = [
-        hc.TargetedFault(rpc=f["rpc"], kind=f["kind"], nth=f.get("nth", []), from_nth=f.get("from_nth", 0),
-                         delay_ms=f.get("delay_ms", 0), figures_off_fen=f.get("figures_off_fen", 0))
+        hc.TargetedFault(
+            rpc=f["rpc"],
+            kind=f["kind"],
+            nth=f.get("nth", []),
+            from_nth=f.get("from_nth", 0),
+            delay_ms=f.get("delay_ms", 0),
+            figures_off_fen=f.get("figures_off_fen", 0),
+        )
         for f in scenario.faults
-    ]  # fmt: skip
+    ]
     channel = conn.channel()
     try:
         admin = hc_grpc.HisCheckServiceStub(channel)
         try:
             run = admin.OpenRun(
-                hc.OpenRunRequest(institution_code=institution, scenario=scenario_ref, faults=faults,
-                                  timeout_s=timeout_s),
-                metadata=conn.metadata, timeout=15,
-            ).run  # fmt: skip
+                hc.OpenRunRequest(
+                    institution_code=institution, scenario=scenario_ref, faults=faults, timeout_s=timeout_s
+                ),
+                metadata=conn.metadata,
+                timeout=15,
+            ).run
         except grpc.RpcError as e:
             raise _fail(e, f"opening a run for {institution}", conn.target) from None
-        his = Hospital(channel, institution, metadata=conn.metadata + ((SETUP_HEADER, "setup"),), retries=0)
+        his = Hospital(channel, institution, metadata=(*conn.metadata, (SETUP_HEADER, "setup")), retries=0)
         # Setup msgids are stamped a day back: the HIS's own msgids (another process, same
         # institution, same second) must never collide with them.
         stamp = (datetime.now() - timedelta(days=1)).strftime("%Y%m%d%H%M%S")
         for n, task in enumerate(scenario.setup, 1):
             try:
-                his.settle(task.person, task.disease, task.date,
-                           [Fee(f.code, f.price, f.quantity, name=f.name) for f in task.fees],
-                           msgid=f"{institution}{stamp}{9000 + n:04d}")  # fmt: skip
+                his.settle(
+                    task.person,
+                    task.disease,
+                    task.date,
+                    [Fee(f.code, f.price, f.quantity, name=f.name) for f in task.fees],
+                    msgid=f"{institution}{stamp}{9000 + n:04d}",
+                )
             except grpc.RpcError as e:
                 admin.CloseRun(hc.CloseRunRequest(run_id=run.run_id), metadata=conn.metadata, timeout=15)
                 raise _fail(e, f"arranging {scenario.name} ({task.id})", conn.target) from None
@@ -145,9 +164,14 @@ def start(scenario_ref: str, institution: str | None, conn: Connection, timeout_
         channel.close()
     lines = instructions(scenario, institution)
     plan = {
-        "run_id": run.run_id, "target": conn.target, "institution": institution, "scenario": scenario.name,
-        "deadline_ms": scenario.deadline_ms, "instructions": lines, "tasks": [t.to_dict() for t in scenario.tasks],
-    }  # fmt: skip
+        "run_id": run.run_id,
+        "target": conn.target,
+        "institution": institution,
+        "scenario": scenario.name,
+        "deadline_ms": scenario.deadline_ms,
+        "instructions": lines,
+        "tasks": [t.to_dict() for t in scenario.tasks],
+    }
     return Started(run, scenario, plan, lines)
 
 
@@ -156,10 +180,14 @@ def fetch_record(run_id: str, conn: Connection, close: bool = True) -> tuple[hc.
     try:
         admin = hc_grpc.HisCheckServiceStub(channel)
         try:
-            answer = admin.GetRunRecord(hc.GetRunRecordRequest(run_id=run_id), metadata=conn.metadata, timeout=60)
+            answer = admin.GetRunRecord(
+                hc.GetRunRecordRequest(run_id=run_id), metadata=conn.metadata, timeout=60
+            )
             run = answer.run
             if close:
-                run = admin.CloseRun(hc.CloseRunRequest(run_id=run_id), metadata=conn.metadata, timeout=15).run
+                run = admin.CloseRun(
+                    hc.CloseRunRequest(run_id=run_id), metadata=conn.metadata, timeout=15
+                ).run
         except grpc.RpcError as e:
             raise _fail(e, f"reading run {run_id}", conn.target) from None
     finally:
@@ -195,11 +223,16 @@ def run_with_driver(
         tasks = Path(tmp) / "tasks.json"
         tasks.write_text(json.dumps(started.plan, ensure_ascii=False, indent=2), encoding="utf-8")
         argv = [
-            part.format(target=conn.target, institution=started.plan["institution"], run=started.run.run_id,
-                        tasks=str(tasks), scenario=started.scenario.name,
-                        credentials="{credentials}")
+            part.format(
+                target=conn.target,
+                institution=started.plan["institution"],
+                run=started.run.run_id,
+                tasks=str(tasks),
+                scenario=started.scenario.name,
+                credentials="{credentials}",
+            )
             for part in shlex.split(command)
-        ]  # fmt: skip
+        ]
         if "{credentials}" in command:
             at = argv.index("{credentials}") if "{credentials}" in argv else len(argv)
             argv = argv[:at] + conn.driver_args() + argv[at + 1 :]
@@ -223,7 +256,9 @@ def throwaway_stub(world: Path | None = None, **config: Any) -> Iterator[str]:
     from settlesim.server.app import start as start_server
 
     with tempfile.TemporaryDirectory(prefix="settlesim-his-check-") as tmp:
-        running = start_server(ServerConfig(port=0, db_path=Path(tmp) / "ledger.db", world_dir=world, **config))
+        running = start_server(
+            ServerConfig(port=0, db_path=Path(tmp) / "ledger.db", world_dir=world, **config)
+        )
         try:
             yield running.target
         finally:

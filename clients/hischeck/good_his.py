@@ -83,8 +83,10 @@ class GoodHis:
             return
         self.settled[task["id"]] = answer.settlement
         self.book.add(BookEntry.of(answer.settlement))
-        self.log.append(f"[{task['id']}] settled {answer.settlement.settlement_id} "
-                        f"fund {answer.settlement.totals.fund_pays_fen} fen")  # fmt: skip
+        self.log.append(
+            f"[{task['id']}] settled {answer.settlement.settlement_id} "
+            f"fund {answer.settlement.totals.fund_pays_fen} fen"
+        )
 
     def pre_settle(self, request: pb.SettlementRequest) -> pb.Settlement | None:
         try:
@@ -110,7 +112,9 @@ class GoodHis:
 
     def on_refusal(self, error: grpc.RpcError) -> None:
         rejection = rejection_of(error)
-        self.log.append(f"refused {error.code().name} {rejection.reason}: {error.details()}")  # shown, not retried
+        self.log.append(
+            f"refused {error.code().name} {rejection.reason}: {error.details()}"
+        )  # shown, not retried
 
     def void(self, msgid: str) -> None:
         voided = void_reliably(self.his, msgid)
@@ -153,7 +157,9 @@ class GoodHis:
         for entry in platform.values():
             self.book.add(entry)
         again = self.his.reconcile(start, end, self.book.figures(start, end))
-        self.log.append(f"[{task['id']}] reconciled {start}..{end} after the entries: matched={again.matched}")
+        self.log.append(
+            f"[{task['id']}] reconciled {start}..{end} after the entries: matched={again.matched}"
+        )
 
 
 def connect(args: argparse.Namespace, deadline: float) -> Hospital:
@@ -166,7 +172,9 @@ def connect(args: argparse.Namespace, deadline: float) -> Hospital:
         )
         channel = grpc.secure_channel(args.target, creds)
         return Hospital(channel, args.institution, deadline=deadline, metadata=metadata, tls=True)
-    return Hospital(grpc.insecure_channel(args.target), args.institution, deadline=deadline, metadata=metadata)
+    return Hospital(
+        grpc.insecure_channel(args.target), args.institution, deadline=deadline, metadata=metadata
+    )
 
 
 def parser() -> argparse.ArgumentParser:

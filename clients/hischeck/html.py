@@ -45,7 +45,8 @@ TEMPLATE = r"""<!doctype html>
     {{ run.scenario }} — {{ run.title }}</h2>
   <p class="meta">run <code>{{ run.run.run_id }}</code> · institution <code>{{ run.run.institution_code }}</code>
     · target <code>{{ run.target }}</code> · session <code>{{ run.run.session }}</code>
-    · opened {{ run.run.opened_at }}{% if run.driver_exit is not none %} · driver exit {{ run.driver_exit }}{% endif %}</p>
+    · opened {{ run.run.opened_at }}
+    {%- if run.driver_exit is not none %} · driver exit {{ run.driver_exit }}{% endif %}</p>
   <div class="why">{{ run.why }}</div>
   <h3>What the HIS was asked to do</h3>
   <ol class="instructions">{% for line in run.instructions %}<li>{{ line }}</li>{% endfor %}</ol>
@@ -58,14 +59,15 @@ TEMPLATE = r"""<!doctype html>
       <td>{{ c.severity }}</td>
       <td class="{{ c.status }}">{{ c.status | replace("_", " ") }}</td>
       <td>{{ c.message }}</td>
-      <td>{% for s in c.entries %}<a href="#{{ run.scenario }}-entry-{{ s }}">#{{ s }}</a>{{ " " if not loop.last }}{% endfor %}</td>
+      <td>{% for s in c.entries %}<a href="#{{ run.scenario }}-entry-{{ s }}">#{{ s }}</a> {% endfor %}</td>
     </tr>
     {% endfor %}
   </table>
   <h3>Journal</h3>
   {% set named = run.checks | selectattr("status", "equalto", "failed") | map(attribute="entries") | sum(start=[]) %}
   <table class="journal mono" id="journal-{{ run.scenario }}">
-    <tr><th>#</th><th>time (UTC)</th><th>rpc</th><th>msgid</th><th>outcome</th><th>fault</th><th>ms</th><th>request / answer</th></tr>
+    <tr><th>#</th><th>time (UTC)</th><th>rpc</th><th>msgid</th><th>outcome</th><th>fault</th><th>ms</th>
+      <th>request / answer</th></tr>
     {% for e in run.journal %}
     <tr id="{{ run.scenario }}-entry-{{ e.seq }}" class="entry{{ ' named' if e.seq in named }}">
       <td>{{ e.seq }}</td><td>{{ e.time[11:23] }}</td><td>{{ e.rpc }}{% if e.actor == "setup" %} (setup){% endif %}</td>
@@ -83,10 +85,13 @@ TEMPLATE = r"""<!doctype html>
     <tr><th>settlement</th><th>msgid</th><th>person</th><th>disease</th><th>visit</th><th>status</th><th>total</th><th>fund</th><th>patient</th></tr>
     {% for s in run.settlements %}
     <tr><td>{{ s.settlement_id }}</td><td>{{ s.msgid }}</td><td>{{ s.person_no }}</td><td>{{ s.disease_code }}</td>
-      <td>{{ s.visit_date }}</td><td>{{ s.status }}</td><td>{{ s.total }}</td><td>{{ s.fund_pays }}</td><td>{{ s.patient_pays }}</td></tr>
+      <td>{{ s.visit_date }}</td><td>{{ s.status }}</td><td>{{ s.total }}</td><td>{{ s.fund_pays }}</td>
+      <td>{{ s.patient_pays }}</td></tr>
     {% endfor %}
   </table>
-  {% if run.driver_output %}<details><summary>driver output</summary><pre>{{ run.driver_output }}</pre></details>{% endif %}
+  {% if run.driver_output %}
+  <details><summary>driver output</summary><pre>{{ run.driver_output }}</pre></details>
+  {% endif %}
 </section>
 {% endfor %}
 </body>

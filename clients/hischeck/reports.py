@@ -20,8 +20,10 @@ def headline(graded: Sequence[Graded]) -> str:
     checks = [r for g in graded for r in g.results]
     failed = sum(r.status == "failed" for r in checks)
     runs_failed = sum(not g.passed for g in graded)
-    return (f"{len(graded)} run{'s' if len(graded) != 1 else ''}: {len(graded) - runs_failed} passed, "
-            f"{runs_failed} failed; {len(checks)} checks, {failed} failed")  # fmt: skip
+    return (
+        f"{len(graded)} run{'s' if len(graded) != 1 else ''}: {len(graded) - runs_failed} passed, "
+        f"{runs_failed} failed; {len(checks)} checks, {failed} failed"
+    )
 
 
 def entry_line(e: dict[str, Any]) -> str:
@@ -31,13 +33,16 @@ def entry_line(e: dict[str, Any]) -> str:
         outcome += f" [fault {e['fault']}]"
     if e.get("undelivered"):
         outcome += " [answered after the caller's deadline]"
-    settlement = ((e.get("answer") or {}).get("settlement") or {})
+    settlement = (e.get("answer") or {}).get("settlement") or {}
     totals = settlement.get("totals") or {}
     money = ""
     if totals:
-        money = f" total {totals.get('total_fen', 0)} fund {totals.get('fund_pays_fen', 0)} patient {totals.get('patient_pays_fen', 0)}"
+        t = {k: totals.get(k, 0) for k in ("total_fen", "fund_pays_fen", "patient_pays_fen")}
+        money = f" total {t['total_fen']} fund {t['fund_pays_fen']} patient {t['patient_pays_fen']}"
     if e["rpc"] == "Reconcile" and e.get("answer"):
-        money = f" matched={e['answer'].get('matched', False)}" + (" with entries" if e["request"].get("include_entries") else "")
+        money = f" matched={e['answer'].get('matched', False)}" + (
+            " with entries" if e["request"].get("include_entries") else ""
+        )
     if e["rpc"] == "VoidByMessageId":
         money = f" original {e['request'].get('original_msgid', '')}" + money
     actor = " (setup)" if e.get("actor") == "setup" else ""
@@ -46,8 +51,10 @@ def entry_line(e: dict[str, Any]) -> str:
 
 def terminal(graded: Sequence[Graded], out: Any = print) -> None:
     for g in graded:
-        out(f"{'PASSED' if g.passed else 'FAILED'}  {g.scenario.name} — {g.scenario.title}  "
-            f"(run {g.run.get('run_id')}, {g.run.get('institution_code')}, {len(g.record.entries)} calls)")  # fmt: skip
+        out(
+            f"{'PASSED' if g.passed else 'FAILED'}  {g.scenario.name} — {g.scenario.title}  "
+            f"(run {g.run.get('run_id')}, {g.run.get('institution_code')}, {len(g.record.entries)} calls)"
+        )
         if g.driver_exit not in (None, 0):
             out(f"  the driver exited {g.driver_exit}:")
             for line in g.driver_output.strip().splitlines()[-10:]:
@@ -70,9 +77,16 @@ def as_dict(graded: Sequence[Graded]) -> dict[str, Any]:
         "headline": headline(graded),
         "runs": [
             {
-                "scenario": g.scenario.name, "title": g.scenario.title, "why": g.scenario.why,
-                "run": g.run, "target": g.target, "passed": g.passed, "seconds": round(g.seconds, 3),
-                "instructions": g.lines, "driver_exit": g.driver_exit, "driver_output": g.driver_output,
+                "scenario": g.scenario.name,
+                "title": g.scenario.title,
+                "why": g.scenario.why,
+                "run": g.run,
+                "target": g.target,
+                "passed": g.passed,
+                "seconds": round(g.seconds, 3),
+                "instructions": g.lines,
+                "driver_exit": g.driver_exit,
+                "driver_output": g.driver_output,
                 "checks": [_result(r) for r in g.results],
                 "journal": g.record.entries,
                 "journal_lines": [entry_line(e) for e in g.record.entries],
@@ -80,12 +94,18 @@ def as_dict(graded: Sequence[Graded]) -> dict[str, Any]:
             }
             for g in graded
         ],
-    }  # fmt: skip
+    }
 
 
 def _result(r: CheckResult) -> dict[str, Any]:
-    return {"id": r.id, "title": r.title, "severity": r.severity, "status": r.status, "message": r.message,
-            "entries": list(r.entries)}  # fmt: skip
+    return {
+        "id": r.id,
+        "title": r.title,
+        "severity": r.severity,
+        "status": r.status,
+        "message": r.message,
+        "entries": list(r.entries),
+    }
 
 
 def write_json(graded: Sequence[Graded], path: Path) -> None:
@@ -95,23 +115,39 @@ def write_json(graded: Sequence[Graded], path: Path) -> None:
 def write_junit(graded: Sequence[Graded], path: Path) -> None:
     """junit-10.xsd (Jenkins, Surefire, pytest): one testsuite per run, one testcase per check."""
     checks = [r for g in graded for r in g.results]
-    root = ET.Element("testsuites", name="settlesim his-check", tests=str(len(checks)),
-                      failures=str(sum(r.status == "failed" for r in checks)), errors="0",
-                      time=f"{sum(g.seconds for g in graded):.3f}")  # fmt: skip
+    root = ET.Element(
+        "testsuites",
+        name="settlesim his-check",
+        tests=str(len(checks)),
+        failures=str(sum(r.status == "failed" for r in checks)),
+        errors="0",
+        time=f"{sum(g.seconds for g in graded):.3f}",
+    )
     for g in graded:
         suite = ET.SubElement(
-            root, "testsuite", name=g.scenario.name, tests=str(len(g.results)),
-            failures=str(sum(r.status == "failed" for r in g.results)), errors="0",
-            skipped=str(sum(r.status == "not_applicable" for r in g.results)), time=f"{g.seconds:.3f}",
-            timestamp=str(g.run.get("opened_at", ""))[:19], hostname=socket.gethostname(),
-        )  # fmt: skip
+            root,
+            "testsuite",
+            name=g.scenario.name,
+            tests=str(len(g.results)),
+            failures=str(sum(r.status == "failed" for r in g.results)),
+            errors="0",
+            skipped=str(sum(r.status == "not_applicable" for r in g.results)),
+            time=f"{g.seconds:.3f}",
+            timestamp=str(g.run.get("opened_at", ""))[:19],
+            hostname=socket.gethostname(),
+        )
         props = ET.SubElement(suite, "properties")
-        for name, value in (("target", g.target), ("run_id", g.run.get("run_id", "")),
-                            ("institution", g.run.get("institution_code", ""))):  # fmt: skip
+        for name, value in (
+            ("target", g.target),
+            ("run_id", g.run.get("run_id", "")),
+            ("institution", g.run.get("institution_code", "")),
+        ):
             ET.SubElement(props, "property", name=name, value=str(value))
         lines = {e["seq"]: entry_line(e) for e in g.record.entries}
         for r in g.results:
-            case = ET.SubElement(suite, "testcase", classname=f"his-check.{g.scenario.name}", name=r.id, time="0")
+            case = ET.SubElement(
+                suite, "testcase", classname=f"his-check.{g.scenario.name}", name=r.id, time="0"
+            )
             if r.status == "failed":
                 failure = ET.SubElement(case, "failure", message=r.message[:500], type=r.severity)
                 failure.text = r.message + "\n" + "\n".join(lines[s] for s in r.entries if s in lines)

@@ -18,8 +18,20 @@ from typing import Any
 
 import yaml
 
-SCENARIO_KEYS = {"name", "title", "world", "institution", "why", "note", "deadline_ms", "setup", "faults",
-                 "tasks", "expect", "tags"}  # fmt: skip
+SCENARIO_KEYS = {
+    "name",
+    "title",
+    "world",
+    "institution",
+    "why",
+    "note",
+    "deadline_ms",
+    "setup",
+    "faults",
+    "tasks",
+    "expect",
+    "tags",
+}
 TASK_KEYS = {
     "settle": {"id", "do", "person", "disease", "date", "fees", "pre_settle", "note"},
     "reverse": {"id", "do", "settlement_of", "note"},
@@ -62,9 +74,15 @@ class Task:
         data: dict[str, Any] = {"id": self.id, "do": self.do}
         if self.do == "settle":
             data.update(
-                person=self.person, disease=self.disease, date=self.date, pre_settle=self.pre_settle,
-                fees=[{"code": f.code, "price": f.price, "quantity": f.quantity, "name": f.name} for f in self.fees],
-            )  # fmt: skip
+                person=self.person,
+                disease=self.disease,
+                date=self.date,
+                pre_settle=self.pre_settle,
+                fees=[
+                    {"code": f.code, "price": f.price, "quantity": f.quantity, "name": f.name}
+                    for f in self.fees
+                ],
+            )
         elif self.do == "reverse":
             data["settlement_of"] = self.settlement_of
         else:
@@ -138,7 +156,10 @@ class _At:
             raise self.fail(path, "must be a mapping")
         for key in data:
             if key not in allowed:
-                raise self.fail(f"{path}.{key}" if path else str(key), f"unknown key; allowed: {', '.join(sorted(allowed))}")
+                raise self.fail(
+                    f"{path}.{key}" if path else str(key),
+                    f"unknown key; allowed: {', '.join(sorted(allowed))}",
+                )
         for key in required:
             if key not in data:
                 raise self.fail(f"{path}.{key}" if path else key, "required")
@@ -175,10 +196,17 @@ def load_scenario(path: Path) -> Scenario:
         if t.do == "reverse" and t.settlement_of not in ids[:i]:
             raise at.fail(f"tasks[{i}].settlement_of", f"{t.settlement_of!r} is no earlier settle task")
     setup = tuple(
-        _task(at, f"setup[{i}]", {**at.keys(f"setup[{i}]", s, SETUP_KEYS, tuple(SETUP_KEYS)), "do": "settle",
-                                   "id": f"setup{i + 1}"})
+        _task(
+            at,
+            f"setup[{i}]",
+            {
+                **at.keys(f"setup[{i}]", s, SETUP_KEYS, tuple(SETUP_KEYS)),
+                "do": "settle",
+                "id": f"setup{i + 1}",
+            },
+        )
         for i, s in enumerate(_list(at, "setup", doc.get("setup") or []))
-    )  # fmt: skip
+    )
     faults = []
     for i, f in enumerate(_list(at, "faults", doc.get("faults") or [])):
         at.keys(f"faults[{i}]", f, FAULT_KEYS, ("rpc", "kind"))
@@ -192,14 +220,20 @@ def load_scenario(path: Path) -> Scenario:
         at.keys(where, e, EXPECT_KEYS)
         if scenario_task(tasks, task_id).do != "settle":
             raise at.fail(where, "expectations are for settle tasks")
-        money = {k: at.integer(f"{where}.{k}", e[k]) for k in ("fund_pays_fen", "patient_pays_fen", "total_fen") if k in e}
+        money = {
+            k: at.integer(f"{where}.{k}", e[k])
+            for k in ("fund_pays_fen", "patient_pays_fen", "total_fen")
+            if k in e
+        }
         status = e.get("status", "")
         if status not in ("", "settled", "reversed", "voided"):
             raise at.fail(f"{where}.status", "settled, reversed or voided")
         expect[task_id] = Expectation(
             in_force=at.integer(f"{where}.in_force", e["in_force"]) if "in_force" in e else None,
-            status=status, refused=at.text(f"{where}.refused", e.get("refused", "")), **money,
-        )  # fmt: skip
+            status=status,
+            refused=at.text(f"{where}.refused", e.get("refused", "")),
+            **money,
+        )
     return Scenario(
         name=name,
         title=at.text("title", doc.get("title", name)),
@@ -231,8 +265,11 @@ def _task(at: _At, path: str, data: Any) -> Task:
     if not isinstance(data, dict) or data.get("do") not in TASK_KEYS:
         raise at.fail(f"{path}.do", f"must be one of {', '.join(TASK_KEYS)}")
     do = data["do"]
-    required = {"settle": ("id", "person", "disease", "date", "fees"), "reverse": ("id", "settlement_of"),
-                "reconcile": ("id", "start", "end")}[do]  # fmt: skip
+    required = {
+        "settle": ("id", "person", "disease", "date", "fees"),
+        "reverse": ("id", "settlement_of"),
+        "reconcile": ("id", "start", "end"),
+    }[do]
     at.keys(path, data, TASK_KEYS[do], required)
     fees = tuple(
         Fee(
@@ -270,16 +307,23 @@ def instructions(scenario: Scenario, institution: str) -> list[str]:
     for n, t in enumerate(scenario.tasks, 1):
         if t.do == "settle":
             fees = "; ".join(
-                f"{f.code}{' ' + f.name if f.name else ''} {f.price / 100:.2f} yuan × {f.quantity}" for f in t.fees
+                f"{f.code}{' ' + f.name if f.name else ''} {f.price / 100:.2f} yuan × {f.quantity}"
+                for f in t.fees
             )
-            pre = " Pre-settle it first (2206) and settle exactly what you pre-settled." if t.pre_settle else ""
-            line = (f"{n}. [{t.id}] At {institution}, settle (2207) a visit for person {t.person}, disease "
-                    f"{t.disease}, on {t.date}, with these fee items: {fees}.{pre}")  # fmt: skip
+            pre = (
+                " Pre-settle it first (2206) and settle exactly what you pre-settled." if t.pre_settle else ""
+            )
+            line = (
+                f"{n}. [{t.id}] At {institution}, settle (2207) a visit for person {t.person}, disease "
+                f"{t.disease}, on {t.date}, with these fee items: {fees}.{pre}"
+            )
         elif t.do == "reverse":
             line = f"{n}. [{t.id}] Reverse (2208) the settlement of task [{t.settlement_of}]."
         else:
-            line = (f"{n}. [{t.id}] Reconcile (3201) {t.start}..{t.end} with your own figures; when it does not "
-                    "match, fetch the entries (3202), settle the difference (void or record), reconcile again.")  # fmt: skip
+            line = (
+                f"{n}. [{t.id}] Reconcile (3201) {t.start}..{t.end} with your own figures; when it does not "
+                "match, fetch the entries (3202), settle the difference (void or record), reconcile again."
+            )
         if t.note:
             line += f" {t.note.strip()}"
         lines.append(line)
