@@ -795,7 +795,7 @@ def add_journal(sub: argparse._SubParsersAction) -> None:
             help="the ledger whose journal to read (default $SETTLESIM_DB or the default ledger)",
         )
         q.add_argument("--institution", default="", help="only this institution's calls")
-        q.add_argument("--run", default="", help="only this check run's calls")
+        q.add_argument("--run", dest="run_id", default="", help="only this check run's calls")
         q.add_argument("--rpc", default="", help="only this RPC, e.g. SettleVisit")
         q.add_argument("--msgid", default="", help="only calls carrying this msgid")
         q.add_argument(
@@ -805,6 +805,7 @@ def add_journal(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--limit", type=int, default=0, help="at most this many entries")
         if name == "export":
             q.add_argument("--out", type=Path, metavar="FILE", help="write here instead of standard output")
+            q.add_argument("--world", default="default", help="the world the stub ran, named in the case")
             q.add_argument(
                 "--as-case",
                 action="store_true",
@@ -827,7 +828,7 @@ def _journal_entries(args: argparse.Namespace) -> list:  # type: ignore[type-arg
             query(
                 db,
                 institution=args.institution,
-                run_id=args.run,
+                run_id=args.run_id,
                 rpc=args.rpc,
                 msgid=args.msgid,
                 since=args.since,
@@ -867,6 +868,23 @@ def run_journal_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_scenario(args: argparse.Namespace) -> str:
+    """The scenario a run was opened for, from the runs table beside the journal."""
+    import sqlite3
+
+    from settlesim.server.app import default_db_path
+    from settlesim.server.journal import journal_path, open_read_only
+
+    db = open_read_only(journal_path(args.db or default_db_path()))
+    try:
+        row = db.execute("SELECT scenario FROM runs WHERE run_id = ?", (args.run_id,)).fetchone()
+    except sqlite3.OperationalError:  # a journal written before runs existed
+        row = None
+    finally:
+        db.close()
+    return Path(row[0]).stem if row else ""
+
+
 def run_journal_export(args: argparse.Namespace) -> int:
     import json
 
@@ -874,11 +892,11 @@ def run_journal_export(args: argparse.Namespace) -> int:
     if args.as_case:
         from settlesim.clients.hischeck.record_case import case_yaml
 
-        if not args.run:
+        if not args.run_id:
             raise CliError("--as-case needs --run RUN_ID (one run makes one case)")
         if not entries:
-            raise CliError(f"the journal has no calls for run {args.run}")
-        text = case_yaml([e.to_dict() for e in entries])
+            raise CliError(f"the journal has no calls for run {args.run_id}")
+        text = case_yaml([e.to_dict() for e in entries], _run_scenario(args), args.world)
     else:
         text = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in entries)
     if args.out:
