@@ -159,7 +159,21 @@ def _task_key(record: Record, scenario: Scenario, task_id: str) -> tuple[str, st
 
 
 def _entries_of_msgids(record: Record, msgids: set[str]) -> list[int]:
-    return [e["seq"] for e in record.entries if e["msgid"] in msgids]
+    """The HIS's calls that sent, retried, voided or looked up these msgids, or
+    reversed or read the settlements they made."""
+    settlements = {s["settlement_id"] for s in record.settlements if s["msgid"] in msgids}
+    return [
+        e["seq"]
+        for e in record.his
+        if e["msgid"] in msgids
+        or e["request"].get("original_msgid") in msgids
+        or (e["rpc"] == "GetSettlement" and e["request"].get("msgid") in msgids)
+        or e["request"].get("settlement_id") in settlements
+    ]
+
+
+def _named(seqs: list[int]) -> str:
+    return f" (journal {', '.join(f'#{s}' for s in seqs)})" if seqs else ""
 
 
 # --- msgid ----------------------------------------------------------------------------------------
@@ -368,11 +382,13 @@ def settled_once(record: Record, scenario: Scenario) -> tuple[str, str, tuple[in
         in_force = [s for s in rows if s["status"] == "settled"]
         if len(in_force) > 1:
             msgids = {s["msgid"] for s in in_force}
+            seqs = _entries_of_msgids(record, msgids)
             problems.append(
                 (
                     f"visit {key[1]} {key[2]} {key[3]} has {len(in_force)} settlements in force "
-                    f"({', '.join(s['settlement_id'] for s in in_force)}, msgids {', '.join(sorted(msgids))})",
-                    _entries_of_msgids(record, msgids),
+                    f"({', '.join(s['settlement_id'] for s in in_force)}, msgids {', '.join(sorted(msgids))})"
+                    f"{_named(seqs)}",
+                    seqs,
                 )
             )
     return _outcome(problems, bool(record.settlements))
@@ -635,13 +651,14 @@ def end_state(record: Record, scenario: Scenario) -> tuple[str, str, tuple[int, 
         seqs = _entries_of_msgids(record, {s["msgid"] for s in rows}) or [
             e["seq"] for e in record.his if e["rpc"] == "SettleVisit" and visit_key(e) == key
         ]
+        at = _named(seqs)
         if want.refused:
             tried = [e for e in record.his if e["rpc"] == "SettleVisit" and visit_key(e) == key]
             if in_force or (tried and not any(e["reason"] == want.refused for e in tried)):
                 problems.append(
                     (
                         f"task [{task_id}]: the platform should refuse it {want.refused} and settle "
-                        f"nothing; it holds {len(in_force)} in force",
+                        f"nothing; it holds {len(in_force)} in force{at}",
                         seqs,
                     )
                 )
@@ -650,7 +667,7 @@ def end_state(record: Record, scenario: Scenario) -> tuple[str, str, tuple[int, 
             problems.append(
                 (
                     f"task [{task_id}]: {len(in_force)} settlement(s) in force for the visit, expected "
-                    f"{want.in_force}",
+                    f"{want.in_force}{at}",
                     seqs,
                 )
             )
@@ -659,7 +676,7 @@ def end_state(record: Record, scenario: Scenario) -> tuple[str, str, tuple[int, 
             problems.append(
                 (
                     f"task [{task_id}]: the visit's settlement is {last['status'] if last else 'missing'}, "
-                    f"expected {want.status}",
+                    f"expected {want.status}{at}",
                     seqs,
                 )
             )
@@ -671,6 +688,6 @@ def end_state(record: Record, scenario: Scenario) -> tuple[str, str, tuple[int, 
             expected = getattr(want, name)
             if expected is not None and in_force and in_force[-1][column] != expected:
                 problems.append(
-                    (f"task [{task_id}]: {name} {in_force[-1][column]}, expected {expected}", seqs)
+                    (f"task [{task_id}]: {name} {in_force[-1][column]}, expected {expected}{at}", seqs)
                 )
     return _outcome(problems, bool(scenario.expect))
