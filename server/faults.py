@@ -41,6 +41,7 @@ from typing import Any
 import grpc
 import yaml
 from google.rpc import code_pb2
+from settlesim.server.journal import current_note
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.status import to_status
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -239,6 +240,9 @@ class FaultInterceptor(grpc.ServerInterceptor):
                 draw -= rate
             response = behavior(request, context)
             if faults.commit_then_drop and self._draw() < faults.commit_then_drop:
+                note = current_note()
+                if note is not None:  # the journal keeps the answer that was made, then dropped
+                    note.response = response
                 log.info("%s committed, answer dropped (injected)", rpc)
                 self._abort(context, rpc, "UNAVAILABLE", "commit_then_drop", "after it ran; answer dropped")
             return response

@@ -1,0 +1,213 @@
+"""The call journal beside the ledger, and check runs as the server keeps them:
+every call recorded (who, what, outcome, latency, fault), queried by institution,
+run, RPC, msgid and time, read by `settlesim journal show|export`; runs routed by
+institution or session header, persisted across a restart, ended by a timeout."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import CANCER_HOSPITAL, FUWAI, refused, settlesim
+from settlesim.clients.hischeck.command import Connection, HisCheckError, start
+from settlesim.clients.hospital import Fee, Hospital, SettlementUncertain
+from settlesim.server.app import ServerConfig
+from settlesim.server.app import start as start_server
+from settlesim.server.faults import plan_from_flags
+from settlesim.server.journal import journal_path
+from settlesim.v1 import his_check_pb2 as hc
+from settlesim.v1 import his_check_pb2_grpc as hc_grpc
+
+QINGHAI = "63000000000000000001"
+FEES = [Fee("A-CONSULT-001", 5000), Fee("A-CHEMO-001", 12963)]  # fund 12963, patient 5000 (seed 002)
+
+
+def journal_of(server) -> list:  # type: ignore[no-untyped-def]
+    server.journal.flush()
+    return server.journal.entries()
+
+
+def test_journal_path_is_beside_the_ledger():
+    assert journal_path(Path("/x/settlesim.db")) == Path("/x/settlesim.journal.db")
+    assert journal_path(Path("/x/ledger")) == Path("/x/ledger.journal.db")
+
+
+def test_every_call_is_journaled_with_who_what_outcome_and_latency(server, hospital, tmp_path):
+    his = hospital(CANCER_HOSPITAL)
+    settled = his.settle(QINGHAI, "M00503", "2021-12-09", FEES)
+    refused(lambda: hospital(FUWAI).settle(QINGHAI, "M00503", "2021-12-09", FEES))
+    his.get(settled.settlement.settlement_id)
+    entries = journal_of(server)
+    assert journal_path(tmp_path / "ledger.db").is_file()
+    assert [(e.rpc, e.institution, e.code, e.reason) for e in entries] == [
+        ("SettleVisit", CANCER_HOSPITAL, "OK", ""),
+        ("SettleVisit", FUWAI, "FAILED_PRECONDITION", "DISEASE_NOT_OPENED"),
+        ("GetSettlement", CANCER_HOSPITAL, "OK", ""),
+    ]
+    first = entries[0]
+    assert first.door == "grpc" and first.identity == "" and first.session == "" and first.run_id == ""
+    assert first.msgid == settled.settlement.msgid and len(first.request_hash) == 64
+    assert first.request["request"]["visit"]["person"]["person_no"] == QINGHAI
+    assert first.answer["settlement"]["totals"]["fund_pays_fen"] == "12963"  # protobuf JSON: int64 as text
+    assert first.latency_ms > 0 and first.time.startswith("20") and first.undelivered is False
+    assert entries[1].answer is None
+
+
+def test_injected_global_faults_are_journaled(tmp_path):
+    faults = plan_from_flags(commit_then_drop=1.0, seed=1)
+    running = start_server(ServerConfig(port=0, db_path=tmp_path / "l.db", faults=faults, max_workers=2))
+    try:
+        his = Hospital.connect(running.target, CANCER_HOSPITAL, retries=0)
+        with pytest.raises(SettlementUncertain):
+            his.settle(QINGHAI, "M00503", "2021-12-09", FEES)
+        his.close()
+        [entry] = journal_of(running)
+        assert (entry.code, entry.reason, entry.fault) == (
+            "UNAVAILABLE",
+            "INJECTED_FAULT",
+            "commit_then_drop",
+        )
+        assert entry.answer["settlement"]["settlement_id"]  # the answer that was made, then dropped
+    finally:
+        running.stop(grace=1)
+
+
+def test_queries_by_institution_rpc_msgid_and_time(server, hospital):
+    cancer, fuwai = hospital(CANCER_HOSPITAL), hospital(FUWAI)
+    a = cancer.settle(QINGHAI, "M00503", "2021-12-09", FEES)
+    fuwai.reconcile("2021-12-01", "2021-12-31")
+    server.journal.flush()
+    assert [e.rpc for e in server.journal.entries(institution=FUWAI)] == ["Reconcile"]
+    assert [e.institution for e in server.journal.entries(rpc="SettleVisit")] == [CANCER_HOSPITAL]
+    assert len(server.journal.entries(msgid=a.settlement.msgid)) == 1
+    everything = server.journal.entries()
+    assert server.journal.entries(since=everything[-1].time) == everything[-1:]
+    assert server.journal.entries(until=everything[0].time) == []
+    assert server.journal.entries(run_id="no-such-run") == []
+
+
+def test_the_writer_thread_keeps_every_call_of_a_concurrent_load(server, hospital):
+    his = hospital(CANCER_HOSPITAL)
+
+    def one(n: int) -> None:
+        his.settle(
+            QINGHAI, "M00503", f"2022-{1 + n % 12:02d}-{1 + n % 28:02d}", [Fee("A-CONSULT-001", 100 + n)]
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(200)))
+    entries = journal_of(server)
+    assert len(entries) == 200 and len({e.msgid for e in entries}) == 200
+    assert all(e.code == "OK" for e in entries)
+
+
+def test_journal_show_and_export_read_the_file(server, hospital, tmp_path):
+    his = hospital(CANCER_HOSPITAL)
+    settled = his.settle(QINGHAI, "M00503", "2021-12-09", FEES)
+    his.reconcile("2021-12-01", "2021-12-31")
+    server.journal.flush()
+    db = str(tmp_path / "ledger.db")
+    shown = settlesim("journal", "show", "--db", db, "--rpc", "SettleVisit")
+    assert shown.returncode == 0, shown.stderr
+    assert settled.settlement.msgid in shown.stdout and "1 entries" in shown.stdout
+    exported = settlesim("journal", "export", "--db", db)
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [e["rpc"] for e in lines] == ["SettleVisit", "Reconcile"]
+    assert lines[0]["answer"]["settlement"]["settlement_id"] == settled.settlement.settlement_id
+    missing = settlesim("journal", "show", "--db", str(tmp_path / "none.db"))
+    assert missing.returncode == 2 and "no journal at" in missing.stderr
+    no_run = settlesim("journal", "export", "--db", db, "--as-case")
+    assert no_run.returncode == 2 and "--as-case needs --run" in no_run.stderr
+
+
+# --- runs as the server keeps them ----------------------------------------------------------------
+
+
+def open_run(target: str, institution: str, timeout_s: int = 0, faults=()) -> hc.Run:  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(target) as channel:
+        return (
+            hc_grpc.HisCheckServiceStub(channel)
+            .OpenRun(
+                hc.OpenRunRequest(
+                    institution_code=institution, scenario="test", timeout_s=timeout_s, faults=faults
+                )
+            )
+            .run
+        )
+
+
+def test_an_open_run_takes_its_institutions_calls_into_its_own_session(server, hospital):
+    run = open_run(server.target, CANCER_HOSPITAL)
+    cancer, fuwai = hospital(CANCER_HOSPITAL), hospital(FUWAI)
+    settled = cancer.settle(QINGHAI, "M00503", "2021-12-09", FEES)
+    fuwai.reconcile("2021-12-01", "2021-12-31")
+    # the deductible starts unused in the run's session: fund 12963 (as in a fresh ledger)
+    assert settled.settlement.totals.fund_pays_fen == 12963
+    entries = journal_of(server)
+    assert [(e.institution, e.run_id, e.session) for e in entries] == [
+        (CANCER_HOSPITAL, run.run_id, run.session),
+        (FUWAI, "", ""),
+    ]
+    assert [s.settlement_id for s in server.ledger.session_settlements(run.session)] == [
+        settled.settlement.settlement_id
+    ]
+    assert server.ledger.session_settlements("") == []  # the default namespace is untouched
+
+
+def test_a_session_header_selects_the_run_and_another_session_stays_out(server, hospital):
+    run = open_run(server.target, CANCER_HOSPITAL)
+    hospital(CANCER_HOSPITAL, session=run.session).reconcile("2021-12-01", "2021-12-31")
+    hospital(CANCER_HOSPITAL, session="my-own-sandbox").reconcile("2021-12-01", "2021-12-31")
+    entries = journal_of(server)
+    assert [(e.run_id, e.session) for e in entries] == [(run.run_id, run.session), ("", "my-own-sandbox")]
+
+
+def test_a_run_survives_a_restart_and_ends_at_its_timeout(tmp_path):
+    db = tmp_path / "l.db"
+    running = start_server(ServerConfig(port=0, db_path=db, max_workers=2))
+    run = open_run(running.target, CANCER_HOSPITAL, timeout_s=4)
+    running.stop(grace=1)
+    again = start_server(ServerConfig(port=0, db_path=db, max_workers=2))
+    try:
+        his = Hospital.connect(again.target, CANCER_HOSPITAL)
+        his.reconcile("2021-12-01", "2021-12-31")
+        # a new run for the institution is refused while the restored one is open
+        with pytest.raises(HisCheckError, match="RUN_ALREADY_OPEN"):
+            start("reversal", CANCER_HOSPITAL, Connection(again.target))
+        time.sleep(max(0.0, datetime.fromisoformat(run.expires_at).timestamp() - time.time()) + 0.2)
+        his.reconcile("2021-12-01", "2021-12-31")
+        his.close()
+        assert [e.run_id for e in journal_of(again)] == [run.run_id, ""]
+    finally:
+        again.stop(grace=1)
+
+
+def test_no_journal_means_no_file_and_no_check_runs(tmp_path):
+    running = start_server(ServerConfig(port=0, db_path=tmp_path / "l.db", journal=False, max_workers=2))
+    try:
+        Hospital.connect(running.target, CANCER_HOSPITAL).settle(QINGHAI, "M00503", "2021-12-09", FEES)
+        assert not journal_path(tmp_path / "l.db").exists()
+        with pytest.raises(HisCheckError, match="has no check runs"):
+            start("reversal", CANCER_HOSPITAL, Connection(running.target))
+    finally:
+        running.stop(grace=1)
+
+
+def test_targeted_faults_hit_exactly_the_calls_they_name(server, hospital):
+    faults = [hc.TargetedFault(rpc="Reconcile", kind="unavailable", nth=[2, 4])]
+    open_run(server.target, CANCER_HOSPITAL, faults=faults)
+    his = hospital(CANCER_HOSPITAL, retries=0)
+    outcomes = []
+    for _ in range(5):
+        try:
+            his.reconcile("2021-12-01", "2021-12-31")
+            outcomes.append("OK")
+        except grpc.RpcError as error:
+            outcomes.append(error.code().name)
+    assert outcomes == ["OK", "UNAVAILABLE", "OK", "UNAVAILABLE", "OK"]
+    assert [e.fault for e in journal_of(server)] == ["", "unavailable", "", "unavailable", ""]
