@@ -361,6 +361,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--connections", type=int, default=4, help="HTTP/2 connections (default 4)")
     p.add_argument("--load", type=float, default=0.8, help="open-loop rate as a share of the peak (default 0.8)")
     p.add_argument("--processes", type=int, default=1, help="reference server processes (default 1)")
+    p.add_argument("--no-journal", action="store_true", help="serve without the call journal (to measure its cost)")
     p.set_defaults(run=run_bench)
 
 
@@ -380,7 +381,8 @@ def run_bench(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         channels=args.connections,
         load_fraction=args.load,
-        server_args=("--processes", str(args.processes)) if args.processes > 1 else (),
+        server_args=(("--processes", str(args.processes)) if args.processes > 1 else ())
+        + (("--no-journal",) if args.no_journal else ()),
     )
     run(config)
     return 0
