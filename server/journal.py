@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import json
 import logging
 import queue
 import sqlite3
@@ -39,6 +38,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
+from settlesim.v1 import settlement_service_pb2 as pb
 
 log = logging.getLogger("settlesim.server.journal")
 
@@ -64,8 +64,8 @@ CREATE TABLE IF NOT EXISTS journal (
     fault        TEXT NOT NULL,
     latency_ms   REAL NOT NULL,
     undelivered  INTEGER NOT NULL,
-    request      TEXT NOT NULL,
-    answer       TEXT
+    request      BLOB,
+    answer       BLOB
 );
 CREATE INDEX IF NOT EXISTS journal_by_run ON journal (run_id, seq);
 CREATE INDEX IF NOT EXISTS journal_by_institution ON journal (institution, time);
@@ -287,9 +287,9 @@ def query(
         sql += f" LIMIT {int(limit)}"
     for row in db.execute(sql, args):
         data = dict(zip(COLUMNS, row, strict=True))
-        data["request"] = json.loads(data["request"])
+        data["request"] = _decoded(data["rpc"], "input", data["request"]) or {"undecodable": True}
         data["undelivered"] = bool(data["undelivered"])
-        data["answer"] = json.loads(data["answer"]) if data["answer"] is not None else None
+        data["answer"] = _decoded(data["rpc"], "output", data["answer"])
         yield JournalEntry(**data)
 
 
@@ -303,16 +303,16 @@ def open_read_only(path: Path) -> sqlite3.Connection:
 # --- turning a note into an entry (writer thread) ------------------------------------------------
 
 
-def _plain(message: Any) -> dict[str, Any]:
-    if hasattr(message, "DESCRIPTOR"):
-        return json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return {"undecodable": getattr(message, "error", repr(message))}
+_METHODS = pb.DESCRIPTOR.services_by_name["SettlementService"].methods_by_name
 
 
-def _hashed(message: Any) -> Any:
-    """The bytes a retry must repeat: the SettlementRequest of a 2206/2207."""
-    inner = getattr(message, "request", None)
-    return inner if hasattr(inner, "SerializeToString") else message
+def _decoded(rpc: str, side: str, blob: bytes | None) -> dict[str, Any] | None:
+    """Stored protobuf bytes as protobuf JSON (read side: grading, show, export)."""
+    if blob is None or rpc not in _METHODS:
+        return None
+    method = _METHODS[rpc]
+    message = getattr(pb, (method.input_type if side == "input" else method.output_type).name).FromString(blob)
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def _outcome(code: grpc.StatusCode | None, trailers: Any) -> tuple[str, str, str]:
@@ -331,21 +331,20 @@ def _outcome(code: grpc.StatusCode | None, trailers: Any) -> tuple[str, str, str
 
 def entry_of(note: CallNote) -> tuple[Any, ...]:
     """The row of a finished call (column order of COLUMNS[1:])."""
+    # Bytes, not JSON: serializing is C code, MessageToDict is Python and would cost
+    # the settle path its share of the GIL; entries are decoded when read.
     request = note.request
-    plain = _plain(request)
-    inner = plain.get("request", plain) if note.rpc in ("PreSettleVisit", "SettleVisit") else plain
-    msgid = inner.get("msgid", "") if isinstance(inner, dict) else ""
-    hashed = _hashed(request)
-    digest = (
-        hashlib.sha256(hashed.SerializeToString(deterministic=True)).hexdigest()
-        if hasattr(hashed, "SerializeToString")
-        else ""
-    )
+    decodable = hasattr(request, "SerializeToString")
+    raw = request.SerializeToString() if decodable else None
+    inner = request.request if note.rpc in ("PreSettleVisit", "SettleVisit") and decodable else request
+    msgid = getattr(inner, "msgid", "") if decodable else ""
+    hashed = inner.SerializeToString() if inner is not request else raw
+    digest = hashlib.sha256(hashed).hexdigest() if hashed is not None else ""
     if note.code is None:
         code, reason, fault = "OK", "", ""
     else:
         code, reason, fault = _outcome(note.code, note.trailers)
-    answer = _plain(note.response) if note.response is not None else None
+    answer = note.response.SerializeToString() if note.response is not None else None
     when = datetime.fromtimestamp(note.arrived, UTC).isoformat(timespec="microseconds")
     run_id = note.run.run_id if note.run is not None else ""
     return (
@@ -364,8 +363,8 @@ def entry_of(note: CallNote) -> tuple[Any, ...]:
         note.fault or fault,
         round(note.latency_ms, 3),
         int(note.undelivered),
-        json.dumps(plain, ensure_ascii=False),
-        json.dumps(answer, ensure_ascii=False) if answer is not None else None,
+        raw,
+        answer,
     )
 
 
