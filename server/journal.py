@@ -139,6 +139,7 @@ class CallNote:
 
     rpc: str
     request: Any
+    door: str = "grpc"  # the door the call came through; the national JSON door notes "json"
     arrived: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     identity: str = ""
@@ -349,7 +350,7 @@ def entry_of(note: CallNote) -> tuple[Any, ...]:
     run_id = note.run.run_id if note.run is not None else ""
     return (
         when,
-        "grpc",
+        note.door,
         note.rpc,
         note.identity,
         note.institution,

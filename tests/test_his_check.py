@@ -322,3 +322,40 @@ def test_runs_work_against_a_mutual_tls_stub(tmp_path, pki):
         assert {e["identity"] for e in graded.record.entries} == {CANCER_HOSPITAL}
     finally:
         running.stop(grace=1)
+
+
+# --- by hand: start, then finish ---------------------------------------------------------------
+
+
+def test_start_prints_the_tasks_target_and_run_and_finish_grades_what_the_his_did(stub, tmp_path, capsys):
+    tasks = tmp_path / "tasks.json"
+    code = main(["his-check", "start", "reversal", "--institution", CANCER_HOSPITAL, "--target", stub.target,
+                 "--tasks-out", str(tasks)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    plan = json.loads(tasks.read_text(encoding="utf-8"))
+    run_id = plan["run_id"]
+    assert f"run       {run_id}" in out and f"target    {stub.target}" in out
+    assert "settle (2207) a visit for person 63000000000000000001, disease M00503, on 2021-12-08" in out
+    assert "Reverse (2208) the settlement of task [visit]" in out
+    assert [t["do"] for t in plan["tasks"]] == ["settle", "reverse"]
+    # The operator settles but forgets the reversal: finish says so and exits 1.
+    from settlesim.clients.hospital import Fee, Hospital
+
+    his = Hospital.connect(stub.target, CANCER_HOSPITAL)
+    his.settle(
+        "63000000000000000001",
+        "M00503",
+        "2021-12-08",
+        [Fee("A-CONSULT-001", 5000), Fee("A-CHEMO-001", 12963)],
+    )
+    his.close()
+    code = main(["his-check", "finish", run_id, "--target", stub.target])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert (
+        "FAIL end.visit-state [error] task [visit]: 1 settlement(s) in force for the visit, expected 0" in out
+    )
+    # finishing closed the run: the institution's calls go back to the default session
+    assert main(["his-check", "finish", "no-such-run", "--target", stub.target]) == 2
+    assert "RUN_NOT_FOUND" in capsys.readouterr().err
