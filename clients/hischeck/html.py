@@ -49,7 +49,7 @@ TEMPLATE = r"""<!doctype html>
     {%- if run.driver_exit is not none %} · driver exit {{ run.driver_exit }}{% endif %}</p>
   <div class="why">{{ run.why }}</div>
   <h3>What the HIS was asked to do</h3>
-  <ol class="instructions">{% for line in run.instructions %}<li>{{ line }}</li>{% endfor %}</ol>
+  <ul class="instructions">{% for line in run.instructions %}<li>{{ line }}</li>{% endfor %}</ul>
   <h3>Checks</h3>
   <table class="checks" id="checks-{{ run.scenario }}">
     <tr><th>check</th><th>severity</th><th>result</th><th>message</th><th>entries</th></tr>
