@@ -268,6 +268,8 @@ class World:
     people_by_certificate: Mapping[tuple[str, str], str] = field(default_factory=dict)
     # Per-institution bearer tokens for callers without mutual TLS.
     institution_tokens: Mapping[str, str] = field(default_factory=dict)
+    # SHA-256 of the files it was loaded from (world_loader.WorldDigest): which world a server serves.
+    digest: str = ""
 
     def policy_for(self, region: str) -> RegionPolicy | None:
         return next((self.policies[r] for r in region_lineage(region) if r in self.policies), None)

@@ -20,6 +20,13 @@ from settlesim.server.model import (
     RegistrationStatus,
     region_lineage,
 )
+from settlesim.server.world_keys import (
+    CERTIFICATE_KEYS,
+    PERIOD_KEYS,
+    PERSON_KEYS,
+    QUALIFICATION_KEYS,
+    REGISTRATION_KEYS,
+)
 
 _INSURANCE_TYPES = {t.value: t for t in InsuranceType}
 _STATUSES = {s.value: s for s in RegistrationStatus}
@@ -77,6 +84,8 @@ class PersonReader:
         return code
 
     def registration(self, record: Any) -> Registration:
+        if not record.keys() <= REGISTRATION_KEYS:
+            raise NotPlain
         status = _STATUSES[record.get("status", "active")]
         ended_on, resident_since = record.get("ended_on"), record.get("resident_since")
         if status is not RegistrationStatus.ACTIVE and ended_on is None:
@@ -101,8 +110,12 @@ class PersonReader:
 
     def person(self, record: Any) -> Person:
         """A Person from a plain dict; raises (anything) when the record is not plain."""
+        if not record.keys() <= PERSON_KEYS:  # a misspelled key: the careful parser names it
+            raise NotPlain
         qualifications = []
         for q in record.get("qualifications") or ():
+            if not q.keys() <= QUALIFICATION_KEYS:
+                raise NotPlain
             disease = self.text(q["disease"])
             if disease not in self.diseases:
                 raise NotPlain
@@ -111,6 +124,11 @@ class PersonReader:
         name = record.get("name") or ""
         if type(name) is not str or type(certificate["number"]) is not str:
             raise NotPlain
+        if not certificate.keys() <= CERTIFICATE_KEYS:
+            raise NotPlain
+        insured = record["insured"]
+        if any(not p.keys() <= PERIOD_KEYS for p in insured):
+            raise NotPlain
         return Person(
             person_no=self.text(record["psn_no"]),
             name=name,
@@ -118,7 +136,7 @@ class PersonReader:
             certificate_no=certificate["number"],
             insured_region=self.region(record["insured_region"]),
             insurance_type=_INSURANCE_TYPES[record["insurance_type"]],
-            insured=tuple(self.period(p) for p in record["insured"]),
+            insured=tuple(self.period(p) for p in insured),
             qualifications=tuple(qualifications),
             registrations=tuple(self.registration(r) for r in record.get("registrations") or ()),
         )

@@ -6,7 +6,9 @@ it and the reason, so a bad file fails start-up clearly.
 
 from __future__ import annotations
 
+import difflib
 import gc
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -43,6 +45,29 @@ from settlesim.server.model import (
     region_lineage,
 )
 from settlesim.server.world_fast import PersonReader
+from settlesim.server.world_keys import (
+    ALLOWED_FILES,
+    CATALOG_KEYS,
+    CERTIFICATE_KEYS,
+    DISEASE_KEYS,
+    FILE_KINDS,
+    GENERATED_FILES,
+    INSTITUTION_KEYS,
+    ITEM_KEYS,
+    ITEM_TERMS_KEYS,
+    LIST_KINDS,
+    PERIOD_KEYS,
+    PERSON_KEYS,
+    POLICY_KEYS,
+    QUALIFICATION_KEYS,
+    REGION_KEYS,
+    REGISTRATION_KEYS,
+    SCHEME_KEYS,
+    TERMS_KEYS,
+    WORLD_KEYS,
+    ignorable,
+    unknown_key,
+)
 
 T = TypeVar("T")
 REGION_CODE = re.compile(r"^\d{6}$")
@@ -76,6 +101,14 @@ class _Node:
     def child(self, key: str | int, value: Any) -> _Node:
         sep = f"[{key}]" if isinstance(key, int) else (f".{key}" if self.path else str(key))
         return _Node(self.file, f"{self.path}{sep}", value)
+
+    def keys(self, allowed: frozenset[str]) -> _Node:
+        """This node, a mapping whose keys are all allowed (a misspelled key is an error)."""
+        if not isinstance(self.value, dict):
+            raise self.fail(f"expected a mapping, got {type(self.value).__name__}")
+        if problem := unknown_key(self.value, allowed):
+            raise self.fail(problem)
+        return self
 
     def get(self, key: str, default: Any = ...) -> _Node:
         if not isinstance(self.value, dict):
@@ -201,43 +234,110 @@ def _timestamp_or_text(loader: _Loader, node: yaml.ScalarNode) -> Any:
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
 
 
-def _read_yaml(path: Path, root: Path) -> _Node:
-    name = str(path.relative_to(root))
+class WorldDigest:
+    """The identity of a world's content: SHA-256 over the `sha256sum` lines
+    (`<sha256 of the file>  <path>`) of every file the loader read, in path order.
+    The same files give the same digest on any machine; `cd world && find . -type f
+    ... | sort | xargs sha256sum` reproduces the lines (docs/world-format.md)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}
+
+    def add(self, name: str, sha256_hex: str) -> None:
+        self.files[name] = sha256_hex
+
+    def hexdigest(self) -> str:
+        lines = "".join(f"{self.files[name]}  {name}\n" for name in sorted(self.files))
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _read_yaml(path: Path, root: Path, digest: WorldDigest) -> _Node:
+    name = _relative(path, root)
+    data = path.read_bytes()
+    digest.add(name, hashlib.sha256(data).hexdigest())
     try:
-        with path.open(encoding="utf-8") as f:
-            return _Node(name, "", yaml.load(f, Loader=_Loader))  # _Loader is a SafeLoader
+        return _Node(name, "", yaml.load(data.decode("utf-8"), Loader=_Loader))  # _Loader is a SafeLoader
     except yaml.YAMLError as e:
         raise WorldError(name, "", f"not valid YAML: {e}") from None
     except UnicodeDecodeError as e:
         raise WorldError(name, "", f"not UTF-8 text: {e.reason} at byte {e.start}") from None
 
 
-def _records(root: Path, name: str) -> Iterator[_Node]:
-    """Records of `name.yaml` and of every `name/*.yaml` / `name/*.jsonl`."""
-    single = root / f"{name}.yaml"
-    if single.exists():
-        yield from _read_yaml(single, root).list()
-    folder = root / name
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if path.suffix == ".yaml":
-                yield from _read_yaml(path, root).list()
-            elif path.suffix == ".jsonl":
-                yield from _jsonl(path, root)
+def _records(files: list[Path], root: Path, digest: WorldDigest) -> Iterator[_Node]:
+    """Records of a list kind's files: `<kind>.yaml`, `<kind>/*.yaml`, `<kind>/*.jsonl`."""
+    for path in files:
+        if path.suffix == ".jsonl":
+            yield from _jsonl(path, root, digest)
+        else:
+            yield from _read_yaml(path, root, digest).list()
 
 
-def _jsonl(path: Path, root: Path) -> Iterator[_Node]:
-    name = str(path.relative_to(root))
-    with path.open(encoding="utf-8") as f:
+def _jsonl(path: Path, root: Path, digest: WorldDigest) -> Iterator[_Node]:
+    name = _relative(path, root)
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
         number = 0
         try:
             for number, line in enumerate(f, 1):
+                sha.update(line)
                 if line.strip():
-                    yield _Node(name, f"line {number}", json.loads(line))
+                    yield _Node(name, f"line {number}", json.loads(line.decode("utf-8")))
+        except UnicodeDecodeError as e:  # before JSONDecodeError: it is a ValueError too
+            raise WorldError(name, f"line {number}", f"not UTF-8 text: {e.reason}") from None
         except json.JSONDecodeError as e:
             raise WorldError(name, f"line {number}", f"not valid JSON: {e}") from None
-        except UnicodeDecodeError as e:
-            raise WorldError(name, f"after line {number}", f"not UTF-8 text: {e.reason}") from None
+    digest.add(name, sha.hexdigest())
+
+
+_KNOWN_TOP = frozenset({"world.yaml", *LIST_KINDS, *FILE_KINDS, *(f"{k}.yaml" for k in LIST_KINDS)})
+
+
+def _not_a_world_file(name: str, why: str = "") -> WorldError:
+    near = difflib.get_close_matches(name, sorted(_KNOWN_TOP | GENERATED_FILES), n=1, cutoff=0.8)
+    hint = f"did you mean {near[0]}? " if near and not why else ""
+    return WorldError(name, "", f"not a world file ({why or hint}a world holds {ALLOWED_FILES})")
+
+
+def world_files(root: Path) -> dict[str, list[Path]]:
+    """The files the loader reads, per kind (plus "world" for world.yaml), in reading
+    order; a WorldError naming anything else in the directory, and for a directory
+    with no world files at all."""
+    entries = sorted(root.iterdir())
+    if not any(entry.name in _KNOWN_TOP for entry in entries):
+        raise WorldError(
+            str(root), "", "not a world: it has no world.yaml, regions, diseases, policies, catalogs, "
+            "institutions or people (docs/world-format.md)",
+        )  # fmt: skip
+    files: dict[str, list[Path]] = {kind: [] for kind in ("world", *LIST_KINDS, *FILE_KINDS)}
+    for entry in entries:
+        name = entry.name
+        if ignorable(name) or (name in GENERATED_FILES and entry.is_file()):
+            continue
+        if entry.is_file() and (name == "world.yaml" or name.removesuffix(".yaml") in LIST_KINDS):
+            files[name.removesuffix(".yaml")].insert(0, entry)  # <kind>.yaml before <kind>/*
+        elif entry.is_dir() and name in files:
+            suffixes = (".yaml",) if name in FILE_KINDS else (".yaml", ".jsonl")
+            for path in sorted(entry.iterdir()):
+                if ignorable(path.name):
+                    continue
+                if not (path.is_file() and path.suffix in suffixes):
+                    what = "a folder" if path.is_dir() else f"not {' or '.join('*' + s for s in suffixes)}"
+                    raise _not_a_world_file(_relative(path, root), f"{what} inside {name}/; ")
+                files[name].append(path)
+        else:
+            raise _not_a_world_file(name)
+    return files
+
+
+def _require(root: Path, kind: str, records: dict[str, Any]) -> None:
+    """A world without regions, diseases, policies, institutions or people serves nothing."""
+    if not records:
+        where = "policies/*.yaml" if kind == "policies" else f"{kind}.yaml or {kind}/*.yaml|*.jsonl"
+        raise WorldError(str(root), "", f"no {kind}: a world needs at least one ({where})")
 
 
 def _unique(nodes: Iterable[tuple[str, _Node, T]], what: str) -> dict[str, T]:
@@ -253,6 +353,7 @@ def _unique(nodes: Iterable[tuple[str, _Node, T]], what: str) -> dict[str, T]:
 
 
 def parse_scheme(node: _Node) -> Scheme:
+    node.keys(SCHEME_KEYS)
     return Scheme(
         scope=node.get("scope").choice(RegistrationScope),
         max_institutions=node.get("max_institutions", 2).integer(1, 100),
@@ -294,6 +395,7 @@ def check_validity(person: Person, policy: RegionPolicy | None) -> str | None:
 
 
 def parse_terms(node: _Node) -> DiseaseTerms:
+    node.keys(TERMS_KEYS)
     coverage = node.get("coverage").choice(Coverage)
     if coverage is not Coverage.CHRONIC_SPECIAL:
         return DiseaseTerms(coverage)
@@ -306,6 +408,7 @@ def parse_terms(node: _Node) -> DiseaseTerms:
 
 
 def parse_policy(node: _Node, diseases: dict[str, Disease], regions: dict[str, Region]) -> RegionPolicy:
+    node.keys(POLICY_KEYS)
     terms = {}
     for insutype, by_disease in node.get("terms").items():
         kind = _insurance_type(by_disease, insutype)
@@ -329,6 +432,7 @@ def _insurance_type(node: _Node, key: Any) -> InsuranceType:
 
 
 def parse_catalog_terms(node: _Node) -> CatalogTerms:
+    node.keys(ITEM_TERMS_KEYS)
     klass = node.get("class").choice(CatalogClass)
     if klass is CatalogClass.NOT_LISTED:
         raise node.fail("class must be A, B or C (end an item with null instead)")
@@ -353,13 +457,14 @@ def parse_catalog(node: _Node, regions: dict[str, Region]) -> Catalog:
                 code, item.get("name", "").optional_text(), _dated(item.get("terms"), parse_catalog_terms)
             ),
         )
-        for item in node.get("items").list()
+        for item in (item.keys(ITEM_KEYS) for item in node.keys(CATALOG_KEYS).get("items").list())
     )
     items = _unique(entries, "catalog item")
     return Catalog(_known_region(node.get("region"), regions), items, node.get("source", "").optional_text())
 
 
 def parse_institution(node: _Node, regions: dict[str, Region], diseases: dict[str, Disease]) -> Institution:
+    node.keys(INSTITUTION_KEYS)
     region = _known_region(node.get("region"), regions)
     opened = node.get("opened_diseases", [])
     for child in opened.list():
@@ -386,6 +491,7 @@ def parse_period(node: _Node) -> Period:
 
 
 def parse_registration(node: _Node, regions: dict[str, Region]) -> Registration:
+    node.keys(REGISTRATION_KEYS)
     status = node.get("status", "active").choice(RegistrationStatus)
     ended_on = node.get("ended_on", None).optional_day()
     if status is not RegistrationStatus.ACTIVE and ended_on is None:
@@ -409,10 +515,11 @@ def parse_person(
     institutions: dict[str, Institution],
     regions: dict[str, Region],
 ) -> Person:
-    certificate = node.get("certificate")
+    node.keys(PERSON_KEYS)
+    certificate = node.get("certificate").keys(CERTIFICATE_KEYS)
     qualifications = []
     for q in node.get("qualifications", []).list():
-        disease = q.get("disease").text()
+        disease = q.keys(QUALIFICATION_KEYS).get("disease").text()
         if disease not in diseases:
             raise q.get("disease").fail(f"unknown disease {disease!r}")
         qualifications.append(Qualification(disease, parse_period(q)))
@@ -428,7 +535,7 @@ def parse_person(
         certificate_no=certificate.get("number").text(),
         insured_region=_known_region(node.get("insured_region"), regions),
         insurance_type=_insurance_type(node.get("insurance_type"), node.get("insurance_type").value),
-        insured=tuple(parse_period(p) for p in node.get("insured").list()),
+        insured=tuple(parse_period(p.keys(PERIOD_KEYS)) for p in node.get("insured").list()),
         qualifications=tuple(qualifications),
         registrations=tuple(registrations),
     )
@@ -453,45 +560,56 @@ def _load_world(root: Path | str | None) -> World:
     root = Path(root) if root is not None else default_world_dir()
     if not root.is_dir():
         raise WorldError(str(root), "", "world directory not found")
-    meta_file = root / "world.yaml"
-    meta = _read_yaml(meta_file, root) if meta_file.exists() else _Node("world.yaml", "", {})
+    files = world_files(root)
+    digest = WorldDigest()
+    meta = (
+        _read_yaml(files["world"][0], root, digest) if files["world"] else _Node("world.yaml", "", {})
+    ).keys(WORLD_KEYS)
 
     def keyed(nodes: Iterable[_Node], parse: Callable[[_Node], T], key: Callable[[T], str]):
         for node in nodes:
             value = parse(node)
             yield key(value), node, value
 
+    def records(kind: str) -> Iterator[_Node]:
+        return _records(files[kind], root, digest)
+
+    def documents(kind: str) -> Iterator[_Node]:
+        return (_read_yaml(path, root, digest) for path in files[kind])
+
     regions = _unique(
         keyed(
-            _records(root, "regions"),
-            lambda n: Region(n.get("code").region(), n.get("name").text()),
+            records("regions"),
+            lambda n: Region(n.keys(REGION_KEYS).get("code").region(), n.get("name").text()),
             lambda r: r.code,
         ),
         "region",
     )
+    _require(root, "regions", regions)
     diseases = _unique(
         keyed(
-            _records(root, "diseases"),
-            lambda n: Disease(n.get("code").text(), n.get("name").text()),
+            records("diseases"),
+            lambda n: Disease(n.keys(DISEASE_KEYS).get("code").text(), n.get("name").text()),
             lambda d: d.code,
         ),
         "disease",
     )
+    _require(root, "diseases", diseases)
     policies = _unique(
-        keyed(
-            _yaml_files(root, "policies"), lambda n: parse_policy(n, diseases, regions), lambda p: p.region
-        ),
+        keyed(documents("policies"), lambda n: parse_policy(n, diseases, regions), lambda p: p.region),
         "policy",
     )
+    _require(root, "policies", policies)
     catalogs = _unique(
-        keyed(_yaml_files(root, "catalogs"), lambda n: parse_catalog(n, regions), lambda c: c.region),
+        keyed(documents("catalogs"), lambda n: parse_catalog(n, regions), lambda c: c.region),
         "catalog",
     )
-    institution_nodes = list(_records(root, "institutions"))
+    institution_nodes = list(records("institutions"))
     institutions = _unique(
         keyed(institution_nodes, lambda n: parse_institution(n, regions, diseases), lambda i: i.code),
         "institution",
     )
+    _require(root, "institutions", institutions)
     tokens = {
         n.get("code").text(): n.get("token").text()
         for n in institution_nodes
@@ -505,7 +623,8 @@ def _load_world(root: Path | str | None) -> World:
         except Exception:  # not the plain shape: the careful parser accepts it or names the problem
             return parse_person(node, diseases, institutions, regions)
 
-    people = _unique(keyed(_records(root, "people"), person, lambda p: p.person_no), "person")
+    people = _unique(keyed(records("people"), person, lambda p: p.person_no), "person")
+    _require(root, "people", people)
     by_certificate: dict[tuple[str, str], str] = {}
     for person in people.values():
         key = (person.certificate_type, person.certificate_no)
@@ -526,6 +645,7 @@ def _load_world(root: Path | str | None) -> World:
         people=people,
         people_by_certificate=by_certificate,
         institution_tokens=tokens,
+        digest=digest.hexdigest(),
     )
     for person in people.values():
         if problem := check_validity(person, world.policy_for(person.insured_region)):
@@ -540,10 +660,3 @@ def _load_world(root: Path | str | None) -> World:
                 "(catalogs/<region>.yaml for it or a region above it)",
             )
     return world
-
-
-def _yaml_files(root: Path, folder: str) -> Iterator[_Node]:
-    path = root / folder
-    if path.is_dir():
-        for file in sorted(path.glob("*.yaml")):
-            yield _read_yaml(file, root)

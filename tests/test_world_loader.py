@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from conftest import settlesim
 from settlesim.server.model import CatalogClass, FeeLine, InsuranceType, VisitKey, YearlyTotals
 from settlesim.server.rules.eligibility import check_registration
 from settlesim.server.rules.settlement import compute_settlement
@@ -434,13 +435,13 @@ def test_fast_person_path_reads_exactly_what_the_careful_parser_reads(tmp_path: 
     the same Person as parse_person, and the careful parser must still reject what it rejects."""
     from settlesim.server.world_fast import PersonReader
     from settlesim.server.world_generate import generate_world
-    from settlesim.server.world_loader import _jsonl, parse_person
+    from settlesim.server.world_loader import WorldDigest, _jsonl, parse_person
 
     out = tmp_path / "gen"
     generate_world(out, 500, seed=3)
     world = load_world(out)
     reader = PersonReader(world.diseases, world.institutions, world.regions)
-    records = [node for path in sorted((out / "people").glob("*.jsonl")) for node in _jsonl(path, out)]
+    records = [node for path in sorted((out / "people").glob("*.jsonl")) for node in _jsonl(path, out, WorldDigest())]
     assert len(records) == 500
     for node in records:
         careful = parse_person(node, dict(world.diseases), dict(world.institutions), dict(world.regions))
@@ -471,3 +472,132 @@ def test_beijing_registration_validity_is_one_to_three_years(world_dir: Path, va
     error = load_error(world_dir)
     assert (error.file, error.path) == ("people", "11000000000000000001")
     assert "BJ-R-0001" in error.reason and "12-36 months" in error.reason
+
+
+# --- misspelled keys and stray files are refused, never ignored (issue 9 item 11) -------------
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "key", "path", "allowed"),
+    [
+        # price_ceiling for price_ceiling_fen would drop Beijing's 30.00 yuan ceiling.
+        ("catalogs/110000.yaml", "{class: A, price_ceiling_fen: 3_000}", "{class: A, price_ceiling: 3_000}",
+         "price_ceiling", "items[", "b_share, class, price_ceiling_fen"),
+        # conected: false would leave the Sanya hospital connected.
+        ("institutions.yaml", "  connected: false\n", "  conected: false\n", "conected", "[5]", "connected"),
+        # until for to would make Qinghai's referral registration open-ended.
+        ("people/cast.yaml", 'destination: "110000", from: 2021-11-01, to: 2027-12-31}',
+         'destination: "110000", from: 2021-11-01, until: 2027-12-31}', "until", "[0].registrations[0]",
+         "ended_on"),
+        # revoked_on on an active registration would be ignored and the registration stay in force.
+        ("people/cast.yaml", 'destination: "110000", from: 2021-11-01, to: 2027-12-31}',
+         'destination: "110000", from: 2021-11-01, to: 2027-12-31, revoked_on: 2025-03-01}', "revoked_on",
+         "[0].registrations[0]", "status"),
+        ("people/cast.yaml", "  insured_region: \"630000\"\n", "  insured_regoin: \"630000\"\n", "insured_regoin",
+         "[0]", "insured_region"),
+        ("policies/630000.yaml", 'deductible_fen: 5_000, ratio: "100%"', 'deductable_fen: 5_000, ratio: "100%"',
+         "deductable_fen", "terms.390.M00503.2021-01-01", "deductible_fen"),
+        ("regions.yaml", '{code: "110000", name: 北京市 Beijing}', '{code: "110000", name: 北京市 Beijing, nmae: x}',
+         "nmae", "[0]", "code, name"),
+    ],
+)  # fmt: skip
+def test_a_misspelled_key_is_an_error_naming_it(
+    world_dir: Path, file: str, old: str, new: str, key: str, path: str, allowed: str
+) -> None:
+    text = (world_dir / file).read_text(encoding="utf-8")
+    (world_dir / file).write_text(text.replace(old, new, 1), encoding="utf-8")
+    assert text.count(old) >= 1
+    error = load_error(world_dir)
+    assert error.file == file and error.path.startswith(path), str(error)
+    assert f"unknown key {key!r}" in error.reason and allowed in error.reason, str(error)
+
+
+def test_a_misspelled_key_in_a_jsonl_person_is_an_error_naming_it(world_dir: Path) -> None:
+    """The fast path (server/world_fast.py) must not accept what the careful parser refuses."""
+    person = jsonl_person("63000000000000000901", "630102199901010901")
+    person["registrations"] = [
+        {"id": "R-901", "category": "referral", "destination": "110000", "from": "2025-01-01",
+         "until": "2025-12-31"}
+    ]  # fmt: skip
+    (world_dir / "people" / "extra.jsonl").write_text(json.dumps(person) + "\n", encoding="utf-8")
+    error = load_error(world_dir)
+    assert (error.file, error.path) == ("people/extra.jsonl", "line 1.registrations[0]")
+    assert "unknown key 'until'" in error.reason and "to" in error.reason
+
+
+def test_a_misspelled_key_in_a_jsonl_certificate_is_an_error(world_dir: Path) -> None:
+    person = jsonl_person("63000000000000000902", "630102199901010902")
+    person["certificate"] = {"number": "630102199901010902", "typ": "01"}
+    (world_dir / "people" / "extra.jsonl").write_text(json.dumps(person) + "\n", encoding="utf-8")
+    error = load_error(world_dir)
+    assert error.path == "line 1.certificate" and "unknown key 'typ'" in error.reason
+
+
+def test_a_misspelled_key_in_world_yaml_is_an_error(world_dir: Path) -> None:
+    edit(world_dir / "world.yaml", "name: default\n", "nmae: default\n")
+    error = load_error(world_dir)
+    assert error.file == "world.yaml" and "unknown key 'nmae'" in error.reason and "name" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("stray", "named"),
+    [("people.yml", "people.yml"), ("institution.yaml", "institution.yaml"), ("people/more.yml", "people/more.yml"),
+     ("people/sub/cast.yaml", "people/sub"), ("policies/630000.yml", "policies/630000.yml"),
+     ("catalog/110000.yaml", "catalog"), ("notes.txt", "notes.txt")],
+)  # fmt: skip
+def test_an_unknown_file_in_a_world_is_an_error_naming_it(world_dir: Path, stray: str, named: str) -> None:
+    target = world_dir / stray
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(world_dir / "people" / "cast.yaml", target)
+    error = load_error(world_dir)
+    assert error.file == named and "not a world file" in error.reason, str(error)
+    assert "people.yaml" in error.reason  # says what is allowed
+
+
+def test_readme_license_and_hidden_files_are_allowed_in_a_world(world_dir: Path) -> None:
+    for name in ("README.md", "LICENSE", ".gitignore"):
+        (world_dir / name).write_text("x\n", encoding="utf-8")
+    (world_dir / ".git").mkdir()
+    (world_dir / ".git" / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
+    assert load_world(world_dir).name == "default"
+
+
+# --- an empty or wrong world folder is an error (issue 9 item 12) -----------------------------
+
+
+def test_an_empty_folder_is_not_a_world(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    error = load_error(tmp_path / "empty")
+    assert "not a world" in error.reason
+    assert "regions" in error.reason and "institutions" in error.reason and "people" in error.reason
+
+
+def test_a_folder_of_other_things_is_not_a_world(tmp_path: Path) -> None:
+    """What `world check /tmp` did: a folder with no world files at all."""
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x", encoding="utf-8")
+    error = load_error(tmp_path / "other")
+    assert "not a world" in error.reason, str(error)
+
+
+@pytest.mark.parametrize("kind", ["regions", "institutions", "people", "diseases"])
+def test_a_world_without_one_kind_of_record_says_which(world_dir: Path, kind: str) -> None:
+    """Each kind emptied (the file left, with an empty list): the error names what is missing."""
+    for path in [world_dir / f"{kind}.yaml", *sorted((world_dir / kind).glob("*"))]:
+        if path.is_file():
+            path.write_text("[]\n", encoding="utf-8")
+    error = load_error(world_dir)
+    assert f"no {kind}" in error.reason, str(error)
+
+
+def test_a_world_without_policies_says_so(world_dir: Path) -> None:
+    shutil.rmtree(world_dir / "policies")
+    error = load_error(world_dir)
+    assert "no policies" in error.reason, str(error)
+
+
+def test_world_check_on_an_empty_folder_fails_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = settlesim("world", "check", str(tmp_path / "empty"))
+    assert result.returncode != 0 and "valid" not in result.stdout
+    assert "not a world" in result.stderr and "Traceback" not in result.stderr
