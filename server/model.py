@@ -79,6 +79,25 @@ class InsuranceType(StrEnum):
     EMPLOYEE = "310"  # 职工基本医疗保险
     RESIDENT = "390"  # 城乡居民基本医疗保险
 
+    @classmethod
+    def parse(cls, value: object) -> InsuranceType:
+        """The one reading of an insurance type, in world files and case files alike:
+        "310" or 310, EMPLOYEE or INSURANCE_TYPE_EMPLOYEE (the proto enum name);
+        390 / RESIDENT likewise. ValueError, saying the spellings, for anything else."""
+        if not isinstance(value, bool) and isinstance(value, str | int):
+            found = _INSURANCE_SPELLINGS.get(str(value))
+            if found is not None:
+                return found
+        raise ValueError(f"insurance type {value!r} is not one of {INSURANCE_TYPE_SPELLINGS}")
+
+
+_INSURANCE_SPELLINGS = {
+    spelling: kind
+    for kind in InsuranceType
+    for spelling in (kind.value, kind.name, f"INSURANCE_TYPE_{kind.name}")
+}
+INSURANCE_TYPE_SPELLINGS = "310, EMPLOYEE, INSURANCE_TYPE_EMPLOYEE (employees); 390, RESIDENT, INSURANCE_TYPE_RESIDENT"
+
 
 class Coverage(StrEnum):
     """How an insured region covers a disease in outpatient care."""

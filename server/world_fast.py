@@ -28,7 +28,7 @@ from settlesim.server.world_keys import (
     REGISTRATION_KEYS,
 )
 
-_INSURANCE_TYPES = {t.value: t for t in InsuranceType}
+_INSURANCE_TYPES = {t.value: t for t in InsuranceType}  # the common spelling; others: the careful parser
 _STATUSES = {s.value: s for s in RegistrationStatus}
 
 

@@ -426,9 +426,9 @@ def parse_policy(node: _Node, diseases: dict[str, Disease], regions: dict[str, R
 
 def _insurance_type(node: _Node, key: Any) -> InsuranceType:
     try:
-        return InsuranceType(str(key))
-    except ValueError:
-        raise node.fail(f"insurance type {key!r} is not one of 310, 390") from None
+        return InsuranceType.parse(key)
+    except ValueError as e:
+        raise node.fail(str(e)) from None
 
 
 def parse_catalog_terms(node: _Node) -> CatalogTerms:

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import yaml
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from settlesim.server.model import InsuranceType
 from settlesim.v1 import reasons_pb2
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -222,6 +223,12 @@ def _parse_step(check: _Checker, doc: Any, path: str, institution: str, earlier:
     _, _, response_type, keys = CALLS[call]
     request = doc.get("request", {}) or {}
     check.mapping(request, f"{path}.request", keys)
+    if "insurance_type" in request:  # spelled as in world files (docs/world-format.md)
+        try:
+            kind = InsuranceType.parse(request["insurance_type"])
+        except ValueError as e:
+            raise check.fail(f"{path}.request.insurance_type", f"{e}; omit it for the person's own") from None
+        request = {**request, "insurance_type": int(kind.value)}
     for i, fee in enumerate(request.get("fees", []) or []):
         fee = check.mapping(fee, f"{path}.request.fees[{i}]", FEE_KEYS)
         for key in ("code", "price"):
