@@ -23,6 +23,7 @@ SANYA_SECOND = "H46020000002"  # Sanya; designated, connected, opened M00503
 SANYA_NOT_DESIGNATED = "H46020000003"
 SANYA_NOT_CONNECTED = "H46020000004"
 DATONG_HOME = "H14020000001"  # Datong 140200
+TAIYUAN = "H14010000001"  # Taiyuan 140100: Shanxi, but not Datong
 
 TUMOUR = "M00503"
 HYPERTENSION = "M03900"
@@ -113,6 +114,13 @@ def test_datong_at_home_only_from_2025(world: World) -> None:
         check(world, "14020000000000000001", DATONG_HOME, HYPERTENSION, date(2024, 12, 31)),
         Reason.NOT_CROSS_PROVINCE,
     )
+
+
+def test_datong_home_is_the_city_not_the_province(world: World) -> None:
+    """Settling at home (Datong 2025) is in Datong itself: at a Taiyuan hospital, elsewhere in
+    Shanxi, the same person on the same day is refused as not cross-province."""
+    assert check(world, "14020000000000000001", DATONG_HOME, HYPERTENSION).eligible
+    refused(check(world, "14020000000000000001", TAIYUAN, HYPERTENSION), Reason.NOT_CROSS_PROVINCE)
 
 
 def test_same_province_without_a_policy_in_force_is_not_cross_province(world: World) -> None:
