@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from settlesim.server import auth
+from settlesim.server import auth, platform
 from settlesim.server.audit import AuditInterceptor, AuditLog, open_audit_log
 from settlesim.server.faults import FaultInterceptor, FaultPlan, after_call
 from settlesim.server.his_check_service import HisCheckService
@@ -146,8 +146,9 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     his_check = his_check_pb2.DESCRIPTOR.services_by_name["HisCheckService"].full_name
+    described = platform.add_to_server(world, server)  # which world this is (docs/cases.md)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, his_check, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, his_check, described, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
         address = f"{config.host}:{config.port}"
@@ -228,8 +229,8 @@ def serve_forever(config: ServerConfig) -> int:
     running = start(config)
     db = config.db_path or default_db_path()
     log.info(
-        "serving world %r (%d people, %d institutions) on %s:%d, ledger %s",
-        running.world.name, len(running.world.people), len(running.world.institutions),
+        "serving world %r (digest %s, %d people, %d institutions) on %s:%d, ledger %s",
+        running.world.name, running.world.digest[:12], len(running.world.people), len(running.world.institutions),
         config.host, running.port, db,
     )  # fmt: skip
     log.info(

@@ -408,6 +408,9 @@ def _replay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--serve", action="store_true", help="start the reference server on a free port (throw-away ledger)"
     )
+    p.add_argument(
+        "--any-world", action="store_true", help="run cases whose world: the target does not serve (they fail)"
+    )
     secured = p.add_argument_group(
         "a secured target (serve --auth token, TLS, mutual TLS; docs/cases.md)",
         "e.g. --tokens tokens.yaml | --ca ca.pem --tokens tokens.yaml | --ca ca.pem --cert his.pem --key his.key",
@@ -489,6 +492,7 @@ def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False
         cert=args.cert,
         key=args.key,
         tokens=args.tokens,
+        any_world=args.any_world,
     )
     try:
         return replay(paths, options)

@@ -17,7 +17,7 @@ from rich.console import Console
 from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import Case, CaseError, load_cases
 from settlesim.clients.replay.runner import NO_CREDENTIALS, run_cases
-from settlesim.clients.replay.target import Credentials, TargetError
+from settlesim.clients.replay.target import Credentials, TargetError, TargetWorld
 from settlesim.clients.secure import CredentialsError, Identity, load_identities, read_pem
 
 
@@ -44,6 +44,8 @@ class ReplayOptions:
     cert: Path | None = None
     key: Path | None = None
     tokens: Path | None = None
+    # Run cases whose `world:` the target does not serve (they are refused otherwise).
+    any_world: bool = False
 
 
 def credentials_of(options: ReplayOptions) -> Credentials | None:
@@ -159,6 +161,17 @@ def _run(
             + ", ".join(case.name for case, _ in skipped)
         )
 
+    def world(served: TargetWorld | None, mismatch: str | None) -> None:
+        if served is None:
+            console.print(
+                f"[yellow]{target} does not say which world it serves (no settlesim.v1.PlatformService): "
+                f"the cases assume world {', '.join(worlds)}[/yellow]"
+            )
+        elif mismatch is not None:
+            console.print(f"[yellow]--any-world: {mismatch}; expect failures[/yellow]")
+        else:
+            console.print(f"[dim]{target} serves {served}[/dim]")
+
     def header() -> None:  # only once the target has answered
         console.print(f"replaying {terminal.total} cases against {target} (world {', '.join(worlds)})")
         terminal.start()
@@ -174,6 +187,8 @@ def _run(
             on_start=header,
             credentials=credentials,
             on_skip=skip,
+            any_world=options.any_world,
+            on_world=world,
         )
     except TargetError as e:
         raise ReplayError(str(e)) from None

@@ -25,8 +25,11 @@ from settlesim.clients.replay.target import (
     Connections,
     Credentials,
     TargetError,
+    TargetWorld,
     check_identities,
     check_target,
+    describe_world,
+    other_world,
 )
 
 NO_CREDENTIALS = "no credentials for "  # + institution codes: why a case was skipped
@@ -69,6 +72,7 @@ class RunResult:
     # Cases not run: they act for an institution the target would not let this
     # replay act for (no credentials for it), with why.
     skipped: list[tuple[Case, str]] = field(default_factory=list)
+    world: TargetWorld | None = None  # what the target said it serves (None: it did not say)
 
     def count(self, status: str) -> int:
         return sum(1 for c in self.cases if c.status == status)
@@ -263,6 +267,8 @@ def run_cases(
     channel: grpc.Channel | None = None,
     credentials: Credentials | None = None,
     on_skip: Callable[[list[tuple[Case, str]]], None] | None = None,
+    any_world: bool = False,
+    on_world: Callable[[TargetWorld | None, str | None], None] | None = None,
 ) -> RunResult:
     """Run every case (in parallel, each in its own fresh session) and collect results
     in the order given. Raises TargetError before running when the target is unusable.
@@ -270,7 +276,12 @@ def run_cases(
     With `credentials`, each institution sends its own token and/or client
     certificate; a case acting for an institution the target refuses without
     explicit credentials is skipped (RunResult.skipped, reported to `on_skip`
-    before `on_start`), and explicit credentials the target refuses are a TargetError."""
+    before `on_start`), and explicit credentials the target refuses are a TargetError.
+
+    The target is asked which world it serves (PlatformService): cases naming
+    another world are a TargetError before anything runs, unless `any_world`;
+    `on_world` hears the world (None: the target does not say) and, with
+    `any_world`, why the cases may fail."""
     connections = Connections(target, credentials, channel)
     run_id = secrets.token_hex(6)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -309,6 +320,12 @@ def run_cases(
                 cases = runnable
                 if on_skip is not None:
                     on_skip(skipped)
+        served = describe_world(connections.channel(""), target, connect_timeout)
+        mismatch = other_world((c.world for c in cases), served, target) if served is not None else None
+        if mismatch is not None and not any_world:
+            raise TargetError(f"{mismatch}, or give --any-world to run them anyway")
+        if on_world is not None:
+            on_world(served, mismatch)
         if on_start is not None:
             on_start()
         results: list[CaseResult | None] = [None] * len(cases)
@@ -331,4 +348,5 @@ def run_cases(
         [r for r in results if r is not None],
         time.perf_counter() - started,
         skipped,
+        served,
     )

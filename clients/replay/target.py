@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import grpc
 from settlesim.clients.hospital import SESSION_HEADER, Hospital, TlsHandshakeRefused, transport_refusal
 from settlesim.clients.rejections import rejection_of
 from settlesim.clients.secure import Identity, bearer, channel_credentials
+from settlesim.v1 import platform_pb2, platform_pb2_grpc
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 
@@ -205,3 +207,42 @@ def check_identities(
             ) from None
         unusable[institution] = rejection.code
     return unusable
+
+
+@dataclass(frozen=True)
+class TargetWorld:
+    """The world a target says it serves (settlesim.v1.PlatformService)."""
+
+    name: str
+    digest: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"world {self.name!r} (digest {self.digest[:12]}, settlesim {self.version})"
+
+
+def describe_world(channel: grpc.Channel, target: str, timeout: float = 5.0) -> TargetWorld | None:
+    """The world the target serves; None when it does not say (another
+    implementation of the contract, without PlatformService)."""
+    stub = platform_pb2_grpc.PlatformServiceStub(channel)
+    try:
+        answer = stub.DescribePlatform(platform_pb2.DescribePlatformRequest(), timeout=timeout)
+    except grpc.RpcError as error:
+        if error.code() is grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+            return None
+        raise TargetError(f"{target} did not say which world it serves: {rejection_of(error)}") from None
+    return TargetWorld(answer.world_name, answer.world_digest, answer.version)
+
+
+def other_world(worlds: Iterable[str], served: TargetWorld, target: str) -> str | None:
+    """Why cases naming `worlds` cannot pass on a target serving `served`, or None
+    when they all name it: their expected figures come from another world."""
+    counts = Counter(worlds)
+    needed = {name: n for name, n in counts.items() if name != served.name}
+    if not needed:
+        return None
+    listed = ", ".join(f"{name!r} ({n} case{'s' if n != 1 else ''})" for name, n in sorted(needed.items()))
+    return (
+        f"{target} serves {served}, but the cases need world {listed}: their expected figures "
+        "hold for that world only. Start the target on it (settlesim serve --world DIR)"
+    )
