@@ -287,6 +287,7 @@ def run_cases(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
     skipped: list[tuple[Case, str]] = []
+    probe = ""  # the institution whose channel asks the target first
     try:
         if credentials is None:
             check_target(connections.channel(""), target, connect_timeout)
@@ -320,7 +321,7 @@ def run_cases(
                 cases = runnable
                 if on_skip is not None:
                     on_skip(skipped)
-        served = describe_world(connections.channel(""), target, connect_timeout)
+        served = describe_world(connections.channel(probe), target, connect_timeout)
         mismatch = other_world((c.world for c in cases), served, target) if served is not None else None
         if mismatch is not None and not any_world:
             raise TargetError(f"{mismatch}, or give --any-world to run them anyway")
