@@ -154,6 +154,7 @@ def test_installed_wheel_serves_and_passes_its_own_conformance_suite(wheel, tmp_
 
 def test_serve_with_a_bad_world_fails_with_one_line(tmp_path):
     (tmp_path / "world").mkdir()
+    (tmp_path / "world" / "regions.yaml").write_text("- {code: '110000', name: Beijing}\n")
     (tmp_path / "world" / "diseases.yaml").write_text("- {code: M1}\n")
     result = subprocess.run(
         [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(tmp_path / "world"),

@@ -323,3 +323,64 @@ def test_rules_import_without_grpc_or_sqlite() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+# --- conditions that a mutation pass found untested (issue 9 item 21) -----------------------------
+
+
+def _with_person(world: World, person_no: str, **changes: object) -> World:
+    from dataclasses import replace
+
+    person = replace(world.people[person_no], **changes)  # type: ignore[arg-type]
+    return replace(world, people={**world.people, person_no: person})
+
+
+def test_a_certificate_without_its_type_is_a_resident_identity_card(world: World) -> None:
+    """An empty certificate_type means "01" (居民身份证), the type the world assumes too."""
+    result = check_registration(
+        world, VisitKey(CANCER_HOSPITAL, TUMOUR, date(2021, 12, 9), certificate_no="630102197001010021")
+    )
+    assert result.eligible and result.person is not None, result.message
+    assert result.person.person_no == "63000000000000000001"
+
+
+@pytest.mark.parametrize(
+    ("since", "reason"), [(date(2024, 7, 1), None), (date(2024, 7, 2), Reason.RESIDENCE_TOO_SHORT)]
+)
+def test_six_months_residence_exactly_is_enough(world: World, since: date, reason: Reason | None) -> None:
+    """Beijing requires 6 months' residence before the registration starts (2025-01-01): resident
+    since 2024-07-01 is exactly 6 months and enough; one day later is not."""
+    from dataclasses import replace
+
+    registration = replace(world.people["11000000000000000003"].registrations[0], resident_since=since)
+    moved = _with_person(world, "11000000000000000003", registrations=(registration,))
+    assert check(moved, "11000000000000000003", SANYA_NAMED).reason is reason
+
+
+def test_the_newest_covering_registration_applies(world: World) -> None:
+    """Two registrations both valid and both reaching the institution: the answer names the one
+    that started last (a renewal replaces what it renews)."""
+    from dataclasses import replace
+
+    old = world.people["63000000000000000001"].registrations[0]  # QH-R-0001 from 2021-11-01
+    new = replace(old, id="QH-R-RENEWED", valid=replace(old.valid, start=date(2025, 1, 1)))
+    for order in ((old, new), (new, old)):
+        renewed = _with_person(world, "63000000000000000001", registrations=order)
+        result = check(renewed, "63000000000000000001", CANCER_HOSPITAL, TUMOUR, MID_2025)
+        assert result.eligible and result.registration is not None
+        assert result.registration.id == "QH-R-RENEWED"
+
+
+def test_coverage_none_is_not_covered(world: World) -> None:
+    """A disease listed with `coverage: none` from a date is not covered from then on, exactly like
+    an absent one (docs/world-format.md)."""
+    from dataclasses import replace
+
+    from settlesim.server.model import Dated, DiseaseTerms
+
+    policy = world.policies["630000"]
+    key = (InsuranceType.RESIDENT, TUMOUR)
+    terms = {**policy.terms, key: Dated.of({date(2021, 1, 1): DiseaseTerms(Coverage.NONE)})}
+    changed = replace(world, policies={**world.policies, "630000": replace(policy, terms=terms)})
+    result = check(changed, "63000000000000000001", CANCER_HOSPITAL, TUMOUR, date(2021, 12, 9))
+    refused(result, Reason.DISEASE_NOT_COVERED)

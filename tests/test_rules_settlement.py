@@ -584,3 +584,17 @@ def test_settlement_invariants(
     assert result.totals_after == YearlyTotals(
         deductible_used + f.deductible_applied, fund_paid + f.fund_pays
     )
+
+
+def test_deductible_remaining_is_never_negative(world: World) -> None:
+    """A deductible used beyond this year's terms (the terms lowered it mid-year, or the year's
+    totals came from larger terms) leaves nothing to pay and nothing remaining, not a negative
+    remainder. Qinghai 390/M00503 2021: deductible 5000, ratio 100%; 6000 already used:
+    deductible applied max(0, min(17963, 5000 - 6000)) = 0; fund round(17963 × 100%) = 17963;
+    deductible remaining max(0, 5000 - 6000) = 0."""
+    result = settle(
+        world, QINGHAI_REFERENCE, CANCER_HOSPITAL, TUMOUR, date(2021, 12, 9),
+        lines(("A-CONSULT-001", 17963, 1)), YearlyTotals(deductible_used=6000),
+    )  # fmt: skip
+    assert result.figures.deductible_applied == 0 and result.figures.fund_pays == 17963
+    assert result.figures.deductible_remaining == 0
