@@ -256,7 +256,8 @@ def run_world_check(args: argparse.Namespace) -> int:
     world = load_world(args.path)
     print(
         f"world {world.name!r} is valid: {len(world.regions)} regions, {len(world.policies)} policies, "
-        f"{len(world.catalogs)} catalogs, {len(world.institutions)} institutions, {len(world.people)} people"
+        f"{len(world.catalogs)} catalogs, {len(world.institutions)} institutions, {len(world.people)} people; "
+        f"digest {world.digest}"
     )
     return 0
 
