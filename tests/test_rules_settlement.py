@@ -598,3 +598,13 @@ def test_deductible_remaining_is_never_negative(world: World) -> None:
     )  # fmt: skip
     assert result.figures.deductible_applied == 0 and result.figures.fund_pays == 17963
     assert result.figures.deductible_remaining == 0
+
+
+def test_a_class_c_item_reports_its_price_ceiling() -> None:
+    """Class C is full self-pay whatever the ceiling, but the item's answer still carries the
+    catalog's ceiling (限价), as it does for A and B: 2 × 9000 = 18000 all self-pay, ceiling 8000."""
+    terms = Dated.of({date(2021, 1, 1): CatalogTerms(CatalogClass.C, price_ceiling=8000)})
+    catalog = Catalog("110000", {"C-CEILING": CatalogItem("C-CEILING", "class C with a ceiling", terms)})
+    item, _ = price_item(line("C-CEILING", 9000, 2), catalog, date(2025, 1, 1))
+    assert (item.catalog_class, item.price_ceiling) == (CatalogClass.C, 8000)
+    assert (item.full_self_pay, item.over_ceiling, item.in_scope) == (18000, 0, 0)
