@@ -601,3 +601,12 @@ def test_world_check_on_an_empty_folder_fails_in_one_line(tmp_path: Path) -> Non
     result = settlesim("world", "check", str(tmp_path / "empty"))
     assert result.returncode != 0 and "valid" not in result.stdout
     assert "not a world" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_on_an_empty_folder_refuses_to_start(tmp_path: Path) -> None:
+    """It used to serve a world where every call was refused."""
+    (tmp_path / "empty").mkdir()
+    result = settlesim(
+        "serve", "--port", "0", "--world", str(tmp_path / "empty"), "--db", str(tmp_path / "l.db"), timeout=60
+    )
+    assert result.returncode == 2 and "not a world" in result.stderr and "serving" not in result.stdout
