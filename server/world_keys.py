@@ -35,7 +35,8 @@ REGISTRATION_KEYS = frozenset(
 
 
 def unknown_key(keys: Iterable[object], allowed: frozenset[str]) -> str | None:
-    """`unknown key 'x' (allowed: ...)` for the first key not allowed, or None."""
+    """`unknown key 'x' (allowed: ...)` for the first key not allowed, or None; world files
+    and case files (clients/replay/cases.py) word it alike."""
     unknown = sorted(str(k) for k in keys if k not in allowed)
     if not unknown:
         return None

@@ -16,6 +16,7 @@ import grpc
 import yaml
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from settlesim.server.model import InsuranceType
+from settlesim.server.world_keys import unknown_key
 from settlesim.v1 import reasons_pb2
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -116,9 +117,8 @@ class _Checker:
     def mapping(self, value: Any, path: str, allowed: Iterable[str]) -> dict[Any, Any]:
         if not isinstance(value, dict):
             raise self.fail(path, f"must be a mapping, got {type(value).__name__}")
-        unknown = sorted(str(k) for k in value if k not in allowed)
-        if unknown:
-            raise self.fail(path, f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        if problem := unknown_key(value, frozenset(allowed)):
+            raise self.fail(path, problem)
         return value
 
     def text(self, value: Any, path: str, *, required: bool = True) -> str:
