@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 from concurrent import futures
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from conftest import settlesim
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rich.console import Console
+from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import load_cases
 from settlesim.clients.replay.command import ReplayError, ReplayOptions, conformance_cases_dir, replay
 from settlesim.clients.replay.runner import run_cases
@@ -156,6 +158,9 @@ def test_a_target_that_does_not_say_its_world_is_noted_and_run(tmp_path):
         ledger.close()
 
 
-def test_the_reference_world_is_named_in_the_run(server):
+def test_the_reference_world_is_named_in_the_run_and_its_json_report(server, tmp_path):
     run = run_cases(load_cases([QINGHAI_SEED]), server.target)
     assert run.world is not None and run.world.name == "default" and run.world.digest == load_world().digest
+    reports.write_json(run, tmp_path / "r.json")
+    written = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["target_world"]
+    assert written == {"name": "default", "digest": load_world().digest, "version": __version__}

@@ -151,6 +151,10 @@ def as_dict(run: RunResult, tool: str = "settlesim replay") -> dict[str, Any]:
     return {
         "tool": tool,
         "target": run.target,
+        # What the target said it serves (PlatformService); null when it did not say.
+        "target_world": (
+            {"name": run.world.name, "digest": run.world.digest, "version": run.world.version} if run.world else None
+        ),
         "run_id": run.run_id,
         "started": run.started,
         "seconds": round(run.seconds, 3),
