@@ -84,7 +84,7 @@ class PersonReader:
         return code
 
     def registration(self, record: Any) -> Registration:
-        if not record.keys() <= REGISTRATION_KEYS:
+        if not REGISTRATION_KEYS.issuperset(record):
             raise NotPlain
         status = _STATUSES[record.get("status", "active")]
         ended_on, resident_since = record.get("ended_on"), record.get("resident_since")
@@ -110,11 +110,11 @@ class PersonReader:
 
     def person(self, record: Any) -> Person:
         """A Person from a plain dict; raises (anything) when the record is not plain."""
-        if not record.keys() <= PERSON_KEYS:  # a misspelled key: the careful parser names it
+        if not PERSON_KEYS.issuperset(record):  # a misspelled key: the careful parser names it
             raise NotPlain
         qualifications = []
         for q in record.get("qualifications") or ():
-            if not q.keys() <= QUALIFICATION_KEYS:
+            if not QUALIFICATION_KEYS.issuperset(q):
                 raise NotPlain
             disease = self.text(q["disease"])
             if disease not in self.diseases:
@@ -124,11 +124,12 @@ class PersonReader:
         name = record.get("name") or ""
         if type(name) is not str or type(certificate["number"]) is not str:
             raise NotPlain
-        if not certificate.keys() <= CERTIFICATE_KEYS:
+        if not CERTIFICATE_KEYS.issuperset(certificate):
             raise NotPlain
         insured = record["insured"]
-        if any(not p.keys() <= PERIOD_KEYS for p in insured):
-            raise NotPlain
+        for period in insured:
+            if not PERIOD_KEYS.issuperset(period):
+                raise NotPlain
         return Person(
             person_no=self.text(record["psn_no"]),
             name=name,

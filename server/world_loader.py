@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -277,20 +278,34 @@ def _records(files: list[Path], root: Path, digest: WorldDigest) -> Iterator[_No
 
 
 def _jsonl(path: Path, root: Path, digest: WorldDigest) -> Iterator[_Node]:
+    """One record per line. A helper thread hashes the file (hashlib and file reads let
+    go of the GIL) while this one parses it, so the digest costs a million-person load
+    almost nothing; a file that changes meanwhile is refused, so the digest is of what
+    was parsed."""
     name = _relative(path, root)
-    sha = hashlib.sha256()
+    before = path.stat()
+    with futures.ThreadPoolExecutor(1, thread_name_prefix="world-digest") as hasher:
+        hashed = hasher.submit(_file_sha256, path)
+        with path.open(encoding="utf-8") as f:
+            number = 0
+            try:
+                for number, line in enumerate(f, 1):
+                    if line.strip():
+                        yield _Node(name, f"line {number}", json.loads(line))
+            except json.JSONDecodeError as e:
+                raise WorldError(name, f"line {number}", f"not valid JSON: {e}") from None
+            except UnicodeDecodeError as e:
+                raise WorldError(name, f"after line {number}", f"not UTF-8 text: {e.reason}") from None
+        sha256_hex = hashed.result()
+    after = path.stat()
+    if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
+        raise WorldError(name, "", "the file changed while it was being loaded; load the world again")
+    digest.add(name, sha256_hex)
+
+
+def _file_sha256(path: Path) -> str:
     with path.open("rb") as f:
-        number = 0
-        try:
-            for number, line in enumerate(f, 1):
-                sha.update(line)
-                if line.strip():
-                    yield _Node(name, f"line {number}", json.loads(line.decode("utf-8")))
-        except UnicodeDecodeError as e:  # before JSONDecodeError: it is a ValueError too
-            raise WorldError(name, f"line {number}", f"not UTF-8 text: {e.reason}") from None
-        except json.JSONDecodeError as e:
-            raise WorldError(name, f"line {number}", f"not valid JSON: {e}") from None
-    digest.add(name, sha.hexdigest())
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 _KNOWN_TOP = frozenset({"world.yaml", *LIST_KINDS, *FILE_KINDS, *(f"{k}.yaml" for k in LIST_KINDS)})

@@ -610,3 +610,20 @@ def test_serve_on_an_empty_folder_refuses_to_start(tmp_path: Path) -> None:
         "serve", "--port", "0", "--world", str(tmp_path / "empty"), "--db", str(tmp_path / "l.db"), timeout=60
     )
     assert result.returncode == 2 and "not a world" in result.stderr and "serving" not in result.stdout
+
+
+def test_a_people_file_that_changes_while_loading_is_refused(world_dir: Path) -> None:
+    """The digest is of the bytes parsed: a JSON Lines file appended to while it is read (its
+    hash is taken beside the parse) is refused rather than given a digest of other bytes."""
+    from settlesim.server.world_loader import WorldDigest, _jsonl
+
+    path = world_dir / "people" / "extra.jsonl"
+    records = [jsonl_person(f"6300000000000000099{i}", f"63010219990101099{i}") for i in range(2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    reading = _jsonl(path, world_dir, WorldDigest())
+    next(reading)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(jsonl_person("63000000000000000999", "630102199901010999")) + "\n")
+    with pytest.raises(WorldError) as caught:
+        list(reading)
+    assert caught.value.file == "people/extra.jsonl" and "changed while it was being loaded" in caught.value.reason
