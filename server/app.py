@@ -15,13 +15,14 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from settlesim.server import auth, platform
+from settlesim.server import auth, platform, reflection_v1
 from settlesim.server.audit import AuditInterceptor, AuditLog, open_audit_log
 from settlesim.server.faults import FaultInterceptor, FaultPlan, after_call
 from settlesim.server.his_check_service import HisCheckService
+from settlesim.server.http_server import HttpServer, start_http
 from settlesim.server.journal import Journal, JournalInterceptor, journal_path
 from settlesim.server.ledger import Ledger
+from settlesim.server.metrics import Metrics
 from settlesim.server.model import World
 from settlesim.server.runs import RunRegistry
 from settlesim.server.service import SettlementService, add_to_server
@@ -71,6 +72,12 @@ class ServerConfig:
     reuse_port: bool = False
     # The call journal and check runs (docs/his-check.md): serve --no-journal turns both off.
     journal: bool = True
+    # The web console and /metrics on 127.0.0.1 (docs/console.md): None is off, 0 any free port.
+    console_port: int | None = None
+    console_port_fallback: bool = False  # the default console port is taken: use any free one
+    console_token: str = ""  # "": no login; else HTTP Basic with this password
+    console_reports: Path | None = None
+    metrics: bool = True
 
 
 @dataclass
@@ -83,6 +90,8 @@ class RunningServer:
     audit: AuditLog | None = None
     warnings: tuple[str, ...] = ()
     journal: Journal | None = None
+    metrics: Metrics | None = None
+    console: HttpServer | None = None
 
     @property
     def target(self) -> str:
@@ -90,6 +99,8 @@ class RunningServer:
 
     def stop(self, grace: float = 5.0) -> None:
         """Drain in-flight calls, then close the ledger."""
+        if self.console is not None:
+            self.console.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         if self.journal is not None:
@@ -106,7 +117,15 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         warnings = [*warnings, INTEGRITY_CHECK_SKIPPED]
     authenticate = auth.authenticator(config.auth, world.institutions, world.institution_tokens)
     ledger = Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check)
-    journal = Journal(journal_path(config.db_path or default_db_path())) if config.journal else None
+    metrics = Metrics() if config.metrics else None
+    journal = (
+        Journal(journal_path(config.db_path or default_db_path()), on_stored=_counting(metrics))
+        if config.journal
+        else None
+    )
+    if metrics is not None:
+        ledger.on_commit = metrics.record_commit
+        metrics.watch_queues(ledger.queue_depth, journal.queue_depth if journal is not None else None)
     runs = RunRegistry(journal) if journal is not None else None
     service = SettlementService(
         world, ledger, allow_sessions=config.allow_sessions, authenticate=authenticate, runs=runs
@@ -147,9 +166,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     his_check = his_check_pb2.DESCRIPTOR.services_by_name["HisCheckService"].full_name
     described = platform.add_to_server(world, server)  # which world this is (docs/cases.md)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, his_check, described, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection_v1.enable_server_reflection((SERVICE_NAME, his_check, described, health.SERVICE_NAME), server)
     try:
         address = f"{config.host}:{config.port}"
         if config.tls_cert is not None and config.tls_key is not None:
@@ -173,7 +190,48 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     ledger.watch_health(functools.partial(health_of.tell, "ledger"))
     if audit is not None:
         audit.on_failing = lambda failing: health_of.tell("audit log", not failing)
-    return RunningServer(server, port, world, ledger, health_servicer, audit, tuple(warnings), journal)
+    running = RunningServer(server, port, world, ledger, health_servicer, audit, tuple(warnings), journal, metrics)
+    if config.console_port is not None:
+        try:
+            running.console = _start_console(config, world, metrics)
+        except BaseException:
+            running.stop(grace=0)
+            raise
+    return running
+
+
+def _counting(metrics: Metrics | None):  # type: ignore[no-untyped-def]
+    """The journal writer's observer that counts stored calls (server/metrics.py)."""
+    if metrics is None:
+        return None
+
+    def observe(notes: list, rows: list, lag: float) -> None:  # type: ignore[type-arg]
+        # rows are journal.entry_of's: code and reason are columns 10 and 11
+        metrics.record_calls(
+            [(n.rpc, row[10], row[11], n.latency_ms, n.response) for n, row in zip(notes, rows, strict=True)], lag
+        )
+
+    return observe
+
+
+def _start_console(config: ServerConfig, world: World, metrics: Metrics | None) -> HttpServer:
+    from settlesim.server.console import ConsoleConfig, create_app
+
+    db = config.db_path or default_db_path()
+    app = create_app(
+        ConsoleConfig(
+            world, db, journal_path(db) if config.journal else None, metrics,
+            config.console_token, config.console_reports,
+        )
+    )  # fmt: skip
+    assert config.console_port is not None
+    try:
+        return start_http(app, "127.0.0.1", config.console_port, name="console")
+    except OSError:
+        if not config.console_port_fallback:
+            raise
+        log.warning("console port %d is taken; the console takes any free port", config.console_port)
+        return start_http(app, "127.0.0.1", 0, name="console")
 
 
 class _Health:
@@ -244,6 +302,8 @@ def serve_forever(config: ServerConfig) -> int:
         log.warning(warning)
     # A line for people and scripts, whatever the log format.
     print(f"settlesim serving on {config.host}:{running.port} (db {db})", flush=True)
+    if running.console is not None:
+        print(f"settlesim console on {running.console.url} (metrics at {running.console.url}/metrics)", flush=True)
     stopped = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

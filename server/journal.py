@@ -29,7 +29,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,8 +168,15 @@ def current_note() -> CallNote | None:
 class Journal:
     """The journal store and its writer thread."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        on_stored: Callable[[list[CallNote], list[tuple[Any, ...]], float], None] | None = None,
+    ) -> None:
+        """`on_stored(notes, rows, lag_seconds)` is called by the writer thread after
+        each stored batch (the metrics count calls there, off the settle path)."""
         self.path = Path(path)
+        self.on_stored = on_stored
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
         self._db.executescript(SCHEMA)
@@ -198,6 +205,10 @@ class Journal:
     def submit(self, note: CallNote) -> None:
         note.latency_ms = (time.perf_counter() - note.started) * 1000
         self._queue.put(note)
+
+    def queue_depth(self) -> int:
+        """Calls noted but not yet stored (approximate, as SimpleQueue.qsize is)."""
+        return self._queue.qsize()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every call submitted so far is stored."""
@@ -234,9 +245,17 @@ class Journal:
                     break
             if batch:
                 try:
-                    self._store([entry_of(note) for note in batch])
+                    rows = [entry_of(note) for note in batch]
+                    self._store(rows)
                 except Exception:  # a journal that cannot write must not stop the platform
                     log.exception("journal write failed; %d entries lost", len(batch))
+                else:
+                    if self.on_stored is not None:
+                        lag = time.time() - min(note.arrived for note in batch)
+                        try:
+                            self.on_stored(batch, rows, lag)
+                        except Exception:  # metrics must never stop the journal
+                            log.exception("journal observer failed")
             for event in waiting:
                 event.set()
 

@@ -431,6 +431,8 @@ class Ledger:
         self._writer_failure: BaseException | None = None
         # The audit log's (absolute path, head), committed with every write (_anchor_audit).
         self.audit_head: Callable[[], tuple[str, AuditAnchor]] | None = None
+        # Told (writes, seconds) after each group commit: the metrics (server/metrics.py).
+        self.on_commit: Callable[[int, float], None] | None = None
         self._writer = threading.Thread(target=self._write_batches, name="ledger-writer", daemon=True)
         self._writer.start()
 
@@ -642,7 +644,12 @@ class Ledger:
                     job.error = job.error or failure
                     job.done.release()
 
+    def queue_depth(self) -> int:
+        """Writes waiting for the writer thread (approximate, as SimpleQueue.qsize is)."""
+        return self._queue.qsize()
+
     def _commit(self, batch: list[_Job[Any]]) -> None:
+        began = time.perf_counter()
         with self._lock, self._across_processes():
             db = self._db
             try:
@@ -663,6 +670,8 @@ class Ledger:
                 self._health.committed()
         for job in batch:
             job.done.release()
+        if self.on_commit is not None:
+            self.on_commit(len(batch), time.perf_counter() - began)
 
     def _fail_batch(self, db: sqlite3.Connection, batch: list[_Job[Any]], error: BaseException) -> None:
         """A group transaction that did not commit: every job of it fails with the

@@ -90,8 +90,61 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-journal", action="store_true", help="keep no call journal (and so no check runs; docs/his-check.md)"
     )
+    _add_console_args(p)
     _add_security_and_fault_args(p)
     p.set_defaults(run=run_serve)
+
+
+def _add_console_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--console-port",
+        type=port_number,
+        help="the web console and /metrics on 127.0.0.1 (default: the gRPC port + 1, any free port with "
+        "--port 0; off when the server demands identity unless given; docs/console.md)",
+    )
+    p.add_argument("--no-console", action="store_true", help="serve no web console and no /metrics")
+    p.add_argument(
+        "--console-token-file",
+        type=Path,
+        help="a file whose first line is the console's password (HTTP Basic, any user); "
+        "required for the console when the server demands identity (default $SETTLESIM_CONSOLE_TOKEN)",
+    )
+    p.add_argument(
+        "--console-reports", type=Path, help="a folder of replay/conformance reports (--json, --html) to list"
+    )
+    p.add_argument("--no-metrics", action="store_true", help="count nothing for /metrics (to measure their cost)")
+
+
+def _console_config(args: argparse.Namespace) -> dict[str, object]:
+    """Where the console listens, if at all, and its login (docs/console.md)."""
+    token = os.environ.get("SETTLESIM_CONSOLE_TOKEN", "")
+    if args.console_token_file is not None:
+        _readable("--console-token-file", args.console_token_file)
+        lines = args.console_token_file.read_text(encoding="utf-8").splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise CliError(f"--console-token-file {args.console_token_file}: the first line is empty")
+    secured = (args.auth or ("mtls" if args.client_ca else "none")) != "none"
+    port, fallback = args.console_port, False
+    if args.no_console or args.processes > 1:
+        port = None  # several processes: one console would show one process's counts
+    elif port is None:
+        if secured:
+            port = None  # identity demanded: no console unless asked for, with a token
+        else:
+            port, fallback = (args.port + 1 if 0 < args.port < 65535 else 0), True
+    if port is not None and secured and not token:
+        raise CliError(
+            "the console of a server that demands identity needs a password: "
+            "--console-token-file FILE or $SETTLESIM_CONSOLE_TOKEN"
+        )
+    return {
+        "console_port": port,
+        "console_port_fallback": fallback,
+        "console_token": token,
+        "console_reports": args.console_reports,
+        "metrics": not args.no_metrics,
+    }
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -110,6 +163,7 @@ def run_serve(args: argparse.Namespace) -> int:
         allow_sessions=not args.no_sessions,
         integrity_check=not args.skip_integrity_check,
         journal=not args.no_journal,
+        **_console_config(args),
         **_security_and_fault_config(args),
     )
     if args.processes < 1:
@@ -363,6 +417,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--load", type=float, default=0.8, help="open-loop rate as a share of the peak (default 0.8)")
     p.add_argument("--processes", type=int, default=1, help="reference server processes (default 1)")
     p.add_argument("--no-journal", action="store_true", help="serve without the call journal (to measure its cost)")
+    p.add_argument("--no-metrics", action="store_true", help="serve without metrics (to measure their cost)")
     p.set_defaults(run=run_bench)
 
 
@@ -383,7 +438,8 @@ def run_bench(args: argparse.Namespace) -> int:
         channels=args.connections,
         load_fraction=args.load,
         server_args=(("--processes", str(args.processes)) if args.processes > 1 else ())
-        + (("--no-journal",) if args.no_journal else ()),
+        + (("--no-journal",) if args.no_journal else ())
+        + (("--no-metrics",) if args.no_metrics else ()),
     )
     run(config)
     return 0

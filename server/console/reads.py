@@ -1,0 +1,211 @@
+"""What the console reads: the journal, the runs and the ledger, through
+read-only SQLite connections of its own (mode=ro, query_only), so a page never
+takes a lock the settle path waits for. Every query is a keyed lookup or a
+keyset page (`seq < ?` ... LIMIT n) over an index: no page scans a table."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from settlesim.server.journal import COLUMNS, JournalEntry, query
+from settlesim.server.ledger import StoredSettlement
+from settlesim.server.runs import Run, _run_of
+from settlesim.v1 import settlement_service_pb2 as pb
+
+PAGE = 50
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection | None]:
+    """A read-only connection to `path`, or None while the file does not exist yet."""
+    if not path.is_file():
+        yield None
+        return
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+        db.execute("PRAGMA query_only=1")
+        yield db
+
+
+# --- the journal -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JournalFilter:
+    """The journal page's filters; empty strings filter nothing."""
+
+    institution: str = ""
+    rpc: str = ""
+    outcome: str = ""  # "" | OK | refused | a status name (INVALID_ARGUMENT ...) | a reason
+    msgid: str = ""
+    session: str = ""
+    run_id: str = ""
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        where, args = [], []
+        for column, value in (
+            ("institution", self.institution), ("rpc", self.rpc), ("msgid", self.msgid),
+            ("session", self.session), ("run_id", self.run_id),
+        ):  # fmt: skip
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if self.outcome == "refused":
+            where.append("code != 'OK'")
+        elif self.outcome:  # a status name or a reason: they never share a spelling
+            where.append("(code = ? OR reason = ?)")
+            args += [self.outcome, self.outcome]
+        return where, args
+
+
+def journal_page(db: sqlite3.Connection | None, f: JournalFilter, before: int = 0) -> list[JournalEntry]:
+    """Newest first, PAGE entries older than `before` (0: the newest)."""
+    if db is None:
+        return []
+    where, args = f.where()
+    if before:
+        where.append("seq < ?")
+        args.append(before)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM journal"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY seq DESC LIMIT {PAGE}"
+    return [_entry(dict(zip(COLUMNS, row, strict=True))) for row in db.execute(sql, args)]
+
+
+def _entry(data: dict[str, Any]) -> JournalEntry:
+    # query() decodes requests and answers; reuse it on one row
+    from settlesim.server.journal import _decoded
+
+    data["request"] = _decoded(data["rpc"], "input", data["request"]) or {"undecodable": True}
+    data["answer"] = _decoded(data["rpc"], "output", data["answer"])
+    data["undelivered"] = bool(data["undelivered"])
+    return JournalEntry(**data)
+
+
+def journal_entry(db: sqlite3.Connection | None, seq: int) -> JournalEntry | None:
+    if db is None:
+        return None
+    row = db.execute(f"SELECT {', '.join(COLUMNS)} FROM journal WHERE seq = ?", (seq,)).fetchone()
+    return _entry(dict(zip(COLUMNS, row, strict=True))) if row else None
+
+
+def run_entries(db: sqlite3.Connection | None, run_id: str) -> list[JournalEntry]:
+    return list(query(db, run_id=run_id)) if db is not None else []
+
+
+# --- check runs ---------------------------------------------------------------------------------
+
+
+def runs_page(db: sqlite3.Connection | None, before: str = "") -> list[Run]:
+    """Newest first (run ids start with their opening time)."""
+    if db is None:
+        return []
+    sql = "SELECT run_id, institution, scenario, session, opened_at, expires_at, closed_at, faults FROM runs"
+    try:
+        rows = db.execute(
+            sql + (" WHERE run_id < ?" if before else "") + f" ORDER BY run_id DESC LIMIT {PAGE}",
+            (before,) if before else (),
+        ).fetchall()
+    except sqlite3.OperationalError:  # a journal without runs yet
+        return []
+    return [_run_of(row) for row in rows]
+
+
+def run(db: sqlite3.Connection | None, run_id: str) -> Run | None:
+    if db is None:
+        return None
+    try:
+        row = db.execute(
+            "SELECT run_id, institution, scenario, session, opened_at, expires_at, closed_at, faults "
+            "FROM runs WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return _run_of(row) if row else None
+
+
+# --- the ledger -----------------------------------------------------------------------------------
+
+_SETTLEMENT_COLUMNS = (
+    "settlement_id, session, msgid, institution_code, person_no, disease_code, visit_date, total, "
+    "fund_pays, patient_pays, deductible_applied, answer, status, undone_by_msgid"
+)
+
+
+def settlement(
+    db: sqlite3.Connection | None, settlement_id: str
+) -> tuple[StoredSettlement, pb.Settlement] | None:
+    """A settlement by id (the primary key) and its answer as the platform gave it."""
+    if db is None:
+        return None
+    row = db.execute(
+        f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE settlement_id = ?", (settlement_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return _stored(row), pb.Settlement.FromString(row[11])
+
+
+def _stored(row: tuple[Any, ...]) -> StoredSettlement:
+    from datetime import date
+
+    (sid, session, msgid, inst, person, disease, day, total, fund, patient, ded, answer, status, undone) = row
+    return StoredSettlement(
+        sid, session, msgid, inst, person, disease, date.fromisoformat(day), total, fund, patient, ded,
+        answer, status, undone,
+    )  # fmt: skip
+
+
+def session_settlements(db: sqlite3.Connection | None, session: str) -> list[StoredSettlement]:
+    """A session's settlements (the index on (session, institution, visit date))."""
+    if db is None:
+        return []
+    rows = db.execute(
+        f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE session = ? ORDER BY created_at", (session,)
+    ).fetchall()
+    return [_stored(row) for row in rows]
+
+
+def yearly_totals(
+    db: sqlite3.Connection | None, session: str, person_no: str
+) -> list[tuple[str, int, int, int]]:
+    """(disease, year, deductible used, fund paid): the primary key's prefix."""
+    if db is None:
+        return []
+    return db.execute(
+        "SELECT disease_code, year, deductible_used, fund_paid FROM yearly_totals "
+        "WHERE session = ? AND person_no = ? ORDER BY year DESC, disease_code",
+        (session, person_no),
+    ).fetchall()
+
+
+# --- what a refusal reason means ------------------------------------------------------------------
+
+
+def reason_meanings() -> dict[str, str]:
+    """Each ErrorReason's comment in reasons.proto: what it means, for people."""
+    text = resources.files("settlesim.v1").joinpath("reasons.proto").read_text(encoding="utf-8")
+    meanings: dict[str, str] = {}
+    comment: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("//"):
+            body = stripped.removeprefix("//").strip()
+            if body.startswith("---"):
+                comment = []
+            else:
+                comment.append(body)
+        elif match := re.match(r"([A-Z][A-Z0-9_]+)\s*=\s*\d+;", stripped):
+            meanings[match.group(1)] = " ".join(comment)
+            comment = []
+        else:
+            comment = []
+    return meanings

@@ -1,0 +1,57 @@
+"""Serving an ASGI app (the web console, the national JSON door) with uvicorn
+beside the gRPC server: a thread of its own with its own event loop, so the
+gRPC threads never wait for it (and it never waits for them)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+
+@dataclass
+class HttpServer:
+    """A running uvicorn server: where it listens, and how to stop it."""
+
+    host: str
+    port: int
+    _server: uvicorn.Server
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+
+def start_http(app: Any, host: str, port: int, *, name: str = "http", timeout: float = 10.0) -> HttpServer:
+    """Start `app` on host:port (0: any free port) in a background thread and
+    return once it listens; OSError when it cannot bind."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the gRPC server owns signals
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(server.serve())
+        except BaseException as error:  # SystemExit when uvicorn cannot bind
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise OSError(f"cannot serve {name} on {host}:{port} (address in use or not local?)")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    return HttpServer(host, bound, server, thread)
