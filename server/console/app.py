@@ -216,7 +216,9 @@ def _filter(
 def _login(token: str):  # type: ignore[no-untyped-def]
     basic = HTTPBasic(realm="settlesim console")
 
-    def check(credentials: Annotated[HTTPBasicCredentials, Depends(basic)]) -> None:
+    # Depends() as a default: an Annotated[] naming this closure's `basic` would not resolve
+    # under `from __future__ import annotations`.
+    def check(credentials: HTTPBasicCredentials = Depends(basic)) -> None:  # noqa: B008
         if not secrets.compare_digest(credentials.password.encode(), token.encode()):
             raise HTTPException(401, "wrong console token", headers={"WWW-Authenticate": "Basic"})
 
