@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE INDEX IF NOT EXISTS journal_by_run ON journal (run_id, seq);
 CREATE INDEX IF NOT EXISTS journal_by_institution ON journal (institution, time);
 CREATE INDEX IF NOT EXISTS journal_by_msgid ON journal (msgid);
+-- The console's newest-first pages per filter (server/console/reads.py): equality, then seq.
+CREATE INDEX IF NOT EXISTS journal_by_institution_seq ON journal (institution, seq);
+CREATE INDEX IF NOT EXISTS journal_by_rpc_seq ON journal (rpc, seq);
+CREATE INDEX IF NOT EXISTS journal_by_session_seq ON journal (session, seq);
 """
 COLUMNS = (
     "seq",

@@ -6,6 +6,7 @@ defaults on the command line."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from settlesim.clients.hospital import Fee, Hospital
 from settlesim.clients.replay.command import ReplayOptions, conformance_cases_dir, replay
 from settlesim.server.app import RunningServer, ServerConfig, start
+from settlesim.server.console import reads
+from settlesim.server.journal import Journal
 
 RPC_OF_CALL = {
     "verify": "VerifyRegistration", "pre_settle": "PreSettleVisit", "settle": "SettleVisit",
@@ -258,3 +261,50 @@ def test_serve_prints_its_console_and_metrics(server_process, tmp_path):
     url = line.split()[3]
     assert httpx.get(f"{url}/metrics").status_code == 200
     assert "调用日志" in httpx.get(f"{url}/journal").text
+
+
+# --- no page scans a table --------------------------------------------------------------------
+
+
+def plan_problems(db: sqlite3.Connection, sql: str, args: list[object]) -> list[str]:
+    """What makes a page's cost grow with the journal: a scan of the table with a
+    filter no index serves, or a sort of every matching row before the LIMIT."""
+    plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+    problems = [p for p in plan if "TEMP B-TREE" in p]
+    if "WHERE" in sql.split("FROM journal", 1)[1]:
+        problems += [p for p in plan if p.startswith("SCAN journal") and "INDEX" not in p]
+    return problems
+
+
+FILTERS = [
+    reads.JournalFilter(institution="H11010500001"),
+    reads.JournalFilter(rpc="SettleVisit"),
+    reads.JournalFilter(msgid="H11010500001202112090900000001"),
+    reads.JournalFilter(session="replay-1"),
+    reads.JournalFilter(run_id="20261201-abc"),
+    reads.JournalFilter(outcome="refused"),
+    reads.JournalFilter(outcome="PERSON_NOT_FOUND", institution="H11010500001"),
+    reads.JournalFilter(rpc="SettleVisit", session="replay-1"),
+]
+
+
+@pytest.mark.parametrize("f", FILTERS, ids=lambda f: ",".join(k for k, v in vars(f).items() if v))
+def test_every_journal_filter_reads_its_page_through_an_index(tmp_path, f):
+    journal = Journal(tmp_path / "j.db")
+    try:
+        for before in (0, 1234):
+            sql, args = reads.journal_sql(f, before)
+            assert plan_problems(journal.connection, sql, args) == []
+    finally:
+        journal.close()
+
+
+def test_the_plan_check_finds_a_filter_without_an_index(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    try:
+        sql = "SELECT seq FROM journal WHERE door = ? ORDER BY seq DESC LIMIT 50"
+        assert plan_problems(journal.connection, sql, ["grpc"])  # no index on door: a scan
+        sql = "SELECT seq FROM journal WHERE institution = ? ORDER BY latency_ms DESC LIMIT 50"
+        assert plan_problems(journal.connection, sql, ["x"])  # sorted by a column the index lacks
+    finally:
+        journal.close()

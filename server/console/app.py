@@ -85,7 +85,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
         older = entries[-1].seq if len(entries) == reads.PAGE else 0
         return {
             "entries": entries, "f": f, "filters": filters, "before": before, "older": older,
-            "rpcs": RPCS, "journal_on": config.journal_path is not None,
+            "rpcs": RPCS, "journal_on": config.journal_path is not None, "outcome_window": reads.OUTCOME_WINDOW,
         }  # fmt: skip
 
     @app.get("/journal", response_class=HTMLResponse, dependencies=dependencies)

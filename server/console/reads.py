@@ -64,18 +64,33 @@ class JournalFilter:
         return where, args
 
 
-def journal_page(db: sqlite3.Connection | None, f: JournalFilter, before: int = 0) -> list[JournalEntry]:
-    """Newest first, PAGE entries older than `before` (0: the newest)."""
-    if db is None:
-        return []
+OUTCOME_WINDOW = 100_000  # an outcome filter looks among this many newest calls (no index on outcome)
+
+
+def journal_sql(f: JournalFilter, before: int = 0) -> tuple[str, list[Any]]:
+    """The page's query: every filter but the outcome has an index (column, seq), so
+    a page reads its PAGE rows newest first; the outcome filter is bounded to the
+    newest OUTCOME_WINDOW calls (before `before`) instead."""
     where, args = f.where()
     if before:
         where.append("seq < ?")
         args.append(before)
+    if f.outcome:
+        if before:
+            where.append(f"seq > {int(before) - OUTCOME_WINDOW}")
+        else:
+            where.append(f"seq > (SELECT COALESCE(MAX(seq), 0) FROM journal) - {OUTCOME_WINDOW}")
     sql = f"SELECT {', '.join(COLUMNS)} FROM journal"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY seq DESC LIMIT {PAGE}"
+    return sql + f" ORDER BY seq DESC LIMIT {PAGE}", args
+
+
+def journal_page(db: sqlite3.Connection | None, f: JournalFilter, before: int = 0) -> list[JournalEntry]:
+    """Newest first, PAGE entries older than `before` (0: the newest)."""
+    if db is None:
+        return []
+    sql, args = journal_sql(f, before)
     return [_entry(dict(zip(COLUMNS, row, strict=True))) for row in db.execute(sql, args)]
 
 
