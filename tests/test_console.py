@@ -6,6 +6,7 @@ defaults on the command line."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -308,3 +309,25 @@ def test_the_plan_check_finds_a_filter_without_an_index(tmp_path):
         assert plan_problems(journal.connection, sql, ["x"])  # sorted by a column the index lacks
     finally:
         journal.close()
+
+
+# --- check runs ---------------------------------------------------------------------------------
+
+
+def test_a_check_run_page_shows_the_findings_his_check_finish_gave(console_server):
+    import sys
+
+    from settlesim.clients.hischeck.command import Connection, run_with_driver
+
+    drivers = Path(__file__).parent / "his_drivers" / "faulty.py"
+    command = f"{sys.executable} {drivers} new-msgid-on-retry {{target}} {{institution}} {{run}} {{tasks}}"
+    graded = run_with_driver(
+        "lost-answer-after-commit", CANCER_HOSPITAL, Connection(console_server.target), command
+    )
+    failed = {r.id for r in graded.results if r.status == "failed"}
+    assert "retry.same-msgid" in failed  # the faulty HIS retried a lost settle with a new msgid
+    run_id = graded.run["run_id"]
+    page = httpx.get(f"{console_server.console.url}/runs/{run_id}").text
+    shown_failed = set(re.findall(r'data-check="([^"]+)" data-status="failed"', page))
+    assert shown_failed == failed
+    assert run_id in httpx.get(f"{console_server.console.url}/runs").text

@@ -60,8 +60,6 @@ def create_app(config: ConsoleConfig) -> FastAPI:
         return templates.TemplateResponse(request, name, {"world": world, **context})
 
     def journal_db():  # type: ignore[no-untyped-def]
-        if config.journal_path is None:
-            return reads.read_only(Path("/nonexistent"))
         return reads.read_only(config.journal_path)
 
     # --- metrics ------------------------------------------------------------------------------
@@ -103,7 +101,11 @@ def create_app(config: ConsoleConfig) -> FastAPI:
             entry = reads.journal_entry(db, seq)
         if entry is None:
             raise HTTPException(404, f"no journal entry {seq}")
-        settlement_id = ((entry.answer or {}).get("settlement") or {}).get("settlement_id", "")
+        # A pre-settle's answer is never stored: only the ledger's settlements have a page.
+        stored = entry.rpc != "PreSettleVisit"
+        settlement_id = (
+            ((entry.answer or {}).get("settlement") or {}).get("settlement_id", "") if stored else ""
+        )
         return page(
             request, "entry.html", e=entry, meaning=meanings.get(entry.reason, ""), settlement_id=settlement_id,
             request_json=json.dumps(entry.request, ensure_ascii=False, indent=2),

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from settlesim.server.journal import COLUMNS, JournalEntry, query
+from settlesim.server.journal import COLUMNS, JournalEntry, _decoded, query
 from settlesim.server.ledger import StoredSettlement
 from settlesim.server.runs import Run, _run_of
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -23,9 +23,10 @@ PAGE = 50
 
 
 @contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection | None]:
-    """A read-only connection to `path`, or None while the file does not exist yet."""
-    if not path.is_file():
+def read_only(path: Path | None) -> Iterator[sqlite3.Connection | None]:
+    """A read-only connection to `path`, or None while the file does not exist yet
+    (or there is none: a server without a journal)."""
+    if path is None or not path.is_file():
         yield None
         return
     with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
@@ -95,9 +96,7 @@ def journal_page(db: sqlite3.Connection | None, f: JournalFilter, before: int = 
 
 
 def _entry(data: dict[str, Any]) -> JournalEntry:
-    # query() decodes requests and answers; reuse it on one row
-    from settlesim.server.journal import _decoded
-
+    """A stored row as journal.query makes it: request and answer decoded."""
     data["request"] = _decoded(data["rpc"], "input", data["request"]) or {"undecodable": True}
     data["answer"] = _decoded(data["rpc"], "output", data["answer"])
     data["undelivered"] = bool(data["undelivered"])
