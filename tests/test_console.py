@@ -177,7 +177,8 @@ def test_reflection_v1_lists_the_services(server):
         answers = list(info(iter([request_class(list_services="*")]), timeout=10))
     names = {s.name for s in answers[0].list_services_response.service}
     assert names == {
-        "settlesim.v1.SettlementService", "settlesim.v1.HisCheckService", "grpc.health.v1.Health",
+        "settlesim.v1.SettlementService", "settlesim.v1.HisCheckService", "settlesim.v1.PlatformService",
+        "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection",
     }  # fmt: skip
 
@@ -331,3 +332,32 @@ def test_a_check_run_page_shows_the_findings_his_check_finish_gave(console_serve
     shown_failed = set(re.findall(r'data-check="([^"]+)" data-status="failed"', page))
     assert shown_failed == failed
     assert run_id in httpx.get(f"{console_server.console.url}/runs").text
+
+
+@pytest.mark.parametrize(
+    ("argv", "port", "fallback"),
+    [
+        (["serve"], 50052, True),  # the insecure stub: beside the gRPC port
+        (["serve", "--port", "6000"], 6001, True),
+        (["serve", "--port", "0"], 0, True),  # any free port, as the gRPC port
+        (["serve", "--console-port", "8080"], 8080, False),  # asked for: taken is an error
+        (["serve", "--no-console"], None, False),
+        (["serve", "--processes", "2"], None, False),
+        (["serve", "--auth", "token"], None, False),  # identity demanded: off unless asked for
+    ],
+)
+def test_where_the_console_listens_by_default(argv, port, fallback):
+    from settlesim.cli import _console_config, build_parser
+
+    config = _console_config(build_parser().parse_args(argv))
+    assert (config["console_port"], config["console_port_fallback"]) == (port, fallback)
+
+
+def test_a_console_asked_for_on_a_secured_server_takes_its_token_file(tmp_path):
+    from settlesim.cli import _console_config, build_parser
+
+    token = tmp_path / "console.token"
+    token.write_text("s3cret\n", encoding="utf-8")
+    argv = ["serve", "--auth", "token", "--console-port", "0", "--console-token-file", str(token)]
+    config = _console_config(build_parser().parse_args(argv))
+    assert (config["console_port"], config["console_token"]) == (0, "s3cret")
