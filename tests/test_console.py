@@ -361,3 +361,27 @@ def test_a_console_asked_for_on_a_secured_server_takes_its_token_file(tmp_path):
     argv = ["serve", "--auth", "token", "--console-port", "0", "--console-token-file", str(token)]
     config = _console_config(build_parser().parse_args(argv))
     assert (config["console_port"], config["console_token"]) == (0, "s3cret")
+
+
+def test_a_pre_settle_is_explained_from_its_journaled_answer(console_server):
+    his = Hospital.connect(console_server.target, CANCER_HOSPITAL)
+    try:
+        his.pre_settle(
+            "63000000000000000001",
+            "M00503",
+            "2021-12-09",
+            [Fee("A-CONSULT-001", 5000), Fee("A-CHEMO-001", 12963)],
+        )
+    finally:
+        his.close()
+    console_server.journal.flush()
+    url = console_server.console.url
+    entry = httpx.get(f"{url}/journal/1").text
+    assert 'id="why-link"' in entry and 'id="settlement-link"' not in entry  # 2206 stores nothing
+    why = httpx.get(f"{url}/journal/1/why").text
+    # Qinghai 2021: 179.63 in scope; deductible 50.00; fund 100 % of 129.63; patient 50.00.
+    assert '<div class="value" id="total">179.63</div>' in why
+    assert '<div class="value" id="fund">129.63</div>' in why
+    assert '<div class="value" id="patient">50.00</div>' in why
+    assert "PreSettleVisit answer, journal #1" in why
+    assert httpx.get(f"{url}/journal/999/why").status_code == 404

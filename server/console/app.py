@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from google.protobuf import json_format
 from settlesim.server.console import reads
 from settlesim.server.console.explain import explain, yuan
 from settlesim.server.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -110,6 +111,21 @@ def create_app(config: ConsoleConfig) -> FastAPI:
             request, "entry.html", e=entry, meaning=meanings.get(entry.reason, ""), settlement_id=settlement_id,
             request_json=json.dumps(entry.request, ensure_ascii=False, indent=2),
             answer_json=json.dumps(entry.answer, ensure_ascii=False, indent=2) if entry.answer else "",
+        )  # fmt: skip
+
+    @app.get("/journal/{seq}/why", response_class=HTMLResponse, dependencies=dependencies)
+    def journal_why(request: Request, seq: int):
+        """A journaled answer's settlement explained: a pre-settle (2206), never stored in the
+        ledger, or a settle as it was answered."""
+        with journal_db() as db:
+            entry = reads.journal_entry(db, seq)
+        settlement = ((entry.answer or {}).get("settlement") if entry else None) or None
+        if settlement is None:
+            raise HTTPException(404, f"journal entry {seq} carries no settlement")
+        answer = json_format.ParseDict(settlement, pb.Settlement())
+        return page(
+            request, "settlement.html", stored=None, s=answer, why=explain(answer, world), seq=seq,
+            status=f"{entry.rpc} answer, journal #{seq}",
         )  # fmt: skip
 
     # --- settlements and people ------------------------------------------------------------
