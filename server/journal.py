@@ -22,6 +22,7 @@ stored; a check run calls it before it grades.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import logging
@@ -38,6 +39,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
+from settlesim.server.ledger_health import storage_refusal
 from settlesim.v1 import settlement_service_pb2 as pb
 
 log = logging.getLogger("settlesim.server.journal")
@@ -204,6 +206,18 @@ class Journal:
     def lock(self) -> threading.Lock:
         return self._lock
 
+    @contextlib.contextmanager
+    def using(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, for the journal's and the run store's
+        reads and writes outside the writer thread: an SQLite error becomes the
+        storage refusal (server/ledger_health.py) naming the journal file, never
+        an INTERNAL/UNKNOWN status."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as error:
+                raise storage_refusal(error, store=f"the call journal {self.path}") from error
+
     # --- the hot path: note, submit -----------------------------------------------------------
 
     def submit(self, note: CallNote) -> None:
@@ -275,8 +289,8 @@ class Journal:
     # --- queries ------------------------------------------------------------------------------
 
     def entries(self, **filters: Any) -> list[JournalEntry]:
-        with self._lock:
-            return list(query(self._db, **filters))
+        with self.using() as db:
+            return list(query(db, **filters))
 
 
 def query(
@@ -335,7 +349,9 @@ def _decoded(rpc: str, side: str, blob: bytes | None) -> dict[str, Any] | None:
     if blob is None or rpc not in _METHODS:
         return None
     method = _METHODS[rpc]
-    message = getattr(pb, (method.input_type if side == "input" else method.output_type).name).FromString(blob)
+    message = getattr(pb, (method.input_type if side == "input" else method.output_type).name).FromString(
+        blob
+    )
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 

@@ -56,15 +56,19 @@ def is_damage(error: BaseException) -> bool:
     return code is not None and code & 0xFF in _DAMAGE
 
 
-def storage_refusal(error: BaseException) -> Refusal:
-    """The refusal a storage failure travels as (see the module docstring)."""
+def storage_refusal(error: BaseException, store: str = "") -> Refusal:
+    """The refusal a storage failure travels as (see the module docstring).
+    `store` names another file than the ledger (the call journal, where check
+    runs are kept too): its refusals say so and carry it as metadata `store`."""
     if isinstance(error, Refusal):
         return error
+    named = {"store": store} if store else {}
     if is_damage(error):
         return Refusal(
             Reason.LEDGER_DAMAGED,
-            f"the ledger file is damaged ({error}); it takes no more calls until it is restored",
+            f"{store or 'the ledger file'} is damaged ({error}); it takes no more calls until it is restored",
             cause="damaged",
+            **named,
         )
     if isinstance(error, LedgerUnavailable):
         cause = "writer_stopped"
@@ -73,6 +77,13 @@ def storage_refusal(error: BaseException) -> Refusal:
     else:
         code = getattr(error, "sqlite_errorcode", None)
         cause = _CAUSES.get(code & 0xFF, "storage_error") if code is not None else "storage_error"
+    if store:
+        return Refusal(
+            Reason.LEDGER_UNAVAILABLE,
+            f"{store} cannot be used now ({cause}: {error}); try again later",
+            cause=cause,
+            **named,
+        )
     return Refusal(
         Reason.LEDGER_UNAVAILABLE,
         f"the ledger cannot store this now ({cause}: {error}); nothing of it was stored: "

@@ -89,9 +89,9 @@ class RunRegistry:
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
-        with journal.lock:
-            journal.connection.executescript(RUNS_SCHEMA)
-            rows = journal.connection.execute(
+        with journal.using() as db:
+            db.executescript(RUNS_SCHEMA)
+            rows = db.execute(
                 "SELECT run_id, institution, scenario, session, opened_at, expires_at, closed_at, faults "
                 "FROM runs WHERE closed_at = ''"
             ).fetchall()
@@ -135,8 +135,8 @@ class RunRegistry:
                     f"finish it first (settlesim his-check finish {current.run_id})",
                     run_id=current.run_id,
                 )
-            with self.journal.lock:
-                self.journal.connection.execute(
+            with self.journal.using() as db:
+                db.execute(
                     "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, '', ?)",
                     (
                         run.run_id,
@@ -153,8 +153,8 @@ class RunRegistry:
         return run
 
     def get(self, run_id: str) -> Run | None:
-        with self.journal.lock:
-            row = self.journal.connection.execute(
+        with self.journal.using() as db:
+            row = db.execute(
                 "SELECT run_id, institution, scenario, session, opened_at, expires_at, closed_at, faults "
                 "FROM runs WHERE run_id = ?",
                 (run_id,),
@@ -167,10 +167,8 @@ class RunRegistry:
             return run
         closed = replace(run, closed_at=_now().isoformat(timespec="seconds"))
         with self._lock:
-            with self.journal.lock:
-                self.journal.connection.execute(
-                    "UPDATE runs SET closed_at = ? WHERE run_id = ?", (closed.closed_at, run_id)
-                )
+            with self.journal.using() as db:
+                db.execute("UPDATE runs SET closed_at = ? WHERE run_id = ?", (closed.closed_at, run_id))
             if (
                 self._open.get(run.institution, None) is not None
                 and self._open[run.institution].run_id == run_id

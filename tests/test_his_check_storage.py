@@ -1,0 +1,55 @@
+"""The call journal and the check runs kept in its file under storage faults: a
+full disk and a damaged journal end in a documented status or one clear line,
+never UNKNOWN/INTERNAL, and a run whose journal lost entries is not graded."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import test_storage_faults
+from conftest import CANCER_HOSPITAL, FUWAI
+from settlesim.clients.rejections import rejection_of
+from settlesim.server.app import ServerConfig, start
+from settlesim.v1 import his_check_pb2 as hc
+from settlesim.v1 import his_check_pb2_grpc as hc_grpc
+from test_storage_faults import fill
+
+small_disk = test_storage_faults.small_disk  # the 2 MiB tmpfs, mounted per test
+
+
+def refusal_of(call) -> tuple[grpc.StatusCode, str, dict[str, str], str]:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    rejection = rejection_of(caught.value)
+    return caught.value.code(), rejection.reason, dict(rejection.metadata), caught.value.details()
+
+
+def test_check_run_calls_on_a_full_disk_are_unavailable_naming_the_journal(small_disk):
+    running = start(ServerConfig(port=0, db_path=small_disk / "l.db", max_workers=4))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            admin = hc_grpc.HisCheckServiceStub(channel)
+            opened = admin.OpenRun(hc.OpenRunRequest(institution_code=CANCER_HOSPITAL, scenario="reversal"))
+            filler = fill(small_disk)
+            try:
+                code, reason, metadata, details = refusal_of(
+                    lambda: admin.OpenRun(hc.OpenRunRequest(institution_code=FUWAI, scenario="x"))
+                )
+                assert code == grpc.StatusCode.UNAVAILABLE, details
+                assert reason == "LEDGER_UNAVAILABLE" and metadata["cause"] == "disk_full", details
+                assert metadata["store"].endswith("l.journal.db") and "call journal" in details
+                # Closing writes too: the same refusal, and the run stays open.
+                code, reason, metadata, _ = refusal_of(
+                    lambda: admin.CloseRun(hc.CloseRunRequest(run_id=opened.run.run_id))
+                )
+                assert (code, reason, metadata["cause"]) == (
+                    grpc.StatusCode.UNAVAILABLE,
+                    "LEDGER_UNAVAILABLE",
+                    "disk_full",
+                )
+            finally:
+                filler.unlink()
+            closed = admin.CloseRun(hc.CloseRunRequest(run_id=opened.run.run_id))
+            assert closed.run.closed_at
+    finally:
+        running.stop(grace=1)
