@@ -78,7 +78,7 @@ class HisCheckService(hc_grpc.HisCheckServiceServicer):
         run = self._own_run(request.run_id, context)
         self.runs.wait_idle(run.run_id)
         self.journal.flush()
-        answer = hc.GetRunRecordResponse(run=run_message(run))
+        answer = hc.GetRunRecordResponse(run=run_message(run), lost_entries=self.journal.lost(run.run_id))
         for entry in self.journal.entries(run_id=run.run_id):
             answer.entries_json.append(json.dumps(entry.to_dict(), ensure_ascii=False))
         for s in self.ledger.session_settlements(run.session):

@@ -188,6 +188,9 @@ class Journal:
         self._db.executescript(SCHEMA)
         self._queue: queue.SimpleQueue[CallNote | threading.Event | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # one connection, shared by the writer and the readers
+        # Entries the writer could not store (disk full, I/O error), per run ("" for none):
+        # a run graded on an incomplete record would pass or fail on calls nobody saw.
+        self._lost: dict[str, int] = {}
         self._writer = threading.Thread(target=self._write_batches, name="journal-writer", daemon=True)
         self._writer.start()
 
@@ -267,6 +270,10 @@ class Journal:
                     self._store(rows)
                 except Exception:  # a journal that cannot write must not stop the platform
                     log.exception("journal write failed; %d entries lost", len(batch))
+                    with self._lock:
+                        for note in batch:
+                            run_id = note.run.run_id if note.run is not None else ""
+                            self._lost[run_id] = self._lost.get(run_id, 0) + 1
                 else:
                     if self.on_stored is not None:
                         lag = time.time() - min(note.arrived for note in batch)
@@ -285,6 +292,12 @@ class Journal:
                 rows,
             )
             self._db.execute("COMMIT")
+
+    def lost(self, run_id: str | None = None) -> int:
+        """Entries the writer could not store since the server started: of one run,
+        or all of them (`run_id=None`)."""
+        with self._lock:
+            return sum(self._lost.values()) if run_id is None else self._lost.get(run_id, 0)
 
     # --- queries ------------------------------------------------------------------------------
 

@@ -4,15 +4,22 @@ never UNKNOWN/INTERNAL, and a run whose journal lost entries is not graded."""
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 import pytest
 import test_storage_faults
 from conftest import CANCER_HOSPITAL, FUWAI
+from settlesim.clients.hischeck.command import Connection
+from settlesim.clients.hischeck.command import start as begin
+from settlesim.clients.hospital import Hospital
 from settlesim.clients.rejections import rejection_of
 from settlesim.server.app import ServerConfig, start
 from settlesim.v1 import his_check_pb2 as hc
 from settlesim.v1 import his_check_pb2_grpc as hc_grpc
-from test_storage_faults import fill
+from test_storage_faults import QINGHAI, QINGHAI_FEES, TUMOUR, fill
+
+from settlesim.cli import main
 
 small_disk = test_storage_faults.small_disk  # the 2 MiB tmpfs, mounted per test
 
@@ -51,5 +58,39 @@ def test_check_run_calls_on_a_full_disk_are_unavailable_naming_the_journal(small
                 filler.unlink()
             closed = admin.CloseRun(hc.CloseRunRequest(run_id=opened.run.run_id))
             assert closed.run.closed_at
+    finally:
+        running.stop(grace=1)
+
+
+def test_a_run_whose_journal_lost_entries_is_not_graded(small_disk, capsys):
+    running = start(ServerConfig(port=0, db_path=small_disk / "l.db", max_workers=4))
+    assert running.journal is not None
+    try:
+        started = begin("reversal", CANCER_HOSPITAL, Connection(running.target))
+        run_id = started.run.run_id
+        his = Hospital.connect(running.target, CANCER_HOSPITAL, retries=0)
+        calls = 0
+        try:
+            filler = fill(small_disk)
+            try:
+                # Calls go on (refused by the full ledger, or settled into its WAL's room)
+                # until the journal's writer fails to store a batch.
+                while running.journal.lost(run_id) == 0:
+                    assert calls < 200, "the journal never failed on the full disk"
+                    calls += 1
+                    with contextlib.suppress(grpc.RpcError):
+                        his.settle(QINGHAI, TUMOUR, "2021-12-08", QINGHAI_FEES)
+                    running.journal.flush()
+            finally:
+                filler.unlink()
+        finally:
+            his.close()
+        running.journal.flush()
+        lost = running.journal.lost(run_id)
+        stored = running.journal.entries(run_id=run_id)
+        assert lost >= 1 and len(stored) + lost == calls  # every call is either stored or counted lost
+        assert main(["his-check", "finish", run_id, "--target", running.target]) == 2
+        err = capsys.readouterr().err
+        assert f"journal incomplete: {lost} entries lost" in err and err.count("\n") == 1, err
     finally:
         running.stop(grace=1)

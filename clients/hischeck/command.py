@@ -192,6 +192,11 @@ def fetch_record(run_id: str, conn: Connection, close: bool = True) -> tuple[hc.
             raise _fail(e, f"reading run {run_id}", conn.target) from None
     finally:
         channel.close()
+    if answer.lost_entries:
+        raise HisCheckError(
+            f"run {run_id}: journal incomplete: {answer.lost_entries} entries lost "
+            "(the server could not store them; see its log): the run is not graded"
+        )
     entries = sorted((json.loads(e) for e in answer.entries_json), key=lambda e: (e["time"], e["seq"]))
     record = Record(
         run=run_message_dict(run),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csettlesim/v1/his_check.proto\x12\x0csettlesim.v1\"t\n\rTargetedFault\x12\x0b\n\x03rpc\x18\x01 \x01(\t\x12\x0b\n\x03nth\x18\x02 \x03(\x05\x12\x10\n\x08\x66rom_nth\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x05 \x01(\x05\x12\x17\n\x0f\x66igures_off_fen\x18\x06 \x01(\x03\"|\n\x0eOpenRunRequest\x12\x18\n\x10institution_code\x18\x01 \x01(\t\x12\x10\n\x08scenario\x18\x02 \x01(\t\x12+\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x1b.settlesim.v1.TargetedFault\x12\x11\n\ttimeout_s\x18\x04 \x01(\x05\"\xb9\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x18\n\x10institution_code\x18\x02 \x01(\t\x12\x10\n\x08scenario\x18\x03 \x01(\t\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x11\n\topened_at\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\t\x12\x11\n\tclosed_at\x18\x07 \x01(\t\x12+\n\x06\x66\x61ults\x18\x08 \x03(\x0b\x32\x1b.settlesim.v1.TargetedFault\"1\n\x0fOpenRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.settlesim.v1.Run\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"}\n\x14GetRunRecordResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.settlesim.v1.Run\x12\x14\n\x0c\x65ntries_json\x18\x02 \x03(\t\x12\x18\n\x10settlements_json\x18\x03 \x03(\t\x12\x15\n\rcatalog_codes\x18\x04 \x03(\t\"!\n\x0f\x43loseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"2\n\x10\x43loseRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.settlesim.v1.Run2\xfb\x01\n\x0fHisCheckService\x12\x46\n\x07OpenRun\x12\x1c.settlesim.v1.OpenRunRequest\x1a\x1d.settlesim.v1.OpenRunResponse\x12U\n\x0cGetRunRecord\x12!.settlesim.v1.GetRunRecordRequest\x1a\".settlesim.v1.GetRunRecordResponse\x12I\n\x08\x43loseRun\x12\x1d.settlesim.v1.CloseRunRequest\x1a\x1e.settlesim.v1.CloseRunResponseB\x14\n\x10\x64\x65v.settlesim.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csettlesim/v1/his_check.proto\x12\x0csettlesim.v1\"t\n\rTargetedFault\x12\x0b\n\x03rpc\x18\x01 \x01(\t\x12\x0b\n\x03nth\x18\x02 \x03(\x05\x12\x10\n\x08\x66rom_nth\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x05 \x01(\x05\x12\x17\n\x0f\x66igures_off_fen\x18\x06 \x01(\x03\"|\n\x0eOpenRunRequest\x12\x18\n\x10institution_code\x18\x01 \x01(\t\x12\x10\n\x08scenario\x18\x02 \x01(\t\x12+\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x1b.settlesim.v1.TargetedFault\x12\x11\n\ttimeout_s\x18\x04 \x01(\x05\"\xb9\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x18\n\x10institution_code\x18\x02 \x01(\t\x12\x10\n\x08scenario\x18\x03 \x01(\t\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x11\n\topened_at\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\t\x12\x11\n\tclosed_at\x18\x07 \x01(\t\x12+\n\x06\x66\x61ults\x18\x08 \x03(\x0b\x32\x1b.settlesim.v1.TargetedFault\"1\n\x0fOpenRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.settlesim.v1.Run\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x93\x01\n\x14GetRunRecordResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.settlesim.v1.Run\x12\x14\n\x0c\x65ntries_json\x18\x02 \x03(\t\x12\x18\n\x10settlements_json\x18\x03 \x03(\t\x12\x15\n\rcatalog_codes\x18\x04 \x03(\t\x12\x14\n\x0clost_entries\x18\x05 \x01(\r\"!\n\x0f\x43loseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"2\n\x10\x43loseRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.settlesim.v1.Run2\xfb\x01\n\x0fHisCheckService\x12\x46\n\x07OpenRun\x12\x1c.settlesim.v1.OpenRunRequest\x1a\x1d.settlesim.v1.OpenRunResponse\x12U\n\x0cGetRunRecord\x12!.settlesim.v1.GetRunRecordRequest\x1a\".settlesim.v1.GetRunRecordResponse\x12I\n\x08\x43loseRun\x12\x1d.settlesim.v1.CloseRunRequest\x1a\x1e.settlesim.v1.CloseRunResponseB\x14\n\x10\x64\x65v.settlesim.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,12 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENRUNRESPONSE']._serialized_end=527
   _globals['_GETRUNRECORDREQUEST']._serialized_start=529
   _globals['_GETRUNRECORDREQUEST']._serialized_end=566
-  _globals['_GETRUNRECORDRESPONSE']._serialized_start=568
-  _globals['_GETRUNRECORDRESPONSE']._serialized_end=693
-  _globals['_CLOSERUNREQUEST']._serialized_start=695
-  _globals['_CLOSERUNREQUEST']._serialized_end=728
-  _globals['_CLOSERUNRESPONSE']._serialized_start=730
-  _globals['_CLOSERUNRESPONSE']._serialized_end=780
-  _globals['_HISCHECKSERVICE']._serialized_start=783
-  _globals['_HISCHECKSERVICE']._serialized_end=1034
+  _globals['_GETRUNRECORDRESPONSE']._serialized_start=569
+  _globals['_GETRUNRECORDRESPONSE']._serialized_end=716
+  _globals['_CLOSERUNREQUEST']._serialized_start=718
+  _globals['_CLOSERUNREQUEST']._serialized_end=751
+  _globals['_CLOSERUNRESPONSE']._serialized_start=753
+  _globals['_CLOSERUNRESPONSE']._serialized_end=803
+  _globals['_HISCHECKSERVICE']._serialized_start=806
+  _globals['_HISCHECKSERVICE']._serialized_end=1057
 # @@protoc_insertion_point(module_scope)

@@ -67,16 +67,18 @@ class GetRunRecordRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class GetRunRecordResponse(_message.Message):
-    __slots__ = ("run", "entries_json", "settlements_json", "catalog_codes")
+    __slots__ = ("run", "entries_json", "settlements_json", "catalog_codes", "lost_entries")
     RUN_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_JSON_FIELD_NUMBER: _ClassVar[int]
     SETTLEMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     CATALOG_CODES_FIELD_NUMBER: _ClassVar[int]
+    LOST_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     run: Run
     entries_json: _containers.RepeatedScalarFieldContainer[str]
     settlements_json: _containers.RepeatedScalarFieldContainer[str]
     catalog_codes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., entries_json: _Optional[_Iterable[str]] = ..., settlements_json: _Optional[_Iterable[str]] = ..., catalog_codes: _Optional[_Iterable[str]] = ...) -> None: ...
+    lost_entries: int
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., entries_json: _Optional[_Iterable[str]] = ..., settlements_json: _Optional[_Iterable[str]] = ..., catalog_codes: _Optional[_Iterable[str]] = ..., lost_entries: _Optional[int] = ...) -> None: ...
 
 class CloseRunRequest(_message.Message):
     __slots__ = ("run_id",)
