@@ -99,6 +99,18 @@ COLUMNS = (
 )
 
 
+class JournalFileError(Exception):
+    """A journal file SQLite cannot use (not a database, damaged): one line naming
+    the file and what to do; the ledger is not to blame."""
+
+
+def damaged_journal(path: Path, error: BaseException) -> JournalFileError:
+    return JournalFileError(
+        f"the call journal {path} cannot be read ({error}); it holds only the record of calls, "
+        f"never money: move it aside (mv {path} {path}.damaged) and the server starts a new one"
+    )
+
+
 def journal_path(ledger_path: Path | str) -> Path:
     """The journal file beside a ledger: settlesim.db -> settlesim.journal.db."""
     path = Path(ledger_path)
@@ -184,8 +196,11 @@ class Journal:
         self.path = Path(path)
         self.on_stored = on_stored
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._connect()
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = self._connect()
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:  # "file is not a database", damage
+            raise damaged_journal(self.path, error) from None
         self._queue: queue.SimpleQueue[CallNote | threading.Event | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # one connection, shared by the writer and the readers
         # Entries the writer could not store (disk full, I/O error), per run ("" for none):

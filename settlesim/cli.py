@@ -879,8 +879,10 @@ def add_journal(sub: argparse._SubParsersAction) -> None:
 
 
 def _journal_entries(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+    import sqlite3
+
     from settlesim.server.app import default_db_path
-    from settlesim.server.journal import journal_path, open_read_only, query
+    from settlesim.server.journal import damaged_journal, journal_path, open_read_only, query
 
     path = journal_path(args.db or default_db_path())
     try:
@@ -900,6 +902,8 @@ def _journal_entries(args: argparse.Namespace) -> list:  # type: ignore[type-arg
                 limit=args.limit,
             )
         )
+    except sqlite3.DatabaseError as e:  # not a database, damaged
+        raise CliError(str(damaged_journal(path, e))) from None
     finally:
         db.close()
 
@@ -1003,10 +1007,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # one clear line for the errors users meet
         from settlesim.server.audit import AuditAnchorError
+        from settlesim.server.journal import JournalFileError
         from settlesim.server.ledger import LedgerFileError
         from settlesim.server.world_loader import WorldError
 
-        if isinstance(e, WorldError | LedgerFileError | AuditAnchorError | OSError):
+        if isinstance(e, WorldError | LedgerFileError | JournalFileError | AuditAnchorError | OSError):
             print(f"settlesim: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         raise

@@ -5,6 +5,9 @@ never UNKNOWN/INTERNAL, and a run whose journal lost entries is not graded."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,9 +18,10 @@ from settlesim.clients.hischeck.command import start as begin
 from settlesim.clients.hospital import Hospital
 from settlesim.clients.rejections import rejection_of
 from settlesim.server.app import ServerConfig, start
+from settlesim.server.journal import journal_path
 from settlesim.v1 import his_check_pb2 as hc
 from settlesim.v1 import his_check_pb2_grpc as hc_grpc
-from test_storage_faults import QINGHAI, QINGHAI_FEES, TUMOUR, fill
+from test_storage_faults import QINGHAI, QINGHAI_FEES, TUMOUR, fill, one_line, serve_exits
 
 from settlesim.cli import main
 
@@ -94,3 +98,42 @@ def test_a_run_whose_journal_lost_entries_is_not_graded(small_disk, capsys):
         assert f"journal incomplete: {lost} entries lost" in err and err.count("\n") == 1, err
     finally:
         running.stop(grace=1)
+
+
+# --- a damaged journal ---------------------------------------------------------------------------
+
+
+def garbage_journal_beside_a_good_ledger(tmp_path: Path) -> tuple[Path, Path]:
+    ledger = tmp_path / "l.db"
+    running = start(ServerConfig(port=0, db_path=ledger, max_workers=2))
+    running.stop(grace=1)
+    journal = journal_path(ledger)
+    journal.write_bytes(b"this is not a database at all " * 200)
+    for leftover in (Path(f"{journal}-wal"), Path(f"{journal}-shm")):
+        leftover.unlink(missing_ok=True)
+    return ledger, journal
+
+
+def test_serve_on_a_damaged_journal_names_the_journal_not_the_ledger(tmp_path):
+    ledger, journal = garbage_journal_beside_a_good_ledger(tmp_path)
+    done = serve_exits(ledger)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    line = done.stderr.splitlines()[-1]  # after the ledger's own start-up log line
+    assert line.startswith("settlesim: error: the call journal"), line
+    assert str(journal) in line and "never money" in line and "move it aside" in line
+    assert f"ledger {ledger}:" not in line
+    journal.rename(f"{journal}.damaged")  # as the line says: the server starts a new journal
+    running = start(ServerConfig(port=0, db_path=ledger, max_workers=2))
+    running.stop(grace=1)
+
+
+@pytest.mark.parametrize("command", ["show", "export"])
+def test_journal_show_and_export_on_a_damaged_journal_is_one_line(tmp_path, command):
+    ledger, journal = garbage_journal_beside_a_good_ledger(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "settlesim", "journal", command, "--db", str(ledger)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    one_line(done, str(journal), "cannot be read")
