@@ -586,16 +586,26 @@ def add_audit(sub: argparse._SubParsersAction) -> None:
     verify = _parser(
         "verify",
         audit_sub,
-        "Check the chain of digests, and with --db its end against the head the ledger "
-        "anchored: exits 1 when a line was edited, removed or inserted, the file was "
-        "truncated or its chain recomputed.",
+        "Check the chain of digests and its end against the head the ledger anchored: "
+        "exits 1 when a line was edited, removed or inserted, the file was truncated or "
+        "its chain recomputed, or no ledger holds its anchor (unless --no-anchor).",
         _examples(
             "settlesim audit verify audit.jsonl",
             "settlesim audit verify --db ~/.local/share/settlesim/settlesim.db audit.jsonl",
+            "settlesim audit verify --no-anchor copied-audit.jsonl",
         ),
     )
     verify.add_argument("path", type=Path, help="audit log (JSON lines)")
-    verify.add_argument("--db", type=Path, help="the ledger the server wrote beside it (its anchor)")
+    verify.add_argument(
+        "--db",
+        type=Path,
+        help="the ledger holding its anchor (default: the one serve uses, $SETTLESIM_DB or the user data dir)",
+    )
+    verify.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="check the chain alone: records removed from the end go unnoticed (exit 0 on an intact chain)",
+    )
     verify.set_defaults(run=run_audit_verify)
 
 
@@ -604,16 +614,30 @@ def run_audit_verify(args: argparse.Namespace) -> int:
 
     if not args.path.is_file():
         raise CliError(f"no audit log at {args.path}")
+    if args.no_anchor and args.db is not None:
+        raise CliError("give --db or --no-anchor, not both")
     if args.db is not None and not args.db.is_file():
         raise CliError(f"no ledger at {args.db}")
-    report, anchored = verify_against(args.path, args.db)
+    # The chain alone cannot see records removed from the end: without the anchor
+    # the tail is unverified, and that is only an answer when asked for (--no-anchor).
+    db = None if args.no_anchor else (args.db or _default_db())
+    no_ledger = db is not None and not db.is_file()
+    report, anchored = verify_against(args.path, None if no_ledger else db)
     for problem in report.problems:
         print(f"FAIL {problem}")
+    if no_ledger:
+        print(
+            f"FAIL the tail is not verified: no ledger at {db} (serve's default ledger) to hold the file "
+            "to its anchor, so records removed from its end would go unnoticed; give --db LEDGER, "
+            "or --no-anchor to check the chain alone"
+        )
     summary = f"{len(report.problems)} problem(s)" if report.problems else "chain OK"
+    if args.no_anchor:
+        anchored = "the tail is not verified (--no-anchor)"
     print(
         f"audit log {args.path}: {report.records} records, {summary}" + (f"; {anchored}" if anchored else "")
     )
-    return 1 if report.problems else 0
+    return 1 if report.problems or no_ledger else 0
 
 
 # --- his-check, journal (docs/his-check.md) ---------------------------------------------------

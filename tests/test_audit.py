@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -52,8 +53,21 @@ def audited_run(tmp_path: Path, settles: int = 4, verifies: int = 2) -> tuple[Pa
     return tmp_path / "ledger.db", tmp_path / "audit.jsonl"
 
 
-def verify(audit: Path, db: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return settlesim("audit", "verify", *(("--db", str(db)) if db else ()), str(audit))
+def verify(audit: Path, db: Path | None = None, *, no_anchor: bool = False) -> subprocess.CompletedProcess[str]:
+    return settlesim(
+        "audit", "verify", *(("--db", str(db)) if db else ()), *(("--no-anchor",) if no_anchor else ()), str(audit)
+    )
+
+
+def verify_with_default_db(audit: Path, default: Path) -> subprocess.CompletedProcess[str]:
+    """`audit verify FILE` with no --db, serve's default ledger being `default` ($SETTLESIM_DB)."""
+    return subprocess.run(
+        [sys.executable, "-m", "settlesim", "audit", "verify", str(audit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SETTLESIM_DB": str(default)},
+    )
 
 
 def serve_refuses(tmp_path: Path, *extra: str) -> str:
@@ -91,10 +105,18 @@ def test_a_truncated_audit_log_is_found_and_the_server_will_not_continue_it(tmp_
     lines = audit.read_bytes().splitlines(keepends=True)
     assert len(lines) == 6
     audit.write_bytes(b"".join(lines[:-2]))  # the last two records (the reads) gone
-    assert verify(audit).returncode == 0  # the chain alone cannot tell: why the anchor exists
+    alone = verify(audit, no_anchor=True)  # the chain alone cannot tell: why the anchor exists
+    assert alone.returncode == 0 and "the tail is not verified (--no-anchor)" in alone.stdout, alone.stdout
     checked = verify(audit, db)
     assert checked.returncode == 1, checked.stdout
     assert "FAIL" in checked.stdout and "4 records" in checked.stdout and "anchors 6" in checked.stdout
+    # Without --db, verify holds the file to serve's default ledger ...
+    by_default = verify_with_default_db(audit, db)
+    assert by_default.returncode == 1 and "anchors 6" in by_default.stdout, by_default.stdout
+    # ... and where there is none it does not say "chain OK" and exit 0.
+    nowhere = verify_with_default_db(audit, tmp_path / "no-such.db")
+    assert nowhere.returncode == 1, nowhere.stdout
+    assert "FAIL the tail is not verified: no ledger at" in nowhere.stdout and "--no-anchor" in nowhere.stdout
     line = serve_refuses(tmp_path)
     assert str(audit) in line and "anchors 6 records" in line and "audit verify --db" in line
     assert len(audit.read_bytes().splitlines()) == 4  # nothing was appended to it
@@ -111,7 +133,7 @@ def test_an_edited_last_record_is_found(tmp_path):
     lines = audit.read_bytes().splitlines(keepends=True)
     lines[-1] = lines[-1].replace(b'"code":"OK"', b'"code":"NOT_FOUND"')
     audit.write_bytes(b"".join(lines))
-    assert verify(audit).returncode == 0  # nothing follows the last line to break
+    assert verify(audit, no_anchor=True).returncode == 0  # nothing follows the last line to break
     checked = verify(audit, db)
     assert checked.returncode == 1 and "record 6" in checked.stdout, checked.stdout
     assert "does not match" in serve_refuses(tmp_path)
@@ -127,7 +149,7 @@ def test_a_recomputed_chain_is_found(tmp_path):
     fake["time"] = "2030-01-01T00:00:00.000+00:00"
     forged = rechain([*lines[:1], *lines[2:], json.dumps(fake).encode()])
     audit.write_bytes(forged)
-    assert verify(audit).returncode == 0
+    assert verify(audit, no_anchor=True).returncode == 0
     checked = verify(audit, db)
     assert checked.returncode == 1 and "does not match" in checked.stdout, checked.stdout
     assert "does not match" in serve_refuses(tmp_path)
@@ -271,7 +293,7 @@ def test_audit_verify_reports_invalid_utf8_and_garbage_by_line_without_a_traceba
     _, audit = audited_run(tmp_path, settles=1, verifies=1)
     good = audit.read_bytes()
     audit.write_bytes(good + b'{"rpc":"\xff\xfe"}\n' + b"[1, 2]\n" + b"\x00\x01 not json\n")
-    checked = verify(audit)
+    checked = verify(audit, no_anchor=True)
     assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
     assert "line 3: not UTF-8" in checked.stdout
     assert "line 4: not a JSON object" in checked.stdout

@@ -253,11 +253,15 @@ def test_audit_log_records_every_call_and_is_append_only_across_restart(platform
     tampered.write_text(audit.read_text().replace('"code":"PERMISSION_DENIED"', '"code":"OK"'))
     assert verify_chain(tampered) == ["line 3: prev does not match the line before"]
     ok = subprocess.run(
-        [sys.executable, "-m", "settlesim", "audit", "verify", str(audit)], capture_output=True, text=True
+        [sys.executable, "-m", "settlesim", "audit", "verify", "--no-anchor", str(audit)],
+        capture_output=True,
+        text=True,
     )
     assert ok.returncode == 0 and "4 records, chain OK" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "settlesim", "audit", "verify", str(tampered)], capture_output=True, text=True
+        [sys.executable, "-m", "settlesim", "audit", "verify", "--no-anchor", str(tampered)],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 1 and "FAIL line 3" in bad.stdout
 
