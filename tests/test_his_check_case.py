@@ -6,8 +6,10 @@ differs."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,9 @@ DEFAULT_WORLD = Path(__file__).resolve().parents[1] / "server" / "worlds" / "def
 
 @pytest.fixture(scope="module")
 def stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RunningServer]]:
-    """`recorded` plays the platform for the HIS; `fresh` runs the same world; `other`
-    a world where Qinghai's deductible is 40 yuan instead of 50."""
+    """`recorded` plays the platform for the HIS; `other` runs a world where
+    Qinghai's deductible is 40 yuan instead of 50 (a fresh stub on the same
+    world is the `fresh` fixture, one per test)."""
     tmp = tmp_path_factory.mktemp("record-case")
     world = tmp / "world"
     shutil.copytree(DEFAULT_WORLD, world)
@@ -39,12 +42,25 @@ def stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Runnin
     )
     started = {
         "recorded": start(ServerConfig(port=0, db_path=tmp / "recorded.db", max_workers=4)),
-        "fresh": start(ServerConfig(port=0, db_path=tmp / "fresh.db", max_workers=4)),
         "other": start(ServerConfig(port=0, db_path=tmp / "other.db", world_dir=world, max_workers=4)),
     }
     yield started
     for running in started.values():
         running.stop(grace=1)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[RunningServer]:
+    """A stub on the default world with a ledger of its own: each replay starts
+    from no settlements and clean yearly totals, whatever another test replayed."""
+    running = start(ServerConfig(port=0, db_path=tmp_path / "fresh.db", max_workers=4))
+    yield running
+    running.stop(grace=1)
+
+
+def settlements_in(running: RunningServer) -> int:
+    with closing(sqlite3.connect(f"file:{running.ledger.path}?mode=ro", uri=True)) as db:
+        return db.execute("SELECT COUNT(*) FROM settlements").fetchone()[0]
 
 
 def record_as_case(stubs: dict[str, RunningServer], scenario: str, tmp_path: Path) -> Path:
@@ -60,7 +76,7 @@ def record_as_case(stubs: dict[str, RunningServer], scenario: str, tmp_path: Pat
     return out
 
 
-def test_a_recorded_lost_answer_replays_green_with_its_links(stubs, tmp_path):
+def test_a_recorded_lost_answer_replays_green_with_its_links(stubs, fresh, tmp_path):
     path = record_as_case(stubs, "lost-answer-after-commit", tmp_path)
     case = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert case["name"].startswith("recorded-lost-answer-after-commit-") and case["world"] == "default"
@@ -71,11 +87,12 @@ def test_a_recorded_lost_answer_replays_green_with_its_links(stubs, tmp_path):
     # the happy-path figures (scenario why): fund 12963, patient 5000, deductible 5000
     assert settle1["expect"]["settlement"]["totals"]["fund_pays_fen"] == 12963
     assert "apply_deductible: policy 630000/390/M00503 since 2021-01-01" in case["why"]
-    run = run_cases(load_cases([path]), stubs["fresh"].target)
+    assert settlements_in(fresh) == 0  # no other test replayed on this stub (in any session)
+    run = run_cases(load_cases([path]), fresh.target)
     assert run.passed, reports.headline(run)
 
 
-def test_a_recorded_reconciliation_links_the_entries_and_replays_green(stubs, tmp_path):
+def test_a_recorded_reconciliation_links_the_entries_and_replays_green(stubs, fresh, tmp_path):
     path = record_as_case(stubs, "reconcile-forgotten-settlement", tmp_path)
     case = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert [s["call"] for s in case["steps"]] == ["settle", "settle", "reconcile", "reconcile", "reconcile"]
@@ -86,7 +103,8 @@ def test_a_recorded_reconciliation_links_the_entries_and_replays_green(stubs, tm
         "${steps.settle2.settlement.settlement_id}",
     ]
     assert case["steps"][4]["expect"]["matched"] is True
-    run = run_cases(load_cases([path]), stubs["fresh"].target)
+    assert settlements_in(fresh) == 0  # no other test replayed on this stub (in any session)
+    run = run_cases(load_cases([path]), fresh.target)
     assert run.passed, reports.headline(run)
 
 
