@@ -59,3 +59,12 @@ def test_the_domain_reference_is_in_the_repository():
     for must in ("就医地目录，参保地政策", "## Glossary", "## The registration check", "## The settlement rules",
                  "## The seed stories", "179.63", "129.63", "50.00"):  # fmt: skip
         assert must in domain, must
+
+
+def test_the_bundled_worlds_name_no_source_outside_the_repository():
+    """A world's description is documentation too: it cites docs/, not the
+    session's shared folder (which a clone does not have)."""
+    worlds = sorted((ROOT / "server" / "worlds").rglob("*.yaml"))
+    assert worlds
+    naming_shared = [str(w.relative_to(ROOT)) for w in worlds if "shared/" in w.read_text(encoding="utf-8")]
+    assert not naming_shared, naming_shared
