@@ -26,6 +26,7 @@ from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 
 SESSION_HEADER = "x-settlesim-session"
+SESSION_MEMBERS_HEADER = "x-settlesim-session-members"  # the other institutions sharing a sandbox
 # The codes a lost answer comes with (the network, the transport, a server that
 # died or shed load mid-call). WITHOUT an ErrorInfo reason they say nothing about
 # whether the call ran: the outcome is uncertain and the call is retried with the
@@ -254,6 +255,7 @@ class Hospital:
         institution_code: str,
         *,
         session: str = "",
+        session_members: Iterable[str] = (),
         deadline: float = 10.0,
         retries: int = 3,
         backoff: float = 0.05,
@@ -262,13 +264,19 @@ class Hospital:
         tls: bool = False,
     ) -> None:
         """`tls`: the channel is a secure one, so a connection that fails during
-        the handshake is reported as TlsHandshakeRefused instead of retried."""
+        the handshake is reported as TlsHandshakeRefused instead of retried.
+        `session` names a sandbox (docs/sessions.md); `session_members` the other
+        institutions it is shared with, which must name the same group."""
         self.channel = channel
         self.stub = pb_grpc.SettlementServiceStub(channel)
         self.institution_code = institution_code
         self.next_msgid = MsgidFactory(institution_code)
         self.deadline, self.retries, self.backoff = deadline, retries, backoff
-        self.metadata = tuple(metadata) + (((SESSION_HEADER, session),) if session else ())
+        sandbox = ((SESSION_HEADER, session),) if session else ()
+        members = sorted(set(session_members) - {institution_code})
+        if session and members:
+            sandbox += ((SESSION_MEMBERS_HEADER, ",".join(members)),)
+        self.metadata = tuple(metadata) + sandbox
         self.operator = operator
         self.tls = tls
 

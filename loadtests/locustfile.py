@@ -16,10 +16,12 @@ a settle's figures equal its pre-settle's; the cap left never goes below zero
 and falls by exactly what the fund paid; a retry replays the same settlement;
 a reversal or void undoes the settlement it names; a voided msgid cannot settle.
 
-Each Locust user is its own ledger sandbox (metadata x-settlesim-session, see
-docs/sessions.md), so another user settling the same person between a
+Each Locust user has its own ledger sandboxes (metadata x-settlesim-session, see
+docs/sessions.md), one per institution it acts for (a sandbox belongs to the
+institution that opened it), so another user settling the same person between a
 pre-settle and its settle cannot make an exact check fail. `--ledger-session
-shared` sends no session header (for a server run with --no-sessions).
+shared` sends no session header (for a server run with --no-sessions, or with
+--auth token/mtls without --sessions).
 
 Change the mix with FLOW_WEIGHTS below or `--weights verify=2,settle=10,...`.
 """
@@ -67,7 +69,7 @@ def _arguments(parser: Any) -> None:
         "--ledger-session",
         choices=["per-user", "shared"],
         default="per-user",
-        help="per-user: each user is its own ledger sandbox (exact checks); shared: no session header",
+        help="per-user: each user has its own ledger sandboxes (exact checks); shared: no session header",
     )
     parser.add_argument(
         "--auth",
@@ -127,21 +129,24 @@ class SettlementClient:
     def __init__(
         self,
         target: str,
-        metadata: tuple[tuple[str, str], ...],
+        session: str,
         environment: Any,
         tokens: dict[str, str] | None = None,
     ) -> None:
+        """`session`: the prefix of this user's sandboxes ("-" + the institution is appended);
+        "" for the real ledger."""
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.SettlementServiceStub(self.channel)
-        self.metadata = metadata
+        self.session = session
         self.tokens = tokens or {}  # institution -> bearer token (serve --auth token)
         self.fire = environment.events.request.fire
 
     def _metadata(self, request: Any) -> tuple[tuple[str, str], ...]:
+        institution = _institution_of(request)
+        metadata = ((SESSION_HEADER, f"{self.session}-{institution}"),) if self.session else ()
         if not self.tokens:
-            return self.metadata
-        token = self.tokens.get(_institution_of(request), "")
-        return (*self.metadata, ("authorization", f"Bearer {token}"))
+            return metadata
+        return (*metadata, ("authorization", f"Bearer {self.tokens.get(institution, '')}"))
 
     def call(self, name: str, request: Any, expect_reason: str = "") -> Any:
         """The answer; None when the call failed (already reported). With
@@ -184,13 +189,14 @@ class Hospital(User):
         self.tag = uuid.uuid4().hex[:10].upper()
         self.seq = 0
         shared = options is not None and getattr(options, "ledger_session", "per-user") == "shared"
-        metadata = () if shared else ((SESSION_HEADER, f"locust-{self.tag}"),)
+        session = "" if shared else f"locust-{self.tag}"
         tokens = None
         if options is not None and getattr(options, "auth", "none") == "token":
             tokens = _tokens_for(getattr(options, "world", ""))
-        self.client = SettlementClient(_target(self.host), metadata, self.environment, tokens)
+        self.client = SettlementClient(_target(self.host), session, self.environment, tokens)
         self.settled: deque[tuple[pb.SettlementRequest, pb.Settlement]] = deque(maxlen=50)
-        self.caps: dict[tuple[str, str, str], int] = {}  # (person, disease, year) -> cap left
+        # (institution = sandbox, person, disease, year) -> cap left
+        self.caps: dict[tuple[str, str, str, str], int] = {}
 
     def on_stop(self) -> None:
         self.client.close()
@@ -263,7 +269,7 @@ class Hospital(User):
         """The cap left never goes negative and falls by exactly the fund's share."""
         if not s.totals.HasField("cap_remaining_fen"):
             return []
-        key = (s.person_no, s.disease_code, s.visit_date[:4])
+        key = (s.institution_code, s.person_no, s.disease_code, s.visit_date[:4])
         left, before = s.totals.cap_remaining_fen, self.caps.get(key)
         self.caps[key] = left
         problems = [] if left >= 0 else [f"cap exceeded: {left} fen left"]
@@ -293,7 +299,7 @@ class Hospital(User):
         return self.settled.pop() if self.settled else None
 
     def _forget_cap(self, s: pb.Settlement) -> None:
-        self.caps.pop((s.person_no, s.disease_code, s.visit_date[:4]), None)
+        self.caps.pop((s.institution_code, s.person_no, s.disease_code, s.visit_date[:4]), None)
 
     def flow_reverse(self) -> None:
         target = self._undo_target()

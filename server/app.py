@@ -54,7 +54,9 @@ class ServerConfig:
     world_dir: Path | None = None  # None: the bundled default world
     db_path: Path | None = None  # None: default_db_path()
     max_workers: int = 16
-    allow_sessions: bool = True
+    # x-settlesim-session sandboxes (docs/sessions.md). None: on with --auth none, off when the
+    # server demands identity (token, mtls) unless the operator turns them on (serve --sessions).
+    allow_sessions: bool | None = None
     # SQLite's integrity check of an existing ledger at start-up (docs/ledger.md);
     # off only for a ledger too large to wait for (serve --skip-integrity-check).
     integrity_check: bool = True
@@ -110,12 +112,23 @@ class RunningServer:
         self.ledger.close()
 
 
+def sessions_allowed(config: ServerConfig) -> bool:
+    """Sandboxes are on in the insecure stub, off by default once callers must prove who they are."""
+    return config.allow_sessions if config.allow_sessions is not None else config.auth == "none"
+
+
 def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     world = world if world is not None else load_world(config.world_dir)
     warnings = auth.check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
     if not config.integrity_check:
         warnings = [*warnings, INTEGRITY_CHECK_SKIPPED]
     authenticate = auth.authenticator(config.auth, world.institutions, world.institution_tokens)
+    sessions = sessions_allowed(config)
+    if sessions and config.auth != "none":
+        warnings.append(
+            "session sandboxes are on (--sessions): each is an isolated copy of the ledger its "
+            "institutions can settle in; answers from one name it (docs/sessions.md)"
+        )
     ledger = Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check)
     metrics = Metrics() if config.metrics else None
     journal = (
@@ -128,7 +141,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         metrics.watch_queues(ledger.queue_depth, journal.queue_depth if journal is not None else None)
     runs = RunRegistry(journal) if journal is not None else None
     service = SettlementService(
-        world, ledger, allow_sessions=config.allow_sessions, authenticate=authenticate, runs=runs
+        world, ledger, allow_sessions=sessions, authenticate=authenticate, runs=runs
     )
     # Interceptors only when asked for: an idle feature costs the hot path nothing.
     audit = None
@@ -144,7 +157,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
             raise
     interceptors: list[grpc.ServerInterceptor] = []
     if audit is not None:
-        interceptors.append(AuditInterceptor(audit, authenticate))  # outermost: sees injected faults
+        interceptors.append(AuditInterceptor(audit, service.call_settings))  # outermost: sees injected faults
     if journal is not None:
         interceptors.append(JournalInterceptor(journal, after_call))  # sees injected faults too
     if config.faults is not None and config.faults.active:
@@ -160,7 +173,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     )
     add_to_server(service, server)
     if journal is not None and runs is not None:
-        admin = HisCheckService(world, ledger, journal, runs, authenticate)
+        admin = HisCheckService(world, ledger, journal, runs, service.call_settings)
         his_check_pb2_grpc.add_HisCheckServiceServicer_to_server(admin, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -46,6 +46,7 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from settlesim.server import calls
 from settlesim.server.ledger import AuditAnchor, Ledger, read_audit_anchors
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.status import to_status
@@ -55,7 +56,6 @@ log = logging.getLogger("settlesim.server")
 GENESIS = "0" * 64
 EMPTY = AuditAnchor(0, 0, GENESIS)
 _STATUS_KEY = "grpc-status-details-bin"
-SESSION_HEADER = "x-settlesim-session"
 # While records come in and nothing else writes the ledger, the log asks for an
 # anchor this often: the longest a record stays unanchored on a running server.
 ANCHOR_SECONDS = 1.0
@@ -442,8 +442,8 @@ class AuditInterceptor(grpc.ServerInterceptor):
     audited). Outermost interceptor: it records what the caller actually got,
     injected faults included. The decisions are the plain functions above."""
 
-    def __init__(self, log: AuditLog, authenticate: Callable[[grpc.ServicerContext], str] | None) -> None:
-        self.log, self.authenticate = log, authenticate
+    def __init__(self, log: AuditLog, settings: calls.CallSettings) -> None:
+        self.log, self.settings = log, settings
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
@@ -453,9 +453,15 @@ class AuditInterceptor(grpc.ServerInterceptor):
         rpc, behavior = method.removeprefix(SERVICE_PREFIX), handler.unary_unary
 
         def audited(request: Any, context: grpc.ServicerContext) -> Any:
+            # The caller is resolved once, here, for the whole call: the servicer serves exactly
+            # the identity and session this record names (server/calls.py).
+            with calls.resolved(context, self.settings) as caller:
+                return record(request, context, caller)
+
+        def record(request: Any, context: grpc.ServicerContext, caller: calls.Caller) -> Any:
             started = time.perf_counter()
             when = datetime.now(UTC).isoformat(timespec="milliseconds")
-            entry: dict[str, Any] = {"time": when, "rpc": rpc, **self._who(request, context)}
+            entry: dict[str, Any] = {"time": when, "rpc": rpc, **_who(request, context, caller)}
             if (closed := refusal_while_failing(self.log)) is not None:
                 entry.update(code="UNAVAILABLE", reason=closed.reason.value)
                 write_record(self.log, entry, started)  # written: the outage is over, for the next call
@@ -478,15 +484,10 @@ class AuditInterceptor(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _who(self, request: Any, context: grpc.ServicerContext) -> dict[str, Any]:
-        identity = ""
-        if self.authenticate is not None:
-            try:
-                identity = self.authenticate(context)
-            except Refusal:
-                identity = ""
-        ids: dict[str, str] = {}
-        _ids(request, ids)
-        session = next((v for k, v in context.invocation_metadata() or () if k == SESSION_HEADER), "")
-        who = {"identity": identity, "institution": ids.pop("institution_code", ""), "peer": context.peer()}
-        return {**who, "session": session, **ids}
+
+def _who(request: Any, context: grpc.ServicerContext, caller: calls.Caller) -> dict[str, Any]:
+    """identity ("" when unproven), the institution the request names, peer and session."""
+    ids: dict[str, str] = {}
+    _ids(request, ids)
+    who = {"identity": caller.institution, "institution": ids.pop("institution_code", ""), "peer": context.peer()}
+    return {**who, "session": caller.session, **ids}

@@ -10,7 +10,9 @@ Three modes (`settlesim serve --auth`), see docs/security.md:
   institution in its subject CN or a SAN; no token is needed.
 
 The identity this module returns is what `SettlementService.acting_for` and the
-ledger hold every request to: an institution can only act for itself.
+ledger hold every request to: an institution can only act for itself. An
+authenticator is a plain function of the call's `authorization` metadata and the
+transport's auth context, both read once per call by `server/calls.py`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
+from settlesim.server.calls import AuthContext, Authenticator
 from settlesim.server.rules.reasons import Reason, Refusal
 
 AUTH_MODES = ("none", "token", "mtls")
-AUTHORIZATION = "authorization"
-Authenticator = Callable[[grpc.ServicerContext], str]
 
 
 def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> grpc.ServerCredentials:
@@ -56,11 +57,7 @@ def token_authenticator(tokens: Mapping[str, str]) -> Authenticator:
     of institutions; the final comparison is constant-time (hmac.compare_digest)."""
     by_digest = {hashlib.sha256(t.encode()).digest(): (code, t) for code, t in tokens.items() if t}
 
-    def authenticate(context: grpc.ServicerContext) -> str:
-        header = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == AUTHORIZATION:
-                header = value
+    def authenticate(header: str, _auth_context: AuthContext) -> str:
         if not header:
             raise Refusal(Reason.CALLER_UNAUTHENTICATED, "no authorization metadata: send 'Bearer <token>'")
         scheme, _, token = header.partition(" ")
@@ -75,9 +72,8 @@ def token_authenticator(tokens: Mapping[str, str]) -> Authenticator:
     return authenticate
 
 
-def certificate_names(context: grpc.ServicerContext) -> list[str]:
+def certificate_names(auth: AuthContext) -> list[str]:
     """The subject CN, then the SANs, of the verified client certificate."""
-    auth = context.auth_context() or {}
     names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
@@ -86,8 +82,8 @@ def mtls_authenticator(institutions: Mapping[str, object]) -> Authenticator:
     """The institution named by the client certificate's CN (or a SAN). gRPC has
     already checked the chain against --client-ca during the handshake."""
 
-    def authenticate(context: grpc.ServicerContext) -> str:
-        names = certificate_names(context)
+    def authenticate(_authorization: str, auth_context: AuthContext) -> str:
+        names = certificate_names(auth_context)
         for name in names:
             if name in institutions:
                 return name

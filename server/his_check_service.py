@@ -5,10 +5,10 @@ the grading happens there, as pure functions (docs/his-check.md)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import grpc
+from settlesim.server import calls
 from settlesim.server.faults import check_targeted
 from settlesim.server.journal import Journal
 from settlesim.server.ledger import Ledger, StoredSettlement
@@ -27,13 +27,16 @@ class HisCheckService(hc_grpc.HisCheckServiceServicer):
         ledger: Ledger,
         journal: Journal,
         runs: RunRegistry,
-        authenticate: Callable[[grpc.ServicerContext], str] | None,
+        call_settings: calls.CallSettings,
     ) -> None:
+        """`call_settings`: the settlement service's (server/calls.py), so that both read the
+        caller the same way."""
         self.world, self.ledger, self.journal, self.runs = world, ledger, journal, runs
-        self.authenticate = authenticate
+        self.call_settings = call_settings  # refusals_as_status resolves the caller with it
 
     def _identity(self, context: grpc.ServicerContext) -> str:
-        return self.authenticate(context) if self.authenticate else ""
+        """The institution the transport proves ("" when the server trusts requests)."""
+        return calls.caller_of(context, self.call_settings).require().institution
 
     def _own_run(self, run_id: str, context: grpc.ServicerContext) -> Run:
         run = self.runs.get(run_id) if run_id else None

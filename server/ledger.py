@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -59,7 +59,8 @@ log = logging.getLogger("settlesim.server")
 # items as rows (a settlement from before 2 has NULL figures and no item rows);
 # 3: the audit log's anchor (audit_anchors); 4: institution_totals, the running
 # yearly total that bounds every Reconcile sum.
-SCHEMA_VERSION = 4
+# 5: `sessions`, the institutions each sandbox belongs to (server/sandboxes.py).
+SCHEMA_VERSION = 5
 
 # Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
 # original msgid voided before it ever settled. A msgid is its sender's message id
@@ -161,6 +162,14 @@ CREATE TABLE IF NOT EXISTS institution_totals (
     year             INTEGER NOT NULL,
     total            INTEGER NOT NULL,
     PRIMARY KEY (session, institution_code, year)
+) WITHOUT ROWID;
+
+-- version 5: each x-settlesim-session sandbox and the institutions it belongs to (sorted codes,
+-- comma-separated), recorded by its first write.
+CREATE TABLE IF NOT EXISTS sessions (
+    session      TEXT PRIMARY KEY,
+    institutions TEXT NOT NULL,
+    created_at   TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 _INSTITUTION_TOTALS_FROM_SETTLEMENTS = (
@@ -297,6 +306,8 @@ def _tables_version(db: sqlite3.Connection) -> int | None:
     None when none of them exists."""
     if not any(_table_exists(db, table) for table in _LEDGER_COLUMNS):
         return None
+    if _table_exists(db, "sessions"):
+        return 5
     if _table_exists(db, "institution_totals"):
         return 4
     if _table_exists(db, "audit_anchors"):
@@ -362,6 +373,18 @@ def _rekey_messages(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE messages_rekeyed RENAME TO messages")
     # (session, msgid): the upgrade makes it again with the institution
     db.execute("DROP INDEX IF EXISTS settlements_by_msgid")
+
+
+def _own_used_sessions(db: sqlite3.Connection) -> None:
+    """Version 4 -> 5: a session used before belongs to the institutions whose messages it holds."""
+    groups: dict[str, list[str]] = {}
+    for session, institution in db.execute(
+        "SELECT DISTINCT session, institution_code FROM messages WHERE session != '' ORDER BY 1, 2"
+    ):
+        groups.setdefault(session, []).append(institution)
+    db.executemany(
+        "INSERT INTO sessions VALUES (?, ?, ?)", [(s, ",".join(g), _now()) for s, g in groups.items()]
+    )
 
 
 class Ledger:
@@ -499,6 +522,8 @@ class Ledger:
                 db.execute(statement)
             if version < 4:  # the running totals of the settlements already there
                 db.execute(_INSTITUTION_TOTALS_FROM_SETTLEMENTS)
+            if version < 5:
+                _own_used_sessions(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return version
 
@@ -745,6 +770,27 @@ class Ledger:
             )
             self._put_totals(db, session, person_no, disease_code, year, after)
             return stored, False
+
+        return self._group(job)
+
+    # --- sandboxes (server/sandboxes.py) --------------------------------------------------------
+
+    def session_group(self, session: str) -> frozenset[str] | None:
+        """The institutions `session` belongs to, or None when nobody has written in it."""
+        with self._read() as db:
+            row = db.execute("SELECT institutions FROM sessions WHERE session = ?", (session,)).fetchone()
+        return None if row is None else frozenset(row[0].split(","))
+
+    def open_session(self, session: str, institutions: frozenset[str]) -> frozenset[str]:
+        """Record `session` as `institutions`' unless someone opened it first; the group it has."""
+
+        def job(db: sqlite3.Connection) -> frozenset[str]:
+            db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (session, ",".join(sorted(institutions)), _now()),
+            )
+            (group,) = db.execute("SELECT institutions FROM sessions WHERE session = ?", (session,)).fetchone()
+            return frozenset(group.split(","))
 
         return self._group(job)
 
@@ -1206,10 +1252,47 @@ def _item_problems(db: sqlite3.Connection) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Figures:
+    """Settlements of one namespace, or of several (the sandboxes added up): counts by status and
+    the money of those in force (fen)."""
+
+    sessions: int = 0  # how many sandboxes these figures add up (0: the real ledger)
+    counts: dict[str, int] = field(default_factory=dict)
+    in_force: int = 0
+    total: int = 0
+    fund_pays: int = 0
+    patient_pays: int = 0
+
+    def plus(self, other: Figures) -> Figures:
+        counts = dict(self.counts)
+        for status, n in other.counts.items():
+            counts[status] = counts.get(status, 0) + n
+        return Figures(
+            self.sessions + max(other.sessions, 1), counts, self.in_force + other.in_force,
+            self.total + other.total, self.fund_pays + other.fund_pays, self.patient_pays + other.patient_pays,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class CheckReport:
     problems: list[str]
-    counts: dict[str, int]  # settlements by status
+    counts: dict[str, int]  # settlements by status, every namespace
     schema_version: int
+    # The real ledger (namespace "") and each sandbox apart; a session's owners (version 5 on).
+    namespaces: dict[str, Figures] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def real(self) -> Figures:
+        return self.namespaces.get("", Figures())
+
+    @property
+    def sandboxes(self) -> Figures:
+        total = Figures()
+        for session, figures in self.namespaces.items():
+            if session:
+                total = total.plus(figures)
+        return total
 
 
 def check_file(path: Path | str, more_checks: Sequence[ExtraCheck] = ()) -> CheckReport:
@@ -1234,10 +1317,10 @@ def check_file(path: Path | str, more_checks: Sequence[ExtraCheck] = ()) -> Chec
             raise LedgerFileError(f"{path} is not a settlesim ledger: {error}") from None
         problems = _problems(db, more_checks)
         try:
-            counts = _counts(db)
+            counts, namespaces, owners = _counts(db), _namespaces(db), _owners(db)
         except sqlite3.DatabaseError:
-            counts = {}  # already among the problems
-        return CheckReport(problems, counts, version)
+            counts, namespaces, owners = {}, {}, {}  # already among the problems
+        return CheckReport(problems, counts, version, namespaces, owners)
     finally:
         db.close()
 
@@ -1293,6 +1376,35 @@ def _counts(db: sqlite3.Connection) -> dict[str, int]:
     return dict(db.execute("SELECT status, COUNT(*) FROM settlements GROUP BY status").fetchall())
 
 
+def _namespaces(db: sqlite3.Connection) -> dict[str, Figures]:
+    """Figures per namespace: the real ledger ("", always there) and every sandbox that holds
+    anything (a settlement, a message or an owner)."""
+    rows: dict[str, list[tuple[str, int, int, int, int]]] = {"": []}
+    used = "SELECT session FROM messages"
+    if _table_exists(db, "sessions"):
+        used += " UNION SELECT session FROM sessions"
+    for (session,) in db.execute(used):
+        rows.setdefault(session, [])
+    for session, status, n, total, fund, patient in db.execute(
+        "SELECT session, status, COUNT(*), SUM(total), SUM(fund_pays), SUM(patient_pays) "
+        "FROM settlements GROUP BY 1, 2"
+    ):
+        rows.setdefault(session, []).append((status, n, total, fund, patient))
+    figures = {}
+    for session, statuses in rows.items():
+        in_force = [r for r in statuses if r[0] == "settled"] or [("settled", 0, 0, 0, 0)]
+        _, n, total, fund, patient = in_force[0]
+        counts = {status: count for status, count, *_ in statuses}
+        figures[session] = Figures(1 if session else 0, counts, n, total, fund, patient)
+    return figures
+
+
+def _owners(db: sqlite3.Connection) -> dict[str, str]:
+    if not _table_exists(db, "sessions"):
+        return {}
+    return dict(db.execute("SELECT session, institutions FROM sessions").fetchall())
+
+
 def _problems(db: sqlite3.Connection, more_checks: Sequence[ExtraCheck] = ()) -> list[str]:
     """SQLite's own quick_check, then the ledger's invariants. A file SQLite finds
     damaged may fail the invariant queries themselves: that is one more problem."""
@@ -1307,6 +1419,8 @@ def _problems(db: sqlite3.Connection, more_checks: Sequence[ExtraCheck] = ()) ->
         problems = [f"sqlite quick_check: {error}"]
     try:
         problems += _totals_problems(db) + _message_problems(db) + _money_problems(db)
+        if _table_exists(db, "sessions"):  # schema version 5 on
+            problems += _session_problems(db)
         if _table_exists(db, "settlement_items"):  # schema version 2 on
             problems += _item_problems(db)
         if _table_exists(db, "institution_totals"):  # schema version 4 on
@@ -1428,6 +1542,25 @@ def _message_problems(db: sqlite3.Connection) -> list[str]:
         problems.append(
             f"{kind} msgid {msgid} of {institution} undid settlement {settlement_id}, which is {state}"
         )
+    return problems
+
+
+def _session_problems(db: sqlite3.Connection) -> list[str]:
+    """Every sandbox that holds messages has its owners recorded, and holds messages only of them."""
+    owners = _owners(db)
+    used: dict[str, set[str]] = {}
+    for session, institution in db.execute(
+        "SELECT DISTINCT session, institution_code FROM messages WHERE session != ''"
+    ):
+        used.setdefault(session, set()).add(institution)
+    problems = []
+    for session, institutions in sorted(used.items()):
+        if session not in owners:
+            problems.append(f"session {session} has no owner, yet holds messages of {', '.join(sorted(institutions))}")
+        elif outsiders := institutions - set(owners[session].split(",")):
+            problems.append(
+                f"session {session} belongs to {owners[session]} but holds messages of {', '.join(sorted(outsiders))}"
+            )
     return problems
 
 

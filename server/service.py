@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from settlesim.server import answers, stored_answers, validation
+from settlesim.server import answers, calls, stored_answers, validation
+from settlesim.server.calls import Caller
 from settlesim.server.journal import current_note
 from settlesim.server.ledger import Ledger, StoredItem, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
@@ -26,14 +26,13 @@ from settlesim.server.rules.eligibility import Eligibility, check_registration
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.rules.settlement import SettlementResult, compute_settlement
 from settlesim.server.runs import route_call
+from settlesim.server.sandboxes import Sandboxes
 from settlesim.server.status import to_status
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("settlesim.server")
 
-SESSION_HEADER = "x-settlesim-session"
-_SESSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 R = TypeVar("R")
 
 
@@ -83,11 +82,19 @@ def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
 
     @functools.wraps(method)
     def wrapper(self: SettlementService, request: Any, context: grpc.ServicerContext) -> R:
+        # One resolution of the caller per call (reused if an interceptor made it already).
+        with calls.resolved(context, self.call_settings):
+            return answered(self, request, context)
+
+    def answered(self: SettlementService, request: Any, context: grpc.ServicerContext) -> R:
         try:
             if type(request) is Undecodable:
                 raise Refusal(Reason.MALFORMED_MESSAGE, f"the request does not parse: {request.error}")
             return method(self, request, context)
         except Refusal as refusal:
+            caller = calls.caller_of(context, self.call_settings)  # as routed to a check run, if it was
+            if caller.session and caller.refusal is None and refusal.reason != Reason.SESSION_NOT_YOURS:
+                refusal.metadata.setdefault("sandbox", caller.session)  # a sandbox's refusal says so
             log.info(
                 "%s refused: %s %s",
                 method.__name__,
@@ -109,15 +116,6 @@ def request_hash(message: Any) -> str:
     return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: the ledger namespace and the institution the transport
-    vouches for ("" when the transport proves nothing, as in insecure mode)."""
-
-    session: str
-    institution: str
-
-
 class SettlementService(pb_grpc.SettlementServiceServicer):
     def __init__(
         self,
@@ -125,7 +123,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         ledger: Ledger,
         *,
         allow_sessions: bool = True,
-        authenticate: Callable[[grpc.ServicerContext], str] | None = None,
+        authenticate: calls.Authenticator | None = None,
         runs: Any = None,
     ) -> None:
         """`authenticate` names the institution the transport vouches for (client
@@ -133,30 +131,22 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         insecure local stub does."""
         self.world = world
         self.ledger = ledger
-        self.allow_sessions = allow_sessions
-        self.authenticate = authenticate
+        self.call_settings = calls.CallSettings(allow_sessions, authenticate)
+        self.sandboxes = Sandboxes(ledger)
         self.runs = runs  # server/runs.py RunRegistry: check runs take their institution's calls
 
     # --- who is calling ---------------------------------------------------------------------
 
     def caller(self, context: grpc.ServicerContext, claimed: str = "") -> Caller:
-        """`claimed`: the institution the request names (an open check run of
-        the institution the call acts for takes the call: server/runs.py)."""
-        session = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == SESSION_HEADER:
-                session = value
-        if session and not self.allow_sessions:
-            raise Refusal(Reason.SESSIONS_DISABLED, "this server does not accept session-scoped sandboxes")
-        if session and not _SESSION.fullmatch(session):
-            raise Refusal(
-                Reason.FIELD_INVALID,
-                f"metadata {SESSION_HEADER} must be 1-64 letters, digits or ._-",
-                field=SESSION_HEADER,
-            )
-        identity = self.authenticate(context) if self.authenticate else ""
-        session = self.route(context, session, identity, claimed)
-        return Caller(session, identity)
+        """The caller as resolved once for this call (server/calls.py), or its refusal.
+        `claimed`: the institution the request names (an open check run of the
+        institution the call acts for takes the call: server/runs.py)."""
+        caller = calls.caller_of(context, self.call_settings).require()
+        session = self.route(context, caller.session, caller.institution, claimed)
+        if session != caller.session:  # a check run's session: the run's institution alone
+            caller = caller._replace(session=session, members=frozenset())
+            calls.hold(context, caller)  # the rest of the call (its refusals' sandbox mark) sees it
+        return caller
 
     def route(self, context: grpc.ServicerContext, session: str, identity: str, claimed: str) -> str:
         """The session the call uses: its check run's when it belongs to one."""
@@ -164,6 +154,14 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         if note is None and self.runs is None:
             return session
         return route_call(self.runs, context, session, identity, claimed, note)
+
+    def session_for(self, caller: Caller, institution: str, *, writes: bool) -> str:
+        """The ledger namespace a call acting for `institution` uses: "" (the real ledger) without
+        a session; a session only if it is this institution's (and its named members'), opened by
+        the first write (server/sandboxes.py)."""
+        if caller.session:
+            self.sandboxes.enter(caller.session, caller.members | {institution}, writes=writes)
+        return caller.session
 
     def acting_for(self, caller: Caller, institution_code: str) -> str:
         """The institution a request acts for: it must be the caller's own."""
@@ -182,16 +180,20 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         caller = self.caller(context, request.visit.institution_code)
         visit = validation.visit_key(request.visit, self.world)
         self.acting_for(caller, visit.institution_code)
-        return self._verification(visit, check_registration(self.world, visit))
+        session = self.session_for(caller, visit.institution_code, writes=False)
+        answer = self._verification(visit, check_registration(self.world, visit))
+        answer.sandbox = session
+        return answer
 
     @refusals_as_status
     def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.ServicerContext):
         caller = self.caller(context, request.request.visit.institution_code)
         plan = self._plan(caller, request.request)
+        session = self.session_for(caller, plan.visit.institution_code, writes=False)
         totals = self.ledger.yearly_totals(
-            caller.session, plan.person_no, plan.visit.disease_code, plan.visit.visit_date.year
+            session, plan.person_no, plan.visit.disease_code, plan.visit.visit_date.year
         )
-        return pb.PreSettleVisitResponse(settlement=plan.answer(plan.compute(totals), "", ""))
+        return pb.PreSettleVisitResponse(settlement=plan.answer(plan.compute(totals), "", "", session))
 
     @refusals_as_status
     def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.ServicerContext):
@@ -206,18 +208,19 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             if seen is None:
                 raise
             return seen
+        session = self.session_for(caller, plan.visit.institution_code, writes=True)
         built: list[pb.Settlement] = []  # the answer made in the transaction, if it was new
 
         def settle(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
             result = plan.compute(totals)
             answer = plan.answer(
-                result, "S" + uuid.uuid4().hex[:19].upper(), "V" + uuid.uuid4().hex[:19].upper()
+                result, "S" + uuid.uuid4().hex[:19].upper(), "V" + uuid.uuid4().hex[:19].upper(), session
             )
             built.append(answer)
             f = result.figures
             stored = StoredSettlement(
                 settlement_id=answer.settlement_id,
-                session=caller.session,
+                session=session,
                 msgid=plan.msgid,
                 institution_code=plan.visit.institution_code,
                 person_no=plan.person_no,
@@ -255,7 +258,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             return stored, result.totals_after
 
         stored, replayed = self.ledger.settle(
-            caller.session,
+            session,
             plan.msgid,
             plan.visit.institution_code,
             request_hash(request.request),
@@ -297,8 +300,9 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             settlement_id=request.settlement_id,
         )
         institution = self.acting_for(caller, request.institution_code)
+        session = self.session_for(caller, institution, writes=True)
         stored, replayed = self.ledger.reverse(
-            caller.session, request.msgid, institution, request_hash(request), request.settlement_id
+            session, request.msgid, institution, request_hash(request), request.settlement_id
         )
         return pb.ReverseSettlementResponse(settlement=settlement_answer(stored), replayed=replayed)
 
@@ -318,11 +322,12 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
                 (validation.Violation("msgid", "equals original_msgid", Reason.FIELD_INVALID),),
             )
         institution = self.acting_for(caller, request.institution_code)
+        session = self.session_for(caller, institution, writes=True)
         outcome = self.ledger.void(
-            caller.session, request.msgid, institution, request_hash(request), request.original_msgid
+            session, request.msgid, institution, request_hash(request), request.original_msgid
         )
         answer = pb.VoidByMessageIdResponse(
-            voided_settlement=outcome.settlement is not None, replayed=outcome.replayed
+            voided_settlement=outcome.settlement is not None, replayed=outcome.replayed, sandbox=session
         )
         if outcome.settlement is not None:
             answer.settlement.CopyFrom(settlement_answer(outcome.settlement))
@@ -338,7 +343,8 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         else:
             validation.required_codes(institution_code=request.institution_code, msgid=request.msgid)
         institution = self.acting_for(caller, request.institution_code)
-        stored = self.ledger.get(caller.session, institution, request.settlement_id, request.msgid)
+        session = self.session_for(caller, institution, writes=False)
+        stored = self.ledger.get(session, institution, request.settlement_id, request.msgid)
         return pb.GetSettlementResponse(settlement=settlement_answer(stored))
 
     @refusals_as_status
@@ -347,7 +353,8 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         validation.required_codes(institution_code=request.institution_code)
         start, end = validation.date_range(request.start_date, request.end_date)
         institution = self.acting_for(caller, request.institution_code)
-        sums = self.ledger.reconcile(caller.session, institution, start, end, request.include_entries)
+        session = self.session_for(caller, institution, writes=False)
+        sums = self.ledger.reconcile(session, institution, start, end, request.include_entries)
         platform = pb.ReconcileFigures(
             count=sums.count,
             total_fen=sums.total,
@@ -360,7 +367,9 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             for name in ("count", "total_fen", "fund_pays_fen", "patient_pays_fen")
             if getattr(hospital, name) != getattr(platform, name)
         ]
-        answer = pb.ReconcileResponse(matched=not mismatched, platform=platform, mismatched_fields=mismatched)
+        answer = pb.ReconcileResponse(
+            matched=not mismatched, platform=platform, mismatched_fields=mismatched, sandbox=session
+        )
         for s in sums.entries:
             answer.entries.add(
                 settlement_id=s.settlement_id,
@@ -382,7 +391,11 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             return None
         if caller.institution and caller.institution != institution:
             return None  # not the caller's msgid to ask about: the first refusal stands
-        seen = self.ledger.find_message(caller.session, institution, msgid)
+        try:
+            session = self.session_for(caller, institution, writes=False)
+        except Refusal:
+            return None  # not the caller's sandbox either
+        seen = self.ledger.find_message(session, institution, msgid)
         if seen is None:
             return None
         kind, seen_hash, _ = seen
@@ -392,7 +405,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             raise Refusal(
                 Reason.MSGID_REUSED, f"msgid {msgid} was already used for a different request", msgid=msgid
             )
-        stored = self.ledger.get(caller.session, institution, msgid=msgid)
+        stored = self.ledger.get(session, institution, msgid=msgid)
         return pb.SettleVisitResponse(settlement=settlement_answer(stored), replayed=True)
 
     def _plan(self, caller: Caller, request: pb.SettlementRequest) -> SettlementPlan:
@@ -457,7 +470,7 @@ class SettlementPlan:
             self.given.lines, self.catalog, e.terms, source, totals, self.visit.visit_date
         )
 
-    def answer(self, result: SettlementResult, settlement_id: str, visit_id: str) -> pb.Settlement:
+    def answer(self, result: SettlementResult, settlement_id: str, visit_id: str, sandbox: str) -> pb.Settlement:
         e = self.eligibility
         assert e.person is not None and e.institution is not None
         return pb.Settlement(
@@ -475,6 +488,7 @@ class SettlementPlan:
             totals=answers.figures(result),
             items=answers.items(result),
             trace=answers.trace(e.trace + result.trace),
+            sandbox=sandbox,
         )
 
 
@@ -484,6 +498,7 @@ def settlement_answer(stored: StoredSettlement) -> pb.Settlement:
     answer = stored_answers.decode(stored)
     answer.status = answers.STATUS[stored.status]
     answer.undone_by_msgid = stored.undone_by_msgid
+    answer.sandbox = stored.session  # also for settlements stored before answers named their sandbox
     return answer
 
 

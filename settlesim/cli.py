@@ -9,8 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from settlesim.arguments import EXIT_USAGE, OneLineParser, at_least_one, port_number, target_address
+
+if TYPE_CHECKING:
+    from settlesim.server.ledger import CheckReport, Figures
 
 
 class CliError(Exception):
@@ -75,9 +79,19 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="server processes sharing the port and the ledger file (SO_REUSEPORT; default 1)",
     )
-    p.add_argument(
-        "--no-sessions",
+    sandboxes = p.add_mutually_exclusive_group()
+    sandboxes.add_argument(
+        "--sessions",
+        dest="sessions",
         action="store_true",
+        default=None,
+        help="accept x-settlesim-session sandboxes even with --auth token/mtls, where they are off "
+        "by default (see docs/sessions.md)",
+    )
+    sandboxes.add_argument(
+        "--no-sessions",
+        dest="sessions",
+        action="store_false",
         help="refuse the x-settlesim-session sandbox header (see docs/sessions.md)",
     )
     p.add_argument(
@@ -161,7 +175,7 @@ def run_serve(args: argparse.Namespace) -> int:
         world_dir=args.world,
         db_path=args.db,
         max_workers=args.workers,
-        allow_sessions=not args.no_sessions,
+        allow_sessions=args.sessions,
         integrity_check=not args.skip_integrity_check,
         journal=not args.no_journal,
         **_console_config(args),
@@ -365,6 +379,9 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
         help="SQLite ledger file, only read (default: serve's, $SETTLESIM_DB or "
         "~/.local/share/settlesim/settlesim.db)",
     )
+    check.add_argument(
+        "--sessions", action="store_true", help="also list each x-settlesim-session sandbox, its owners and figures"
+    )
     check.set_defaults(run=run_ledger_check)
 
 
@@ -383,13 +400,35 @@ def run_ledger_check(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items())) or "no settlements"
     if report.schema_version < SCHEMA_VERSION:
         summary += f" (schema version {report.schema_version}: a server upgrades it when it next opens it)"
-    if problems:
-        for problem in problems:
-            print(f"FAIL {problem}")
-        print(f"ledger {args.db}: {len(problems)} problem(s); {summary}")
-        return 1
-    print(f"ledger {args.db}: OK; {summary}")
-    return 0
+    for problem in problems:
+        print(f"FAIL {problem}")
+    for line in namespace_lines(report, each_session=args.sessions):
+        print(line)
+    verdict = f"{len(problems)} problem(s)" if problems else "OK"
+    print(f"ledger {args.db}: {verdict}; {summary}")  # the verdict last, where scripts look
+    return 1 if problems else 0
+
+
+def namespace_lines(report: CheckReport, *, each_session: bool = False) -> list[str]:
+    """The real ledger and the sandboxes apart: a sandbox's money is never the real ledger's."""
+
+    def figures(f: Figures) -> str:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(f.counts.items())) or "no settlements"
+        money = f"total {f.total}, fund {f.fund_pays}, patient {f.patient_pays} fen"
+        return f"{counts}; in force {f.in_force}: {money}"
+
+    lines = [f"  real ledger: {figures(report.real)}"]
+    sandboxes = report.sandboxes
+    if not sandboxes.sessions:
+        return [*lines, "  sandboxes: none"]
+    plural = "s" if sandboxes.sessions != 1 else ""
+    apart = f"{sandboxes.sessions} session{plural}, apart from the real ledger"
+    lines.append(f"  sandboxes ({apart}): {figures(sandboxes)}")
+    if each_session:
+        for session in sorted(s for s in report.namespaces if s):
+            owners = report.owners.get(session, "no owner").replace(",", ", ")
+            lines.append(f"  session {session} ({owners}): {figures(report.namespaces[session])}")
+    return lines
 
 
 # --- bench ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from settlesim.clients.hospital import Hospital
 from settlesim.clients.rejections import Rejection, rejection_of
+from settlesim.clients.secure import connect
 from settlesim.server.app import RunningServer, ServerConfig, start
 
 CANCER_HOSPITAL = "H11010500001"  # 中国医学科学院肿瘤医院
@@ -64,6 +65,38 @@ def hospital(server: RunningServer) -> Iterator[Callable[..., Hospital]]:
 
     def make(institution_code: str = CANCER_HOSPITAL, **kwargs: object) -> Hospital:
         his = Hospital.connect(server.target, institution_code, **kwargs)
+        opened.append(his)
+        return his
+
+    yield make
+    for his in opened:
+        his.close()
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start reference servers with the given settings (security, sessions, audit ...); the ledger
+    is tmp_path/ledger.db unless `db_path` says otherwise."""
+    started: list[RunningServer] = []
+
+    def make(**settings: object) -> RunningServer:
+        settings.setdefault("db_path", tmp_path / "ledger.db")
+        running = start(ServerConfig(port=0, max_workers=4, **settings))  # type: ignore[arg-type]
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop(grace=1)
+
+
+@pytest.fixture
+def client() -> Iterator[Callable[..., Hospital]]:
+    """Mock hospitals over plain gRPC or TLS, with a token or a certificate (clients/secure.py)."""
+    opened: list[Hospital] = []
+
+    def make(target: str, institution: str = CANCER_HOSPITAL, **kwargs: object) -> Hospital:
+        his = connect(target, institution, **kwargs)
         opened.append(his)
         return his
 

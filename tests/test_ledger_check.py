@@ -145,7 +145,12 @@ def test_a_sound_ledger_passes_and_is_not_modified(sound):
     assert not Path(f"{sound}-wal").exists()
     check = ledger_check(sound)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout == f"ledger {sound}: OK; 1 reversed, 2 settled, 1 voided\n"
+    # In force: S1 9000 (fund 4000, patient 5000) + S5 1000 (fund 1000, patient 0).
+    assert check.stdout == (
+        "  real ledger: 1 reversed, 2 settled, 1 voided; in force 2: total 10000, fund 5000, patient 5000 fen\n"
+        "  sandboxes: none\n"
+        f"ledger {sound}: OK; 1 reversed, 2 settled, 1 voided\n"
+    )
     assert snapshot(sound.parent) == before  # no -wal, no -shm either
 
 

@@ -365,6 +365,7 @@ def test_a_version_2_ledger_gains_the_audit_anchors_and_keeps_every_row(tmp_path
     with closing(sqlite3.connect(path, isolation_level=None)) as db:  # make it what version 2 left
         db.execute("DROP TABLE audit_anchors")
         db.execute("DROP TABLE institution_totals")
+        db.execute("DROP TABLE sessions")  # version 5's
         db.execute("PRAGMA user_version = 2")
     assert ledger_module.read_audit_anchors(path) == {}
     before = rows(path)
@@ -380,3 +381,18 @@ def test_a_version_2_ledger_gains_the_audit_anchors_and_keeps_every_row(tmp_path
     assert ledger_module.read_audit_anchors(path) == {
         "/var/log/audit.jsonl": ledger_module.AuditAnchor(2, 300, "ab" * 32)
     }
+
+
+def test_a_session_used_before_version_4_belongs_to_the_institutions_that_used_it(tmp_path):
+    """The upgrade to version 4 records each sandbox's owners from its messages: the fixture's "sandbox"
+    holds only the Cancer Hospital's M1, so it is the Cancer Hospital's, and nobody else's."""
+    old = old_ledger(tmp_path)
+    ledger = Ledger(old)
+    try:
+        assert ledger.session_group("sandbox") == frozenset({CANCER_HOSPITAL})
+        assert ledger.session_group("") is None  # the real ledger is no sandbox
+        assert ledger.open_session("sandbox", frozenset({FUWAI})) == frozenset({CANCER_HOSPITAL})
+        assert ledger.check() == []
+    finally:
+        ledger.close()
+    assert check_file(old).owners == {"sandbox": CANCER_HOSPITAL}

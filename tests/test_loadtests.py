@@ -117,9 +117,10 @@ def test_distributed_master_and_two_workers(target: RunningServer, world: Path, 
 
 
 def test_headless_run_with_bearer_tokens(world: Path, tmp_path: Path) -> None:
-    """Against `serve --auth token` the kit sends each institution's token from the world."""
+    """Against `serve --auth token --sessions` the kit sends each institution's token from the
+    world (and keeps its per-user sandboxes, which a token server offers only with --sessions)."""
     config = ServerConfig(
-        port=0, world_dir=world, db_path=tmp_path / "ledger.db", max_workers=8, auth="token"
+        port=0, world_dir=world, db_path=tmp_path / "ledger.db", max_workers=8, auth="token", allow_sessions=True
     )
     running = start(config)
     try:

@@ -54,6 +54,7 @@ def platform(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 
     def make(**settings: object) -> RunningServer:
         db = tmp_path / f"ledger{len(started)}.db"
+        settings.setdefault("allow_sessions", True)  # replay needs sandboxes: `serve --auth ... --sessions`
         started.append(start(ServerConfig(port=0, db_path=db, max_workers=8, **settings)))
         return started[-1]
 

@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import CANCER_HOSPITAL, FUWAI, refused
 from pki import Issued, PlatformPki
-from settlesim.clients.hospital import Fee, Hospital, TlsHandshakeRefused
-from settlesim.clients.secure import connect
-from settlesim.server.app import RunningServer, ServerConfig, start
+from settlesim.clients.hospital import Fee, TlsHandshakeRefused
 from settlesim.server.audit import AuditLog, verify_chain
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -39,36 +37,6 @@ class Pki(PlatformPki):
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Start a reference server with the given security settings."""
-    started: list[RunningServer] = []
-
-    def make(**settings: object) -> RunningServer:
-        running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db", max_workers=4, **settings))
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        running.stop(grace=1)
-
-
-@pytest.fixture
-def client() -> Iterator[Callable[..., Hospital]]:
-    opened: list[Hospital] = []
-
-    def make(target: str, institution: str, **kwargs: object) -> Hospital:
-        his = connect(target, institution, **kwargs)
-        opened.append(his)
-        return his
-
-    yield make
-    for his in opened:
-        his.close()
-
 
 
 def fund_and_patient(answer: pb.SettleVisitResponse) -> tuple[int, int]:

@@ -1,7 +1,9 @@
 """Running cases against a target: one mock hospital per (case, institution),
 each case in its own session (x-settlesim-session) so cases are independent and
-run in parallel, steps in order, `${steps.ID...}` references resolved from
-earlier answers, answers compared with compare.py."""
+run in parallel — a sandbox that belongs to exactly the case's institutions
+(x-settlesim-session-members names the others, docs/sessions.md) — steps in
+order, `${steps.ID...}` references resolved from earlier answers, answers
+compared with compare.py."""
 
 from __future__ import annotations
 
@@ -182,9 +184,11 @@ def run_case(
     hospitals: dict[str, Hospital] = {}
     connections = channel if isinstance(channel, Connections) else Connections("", channel=channel)
 
+    members = institutions(case)  # the sandbox is theirs: each of them names the same group
+
     def hospital(code: str) -> Hospital:
         if code not in hospitals:
-            hospitals[code] = connections.hospital(code, session, deadline)
+            hospitals[code] = connections.hospital(code, session, deadline, members)
         return hospitals[code]
 
     scope = _Scope(hospital, first_institution(case))

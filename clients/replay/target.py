@@ -88,11 +88,15 @@ class Connections:
         token = self.credentials.identity(institution).token
         return (bearer(token),) if token else ()
 
-    def hospital(self, institution: str, session: str, deadline: float) -> Hospital:
+    def hospital(
+        self, institution: str, session: str, deadline: float, members: Iterable[str] = ()
+    ) -> Hospital:
+        """A mock hospital of `institution` in `session`, a sandbox shared with `members`."""
         return Hospital(
             self.channel(institution),
             institution,
             session=session,
+            session_members=members,
             deadline=deadline,
             metadata=self.metadata(institution),
             tls=self.tls,
@@ -158,8 +162,8 @@ def check_target(
         ) from None
     if rejection.reason == "SESSIONS_DISABLED":
         raise TargetError(
-            f"{target} refuses session sandboxes (started with --no-sessions); replay needs them "
-            "to keep runs apart (docs/sessions.md)"
+            f"{target} refuses session sandboxes (started with --no-sessions, or with --auth "
+            "token/mtls without --sessions); replay needs them to keep runs apart (docs/sessions.md)"
         ) from None
     if rejection.code == "UNAUTHENTICATED":
         if credentials:

@@ -66,6 +66,9 @@ class Reason(StrEnum):
     # check runs (branch hischeck)
     RUN_ALREADY_OPEN = "RUN_ALREADY_OPEN"
     RUN_NOT_FOUND = "RUN_NOT_FOUND"
+    # sessions and call metadata (branch sessions)
+    DUPLICATE_HEADER = "DUPLICATE_HEADER"
+    SESSION_NOT_YOURS = "SESSION_NOT_YOURS"
 
 
 @dataclass(frozen=True, slots=True)

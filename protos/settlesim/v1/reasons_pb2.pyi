@@ -56,6 +56,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LEDGER_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
     RUN_ALREADY_OPEN: _ClassVar[ErrorReason]
     RUN_NOT_FOUND: _ClassVar[ErrorReason]
+    DUPLICATE_HEADER: _ClassVar[ErrorReason]
+    SESSION_NOT_YOURS: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 FIELD_MISSING: ErrorReason
 FIELD_INVALID: ErrorReason
@@ -106,3 +108,5 @@ LEDGER_DAMAGED: ErrorReason
 LEDGER_LIMIT_EXCEEDED: ErrorReason
 RUN_ALREADY_OPEN: ErrorReason
 RUN_NOT_FOUND: ErrorReason
+DUPLICATE_HEADER: ErrorReason
+SESSION_NOT_YOURS: ErrorReason

@@ -136,7 +136,7 @@ class VerifyRegistrationRequest(_message.Message):
     def __init__(self, visit: _Optional[_Union[Visit, _Mapping]] = ...) -> None: ...
 
 class VerifyRegistrationResponse(_message.Message):
-    __slots__ = ("eligible", "reason", "message", "registration", "coverage", "person_no", "insured_region", "treatment_region")
+    __slots__ = ("eligible", "reason", "message", "registration", "coverage", "person_no", "insured_region", "treatment_region", "sandbox")
     ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class VerifyRegistrationResponse(_message.Message):
     PERSON_NO_FIELD_NUMBER: _ClassVar[int]
     INSURED_REGION_FIELD_NUMBER: _ClassVar[int]
     TREATMENT_REGION_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     eligible: bool
     reason: str
     message: str
@@ -153,7 +154,8 @@ class VerifyRegistrationResponse(_message.Message):
     person_no: str
     insured_region: str
     treatment_region: str
-    def __init__(self, eligible: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., registration: _Optional[_Union[Registration, _Mapping]] = ..., coverage: _Optional[_Union[Coverage, str]] = ..., person_no: _Optional[str] = ..., insured_region: _Optional[str] = ..., treatment_region: _Optional[str] = ...) -> None: ...
+    sandbox: str
+    def __init__(self, eligible: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., registration: _Optional[_Union[Registration, _Mapping]] = ..., coverage: _Optional[_Union[Coverage, str]] = ..., person_no: _Optional[str] = ..., insured_region: _Optional[str] = ..., treatment_region: _Optional[str] = ..., sandbox: _Optional[str] = ...) -> None: ...
 
 class SettlementRequest(_message.Message):
     __slots__ = ("msgid", "visit", "items", "operator")
@@ -256,7 +258,7 @@ class TraceEntry(_message.Message):
     def __init__(self, figure: _Optional[str] = ..., rule: _Optional[str] = ..., source: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Settlement(_message.Message):
-    __slots__ = ("settlement_id", "visit_id", "msgid", "status", "institution_code", "person_no", "insured_region", "treatment_region", "disease_code", "visit_date", "insurance_type", "totals", "items", "trace", "undone_by_msgid")
+    __slots__ = ("settlement_id", "visit_id", "msgid", "status", "institution_code", "person_no", "insured_region", "treatment_region", "disease_code", "visit_date", "insurance_type", "totals", "items", "trace", "undone_by_msgid", "sandbox")
     SETTLEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     VISIT_ID_FIELD_NUMBER: _ClassVar[int]
     MSGID_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +274,7 @@ class Settlement(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
     UNDONE_BY_MSGID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     settlement_id: str
     visit_id: str
     msgid: str
@@ -287,7 +290,8 @@ class Settlement(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[SettledItem]
     trace: _containers.RepeatedCompositeFieldContainer[TraceEntry]
     undone_by_msgid: str
-    def __init__(self, settlement_id: _Optional[str] = ..., visit_id: _Optional[str] = ..., msgid: _Optional[str] = ..., status: _Optional[_Union[SettlementStatus, str]] = ..., institution_code: _Optional[str] = ..., person_no: _Optional[str] = ..., insured_region: _Optional[str] = ..., treatment_region: _Optional[str] = ..., disease_code: _Optional[str] = ..., visit_date: _Optional[str] = ..., insurance_type: _Optional[_Union[InsuranceType, str]] = ..., totals: _Optional[_Union[SettlementTotals, _Mapping]] = ..., items: _Optional[_Iterable[_Union[SettledItem, _Mapping]]] = ..., trace: _Optional[_Iterable[_Union[TraceEntry, _Mapping]]] = ..., undone_by_msgid: _Optional[str] = ...) -> None: ...
+    sandbox: str
+    def __init__(self, settlement_id: _Optional[str] = ..., visit_id: _Optional[str] = ..., msgid: _Optional[str] = ..., status: _Optional[_Union[SettlementStatus, str]] = ..., institution_code: _Optional[str] = ..., person_no: _Optional[str] = ..., insured_region: _Optional[str] = ..., treatment_region: _Optional[str] = ..., disease_code: _Optional[str] = ..., visit_date: _Optional[str] = ..., insurance_type: _Optional[_Union[InsuranceType, str]] = ..., totals: _Optional[_Union[SettlementTotals, _Mapping]] = ..., items: _Optional[_Iterable[_Union[SettledItem, _Mapping]]] = ..., trace: _Optional[_Iterable[_Union[TraceEntry, _Mapping]]] = ..., undone_by_msgid: _Optional[str] = ..., sandbox: _Optional[str] = ...) -> None: ...
 
 class ReverseSettlementRequest(_message.Message):
     __slots__ = ("msgid", "institution_code", "settlement_id", "operator")
@@ -324,14 +328,16 @@ class VoidByMessageIdRequest(_message.Message):
     def __init__(self, msgid: _Optional[str] = ..., institution_code: _Optional[str] = ..., original_msgid: _Optional[str] = ..., original_infno: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
 
 class VoidByMessageIdResponse(_message.Message):
-    __slots__ = ("voided_settlement", "settlement", "replayed")
+    __slots__ = ("voided_settlement", "settlement", "replayed", "sandbox")
     VOIDED_SETTLEMENT_FIELD_NUMBER: _ClassVar[int]
     SETTLEMENT_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     voided_settlement: bool
     settlement: Settlement
     replayed: bool
-    def __init__(self, voided_settlement: _Optional[bool] = ..., settlement: _Optional[_Union[Settlement, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    sandbox: str
+    def __init__(self, voided_settlement: _Optional[bool] = ..., settlement: _Optional[_Union[Settlement, _Mapping]] = ..., replayed: _Optional[bool] = ..., sandbox: _Optional[str] = ...) -> None: ...
 
 class GetSettlementRequest(_message.Message):
     __slots__ = ("institution_code", "settlement_id", "msgid")
@@ -392,13 +398,15 @@ class ReconcileEntry(_message.Message):
     def __init__(self, settlement_id: _Optional[str] = ..., msgid: _Optional[str] = ..., visit_date: _Optional[str] = ..., total_fen: _Optional[int] = ..., fund_pays_fen: _Optional[int] = ..., patient_pays_fen: _Optional[int] = ...) -> None: ...
 
 class ReconcileResponse(_message.Message):
-    __slots__ = ("matched", "platform", "mismatched_fields", "entries")
+    __slots__ = ("matched", "platform", "mismatched_fields", "entries", "sandbox")
     MATCHED_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     MISMATCHED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     matched: bool
     platform: ReconcileFigures
     mismatched_fields: _containers.RepeatedScalarFieldContainer[str]
     entries: _containers.RepeatedCompositeFieldContainer[ReconcileEntry]
-    def __init__(self, matched: _Optional[bool] = ..., platform: _Optional[_Union[ReconcileFigures, _Mapping]] = ..., mismatched_fields: _Optional[_Iterable[str]] = ..., entries: _Optional[_Iterable[_Union[ReconcileEntry, _Mapping]]] = ...) -> None: ...
+    sandbox: str
+    def __init__(self, matched: _Optional[bool] = ..., platform: _Optional[_Union[ReconcileFigures, _Mapping]] = ..., mismatched_fields: _Optional[_Iterable[str]] = ..., entries: _Optional[_Iterable[_Union[ReconcileEntry, _Mapping]]] = ..., sandbox: _Optional[str] = ...) -> None: ...

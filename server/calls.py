@@ -1,0 +1,188 @@
+"""Who is calling, read once per call: the one place that reads a call's metadata.
+
+Every component that needs to know the caller — the servicer, the audit log, the token check —
+asks here, and within one call they all get the same `Caller`:
+
+- `read_metadata` reads the keys the platform acts on (x-settlesim-session,
+  x-settlesim-session-members, authorization). A key sent twice is refused
+  (`DUPLICATE_HEADER`): one reader taking the first value and another the last is how a call
+  could be audited in one namespace and served in another.
+- `resolve` is a plain function over (metadata, the transport's auth context, `CallSettings`):
+  the identity the transport vouches for (certificate or token; "" when the server trusts the
+  request, as the insecure stub does), the session, and the first refusal, if any.
+- `resolved` holds the result for the rest of the call (a contextvar, so it works the same for
+  grpc's thread pool and for grpc.aio tasks); `caller_of` reads it, or resolves when nothing
+  holds one (a server without the audit interceptor resolves in the servicer).
+
+Which sandbox a call may use is decided later, once the request names its institution
+(`server/sandboxes.py`); see docs/sessions.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from settlesim.server.rules.reasons import Reason, Refusal
+
+SESSION_HEADER = "x-settlesim-session"
+# The other institutions a sandbox is shared with (a case spanning hospitals): comma-separated codes.
+MEMBERS_HEADER = "x-settlesim-session-members"
+AUTHORIZATION = "authorization"
+READ_ONCE = (SESSION_HEADER, MEMBERS_HEADER, AUTHORIZATION)
+SESSION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+INSTITUTION_CODE = re.compile(r"[A-Za-z0-9]{1,64}")
+MAX_MEMBERS = 16
+SESSIONS_OFF = (
+    "this server does not accept session-scoped sandboxes (started with --no-sessions, or with "
+    "--auth token/mtls without --sessions)"
+)
+
+AuthContext = Mapping[str, Sequence[bytes]]
+# (authorization metadata, the transport's auth context) -> the caller's institution, or Refusal.
+Authenticator = Callable[[str, AuthContext], str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallMetadata:
+    """The metadata the platform acts on, each key read once."""
+
+    session: str | None = None  # None: no x-settlesim-session header at all
+    members: str | None = None
+    authorization: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """What the server demands of callers: whether sandboxes are allowed and how the transport
+    names the caller (None: the request's institution code is trusted)."""
+
+    allow_sessions: bool = True
+    authenticate: Authenticator | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the ledger namespace ("" is the real ledger), the institution the transport
+    vouches for ("" when it proves nothing), the other institutions the caller says share its
+    sandbox, and why the call must be refused before anything else, if it must."""
+
+    session: str
+    institution: str
+    members: frozenset[str] = field(default_factory=frozenset)
+    refusal: Refusal | None = None
+
+    def require(self) -> Caller:
+        if self.refusal is not None:
+            raise self.refusal
+        return self
+
+
+def read_metadata(metadata: Iterable[tuple[str, Any]]) -> CallMetadata:
+    """The keys of READ_ONCE, refusing any sent more than once."""
+    seen: dict[str, list[str]] = {}
+    for key, value in metadata:
+        if key in READ_ONCE:
+            seen.setdefault(key, []).append(value.decode() if isinstance(value, bytes) else str(value))
+    for key, values in seen.items():
+        if len(values) > 1:
+            raise Refusal(
+                Reason.DUPLICATE_HEADER,
+                f"metadata {key} is sent {len(values)} times; send it once",
+                field=key,
+            )
+    authorization = seen.get(AUTHORIZATION, [""])[0]
+    session = seen.get(SESSION_HEADER, [None])[0]
+    members = seen.get(MEMBERS_HEADER, [None])[0]
+    return CallMetadata(session, members, authorization)
+
+
+def _members(raw: str | None, session: str | None) -> frozenset[str]:
+    if raw is None:
+        return frozenset()
+    if session is None:
+        raise Refusal(Reason.FIELD_INVALID, f"metadata {MEMBERS_HEADER} needs {SESSION_HEADER}", field=MEMBERS_HEADER)
+    codes = [code.strip() for code in raw.split(",") if code.strip()]
+    if not codes or len(codes) > MAX_MEMBERS or not all(INSTITUTION_CODE.fullmatch(c) for c in codes):
+        raise Refusal(
+            Reason.FIELD_INVALID,
+            f"metadata {MEMBERS_HEADER} must be 1-{MAX_MEMBERS} institution codes separated by commas",
+            field=MEMBERS_HEADER,
+        )
+    return frozenset(codes)
+
+
+def resolve(metadata: Iterable[tuple[str, Any]], auth_context: AuthContext, settings: CallSettings) -> Caller:
+    """The caller of one call. Never raises: a refusal is carried in `Caller.refusal` (the first of:
+    a repeated key, a session the server refuses or cannot read, an unproven identity), so the audit
+    log can record what was known about a refused call."""
+    try:
+        read = read_metadata(metadata)
+    except Refusal as refusal:
+        return Caller("", "", refusal=refusal)
+    identity, refusal = "", None
+    if settings.authenticate is not None:
+        try:
+            identity = settings.authenticate(read.authorization, auth_context)
+        except Refusal as unauthenticated:
+            refusal = unauthenticated
+    session, members = read.session or "", frozenset[str]()
+    try:
+        if read.session is not None and not settings.allow_sessions:
+            raise Refusal(Reason.SESSIONS_DISABLED, SESSIONS_OFF)
+        if read.session is not None and not SESSION_NAME.fullmatch(read.session):
+            session = ""
+            raise Refusal(
+                Reason.FIELD_INVALID,
+                f"metadata {SESSION_HEADER} must be 1-64 letters, digits or ._-",
+                field=SESSION_HEADER,
+            )
+        members = _members(read.members, read.session)
+    except Refusal as bad_session:  # checked before identity, as a session needs no identity to judge
+        refusal = bad_session
+    return Caller(session, identity, members, refusal)
+
+
+# --- one resolution per call ----------------------------------------------------------------------
+
+_current: ContextVar[tuple[object, Caller] | None] = ContextVar("settlesim_caller", default=None)
+
+
+def _resolve_context(context: Any, settings: CallSettings) -> Caller:
+    return resolve(context.invocation_metadata() or (), context.auth_context() or {}, settings)
+
+
+@contextmanager
+def resolved(context: Any, settings: CallSettings) -> Iterator[Caller]:
+    """Resolve the caller of the call `context` belongs to, once: everything run inside (an
+    interceptor's continuation, the servicer) gets the same Caller from `caller_of`."""
+    held = _current.get()
+    if held is not None and held[0] is context:
+        yield held[1]
+        return
+    caller = _resolve_context(context, settings)
+    token = _current.set((context, caller))
+    try:
+        yield caller
+    finally:
+        _current.reset(token)
+
+
+def hold(context: Any, caller: Caller) -> None:
+    """Replace the Caller held for this call (a check run took it into its session): the rest of
+    the call sees the new one. Outside `resolved` for this call it does nothing."""
+    held = _current.get()
+    if held is not None and held[0] is context:
+        _current.set((context, caller))
+
+
+def caller_of(context: Any, settings: CallSettings) -> Caller:
+    """The Caller `resolved` holds for this call, or a fresh resolution when none is held."""
+    held = _current.get()
+    if held is not None and held[0] is context:
+        return held[1]
+    return _resolve_context(context, settings)
