@@ -26,6 +26,7 @@ from contextvars import ContextVar, Token
 from typing import Any, NamedTuple
 
 from settlesim.server.rules.reasons import Reason, Refusal
+from settlesim.server.validation import is_code
 
 SESSION_HEADER = "x-settlesim-session"
 # The other institutions a sandbox is shared with (a case spanning hospitals): comma-separated codes.
@@ -33,7 +34,6 @@ MEMBERS_HEADER = "x-settlesim-session-members"
 AUTHORIZATION = "authorization"
 READ_ONCE = frozenset((SESSION_HEADER, MEMBERS_HEADER, AUTHORIZATION))
 SESSION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-INSTITUTION_CODE = re.compile(r"[A-Za-z0-9]{1,64}")
 MAX_MEMBERS = 16
 SESSIONS_OFF = (
     "this server does not accept session-scoped sandboxes (started with --no-sessions, or with "
@@ -103,7 +103,7 @@ def _members(raw: str | None, session: str | None) -> frozenset[str]:
     if session is None:
         raise Refusal(Reason.FIELD_INVALID, f"metadata {MEMBERS_HEADER} needs {SESSION_HEADER}", field=MEMBERS_HEADER)
     codes = [code.strip() for code in raw.split(",") if code.strip()]
-    if not codes or len(codes) > MAX_MEMBERS or not all(INSTITUTION_CODE.fullmatch(c) for c in codes):
+    if not codes or len(codes) > MAX_MEMBERS or not all(map(is_code, codes)):
         raise Refusal(
             Reason.FIELD_INVALID,
             f"metadata {MEMBERS_HEADER} must be 1-{MAX_MEMBERS} institution codes separated by commas",

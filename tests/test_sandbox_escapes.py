@@ -45,7 +45,7 @@ DATONG, HYPERTENSION = "14020000000000000001", "M03900"
 TWELVE_MILLION = [Fee("A-TARGET-001", 1_000_000, quantity=12)]
 VISIT = [Fee("A-CONSULT-001", 30_000)]
 YEAR = ("2025-01-01", "2025-12-31")
-SESSION = "x-settlesim-session"
+SESSION, MEMBERS = "x-settlesim-session", "x-settlesim-session-members"
 TOKENS = {CANCER_HOSPITAL: "dev-token-H11010500001", FUWAI: "dev-token-H11010200002"}
 
 
@@ -307,3 +307,23 @@ def test_ledger_check_fails_on_a_session_used_by_an_institution_outside_it(platf
     assert any("session owned has no owner" in p for p in check_file(db).problems)
     check = ledger_check(db)
     assert check.returncode == 1 and "FAIL session owned has no owner" in check.stdout
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason", "field"),
+    [
+        (((MEMBERS, FUWAI),), "FIELD_INVALID", MEMBERS),  # members of no session
+        (((SESSION, "s"), (MEMBERS, "H1,bad code")), "FIELD_INVALID", MEMBERS),
+        (((SESSION, "s"), (MEMBERS, ",".join(f"H{n:011d}" for n in range(17)))), "FIELD_INVALID", MEMBERS),
+        (((SESSION, "s"), (MEMBERS, FUWAI), (MEMBERS, FUWAI)), "DUPLICATE_HEADER", MEMBERS),
+        (((SESSION, "has space"),), "FIELD_INVALID", SESSION),
+        (((SESSION, ""),), "FIELD_INVALID", SESSION),
+    ],
+    ids=["no-session", "bad-code", "17-members", "repeated", "bad-name", "empty-name"],
+)
+def test_a_malformed_session_or_member_list_is_refused_naming_the_header(platform, metadata, reason, field):
+    running = platform()
+    rejection = refused(raw_calls(running.target, metadata)["SettleVisit"])
+    assert (rejection.code, rejection.reason) == ("INVALID_ARGUMENT", reason)
+    assert [f for f, _, _ in rejection.violations] == [field]
+    assert running.ledger.counts() == {}
