@@ -280,6 +280,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
                         "settlement_id": stored.settlement_id,
                         "msgid": plan.msgid,
                         "institution_code": stored.institution_code,
+                        "sandbox": session,  # "" for the real ledger
                         "fund_pays_fen": stored.fund_pays,
                         "replayed": replayed,
                     }
