@@ -396,3 +396,23 @@ def test_a_session_used_before_version_4_belongs_to_the_institutions_that_used_i
     finally:
         ledger.close()
     assert check_file(old).owners == {"sandbox": CANCER_HOSPITAL}
+
+
+def test_a_version_4_ledger_gains_the_owners_of_its_sessions(tmp_path):
+    """Version 4 -> 5 only adds `sessions`, filled from the messages each session holds."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    try:
+        ledger.void("replay-1", "V1", FUWAI, "h-V1", "NEVER-SENT")  # a message in a session
+    finally:
+        ledger.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:  # make it what version 4 left
+        db.execute("DROP TABLE sessions")
+        db.execute("PRAGMA user_version = 4")
+    before = rows(path)
+    ledger = Ledger(path)
+    try:
+        assert ledger.upgraded_from == 4 and rows(path) == before
+        assert ledger.session_group("replay-1") == frozenset({FUWAI}) and ledger.check() == []
+    finally:
+        ledger.close()
