@@ -327,3 +327,25 @@ def test_a_malformed_session_or_member_list_is_refused_naming_the_header(platfor
     assert (rejection.code, rejection.reason) == ("INVALID_ARGUMENT", reason)
     assert [f for f, _, _ in rejection.violations] == [field]
     assert running.ledger.counts() == {}
+
+
+def test_a_check_runs_session_is_its_institutions_sandbox(platform, client):
+    """An open HIS check run takes its institution's calls into the run's session
+    (docs/his-check.md): the answers say so, and no other institution can name it."""
+    from settlesim.v1 import his_check_pb2 as hc
+    from settlesim.v1 import his_check_pb2_grpc as hc_grpc
+
+    running = platform()
+    with grpc.insecure_channel(running.target) as channel:
+        opened = hc_grpc.HisCheckServiceStub(channel).OpenRun(
+            hc.OpenRunRequest(institution_code=CANCER_HOSPITAL, scenario="escape")
+        )
+    run_session = opened.run.session
+    settled = client(running.target).settle(DATONG, HYPERTENSION, DAY, VISIT).settlement  # no header
+    assert settled.sandbox == run_session and run_session
+    assert settled.totals.deductible_applied_fen == 10_000  # a fresh year in the run's sandbox
+    missing = refused(lambda: client(running.target).get("S-NOT-THERE"))  # a refusal in it says so too
+    assert (missing.reason, missing.metadata["sandbox"]) == ("SETTLEMENT_NOT_FOUND", run_session)
+    intruder = client(running.target, FUWAI, session=run_session)
+    assert refused(lambda: intruder.reconcile(*YEAR)).reason == "SESSION_NOT_YOURS"
+    assert client(running.target, FUWAI).reconcile(*YEAR).sandbox == ""  # Fuwai stays in the real ledger
