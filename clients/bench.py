@@ -1,14 +1,17 @@
 """`settlesim bench`: the settlement path against its yardstick, in one run.
 
 1. starts the noop server (server/noop.py: same contract and gRPC set-up, no
-   rules, no storage) and drives it with a closed loop of SettleVisit calls;
+   rules, no storage) in both designs, sync (thread pool) and aio (one event
+   loop, uvloop), and drives each with a closed loop of SettleVisit calls;
 2. starts the reference server (`settlesim serve`, durable SQLite ledger) on a
    generated world and drives it with the same closed loop;
 3. drives the reference server open-loop at a fraction (default 80 %) of the
    settle peak it just measured, to give the latency at that load.
 
 For each it prints requests/s, p50/p95/p99 latency and the servers' CPU time
-per request, then the ratio settle/noop. Load generator and servers share this
+per request, then the ratio settle/noop against the faster noop design (both
+are printed). With `rounds` > 1 the whole sequence repeats, interleaved, and
+the medians follow. Load generator and servers share this
 machine, as they would on a developer's laptop; the load generator sends
 pre-encoded requests (a template's bytes plus a fresh msgid) so it spends as
 little CPU as it can. It measures; it asserts nothing.
@@ -317,9 +320,102 @@ class BenchConfig:
     channels: int = 4
     load_fraction: float = 0.8
     server_args: tuple[str, ...] = ()  # extra `settlesim serve` arguments, e.g. ("--processes", "2")
+    rounds: int = 1  # interleaved rounds (noop sync, noop aio, settle, settle at load); medians when > 1
 
 
-def run(config: BenchConfig, out=print) -> list[Figures]:
+NOOP_DESIGNS = ("sync", "aio")  # server/noop.py: thread pool, and grpc.aio + uvloop
+
+
+@dataclass(frozen=True)
+class Round:
+    noops: dict[str, Figures]
+    settle: Figures
+    at_load: Figures
+
+    @property
+    def fastest_noop(self) -> Figures:
+        return max(self.noops.values(), key=lambda f: f.rps)
+
+    @property
+    def ratio(self) -> float:
+        return self.settle.rps / self.fastest_noop.rps if self.fastest_noop.rps else float("nan")
+
+
+def _round(config: BenchConfig, world: Path, db: Path, persons: int, requests: Requests, out: Any) -> Round:
+    noops: dict[str, Figures] = {}
+    for design in NOOP_DESIGNS:
+        noop_cmd = [sys.executable, "-m", "settlesim.server.noop", "--port", "0", "--design", design]
+        with running(noop_cmd) as noop:
+            noops[design] = measure_closed(
+                f"noop {design}", noop, requests, config.concurrency, config.seconds, config.warmup, config.channels
+            )
+        out(noops[design].row())
+    serve_cmd = [
+        sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(world),
+        "--db", str(db), "--log-level", "warning", *config.server_args,
+    ]  # fmt: skip
+    started = time.perf_counter()
+    with running(serve_cmd) as reference:
+        out(f"(reference server loaded {persons} people and started in {time.perf_counter() - started:.1f} s)")
+        settle = measure_closed(
+            f"settle ({persons} people)",
+            reference,
+            requests,
+            config.concurrency,
+            config.seconds,
+            config.warmup,
+            config.channels,
+        )
+        out(settle.row())
+        rate = settle.rps * config.load_fraction
+        at_load = measure_open(
+            f"settle at {config.load_fraction:.0%} = {rate:.0f}/s",
+            reference,
+            requests,
+            rate,
+            config.seconds,
+            config.channels,
+        )
+        out(at_load.row())
+    check = subprocess.run(
+        [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(db)], capture_output=True, text=True
+    )
+    out(check.stdout.strip().splitlines()[-1] if check.stdout.strip() else check.stderr.strip())
+    result = Round(noops, settle, at_load)
+    out(_ratio_line(result.ratio, {d: f.rps for d, f in noops.items()}, settle.rps))
+    return result
+
+
+def _ratio_line(ratio: float, noops: dict[str, float], settle: float) -> str:
+    fastest = max(noops, key=lambda d: noops[d])
+    against = ", ".join(f"{settle / rps:.2f} x noop {d}" for d, rps in noops.items())
+    return f"ratio settle/noop requests/s: {ratio:.2f} (against the faster noop, {fastest}; {against})"
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _medians(rounds: list[Round], out: Any) -> None:
+    out(f"medians of {len(rounds)} interleaved rounds:")
+    out(f"{'run':<26} {'req/s':>9} {'p99 ms':>8} {'CPU us/req':>10} {'other':>7}")
+    rows: list[tuple[str, list[Figures]]] = [(f"noop {d}", [r.noops[d] for r in rounds]) for d in NOOP_DESIGNS]
+    rows += [(rounds[0].settle.label, [r.settle for r in rounds])]
+    rows += [(f"settle at {rounds[0].at_load.label.split()[2]}", [r.at_load for r in rounds])]
+    for label, figures in rows:
+        out(
+            f"{label:<26} {_median([f.rps for f in figures]):>9.0f} "
+            f"{_median([f.percentile(99) for f in figures]):>8.1f} "
+            f"{_median([f.cpu_us_per_request for f in figures]):>10.0f} "
+            f"{_median([f.other_cores for f in figures]):>7.2f}"
+        )
+    out(f"ratio settle/faster noop, median: {_median([r.ratio for r in rounds]):.2f} "
+        f"(rounds: {', '.join(f'{r.ratio:.2f}' for r in rounds)})")  # fmt: skip
+
+
+def run(config: BenchConfig, out=print) -> list[Round]:
     scratch = Path(tempfile.mkdtemp(prefix="settlesim-bench-"))
     try:
         world = config.world
@@ -338,54 +434,12 @@ def run(config: BenchConfig, out=print) -> list[Figures]:
             f"{config.seconds:g} s after {config.warmup:g} s warm-up; SettleVisit on {persons} people; "
             f"{os.cpu_count()} CPUs shared by servers and load generator"
         )
-        results: list[Figures] = []
-        noop_cmd = [sys.executable, "-m", "settlesim.server.noop", "--port", "0"]
-        with running(noop_cmd) as noop:
-            results.append(
-                measure_closed(
-                    "noop", noop, requests, config.concurrency, config.seconds, config.warmup, config.channels
-                )
-            )
         out(HEADER)
-        out(results[-1].row())
-        serve_cmd = [
-            sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(world),
-            "--db", str(scratch / "ledger.db"), "--log-level", "warning", *config.server_args,
-        ]  # fmt: skip
-        started = time.perf_counter()
-        with running(serve_cmd) as reference:
-            out(
-                f"(reference server loaded {persons} people and started in {time.perf_counter() - started:.1f} s)"
-            )
-            settle = measure_closed(
-                f"settle ({persons} people)",
-                reference,
-                requests,
-                config.concurrency,
-                config.seconds,
-                config.warmup,
-                config.channels,
-            )
-            results.append(settle)
-            out(settle.row())
-            rate = settle.rps * config.load_fraction
-            at_load = measure_open(
-                f"settle at {config.load_fraction:.0%} = {rate:.0f}/s",
-                reference,
-                requests,
-                rate,
-                config.seconds,
-                config.channels,
-            )
-            results.append(at_load)
-            out(at_load.row())
-            check = subprocess.run(
-                [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(scratch / "ledger.db")],
-                capture_output=True,
-                text=True,
-            )
-            out(check.stdout.strip().splitlines()[-1] if check.stdout.strip() else check.stderr.strip())
-        out(f"ratio settle/noop requests/s: {settle.rps / results[0].rps:.2f}")
-        return results
+        rounds = [
+            _round(config, world, scratch / f"ledger-{n}.db", persons, requests, out) for n in range(config.rounds)
+        ]
+        if len(rounds) > 1:
+            _medians(rounds, out)
+        return rounds
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

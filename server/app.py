@@ -3,15 +3,18 @@ standard health and reflection services, structured logs and graceful shutdown."
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Coroutine
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +25,7 @@ from settlesim.server.his_check_service import HisCheckService
 from settlesim.server.http_server import HttpServer, start_http
 from settlesim.server.journal import Journal, JournalInterceptor, journal_path
 from settlesim.server.ledger import Ledger
+from settlesim.server.limits import MAX_CONCURRENT_CALLS, REQUEST_BODY_SECONDS, CallLimits
 from settlesim.server.metrics import Metrics
 from settlesim.server.model import World
 from settlesim.server.runs import RunRegistry
@@ -32,6 +36,13 @@ from settlesim.v1 import settlement_service_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: 500 fee items fit many times over
+# Limits that keep one client from hurting the others (docs/errors.md#server-limits).
+MAX_STREAMS_PER_CONNECTION = 100  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: more wait in the client
+KEEPALIVE_TIME_MS = 60_000  # the server pings a connection silent this long ...
+KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it when no answer comes within this
+MIN_CLIENT_PING_INTERVAL_MS = 10_000  # a client pinging more often without data is sent GOAWAY
+MAX_CONNECTION_IDLE_MS = 15 * 60_000  # a connection with no call this long is closed (GOAWAY)
+T = TypeVar("T")
 INTEGRITY_CHECK_SKIPPED = (
     "the ledger's integrity check at start-up is skipped (--skip-integrity-check): "
     "run settlesim ledger check on it"
@@ -53,7 +64,7 @@ class ServerConfig:
     port: int = 50051
     world_dir: Path | None = None  # None: the bundled default world
     db_path: Path | None = None  # None: default_db_path()
-    max_workers: int = 16
+    max_workers: int = 16  # the sync server's request threads; the event loop needs none (ignored)
     # x-settlesim-session sandboxes (docs/sessions.md). None: on with --auth none, off when the
     # server demands identity (token, mtls) unless the operator turns them on (serve --sessions).
     allow_sessions: bool | None = None
@@ -72,6 +83,9 @@ class ServerConfig:
     faults: FaultPlan | None = None
     # Several processes on one port (serve --processes, server/processes.py).
     reuse_port: bool = False
+    # Limits that keep one client from hurting the others (server/limits.py, docs/errors.md).
+    max_concurrent_calls: int = MAX_CONCURRENT_CALLS
+    request_body_seconds: float = REQUEST_BODY_SECONDS
     # The call journal and check runs (docs/his-check.md): serve --no-journal turns both off.
     journal: bool = True
     # The web console and /metrics on 127.0.0.1 (docs/console.md): None is off, 0 any free port.
@@ -84,11 +98,17 @@ class ServerConfig:
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    """A server running on its own event loop in a background thread, so that
+    synchronous code (tests, `serve`'s main thread waiting for a signal) can
+    start and stop it."""
+
+    server: grpc.aio.Server
     port: int
     world: World
     ledger: Ledger
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
     audit: AuditLog | None = None
     warnings: tuple[str, ...] = ()
     journal: Journal | None = None
@@ -100,15 +120,79 @@ class RunningServer:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float = 5.0) -> None:
-        """Drain in-flight calls, then close the ledger."""
+        """Drain in-flight calls (health says NOT_SERVING meanwhile), then close the
+        journal, the audit log (it anchors its head in the ledger a last time) and the ledger."""
         if self.console is not None:
             self.console.stop()
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._drain(grace), self.loop).result()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
         if self.journal is not None:
             self.journal.close()
         if self.audit is not None:
             self.audit.close()  # anchors its head in the ledger a last time
+        self.ledger.close()
+
+    async def _drain(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where the platform has it (Linux, macOS), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to its end on a new event loop (uvloop where available)."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+def server_options(reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """gRPC core settings of every server here (the reference and the noop one):
+    message sizes and the per-connection limits of docs/errors.md#server-limits."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+    ]
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+@dataclass
+class _Parts:
+    """What start() opens before the loop runs, closed again if start-up fails."""
+
+    ledger: Ledger
+    journal: Journal | None
+    audit: AuditLog | None
+    metrics: Metrics | None
+    runs: RunRegistry | None
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+        if self.audit is not None:
+            self.audit.close()
         self.ledger.close()
 
 
@@ -118,6 +202,7 @@ def sessions_allowed(config: ServerConfig) -> bool:
 
 
 def start(config: ServerConfig, world: World | None = None) -> RunningServer:
+    """Start a server on a new event loop in a background thread; return once it listens."""
     world = world if world is not None else load_world(config.world_dir)
     warnings = auth.check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
     if not config.integrity_check:
@@ -130,6 +215,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
             "institutions can settle in; answers from one name it (docs/sessions.md)"
         )
     ledger = Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check)
+    ledger.shared = config.reuse_port  # serve --processes: other processes write it too
     metrics = Metrics() if config.metrics else None
     journal = (
         Journal(journal_path(config.db_path or default_db_path()), on_stored=_counting(metrics))
@@ -140,10 +226,6 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         ledger.on_commit = metrics.record_commit
         metrics.watch_queues(ledger.queue_depth, journal.queue_depth if journal is not None else None)
     runs = RunRegistry(journal) if journal is not None else None
-    service = SettlementService(
-        world, ledger, allow_sessions=sessions, authenticate=authenticate, runs=runs
-    )
-    # Interceptors only when asked for: an idle feature costs the hot path nothing.
     audit = None
     if config.audit_log:
         try:
@@ -155,27 +237,60 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
             if journal is not None:
                 journal.close()
             raise
-    interceptors: list[grpc.ServerInterceptor] = []
+    parts = _Parts(ledger, journal, audit, metrics, runs)
+    loop = new_event_loop()
+    thread = threading.Thread(target=_run_loop, args=(loop,), name="settlesim-loop", daemon=True)
+    thread.start()
+    try:
+        server, port, health_servicer = asyncio.run_coroutine_threadsafe(
+            _start_on_loop(config, world, parts, authenticate), loop
+        ).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        parts.close()
+        raise
+    running = RunningServer(
+        server, port, world, ledger, health_servicer, loop, thread, audit, tuple(warnings), journal, metrics
+    )
+    if config.console_port is not None:
+        try:
+            running.console = _start_console(config, world, metrics)
+        except BaseException:
+            running.stop(grace=0)
+            raise
+    return running
+
+
+async def _start_on_loop(
+    config: ServerConfig, world: World, parts: _Parts, authenticate: auth.Authenticator | None
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    ledger, journal, audit, runs = parts.ledger, parts.journal, parts.audit, parts.runs
+    service = SettlementService(
+        world, ledger, allow_sessions=sessions_allowed(config), authenticate=authenticate, runs=runs
+    )
+    # The door (limits) always; audit, journal and faults only when asked for: an idle
+    # feature costs the hot path nothing.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        CallLimits(config.max_concurrent_calls, config.request_body_seconds)
+    ]
     if audit is not None:
-        interceptors.append(AuditInterceptor(audit, service.call_settings))  # outermost: sees injected faults
+        interceptors.append(AuditInterceptor(audit, service.call_settings))  # sees injected faults
     if journal is not None:
         interceptors.append(JournalInterceptor(journal, after_call))  # sees injected faults too
     if config.faults is not None and config.faults.active:
         interceptors.append(FaultInterceptor(config.faults))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="settle"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 1 if config.reuse_port else 0),
-        ],
+    server = grpc.aio.server(
+        # The synchronous handlers (check runs, platform, reflection) run in these threads.
+        migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin"),
+        options=server_options(config.reuse_port),
         interceptors=interceptors,
     )
     add_to_server(service, server)
     if journal is not None and runs is not None:
         admin = HisCheckService(world, ledger, journal, runs, service.call_settings)
         his_check_pb2_grpc.add_HisCheckServiceServicer_to_server(admin, server)
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     his_check = his_check_pb2.DESCRIPTOR.services_by_name["HisCheckService"].full_name
     described = platform.add_to_server(world, server)  # which world this is (docs/cases.md)
@@ -190,27 +305,15 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     except RuntimeError:  # grpc reports a failed bind this way
         port = 0
     if port == 0:
-        if journal is not None:
-            journal.close()
-        if audit is not None:
-            audit.close()
-        ledger.close()
         raise OSError(f"cannot listen on {config.host}:{config.port} (address in use or not local?)")
-    server.start()
+    await server.start()
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_of = _Health(health_servicer)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_of = _Health(health_servicer, asyncio.get_running_loop())
     ledger.watch_health(functools.partial(health_of.tell, "ledger"))
     if audit is not None:
         audit.on_failing = lambda failing: health_of.tell("audit log", not failing)
-    running = RunningServer(server, port, world, ledger, health_servicer, audit, tuple(warnings), journal, metrics)
-    if config.console_port is not None:
-        try:
-            running.console = _start_console(config, world, metrics)
-        except BaseException:
-            running.stop(grace=0)
-            raise
-    return running
+    return server, port, health_servicer
 
 
 def _counting(metrics: Metrics | None):  # type: ignore[no-untyped-def]
@@ -249,10 +352,12 @@ def _start_console(config: ServerConfig, world: World, metrics: Metrics | None) 
 
 class _Health:
     """The server's health from its parts' (the ledger's writes, server/ledger_health.py;
-    the audit log's records): NOT_SERVING while any of them fails, SERVING once none does."""
+    the audit log's records): NOT_SERVING while any of them fails, SERVING once none does.
+    Told from any thread; the aio health service is set on its loop."""
 
-    def __init__(self, servicer: health.HealthServicer) -> None:
-        self._servicer = servicer
+    def __init__(self, servicer: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`loop`: the aio health service's; None for the synchronous one (set at once)."""
+        self._servicer, self._loop = servicer, loop
         self._failing: set[str] = set()
         self._lock = threading.Lock()
 
@@ -265,8 +370,17 @@ class _Health:
             status = (
                 health_pb2.HealthCheckResponse.NOT_SERVING if self._failing else health_pb2.HealthCheckResponse.SERVING
             )
-            for name in ("", SERVICE_NAME):
-                self._servicer.set(name, status)
+            if self._loop is None:
+                for name in ("", SERVICE_NAME):
+                    self._servicer.set(name, status)
+                return
+        loop = self._loop
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._set(status)))
+
+    async def _set(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self._servicer.set(name, status)
 
 
 class JsonFormatter(logging.Formatter):

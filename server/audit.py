@@ -32,6 +32,7 @@ fault's kind), ms (server time), prev.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -47,6 +48,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from settlesim.server import calls
+from settlesim.server.completion import to_completion
 from settlesim.server.ledger import AuditAnchor, Ledger, read_audit_anchors
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.status import to_status
@@ -397,10 +399,15 @@ def refused_outcome(context: grpc.ServicerContext) -> dict[str, Any]:
     """The record's outcome for a call that ended in a status other than OK."""
     code = context.code()
     reason, fault = _reason_of(context)
-    outcome: dict[str, Any] = {"code": code.name if code is not None else "UNKNOWN", "reason": reason}
+    outcome: dict[str, Any] = {"code": code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN", "reason": reason}
     if fault:
         outcome["fault"] = fault
     return outcome
+
+
+async def _abort(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
+    status = to_status(refusal)
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def refusal_while_failing(audit: AuditLog) -> Refusal | None:
@@ -437,7 +444,7 @@ def write_record(audit: AuditLog, entry: dict[str, Any], started: float) -> Refu
         return refusal
 
 
-class AuditInterceptor(grpc.ServerInterceptor):
+class AuditInterceptor(grpc.aio.ServerInterceptor):
     """Records every SettlementService call (health and reflection are not
     audited). Outermost interceptor: it records what the caller actually got,
     injected faults included. The decisions are the plain functions above."""
@@ -445,37 +452,42 @@ class AuditInterceptor(grpc.ServerInterceptor):
     def __init__(self, log: AuditLog, settings: calls.CallSettings) -> None:
         self.log, self.settings = log, settings
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
             return handler
         rpc, behavior = method.removeprefix(SERVICE_PREFIX), handler.unary_unary
 
-        def audited(request: Any, context: grpc.ServicerContext) -> Any:
-            # The caller is resolved once, here, for the whole call: the servicer serves exactly
-            # the identity and session this record names (server/calls.py).
-            with calls.resolved(context, self.settings) as caller:
-                return record(request, context, caller)
+        async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # Recorded as the server ended it, even when the client gave up first.
+            return await to_completion(resolved, request, context)
 
-        def record(request: Any, context: grpc.ServicerContext, caller: calls.Caller) -> Any:
+        async def resolved(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # The caller is resolved once, here, for the whole call (on the context the servicer
+            # gets, detached or not): the servicer serves exactly the identity and session this
+            # record names (server/calls.py).
+            with calls.resolved(context, self.settings) as caller:
+                return await recorded(request, context, caller)
+
+        async def recorded(request: Any, context: grpc.aio.ServicerContext, caller: calls.Caller) -> Any:
             started = time.perf_counter()
             when = datetime.now(UTC).isoformat(timespec="milliseconds")
             entry: dict[str, Any] = {"time": when, "rpc": rpc, **_who(request, context, caller)}
             if (closed := refusal_while_failing(self.log)) is not None:
                 entry.update(code="UNAVAILABLE", reason=closed.reason.value)
-                write_record(self.log, entry, started)  # written: the outage is over, for the next call
-                context.abort_with_status(to_status(closed))
+                await self._write(entry, started)  # written: the outage is over, for the next call
+                await _abort(context, closed)
             try:
-                response = behavior(request, context)
+                response = await behavior(request, context)
             except BaseException:
                 entry.update(refused_outcome(context))
-                if (refusal := write_record(self.log, entry, started)) is not None:
-                    context.abort_with_status(to_status(refusal))
+                if (refusal := await self._write(entry, started)) is not None:
+                    await _abort(context, refusal)
                 raise
             entry.update(answered_outcome(response))
-            if (refusal := write_record(self.log, entry, started)) is not None:
-                context.abort_with_status(to_status(refusal))
+            if (refusal := await self._write(entry, started)) is not None:
+                await _abort(context, refusal)
             return response
 
         return grpc.unary_unary_rpc_method_handler(
@@ -483,6 +495,11 @@ class AuditInterceptor(grpc.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    async def _write(self, entry: dict[str, Any], started: float) -> Refusal | None:
+        if self.log.fsync:  # a disk sync per call: not on the event loop
+            return await asyncio.to_thread(write_record, self.log, entry, started)
+        return write_record(self.log, entry, started)
 
 
 def _who(request: Any, context: grpc.ServicerContext, caller: calls.Caller) -> dict[str, Any]:

@@ -29,10 +29,9 @@ A named RPC's fields replace those of "*"; fields it leaves out come from "*".
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 import grpc
 import yaml
 from google.rpc import code_pb2
+from settlesim.server.completion import to_completion
 from settlesim.server.journal import current_note
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.status import to_status
@@ -204,22 +204,20 @@ def plan_from_flags(
     return validate(FaultPlan(rpcs, seed))
 
 
-class FaultInterceptor(grpc.ServerInterceptor):
+class FaultInterceptor(grpc.aio.ServerInterceptor):
     """Applies a FaultPlan to SettlementService calls; other services (health,
     reflection) are never disturbed."""
 
     def __init__(self, plan: FaultPlan) -> None:
         self.plan = plan
         self.faults = {rpc: plan.for_rpc(rpc) for rpc in RPCS}
-        self._random = random.Random(plan.seed)
-        self._lock = threading.Lock()
+        self._random = random.Random(plan.seed)  # one event loop draws: no lock needed
 
     def _draw(self) -> float:
-        with self._lock:
-            return self._random.random()
+        return self._random.random()
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
             return handler
@@ -229,22 +227,27 @@ class FaultInterceptor(grpc.ServerInterceptor):
             return handler
         behavior = handler.unary_unary
 
-        def faulty(request: Any, context: grpc.ServicerContext) -> Any:
+        async def faulty(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # A slow platform does not notice that the client left: the call runs on
+            # and may commit after the client's deadline (docs/faults.md).
+            return await to_completion(injected, request, context)
+
+        async def injected(request: Any, context: grpc.aio.ServicerContext) -> Any:
             delay = (faults.latency_ms or 0) + (faults.jitter_ms or 0) * self._draw()
             if delay:
-                time.sleep(delay / 1000)
+                await asyncio.sleep(delay / 1000)  # other calls go on meanwhile
             draw = self._draw()
             for code, rate in (faults.errors or {}).items():
                 if draw < rate:
-                    self._abort(context, rpc, code, "error", "before it ran; nothing was committed")
+                    await self._abort(context, rpc, code, "error", "before it ran; nothing was committed")
                 draw -= rate
-            response = behavior(request, context)
+            response = await behavior(request, context)
             if faults.commit_then_drop and self._draw() < faults.commit_then_drop:
                 note = current_note()
                 if note is not None:  # the journal keeps the answer that was made, then dropped
                     note.response = response
                 log.info("%s committed, answer dropped (injected)", rpc)
-                self._abort(context, rpc, "UNAVAILABLE", "commit_then_drop", "after it ran; answer dropped")
+                await self._abort(context, rpc, "UNAVAILABLE", "commit_then_drop", "after it ran; answer dropped")
             return response
 
         return grpc.unary_unary_rpc_method_handler(
@@ -254,9 +257,10 @@ class FaultInterceptor(grpc.ServerInterceptor):
         )
 
     @staticmethod
-    def _abort(context: grpc.ServicerContext, rpc: str, code: str, kind: str, when: str) -> None:
+    async def _abort(context: grpc.aio.ServicerContext, rpc: str, code: str, kind: str, when: str) -> None:
         refusal = Refusal(Reason.INJECTED_FAULT, f"injected {code} on {rpc} {when}", fault=kind)
-        context.abort_with_status(to_status(refusal, ERROR_CODES[code]))
+        status = to_status(refusal, ERROR_CODES[code])
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 # --- targeted faults of a check run (docs/his-check.md) ------------------------------------------
@@ -299,7 +303,7 @@ def before_call(runs: Any, run: Any, note: Any) -> None:
         if fault.kind == "delay":
             note.fault = "delay"
             log.info("%s #%d of run %s delayed %d ms (targeted)", note.rpc, n, run.run_id, fault.delay_ms)
-            time.sleep(fault.delay_ms / 1000)
+            note.delay_seconds = fault.delay_ms / 1000  # slept by SettlementService.caller, off the loop's clock
         elif fault.kind == "unavailable":
             note.fault = "unavailable"
             raise Refusal(
@@ -312,7 +316,7 @@ def before_call(runs: Any, run: Any, note: Any) -> None:
             note.targeted = fault
 
 
-def after_call(note: Any, response: Any, context: grpc.ServicerContext) -> Any:
+async def after_call(note: Any, response: Any, context: grpc.aio.ServicerContext) -> Any:
     """Apply the call's answer-side fault (drop_after_commit, figures_off)."""
     fault = getattr(note, "targeted", None)
     if fault is None:
@@ -324,7 +328,8 @@ def after_call(note: Any, response: Any, context: grpc.ServicerContext) -> Any:
             f"injected UNAVAILABLE on {note.rpc} of run {note.run.run_id} after it ran; answer dropped",
             fault="drop_after_commit",
         )
-        context.abort_with_status(to_status(refusal, ERROR_CODES["UNAVAILABLE"]))
+        status = to_status(refusal, ERROR_CODES["UNAVAILABLE"])
+        await context.abort(status.code, status.details, status.trailing_metadata)
     if fault.kind == "figures_off":
         changed = type(response)()
         changed.CopyFrom(response)

@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
+from settlesim.server.completion import to_completion
 from settlesim.server.ledger_health import storage_refusal
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -173,6 +174,7 @@ class CallNote:
     latency_ms: float = 0.0
     undelivered: bool = False
     done: Any = None  # called when the call has finished (runs count a run's calls in flight)
+    delay_seconds: float = 0.0  # a targeted delay, slept before the call runs (server/faults.py)
 
 
 _CURRENT: contextvars.ContextVar[CallNote | None] = contextvars.ContextVar("settlesim_call", default=None)
@@ -439,25 +441,29 @@ def entry_of(note: CallNote) -> tuple[Any, ...]:
 # --- the interceptor ---------------------------------------------------------------------------
 
 
-class JournalInterceptor(grpc.ServerInterceptor):
+class JournalInterceptor(grpc.aio.ServerInterceptor):
     """Notes every SettlementService call for the journal. Outermost but for
     the audit log: it records what the caller got, injected faults included.
-    The logic is in `journaled_call` so an asyncio port wraps it as it is."""
+    The logic is in `journaled_call`; with it a call runs to its end even when
+    the caller has gone (server/completion.py), so a late answer is noted."""
 
     def __init__(self, journal: Journal, after_call: Any = None) -> None:
         """`after_call(note, response, context)`: the targeted faults that act
         on an answer (server/faults.py), applied inside the journal's view."""
         self.journal, self.after_call = journal, after_call
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
             return handler
         rpc, behavior = method.removeprefix(SERVICE_PREFIX), handler.unary_unary
 
-        def journaled(request: Any, context: grpc.ServicerContext) -> Any:
-            return journaled_call(self.journal, rpc, behavior, request, context, self.after_call)
+        async def noted(request: Any, context: Any) -> Any:
+            return await journaled_call(self.journal, rpc, behavior, request, context, self.after_call)
+
+        async def journaled(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await to_completion(noted, request, context)
 
         return grpc.unary_unary_rpc_method_handler(
             journaled,
@@ -466,16 +472,16 @@ class JournalInterceptor(grpc.ServerInterceptor):
         )
 
 
-def journaled_call(
+async def journaled_call(
     journal: Journal, rpc: str, behavior: Any, request: Any, context: Any, after_call: Any
 ) -> Any:
     note = CallNote(rpc, request)
     token = _CURRENT.set(note)
     try:
-        response = behavior(request, context)
+        response = await behavior(request, context)
         note.response = response
         if note.run is not None and after_call is not None:
-            response = after_call(note, response, context)
+            response = await after_call(note, response, context)
             note.response = response
         note.undelivered = not context.is_active()  # the caller's deadline passed while it ran
         return response

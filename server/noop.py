@@ -3,19 +3,27 @@ reference server, but no rules and no storage. It is the benchmark's yardstick:
 whatever the noop server cannot exceed on a machine is the cost of gRPC and
 protobuf in Python there, not of settling.
 
-    python -m settlesim.server.noop --port 0     # prints "settlesim noop serving on HOST:PORT"
+It comes in both server designs, so the benchmark can hold the reference server
+to the faster of them: `sync` (grpc.server, a pool of request threads, the
+design `settlesim serve` had before it moved to one event loop) and `aio`
+(grpc.aio on uvloop, as `settlesim serve` runs now).
+
+    python -m settlesim.server.noop --port 0              # "settlesim noop serving on HOST:PORT"
+    python -m settlesim.server.noop --port 0 --design aio
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from settlesim.server.app import MAX_MESSAGE_BYTES
+from settlesim.server.app import run_loop, server_options
 from settlesim.server.service import add_to_server
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
@@ -59,15 +67,55 @@ class NoopService(pb_grpc.SettlementServiceServicer):
         return pb.ReconcileResponse(matched=True)
 
 
+class AioNoopService(pb_grpc.SettlementServiceServicer):
+    """The same answers from coroutines, for the grpc.aio server."""
+
+    async def VerifyRegistration(self, request: pb.VerifyRegistrationRequest, context: object):
+        return pb.VerifyRegistrationResponse(eligible=True, person_no=request.visit.person.person_no)
+
+    async def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: object):
+        return pb.PreSettleVisitResponse(settlement=_settlement(request.request))
+
+    async def SettleVisit(self, request: pb.SettleVisitRequest, context: object):
+        return pb.SettleVisitResponse(settlement=_settlement(request.request, "S" + request.request.msgid[-19:]))
+
+    async def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: object):
+        return pb.ReverseSettlementResponse(settlement=pb.Settlement(settlement_id=request.settlement_id))
+
+    async def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: object):
+        return pb.VoidByMessageIdResponse()
+
+    async def GetSettlement(self, request: pb.GetSettlementRequest, context: object):
+        return pb.GetSettlementResponse(settlement=pb.Settlement(settlement_id=request.settlement_id))
+
+    async def Reconcile(self, request: pb.ReconcileRequest, context: object):
+        return pb.ReconcileResponse(matched=True)
+
+
+async def serve_aio_noop(host: str, port: int, ready: Callable[[int], None]) -> None:
+    """Started like app.start: one event loop, the same options, handlers and
+    health service; runs until SIGTERM or SIGINT."""
+    server = grpc.aio.server(options=server_options())
+    add_to_server(AioNoopService(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    ready(bound)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    await stopped.wait()
+    await server.stop(1)
+
+
 def start_noop(host: str = "127.0.0.1", port: int = 0, max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """Started like app.start: thread pool, message limits, health service."""
+    """The sync design: a thread pool, the same message limits, health service."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="noop"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(),
     )
     add_to_server(NoopService(), server)  # the reference server's handlers and deserializers
     health_servicer = health.HealthServicer()
@@ -82,8 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m settlesim.server.noop", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=16, help="request threads of the sync design")
+    parser.add_argument("--design", choices=("sync", "aio"), default="sync")
     args = parser.parse_args(argv)
+    if args.design == "aio":
+        announce = lambda bound: print(f"settlesim noop serving on {args.host}:{bound}", flush=True)  # noqa: E731
+        run_loop(serve_aio_noop(args.host, args.port, announce))
+        return 0
     server, port = start_noop(args.host, args.port, args.workers)
     print(f"settlesim noop serving on {args.host}:{port}", flush=True)
     stopped = threading.Event()

@@ -23,14 +23,16 @@ class Sandboxes:
         self.ledger = ledger
         self._groups: dict[str, frozenset[str]] = {}
 
-    def enter(self, session: str, group: frozenset[str], *, writes: bool) -> None:
+    async def enter(self, session: str, group: frozenset[str], *, writes: bool) -> None:
         """Let a call acting for `group` (its institution + the members it names) into `session`,
         opening the session on its first write; refuse it when the session is another group's."""
         owners = self._groups.get(session)
         if owners is None:
             owners = self.ledger.session_group(session)
             if owners is None and writes:
-                owners = self.ledger.open_session(session, group)  # the first writer wins, atomically
+                # The first writer wins, atomically; committed (the loop's group commit) before
+                # the write that opened it is even queued.
+                owners = await self.ledger.open_session_async(session, group)
             if owners is None:
                 return  # nobody's yet, and a read opens nothing
             if len(self._groups) >= self.CACHE_LIMIT:

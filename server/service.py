@@ -7,10 +7,11 @@ nothing of gRPC. Every refusal leaves as a status with an ErrorInfo reason.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
+import inspect
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from settlesim.server import answers, calls, stored_answers, validation
 from settlesim.server.calls import Caller
+from settlesim.server.ids import IDS
 from settlesim.server.journal import current_note
 from settlesim.server.ledger import Ledger, StoredItem, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
@@ -59,7 +61,7 @@ def tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Server) -> None:
+def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Server | grpc.aio.Server) -> None:
     """What the generated add_SettlementServiceServicer_to_server does, with
     tolerant request deserializers."""
     handlers = {}
@@ -76,34 +78,69 @@ def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Serv
     server.add_registered_method_handlers(name, handlers)
 
 
-def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
+def _log_refusal(name: str, refusal: Refusal) -> None:
+    log.info(
+        "%s refused: %s %s",
+        name,
+        refusal.reason,
+        refusal.message,
+        extra={"fields": {"rpc": name, "reason": str(refusal.reason), **refusal.metadata}},
+    )
+
+
+def refusals_as_status(method: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a Refusal into its gRPC status; anything else is a bug and is
-    logged with its traceback before gRPC answers INTERNAL."""
+    logged with its traceback before gRPC answers INTERNAL. For coroutine
+    methods (the settlement calls on the loop) and plain ones (the check-run
+    service, which the aio server runs in its thread pool) alike."""
+    if not inspect.iscoroutinefunction(method):
+        return _refusals_as_status_in_thread(method)
 
     @functools.wraps(method)
-    def wrapper(self: SettlementService, request: Any, context: grpc.ServicerContext) -> R:
-        # One resolution of the caller per call (reused if an interceptor made it already).
+    async def wrapper(self: SettlementService, request: Any, context: grpc.aio.ServicerContext) -> R:
+        # One resolution of the caller per call (reused if an interceptor made it already); a
+        # contextvar, so it holds across the awaits of this call's task.
+        with calls.resolved(context, self.call_settings):
+            try:
+                if type(request) is Undecodable:
+                    raise Refusal(Reason.MALFORMED_MESSAGE, f"the request does not parse: {request.error}")
+                return await method(self, request, context)
+            except Refusal as refusal:
+                _mark_sandbox(refusal, calls.caller_of(context, self.call_settings))
+                _log_refusal(method.__name__, refusal)
+                status = to_status(refusal)
+                await context.abort(status.code, status.details, status.trailing_metadata)
+                raise  # abort raises; this keeps type checkers honest
+            except Exception:
+                log.exception("%s failed", method.__name__)
+                raise
+
+    return wrapper
+
+
+def _mark_sandbox(refusal: Refusal, caller: Caller) -> None:
+    """A sandbox's refusal says so (the caller as routed to a check run, if it was)."""
+    if caller.session and caller.refusal is None and refusal.reason != Reason.SESSION_NOT_YOURS:
+        refusal.metadata.setdefault("sandbox", caller.session)
+
+
+def _refusals_as_status_in_thread(method: Callable[..., R]) -> Callable[..., R]:
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         with calls.resolved(context, self.call_settings):
             return answered(self, request, context)
 
-    def answered(self: SettlementService, request: Any, context: grpc.ServicerContext) -> R:
+    def answered(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         try:
             if type(request) is Undecodable:
                 raise Refusal(Reason.MALFORMED_MESSAGE, f"the request does not parse: {request.error}")
             return method(self, request, context)
         except Refusal as refusal:
-            caller = calls.caller_of(context, self.call_settings)  # as routed to a check run, if it was
-            if caller.session and caller.refusal is None and refusal.reason != Reason.SESSION_NOT_YOURS:
-                refusal.metadata.setdefault("sandbox", caller.session)  # a sandbox's refusal says so
-            log.info(
-                "%s refused: %s %s",
-                method.__name__,
-                refusal.reason,
-                refusal.message,
-                extra={"fields": {"rpc": method.__name__, "reason": str(refusal.reason), **refusal.metadata}},
-            )
-            context.abort_with_status(to_status(refusal))
-            raise  # abort_with_status raises; this keeps type checkers honest
+            _mark_sandbox(refusal, calls.caller_of(context, self.call_settings))
+            _log_refusal(method.__name__, refusal)
+            status = to_status(refusal)
+            context.abort(status.code, status.details, status.trailing_metadata)
+            raise  # abort raises; this keeps type checkers honest
         except Exception:
             log.exception("%s failed", method.__name__)
             raise
@@ -137,7 +174,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     # --- who is calling ---------------------------------------------------------------------
 
-    def caller(self, context: grpc.ServicerContext, claimed: str = "") -> Caller:
+    async def caller(self, context: grpc.aio.ServicerContext, claimed: str = "") -> Caller:
         """The caller as resolved once for this call (server/calls.py), or its refusal.
         `claimed`: the institution the request names (an open check run of the
         institution the call acts for takes the call: server/runs.py)."""
@@ -146,6 +183,9 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         if session != caller.session:  # a check run's session: the run's institution alone
             caller = caller._replace(session=session, members=frozenset())
             calls.hold(context, caller)  # the rest of the call (its refusals' sandbox mark) sees it
+        note = current_note()
+        if note is not None and note.delay_seconds:  # a check run's targeted delay (server/faults.py)
+            await asyncio.sleep(note.delay_seconds)
         return caller
 
     def route(self, context: grpc.ServicerContext, session: str, identity: str, claimed: str) -> str:
@@ -155,12 +195,12 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             return session
         return route_call(self.runs, context, session, identity, claimed, note)
 
-    def session_for(self, caller: Caller, institution: str, *, writes: bool) -> str:
+    async def session_for(self, caller: Caller, institution: str, *, writes: bool) -> str:
         """The ledger namespace a call acting for `institution` uses: "" (the real ledger) without
         a session; a session only if it is this institution's (and its named members'), opened by
         the first write (server/sandboxes.py)."""
         if caller.session:
-            self.sandboxes.enter(caller.session, caller.members | {institution}, writes=writes)
+            await self.sandboxes.enter(caller.session, caller.members | {institution}, writes=writes)
         return caller.session
 
     def acting_for(self, caller: Caller, institution_code: str) -> str:
@@ -176,46 +216,44 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
     # --- the calls ----------------------------------------------------------------------------
 
     @refusals_as_status
-    def VerifyRegistration(self, request: pb.VerifyRegistrationRequest, context: grpc.ServicerContext):
-        caller = self.caller(context, request.visit.institution_code)
+    async def VerifyRegistration(self, request: pb.VerifyRegistrationRequest, context: grpc.aio.ServicerContext):
+        caller = await self.caller(context, request.visit.institution_code)
         visit = validation.visit_key(request.visit, self.world)
         self.acting_for(caller, visit.institution_code)
-        session = self.session_for(caller, visit.institution_code, writes=False)
+        session = await self.session_for(caller, visit.institution_code, writes=False)
         answer = self._verification(visit, check_registration(self.world, visit))
         answer.sandbox = session
         return answer
 
     @refusals_as_status
-    def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.ServicerContext):
-        caller = self.caller(context, request.request.visit.institution_code)
+    async def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.aio.ServicerContext):
+        caller = await self.caller(context, request.request.visit.institution_code)
         plan = self._plan(caller, request.request)
-        session = self.session_for(caller, plan.visit.institution_code, writes=False)
+        session = await self.session_for(caller, plan.visit.institution_code, writes=False)
         totals = self.ledger.yearly_totals(
             session, plan.person_no, plan.visit.disease_code, plan.visit.visit_date.year
         )
         return pb.PreSettleVisitResponse(settlement=plan.answer(plan.compute(totals), "", "", session))
 
     @refusals_as_status
-    def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.ServicerContext):
-        caller = self.caller(context, request.request.visit.institution_code)
+    async def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.aio.ServicerContext):
+        caller = await self.caller(context, request.request.visit.institution_code)
         try:
             plan = self._plan(caller, request.request)
         except Refusal:
             # A msgid the platform has seen is answered as what it was (a retry
             # replays even if the world changed since; a voided or reused msgid
             # says so) rather than judged again. Only refused requests pay this.
-            seen = self._seen_settle(caller, request.request)
+            seen = await self._seen_settle(caller, request.request)
             if seen is None:
                 raise
             return seen
-        session = self.session_for(caller, plan.visit.institution_code, writes=True)
+        session = await self.session_for(caller, plan.visit.institution_code, writes=True)
         built: list[pb.Settlement] = []  # the answer made in the transaction, if it was new
 
         def settle(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
             result = plan.compute(totals)
-            answer = plan.answer(
-                result, "S" + uuid.uuid4().hex[:19].upper(), "V" + uuid.uuid4().hex[:19].upper(), session
-            )
+            answer = plan.answer(result, IDS.next("S"), IDS.next("V"), session)
             built.append(answer)
             f = result.figures
             stored = StoredSettlement(
@@ -257,7 +295,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             )
             return stored, result.totals_after
 
-        stored, replayed = self.ledger.settle(
+        stored, replayed = await self.ledger.settle_async(
             session,
             plan.msgid,
             plan.visit.institution_code,
@@ -292,8 +330,8 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         return pb.SettleVisitResponse(settlement=fresh, replayed=replayed)
 
     @refusals_as_status
-    def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.ServicerContext):
-        caller = self.caller(context, request.institution_code)
+    async def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.aio.ServicerContext):
+        caller = await self.caller(context, request.institution_code)
         validation.required_codes(
             {"operator": request.operator},
             msgid=request.msgid,
@@ -301,15 +339,15 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             settlement_id=request.settlement_id,
         )
         institution = self.acting_for(caller, request.institution_code)
-        session = self.session_for(caller, institution, writes=True)
-        stored, replayed = self.ledger.reverse(
+        session = await self.session_for(caller, institution, writes=True)
+        stored, replayed = await self.ledger.reverse_async(
             session, request.msgid, institution, request_hash(request), request.settlement_id
         )
         return pb.ReverseSettlementResponse(settlement=settlement_answer(stored), replayed=replayed)
 
     @refusals_as_status
-    def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: grpc.ServicerContext):
-        caller = self.caller(context, request.institution_code)
+    async def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: grpc.aio.ServicerContext):
+        caller = await self.caller(context, request.institution_code)
         validation.required_codes(
             {"operator": request.operator, "original_infno": request.original_infno},
             msgid=request.msgid,
@@ -323,8 +361,8 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
                 (validation.Violation("msgid", "equals original_msgid", Reason.FIELD_INVALID),),
             )
         institution = self.acting_for(caller, request.institution_code)
-        session = self.session_for(caller, institution, writes=True)
-        outcome = self.ledger.void(
+        session = await self.session_for(caller, institution, writes=True)
+        outcome = await self.ledger.void_async(
             session, request.msgid, institution, request_hash(request), request.original_msgid
         )
         answer = pb.VoidByMessageIdResponse(
@@ -335,8 +373,8 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         return answer
 
     @refusals_as_status
-    def GetSettlement(self, request: pb.GetSettlementRequest, context: grpc.ServicerContext):
-        caller = self.caller(context, request.institution_code)
+    async def GetSettlement(self, request: pb.GetSettlementRequest, context: grpc.aio.ServicerContext):
+        caller = await self.caller(context, request.institution_code)
         if request.settlement_id:
             validation.required_codes(
                 institution_code=request.institution_code, settlement_id=request.settlement_id
@@ -344,17 +382,17 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         else:
             validation.required_codes(institution_code=request.institution_code, msgid=request.msgid)
         institution = self.acting_for(caller, request.institution_code)
-        session = self.session_for(caller, institution, writes=False)
+        session = await self.session_for(caller, institution, writes=False)
         stored = self.ledger.get(session, institution, request.settlement_id, request.msgid)
         return pb.GetSettlementResponse(settlement=settlement_answer(stored))
 
     @refusals_as_status
-    def Reconcile(self, request: pb.ReconcileRequest, context: grpc.ServicerContext):
-        caller = self.caller(context, request.institution_code)
+    async def Reconcile(self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext):
+        caller = await self.caller(context, request.institution_code)
         validation.required_codes(institution_code=request.institution_code)
         start, end = validation.date_range(request.start_date, request.end_date)
         institution = self.acting_for(caller, request.institution_code)
-        session = self.session_for(caller, institution, writes=False)
+        session = await self.session_for(caller, institution, writes=False)
         sums = self.ledger.reconcile(session, institution, start, end, request.include_entries)
         platform = pb.ReconcileFigures(
             count=sums.count,
@@ -384,7 +422,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     # --- shared steps -------------------------------------------------------------------------
 
-    def _seen_settle(self, caller: Caller, request: pb.SettlementRequest) -> pb.SettleVisitResponse | None:
+    async def _seen_settle(self, caller: Caller, request: pb.SettlementRequest) -> pb.SettleVisitResponse | None:
         """The answer to a settle whose msgid this institution already used, or
         None when the msgid is new (or not even well-formed)."""
         institution, msgid = request.visit.institution_code, request.msgid
@@ -393,7 +431,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         if caller.institution and caller.institution != institution:
             return None  # not the caller's msgid to ask about: the first refusal stands
         try:
-            session = self.session_for(caller, institution, writes=False)
+            session = await self.session_for(caller, institution, writes=False)
         except Refusal:
             return None  # not the caller's sandbox either
         seen = self.ledger.find_message(session, institution, msgid)

@@ -33,6 +33,8 @@ _CODES = {
     Reason.LEDGER_DAMAGED: code_pb2.DATA_LOSS,
     Reason.RUN_ALREADY_OPEN: code_pb2.ALREADY_EXISTS,
     Reason.RUN_NOT_FOUND: code_pb2.NOT_FOUND,
+    Reason.SERVER_BUSY: code_pb2.RESOURCE_EXHAUSTED,
+    Reason.REQUEST_BODY_TIMEOUT: code_pb2.DEADLINE_EXCEEDED,
 }
 
 # 给医院操作员看的中文说明 (LocalizedMessage zh-CN) for the refusals staff meet most.

@@ -106,7 +106,47 @@ class _Checker:
             raise Refusal(first.reason, f"malformed request: {message}", listed)
 
 
+def _valid_visit(visit: pb.Visit, world: World) -> VisitKey | None:
+    """The visit when every check of `_visit` passes (no field names made), else None."""
+    institution, person, disease = visit.institution_code, visit.person, visit.disease_code
+    if not (
+        is_code(institution)
+        and institution in world.institutions
+        and (not person.person_no or is_code(person.person_no))
+        and (not person.certificate_type or is_code(person.certificate_type))
+        and (not person.certificate_no or is_code(person.certificate_no))
+        and (person.person_no or person.certificate_no)
+        and is_code(disease)
+        and disease in world.diseases
+        and visit.medical_type in _MEDICAL_TYPES
+        and DAY.fullmatch(visit.visit_date)
+    ):
+        return None
+    insurance_type = None
+    if visit.insurance_type != pb.INSURANCE_TYPE_UNSPECIFIED:
+        insurance_type = _INSURANCE_TYPES.get(visit.insurance_type)
+        if insurance_type is None:
+            return None
+    try:
+        day = date.fromisoformat(visit.visit_date)
+    except ValueError:
+        return None
+    if not MIN_YEAR <= day.year <= MAX_YEAR:
+        return None
+    return VisitKey(
+        institution_code=institution,
+        disease_code=disease,
+        visit_date=day,
+        person_no=person.person_no,
+        certificate_type=person.certificate_type,
+        certificate_no=person.certificate_no,
+        insurance_type=insurance_type,
+    )
+
+
 def _visit(check: _Checker, visit: pb.Visit, world: World, prefix: str) -> VisitKey | None:
+    if not check.violations and (valid := _valid_visit(visit, world)) is not None:
+        return valid
     institution = check.code(f"{prefix}.institution_code", visit.institution_code)
     if institution and not check.violations and institution not in world.institutions:
         check.add(
@@ -153,6 +193,21 @@ def _lines(check: _Checker, items: Iterable[pb.FeeItem], count: int, prefix: str
         return ()
     lines, seen = [], set()
     for i, item in enumerate(items):
+        # The valid path first: no field names are made unless something is wrong.
+        sequence_no, catalog_code, hospital_code = item.sequence_no, item.catalog_code, item.hospital_item_code
+        unit_price, quantity = item.unit_price_fen, item.quantity
+        if (
+            is_code(sequence_no)
+            and sequence_no not in seen
+            and is_code(catalog_code)
+            and (not hospital_code or is_code(hospital_code))
+            and 0 <= unit_price <= MAX_UNIT_PRICE_FEN
+            and 0 < quantity <= MAX_QUANTITY
+            and item.amount_fen == unit_price * quantity
+        ):
+            seen.add(sequence_no)
+            lines.append(FeeLine(sequence_no, catalog_code, unit_price, quantity, hospital_code))
+            continue
         at = f"{prefix}[{i}]"
         before = len(check.violations)
         sequence_no = check.code(f"{at}.sequence_no", item.sequence_no)

@@ -37,6 +37,16 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 def target_address(text: str) -> str:
     """HOST:PORT of a server to call (IPv6 as [::1]:PORT), as gRPC takes it: no scheme."""
     example = "e.g. 127.0.0.1:50051"

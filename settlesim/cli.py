@@ -11,7 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from settlesim.arguments import EXIT_USAGE, OneLineParser, at_least_one, port_number, target_address
+from settlesim.arguments import (
+    EXIT_USAGE,
+    OneLineParser,
+    at_least_one,
+    port_number,
+    positive_seconds,
+    target_address,
+)
 
 if TYPE_CHECKING:
     from settlesim.server.ledger import CheckReport, Figures
@@ -72,7 +79,21 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("SETTLESIM_DB"),
         help="SQLite ledger (default $SETTLESIM_DB or ~/.local/share/settlesim/settlesim.db)",
     )
-    p.add_argument("--workers", type=at_least_one, default=16, help="request threads (default 16)")
+    # The thread-pool server's request threads; the event loop needs none. Still accepted.
+    p.add_argument("--workers", type=at_least_one, default=16, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--max-calls",
+        type=at_least_one,
+        default=2000,
+        help="settlement calls worked on at once; more are refused SERVER_BUSY (default 2000)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a call may wait for its request message (default 10; docs/errors.md)",
+    )
     p.add_argument(
         "--processes",
         type=int,
@@ -179,6 +200,8 @@ def run_serve(args: argparse.Namespace) -> int:
         integrity_check=not args.skip_integrity_check,
         journal=not args.no_journal,
         **_console_config(args),
+        max_concurrent_calls=args.max_calls,
+        request_body_seconds=args.body_timeout,
         **_security_and_fault_config(args),
     )
     if args.processes < 1:
@@ -445,6 +468,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
             "settlesim bench --persons 1000                      # generates a world in a temp folder",
             "settlesim bench --world /tmp/world-1m --seconds 20  # a world made by `world generate`",
             "settlesim bench --world /tmp/world-1m --processes 2",
+            "settlesim bench --persons 1000 --rounds 3           # three interleaved rounds, medians",
         ),
     )
     p.add_argument("--world", type=Path, help="a generated world (default: generate --persons into a temp dir)")
@@ -458,6 +482,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--processes", type=int, default=1, help="reference server processes (default 1)")
     p.add_argument("--no-journal", action="store_true", help="serve without the call journal (to measure its cost)")
     p.add_argument("--no-metrics", action="store_true", help="serve without metrics (to measure their cost)")
+    p.add_argument("--rounds", type=at_least_one, default=1, help="interleaved rounds, then their medians (default 1)")
     p.set_defaults(run=run_bench)
 
 
@@ -480,6 +505,7 @@ def run_bench(args: argparse.Namespace) -> int:
         server_args=(("--processes", str(args.processes)) if args.processes > 1 else ())
         + (("--no-journal",) if args.no_journal else ())
         + (("--no-metrics",) if args.no_metrics else ()),
+        rounds=args.rounds,
     )
     run(config)
     return 0

@@ -108,8 +108,8 @@ def client() -> Iterator[Callable[..., Hospital]]:
 class ServerProcess:
     """`settlesim serve` in its own process, for restarts and crashes."""
 
-    def __init__(self, db: Path, *extra: str) -> None:
-        self.db, self.extra = db, extra
+    def __init__(self, db: Path, *extra: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.db, self.extra, self.credentials = db, extra, credentials  # credentials: a TLS server
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
@@ -132,7 +132,12 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}")
         else:
             raise TimeoutError("server did not start")
-        with grpc.insecure_channel(self.target) as channel:
+        channel = (
+            grpc.secure_channel(self.target, self.credentials)
+            if self.credentials is not None
+            else grpc.insecure_channel(self.target)
+        )
+        with channel:
             health = health_pb2_grpc.HealthStub(channel)
             answer = health.Check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -152,8 +157,8 @@ class ServerProcess:
 def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def make(db: Path | None = None, *extra: str) -> ServerProcess:
-        process = ServerProcess(db or tmp_path / "ledger.db", *extra).start()
+    def make(db: Path | None = None, *extra: str, credentials: grpc.ChannelCredentials | None = None) -> ServerProcess:
+        process = ServerProcess(db or tmp_path / "ledger.db", *extra, credentials=credentials).start()
         started.append(process)
         return process
 

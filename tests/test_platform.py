@@ -4,11 +4,12 @@ reporting "12 passed, 49 failed" with no hint (issue 9 item 14)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import shutil
-from concurrent import futures
+import threading
 from pathlib import Path
 
 import grpc
@@ -143,10 +144,18 @@ def test_a_target_that_does_not_say_its_world_is_noted_and_run(tmp_path):
     service on a bare gRPC server."""
     world = load_world()
     ledger = Ledger(tmp_path / "bare.db")
-    bare = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_to_server(SettlementService(world, ledger), bare)
-    port = bare.add_insecure_port("127.0.0.1:0")
-    bare.start()
+    loop = asyncio.new_event_loop()  # the servicer is asynchronous: a bare grpc.aio server on a loop of its own
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def serve() -> tuple[grpc.aio.Server, int]:
+        bare = grpc.aio.server()
+        add_to_server(SettlementService(world, ledger), bare)
+        bound = bare.add_insecure_port("127.0.0.1:0")
+        await bare.start()
+        return bare, bound
+
+    bare, port = asyncio.run_coroutine_threadsafe(serve(), loop).result()
     try:
         console, out = capture()
         assert replay([QINGHAI_SEED], ReplayOptions(target=f"127.0.0.1:{port}"), console) == 0
@@ -154,7 +163,9 @@ def test_a_target_that_does_not_say_its_world_is_noted_and_run(tmp_path):
         run = run_cases(load_cases([QINGHAI_SEED]), f"127.0.0.1:{port}")
         assert run.world is None and run.passed
     finally:
-        bare.stop(0)
+        asyncio.run_coroutine_threadsafe(bare.stop(0), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
         ledger.close()
 
 

@@ -69,6 +69,9 @@ class Reason(StrEnum):
     # sessions and call metadata (branch sessions)
     DUPLICATE_HEADER = "DUPLICATE_HEADER"
     SESSION_NOT_YOURS = "SESSION_NOT_YOURS"
+    # server limits (branch aio)
+    SERVER_BUSY = "SERVER_BUSY"
+    REQUEST_BODY_TIMEOUT = "REQUEST_BODY_TIMEOUT"
 
 
 @dataclass(frozen=True, slots=True)

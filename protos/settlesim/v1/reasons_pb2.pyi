@@ -58,6 +58,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_NOT_FOUND: _ClassVar[ErrorReason]
     DUPLICATE_HEADER: _ClassVar[ErrorReason]
     SESSION_NOT_YOURS: _ClassVar[ErrorReason]
+    SERVER_BUSY: _ClassVar[ErrorReason]
+    REQUEST_BODY_TIMEOUT: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 FIELD_MISSING: ErrorReason
 FIELD_INVALID: ErrorReason
@@ -110,3 +112,5 @@ RUN_ALREADY_OPEN: ErrorReason
 RUN_NOT_FOUND: ErrorReason
 DUPLICATE_HEADER: ErrorReason
 SESSION_NOT_YOURS: ErrorReason
+SERVER_BUSY: ErrorReason
+REQUEST_BODY_TIMEOUT: ErrorReason

@@ -1,0 +1,127 @@
+"""The door of every SettlementService call: limits that keep one client from
+hurting the others (docs/errors.md#server-limits).
+
+- **Request body deadline.** A call whose request message has not arrived
+  `body_seconds` after the call opened is refused DEADLINE_EXCEEDED /
+  REQUEST_BODY_TIMEOUT and its stream freed: a client cannot hold streams open
+  forever by sending headers and nothing else.
+- **Concurrent calls.** At most `max_calls` settlement calls are worked on at
+  once (counted from the arrival of their request to their answer); one more is
+  refused RESOURCE_EXHAUSTED / SERVER_BUSY at once instead of queueing without
+  bound. Health and reflection are never counted or refused.
+
+The HTTP/2 limits (streams per connection, keepalive, idle connections) are
+gRPC core settings: `app.server_options`.
+
+To read the body under a deadline the door takes the call as a client-streaming
+handler (the wire is the same for a unary call) and reads its one message
+itself; everything inside it (audit, faults, the servicer) sees a unary call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from settlesim.server.rules.reasons import Reason, Refusal
+from settlesim.server.status import to_status
+
+SERVICE_PREFIX = "/settlesim.v1.SettlementService/"
+log = logging.getLogger("settlesim.server")
+
+MAX_CONCURRENT_CALLS = 2000  # settlement calls worked on at once
+REQUEST_BODY_SECONDS = 10.0  # from a call's opening to its request message
+
+
+class _Timer:
+    __slots__ = ("fired",)
+
+    def __init__(self) -> None:
+        self.fired = False
+
+
+def _cancel(task: asyncio.Task[Any], timer: _Timer) -> None:
+    timer.fired = True
+    task.cancel()
+
+
+async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
+    log.warning(
+        "call refused at the door: %s %s",
+        refusal.reason,
+        refusal.message,
+        extra={"fields": {"reason": str(refusal.reason), "peer": context.peer()}},
+    )
+    status = to_status(refusal)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class CallLimits(grpc.aio.ServerInterceptor):
+    """Outermost interceptor: the body deadline and the cap on concurrent calls."""
+
+    def __init__(
+        self, max_calls: int = MAX_CONCURRENT_CALLS, body_seconds: float = REQUEST_BODY_SECONDS
+    ) -> None:
+        self.max_calls, self.body_seconds = max_calls, body_seconds
+        self.in_flight = 0
+        # The door of each method's handler, while the inner handler stays the same
+        # object (it does without per-call interceptors): no new closure per call.
+        self._doors: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
+            return handler
+        known = self._doors.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        door = grpc.stream_unary_rpc_method_handler(
+            self._door(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._doors[method] = (handler, door)
+        return door
+
+    def _door(self, behavior: Any) -> Any:
+        async def door(_requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            timer = _Timer()
+            deadline = asyncio.get_running_loop().call_later(
+                self.body_seconds, _cancel, asyncio.current_task(), timer
+            )
+            try:
+                request = await context.read()
+            except asyncio.CancelledError:
+                if not timer.fired:
+                    raise  # the client went away
+                request = None
+            finally:
+                deadline.cancel()
+            if request is None:
+                await _refuse(
+                    context,
+                    Refusal(
+                        Reason.REQUEST_BODY_TIMEOUT,
+                        f"no request message within {self.body_seconds:g} s of the call's start",
+                    ),
+                )
+            if request is grpc.aio.EOF:
+                await _refuse(context, Refusal(Reason.MALFORMED_MESSAGE, "the call ended without a request message"))
+            if self.in_flight >= self.max_calls:
+                await _refuse(
+                    context,
+                    Refusal(
+                        Reason.SERVER_BUSY,
+                        f"the server is working on its cap of {self.max_calls} concurrent calls; retry shortly",
+                    ),
+                )
+            self.in_flight += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self.in_flight -= 1
+
+        return door

@@ -1,0 +1,77 @@
+"""The event loop's group commit (server/group_commit.py): writes that arrive
+together share one transaction, and a refused or failing write spoils none of
+the others, whether it failed before or after it changed a row."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from conftest import CANCER_HOSPITAL
+from settlesim.server.ledger import Ledger
+from settlesim.server.rules.reasons import Reason, Refusal
+
+
+def _message(msgid: str):  # type: ignore[no-untyped-def]
+    def work(db: sqlite3.Connection) -> str:
+        db.execute(
+            "INSERT INTO messages VALUES ('', ?, 'blocked', ?, '', '', '2024-01-01T00:00:00')",
+            (msgid, CANCER_HOSPITAL),
+        )
+        return msgid
+
+    return work
+
+
+def _refused_before_writing(db: sqlite3.Connection) -> None:
+    raise Refusal(Reason.MSGID_REUSED, "refused before any write")
+
+
+def _fails_after_writing(db: sqlite3.Connection) -> None:
+    _message("M-HALF")(db)
+    raise RuntimeError("a failure after a row was written")
+
+
+async def _batch(ledger: Ledger) -> list[object]:
+    committer = ledger._loop_commit()
+    works = [_message("M1"), _refused_before_writing, _fails_after_writing, _message("M2")]
+    outcomes = await asyncio.gather(*(committer.run(w) for w in works), return_exceptions=True)
+    assert committer.batches == 1  # they arrived together: one transaction
+    return outcomes
+
+
+@pytest.mark.parametrize("loop_factory", ["asyncio", "uvloop"])
+def test_a_refused_and_a_half_done_write_spoil_nothing_else_in_their_batch(tmp_path, loop_factory):
+    ledger = Ledger(tmp_path / "ledger.db")
+    try:
+        if loop_factory == "uvloop":
+            import uvloop
+
+            outcomes = uvloop.run(_batch(ledger))
+        else:
+            outcomes = asyncio.run(_batch(ledger))
+        assert outcomes[0] == "M1" and outcomes[3] == "M2"
+        assert isinstance(outcomes[1], Refusal)
+        assert isinstance(outcomes[2], RuntimeError)
+        for msgid in ("M1", "M2"):
+            assert ledger.find_message("", CANCER_HOSPITAL, msgid) == ("blocked", "", "")
+        assert ledger.find_message("", CANCER_HOSPITAL, "M-HALF") is None  # its own row undone
+        assert ledger.check() == []
+    finally:
+        ledger.close()
+
+
+def test_an_answered_write_is_committed_before_its_answer(tmp_path):
+    """The caller resumes only after COMMIT: another connection sees the row then."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    try:
+
+        async def write_then_look() -> list[tuple[str]]:
+            await ledger._loop_commit().run(_message("M9"))
+            with sqlite3.connect(tmp_path / "ledger.db") as other:
+                return other.execute("SELECT msgid FROM messages").fetchall()
+
+        assert asyncio.run(write_then_look()) == [("M9",)]
+    finally:
+        ledger.close()

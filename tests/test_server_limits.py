@@ -1,0 +1,190 @@
+"""One client cannot stall the others (server/limits.py, docs/errors.md#server-limits).
+
+The attack of the hardening issue: request streams that open and never send
+their body. On the old thread-pool server 16 of them held every request thread
+and health hung. Here 200 of them (no credentials) are held open while a normal
+hospital settles: health answers SERVING and the hospital's p99 stays under
+50 ms; then the body deadline frees them with DEADLINE_EXCEEDED /
+REQUEST_BODY_TIMEOUT. The server runs in its own process (`settlesim serve`),
+as an operator runs it, so the attacker's and the hospital's CPU in this
+process do not count as the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import CANCER_HOSPITAL, refused
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pki import PlatformPki
+from settlesim.clients.hospital import Fee
+from settlesim.clients.rejections import rejection_of
+from settlesim.clients.secure import channel_credentials, connect
+from settlesim.server.app import ServerConfig, start
+from settlesim.server.faults import FaultPlan, RpcFaults
+
+SETTLE = "/settlesim.v1.SettlementService/SettleVisit"
+QINGHAI = "63000000000000000001"
+TUMOUR = "M00503"
+HANGING = 200
+BODY_SECONDS = 6.0
+
+
+class HangingStreams:
+    """`count` SettleVisit streams over 4 connections that send headers and never a body."""
+
+    def __init__(self, target: str, count: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.target, self.count, self.credentials = target, count, credentials
+        self.opened = threading.Event()
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def _channel(self) -> grpc.aio.Channel:
+        options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own each
+        if self.credentials is not None:
+            return grpc.aio.secure_channel(self.target, self.credentials, options=options)
+        return grpc.aio.insecure_channel(self.target, options=options)
+
+    async def _run(self) -> None:
+        channels = [self._channel() for _ in range(4)]
+
+        async def never() -> object:
+            await asyncio.sleep(3600)
+            yield b""
+
+        calls = [channels[i % 4].stream_unary(SETTLE)(never()) for i in range(self.count)]
+        for channel in channels:
+            await channel.channel_ready()
+        await asyncio.sleep(0.5)  # every stream has reached the server
+        self.opened.set()
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, grpc.aio.AioRpcError):
+                self.outcomes[(outcome.code().name, rejection_of(outcome).reason)] += 1
+            else:
+                self.outcomes[("answered", repr(outcome)[:40])] += 1
+        for channel in channels:
+            await channel.close()
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def _settle_beside(attack: HangingStreams, his, health: health_pb2_grpc.HealthStub, metadata=()) -> None:
+    """Health and settles while the streams hang; then the deadline frees them."""
+    health.Check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True)  # connected (TLS too)
+    his.settle(QINGHAI, TUMOUR, "2021-12-09", [Fee("A-CONSULT-001", 99)])
+    attack.thread.start()
+    assert attack.opened.wait(30)
+    started = time.monotonic()
+    latencies_ms: list[float] = []
+    statuses = []
+    for n in range(150):
+        t = time.perf_counter()
+        his.settle(QINGHAI, TUMOUR, "2021-12-09", [Fee("A-CONSULT-001", 100 + n)])
+        latencies_ms.append((time.perf_counter() - t) * 1000)
+        if n % 10 == 0:
+            statuses.append(health.Check(health_pb2.HealthCheckRequest(), timeout=1, metadata=metadata).status)
+    assert time.monotonic() - started < BODY_SECONDS  # all of it while the streams were open
+    assert set(statuses) == {health_pb2.HealthCheckResponse.SERVING}
+    print(f"\n{HANGING} hanging streams: settle p99 {_p99(latencies_ms):.1f} ms, max {max(latencies_ms):.1f} ms")
+    assert _p99(latencies_ms) < 50
+    attack.thread.join(BODY_SECONDS + 20)
+    assert attack.outcomes == {("DEADLINE_EXCEEDED", "REQUEST_BODY_TIMEOUT"): HANGING}
+
+
+def test_200_hanging_streams_leave_health_serving_and_settles_fast(server_process, tmp_path):
+    server = server_process(tmp_path / "ledger.db", "--log-level", "error", "--body-timeout", str(BODY_SECONDS))
+    his = connect(server.target, CANCER_HOSPITAL)
+    with grpc.insecure_channel(server.target) as channel:
+        _settle_beside(HangingStreams(server.target, HANGING), his, health_pb2_grpc.HealthStub(channel))
+    his.close()
+
+
+def test_200_hanging_streams_over_tls_without_credentials_with_auth_token(server_process, tmp_path):
+    """The same over TLS with --auth token: the attacker has no token, which the
+    server cannot know before the body it never sends."""
+    pki = PlatformPki(tmp_path / "pki")
+    credentials = channel_credentials(pki.ca.cert, None, None)
+    server = server_process(
+        tmp_path / "ledger.db", "--log-level", "error", "--body-timeout", str(BODY_SECONDS),
+        "--auth", "token", "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+        credentials=credentials,
+    )  # fmt: skip
+    his = connect(server.target, CANCER_HOSPITAL, ca=pki.ca.cert, token="dev-token-H11010500001")
+    with grpc.secure_channel(server.target, credentials) as channel:
+        attack = HangingStreams(server.target, HANGING, credentials)
+        _settle_beside(attack, his, health_pb2_grpc.HealthStub(channel))
+    his.close()
+
+
+def test_a_busy_server_refuses_at_once_with_server_busy(tmp_path: Path):
+    """With a cap of 1 concurrent call and settles that take 300 ms (injected
+    latency), a second settle sent meanwhile is refused RESOURCE_EXHAUSTED /
+    SERVER_BUSY at once; health is never counted; the first settles."""
+    plan = FaultPlan({"SettleVisit": RpcFaults(latency_ms=300)})
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db", faults=plan, max_concurrent_calls=1))
+    try:
+        first = connect(running.target, CANCER_HOSPITAL, retries=0)
+        second = connect(running.target, CANCER_HOSPITAL, retries=0)
+        outcome: list[object] = []
+        slow = threading.Thread(
+            target=lambda: outcome.append(first.settle(QINGHAI, TUMOUR, "2021-12-09", [Fee("A-CONSULT-001", 500)]))
+        )
+        slow.start()
+        time.sleep(0.1)
+        t = time.perf_counter()
+        rejection = refused(lambda: second.settle(QINGHAI, TUMOUR, "2021-12-10", [Fee("A-CONSULT-001", 500)]))
+        assert (rejection.code, rejection.reason) == ("RESOURCE_EXHAUSTED", "SERVER_BUSY")
+        assert time.perf_counter() - t < 0.2  # refused at once, not queued behind the slow one
+        with grpc.insecure_channel(running.target) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        slow.join(10)
+        assert len(outcome) == 1 and outcome[0].settlement.totals.total_fen == 500
+        first.close()
+        second.close()
+    finally:
+        running.stop(grace=1)
+
+
+@pytest.mark.parametrize("body", ["never", "none"])
+def test_a_call_without_its_request_message_is_refused(tmp_path: Path, body: str):
+    """`never`: headers and then nothing: refused after the body deadline (0.5 s
+    here). `none`: the client half-closes with no message at all: refused at once
+    as MALFORMED_MESSAGE. Either way with an ErrorInfo reason, never UNKNOWN."""
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db", request_body_seconds=0.5))
+    try:
+
+        async def call() -> grpc.aio.AioRpcError:
+            async def requests() -> object:
+                if body == "never":
+                    await asyncio.sleep(3600)
+                return
+                yield b""
+
+            async with grpc.aio.insecure_channel(running.target) as channel:
+                try:
+                    await channel.stream_unary(SETTLE)(requests(), timeout=10)
+                except grpc.aio.AioRpcError as error:
+                    return error
+            raise AssertionError("answered without a request")
+
+        t = time.perf_counter()
+        error = asyncio.run(call())
+        waited = time.perf_counter() - t
+        expected = {
+            "never": ("DEADLINE_EXCEEDED", "REQUEST_BODY_TIMEOUT"),
+            "none": ("INVALID_ARGUMENT", "MALFORMED_MESSAGE"),
+        }[body]
+        assert (error.code().name, rejection_of(error).reason) == expected
+        assert (0.4 < waited < 3) if body == "never" else waited < 1
+    finally:
+        running.stop(grace=1)
