@@ -762,10 +762,15 @@ class Ledger:
         disease_code: str,
         year: int,
         compute: Callable[[YearlyTotals], tuple[StoredSettlement, YearlyTotals]],
+        on_settled: Callable[[sqlite3.Connection, StoredSettlement], None] | None = None,
     ) -> tuple[StoredSettlement, bool]:
-        """Commit a settlement once per msgid of the institution. Returns (settlement, replayed)."""
+        """Commit a settlement once per msgid of the institution. Returns (settlement, replayed).
+        `on_settled(db, stored)` writes what a door keeps with a new settlement, in its
+        transaction (a Refusal there refuses the settlement)."""
         return self._group(
-            self._settle_job(session, msgid, institution_code, request_hash, person_no, disease_code, year, compute)
+            self._settle_job(
+                session, msgid, institution_code, request_hash, person_no, disease_code, year, compute, on_settled
+            )
         )
 
     async def settle_async(
@@ -778,10 +783,13 @@ class Ledger:
         disease_code: str,
         year: int,
         compute: Callable[[YearlyTotals], tuple[StoredSettlement, YearlyTotals]],
+        on_settled: Callable[[sqlite3.Connection, StoredSettlement], None] | None = None,
     ) -> tuple[StoredSettlement, bool]:
         """`settle` for the server's event loop: the loop's group commit (server/group_commit.py)."""
         return await self._loop_commit().run(
-            self._settle_job(session, msgid, institution_code, request_hash, person_no, disease_code, year, compute)
+            self._settle_job(
+                session, msgid, institution_code, request_hash, person_no, disease_code, year, compute, on_settled
+            )
         )
 
     def _settle_job(
@@ -794,6 +802,7 @@ class Ledger:
         disease_code: str,
         year: int,
         compute: Callable[[YearlyTotals], tuple[StoredSettlement, YearlyTotals]],
+        on_settled: Callable[[sqlite3.Connection, StoredSettlement], None] | None = None,
     ) -> Callable[[sqlite3.Connection], tuple[StoredSettlement, bool]]:
         def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
             seen = db.execute(
@@ -825,6 +834,8 @@ class Ledger:
                 (session, msgid, institution_code, request_hash, stored.settlement_id, self._stamp()),
             )
             self._put_totals(db, session, person_no, disease_code, year, after)
+            if on_settled is not None:
+                on_settled(db, stored)
             return stored, False
 
         return job

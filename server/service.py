@@ -153,47 +153,15 @@ def request_hash(message: Any) -> str:
     return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
 
 
-class SettlementService(pb_grpc.SettlementServiceServicer):
-    def __init__(
-        self,
-        world: World,
-        ledger: Ledger,
-        *,
-        allow_sessions: bool = True,
-        authenticate: calls.Authenticator | None = None,
-        runs: Any = None,
-    ) -> None:
-        """`authenticate` names the institution the transport vouches for (client
-        certificate or token) or raises Refusal; None trusts the request, as the
-        insecure local stub does."""
+class SettlementCore:
+    """Between the doors and the ledger: validation, the registration check, the rules, the
+    ledger. Door-agnostic: a Caller and contract messages in, contract messages out, Refusal
+    for every refusal. The gRPC servicer and the national JSON door (server/national/) call it."""
+
+    def __init__(self, world: World, ledger: Ledger) -> None:
         self.world = world
         self.ledger = ledger
-        self.call_settings = calls.CallSettings(allow_sessions, authenticate)
         self.sandboxes = Sandboxes(ledger)
-        self.runs = runs  # server/runs.py RunRegistry: check runs take their institution's calls
-
-    # --- who is calling ---------------------------------------------------------------------
-
-    async def caller(self, context: grpc.aio.ServicerContext, claimed: str = "") -> Caller:
-        """The caller as resolved once for this call (server/calls.py), or its refusal.
-        `claimed`: the institution the request names (an open check run of the
-        institution the call acts for takes the call: server/runs.py)."""
-        caller = calls.caller_of(context, self.call_settings).require()
-        session = self.route(context, caller.session, caller.institution, claimed)
-        if session != caller.session:  # a check run's session: the run's institution alone
-            caller = caller._replace(session=session, members=frozenset())
-            calls.hold(context, caller)  # the rest of the call (its refusals' sandbox mark) sees it
-        note = current_note()
-        if note is not None and note.delay_seconds:  # a check run's targeted delay (server/faults.py)
-            await asyncio.sleep(note.delay_seconds)
-        return caller
-
-    def route(self, context: grpc.ServicerContext, session: str, identity: str, claimed: str) -> str:
-        """The session the call uses: its check run's when it belongs to one."""
-        note = current_note()
-        if note is None and self.runs is None:
-            return session
-        return route_call(self.runs, context, session, identity, claimed, note)
 
     async def session_for(self, caller: Caller, institution: str, *, writes: bool) -> str:
         """The ledger namespace a call acting for `institution` uses: "" (the real ledger) without
@@ -215,9 +183,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     # --- the calls ----------------------------------------------------------------------------
 
-    @refusals_as_status
-    async def VerifyRegistration(self, request: pb.VerifyRegistrationRequest, context: grpc.aio.ServicerContext):
-        caller = await self.caller(context, request.visit.institution_code)
+    async def verify_registration(self, caller: Caller, request: pb.VerifyRegistrationRequest):
         visit = validation.visit_key(request.visit, self.world)
         self.acting_for(caller, visit.institution_code)
         session = await self.session_for(caller, visit.institution_code, writes=False)
@@ -225,9 +191,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         answer.sandbox = session
         return answer
 
-    @refusals_as_status
-    async def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.aio.ServicerContext):
-        caller = await self.caller(context, request.request.visit.institution_code)
+    async def pre_settle_visit(self, caller: Caller, request: pb.PreSettleVisitRequest):
         plan = self._plan(caller, request.request)
         session = await self.session_for(caller, plan.visit.institution_code, writes=False)
         totals = self.ledger.yearly_totals(
@@ -235,9 +199,14 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         )
         return pb.PreSettleVisitResponse(settlement=plan.answer(plan.compute(totals), "", "", session))
 
-    @refusals_as_status
-    async def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.aio.ServicerContext):
-        caller = await self.caller(context, request.request.visit.institution_code)
+    async def settle_visit(
+        self,
+        caller: Caller,
+        request: pb.SettleVisitRequest,
+        on_settled: Callable[[Any, StoredSettlement], None] | None = None,
+    ) -> pb.SettleVisitResponse:
+        """`on_settled(db, stored)` runs in the settlement's own transaction (the
+        national door links its visit there), not for a replay."""
         try:
             plan = self._plan(caller, request.request)
         except Refusal:
@@ -304,6 +273,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             plan.visit.disease_code,
             plan.visit.visit_date.year,
             settle,
+            on_settled,
         )
         if log.isEnabledFor(logging.INFO):  # the settle path is measured: no work when unlogged
             log.info(
@@ -329,9 +299,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         fresh = built[-1] if built and not replayed else settlement_answer(stored)
         return pb.SettleVisitResponse(settlement=fresh, replayed=replayed)
 
-    @refusals_as_status
-    async def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.aio.ServicerContext):
-        caller = await self.caller(context, request.institution_code)
+    async def reverse_settlement(self, caller: Caller, request: pb.ReverseSettlementRequest):
         validation.required_codes(
             {"operator": request.operator},
             msgid=request.msgid,
@@ -345,9 +313,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         )
         return pb.ReverseSettlementResponse(settlement=settlement_answer(stored), replayed=replayed)
 
-    @refusals_as_status
-    async def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: grpc.aio.ServicerContext):
-        caller = await self.caller(context, request.institution_code)
+    async def void_by_message_id(self, caller: Caller, request: pb.VoidByMessageIdRequest):
         validation.required_codes(
             {"operator": request.operator, "original_infno": request.original_infno},
             msgid=request.msgid,
@@ -372,9 +338,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
             answer.settlement.CopyFrom(settlement_answer(outcome.settlement))
         return answer
 
-    @refusals_as_status
-    async def GetSettlement(self, request: pb.GetSettlementRequest, context: grpc.aio.ServicerContext):
-        caller = await self.caller(context, request.institution_code)
+    async def get_settlement(self, caller: Caller, request: pb.GetSettlementRequest):
         if request.settlement_id:
             validation.required_codes(
                 institution_code=request.institution_code, settlement_id=request.settlement_id
@@ -386,9 +350,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         stored = self.ledger.get(session, institution, request.settlement_id, request.msgid)
         return pb.GetSettlementResponse(settlement=settlement_answer(stored))
 
-    @refusals_as_status
-    async def Reconcile(self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext):
-        caller = await self.caller(context, request.institution_code)
+    async def reconcile(self, caller: Caller, request: pb.ReconcileRequest):
         validation.required_codes(institution_code=request.institution_code)
         start, end = validation.date_range(request.start_date, request.end_date)
         institution = self.acting_for(caller, request.institution_code)
@@ -476,6 +438,82 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         if reg is not None:
             answer.registration.CopyFrom(reg)
         return answer
+
+
+class SettlementService(pb_grpc.SettlementServiceServicer):
+    """The gRPC door: the caller from metadata, the core, refusals as statuses."""
+
+    def __init__(
+        self,
+        world: World,
+        ledger: Ledger,
+        *,
+        allow_sessions: bool = True,
+        authenticate: calls.Authenticator | None = None,
+        runs: Any = None,
+    ) -> None:
+        """`authenticate` names the institution the transport vouches for (client
+        certificate or token) or raises Refusal; None trusts the request, as the
+        insecure local stub does."""
+        self.core = SettlementCore(world, ledger)
+        self.world = world
+        self.ledger = ledger
+        self.call_settings = calls.CallSettings(allow_sessions, authenticate)
+        self.sandboxes = self.core.sandboxes
+        self.runs = runs  # server/runs.py RunRegistry: check runs take their institution's calls
+
+    # --- who is calling ---------------------------------------------------------------------
+
+    async def caller(self, context: grpc.aio.ServicerContext, claimed: str = "") -> Caller:
+        """The caller as resolved once for this call (server/calls.py), or its refusal.
+        `claimed`: the institution the request names (an open check run of the
+        institution the call acts for takes the call: server/runs.py)."""
+        caller = calls.caller_of(context, self.call_settings).require()
+        session = self.route(context, caller.session, caller.institution, claimed)
+        if session != caller.session:  # a check run's session: the run's institution alone
+            caller = caller._replace(session=session, members=frozenset())
+            calls.hold(context, caller)  # the rest of the call (its refusals' sandbox mark) sees it
+        note = current_note()
+        if note is not None and note.delay_seconds:  # a check run's targeted delay (server/faults.py)
+            await asyncio.sleep(note.delay_seconds)
+        return caller
+
+    def route(self, context: grpc.ServicerContext, session: str, identity: str, claimed: str) -> str:
+        """The session the call uses: its check run's when it belongs to one."""
+        note = current_note()
+        if note is None and self.runs is None:
+            return session
+        return route_call(self.runs, context, session, identity, claimed, note)
+
+    # --- the calls ----------------------------------------------------------------------------
+
+    @refusals_as_status
+    async def VerifyRegistration(self, request: pb.VerifyRegistrationRequest, context: grpc.aio.ServicerContext):
+        return await self.core.verify_registration(await self.caller(context, request.visit.institution_code), request)
+
+    @refusals_as_status
+    async def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.aio.ServicerContext):
+        return await self.core.pre_settle_visit(await self.caller(context, request.request.visit.institution_code), request)
+
+    @refusals_as_status
+    async def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.aio.ServicerContext):
+        return await self.core.settle_visit(await self.caller(context, request.request.visit.institution_code), request)
+
+    @refusals_as_status
+    async def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.aio.ServicerContext):
+        return await self.core.reverse_settlement(await self.caller(context, request.institution_code), request)
+
+    @refusals_as_status
+    async def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: grpc.aio.ServicerContext):
+        return await self.core.void_by_message_id(await self.caller(context, request.institution_code), request)
+
+    @refusals_as_status
+    async def GetSettlement(self, request: pb.GetSettlementRequest, context: grpc.aio.ServicerContext):
+        return await self.core.get_settlement(await self.caller(context, request.institution_code), request)
+
+    @refusals_as_status
+    async def Reconcile(self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext):
+        return await self.core.reconcile(await self.caller(context, request.institution_code), request)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ _CODES = {
     Reason.RUN_NOT_FOUND: code_pb2.NOT_FOUND,
     Reason.SERVER_BUSY: code_pb2.RESOURCE_EXHAUSTED,
     Reason.REQUEST_BODY_TIMEOUT: code_pb2.DEADLINE_EXCEEDED,
+    Reason.VISIT_NOT_FOUND: code_pb2.NOT_FOUND,
+    Reason.UNSUPPORTED_TRANSACTION: code_pb2.UNIMPLEMENTED,
 }
 
 # 给医院操作员看的中文说明 (LocalizedMessage zh-CN) for the refusals staff meet most.
@@ -66,7 +68,27 @@ _ZH = {
     Reason.AUDIT_UNAVAILABLE: "平台审计日志暂不可用，请稍后以同一报文ID重试",
     Reason.LEDGER_UNAVAILABLE: "结算平台暂时无法记账，请稍后使用同一报文ID重试",
     Reason.LEDGER_DAMAGED: "结算平台数据异常，暂停服务",
+    Reason.FIELD_MISSING: "报文缺少必填项",
+    Reason.FIELD_INVALID: "报文字段取值不符合规范",
+    Reason.MALFORMED_MESSAGE: "报文格式错误，无法解析",
+    Reason.AMOUNT_MISMATCH: "费用明细金额与单价乘数量不符",
+    Reason.DUPLICATE_SEQUENCE_NO: "费用明细流水号重复",
+    Reason.ITEMS_EMPTY: "没有可结算的费用明细",
+    Reason.UNKNOWN_INSTITUTION: "未查询到定点医药机构信息",
+    Reason.UNKNOWN_DISEASE: "未查询到该病种信息",
+    Reason.PERSON_MISMATCH: "就诊凭证与人员编号不符",
+    Reason.INSTITUTION_NOT_CALLER: "无权代其他定点医药机构办理",
+    Reason.VISIT_NOT_FOUND: "未查询到就诊信息（就诊ID不存在）",
+    Reason.VISIT_CANCELLED: "该就诊已撤销挂号",
+    Reason.VISIT_SETTLED: "该就诊已结算，请先撤销结算",
+    Reason.SPLIT_MISMATCH: "医院计算的费用分割金额与平台不一致，未结算",
+    Reason.UNSUPPORTED_TRANSACTION: "不支持的交易编号",
 }
+
+
+def zh_message(reason: Reason) -> str:
+    """The Chinese message for hospital staff (err_msg, LocalizedMessage zh-CN)."""
+    return _ZH.get(reason, "交易失败")
 
 
 def code_for(reason: Reason) -> int:

@@ -72,6 +72,12 @@ class Reason(StrEnum):
     # server limits (branch aio)
     SERVER_BUSY = "SERVER_BUSY"
     REQUEST_BODY_TIMEOUT = "REQUEST_BODY_TIMEOUT"
+    # the national JSON door's visit flow (branch national)
+    VISIT_NOT_FOUND = "VISIT_NOT_FOUND"
+    VISIT_CANCELLED = "VISIT_CANCELLED"
+    VISIT_SETTLED = "VISIT_SETTLED"
+    SPLIT_MISMATCH = "SPLIT_MISMATCH"
+    UNSUPPORTED_TRANSACTION = "UNSUPPORTED_TRANSACTION"
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,11 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SESSION_NOT_YOURS: _ClassVar[ErrorReason]
     SERVER_BUSY: _ClassVar[ErrorReason]
     REQUEST_BODY_TIMEOUT: _ClassVar[ErrorReason]
+    VISIT_NOT_FOUND: _ClassVar[ErrorReason]
+    VISIT_CANCELLED: _ClassVar[ErrorReason]
+    VISIT_SETTLED: _ClassVar[ErrorReason]
+    SPLIT_MISMATCH: _ClassVar[ErrorReason]
+    UNSUPPORTED_TRANSACTION: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 FIELD_MISSING: ErrorReason
 FIELD_INVALID: ErrorReason
@@ -114,3 +119,8 @@ DUPLICATE_HEADER: ErrorReason
 SESSION_NOT_YOURS: ErrorReason
 SERVER_BUSY: ErrorReason
 REQUEST_BODY_TIMEOUT: ErrorReason
+VISIT_NOT_FOUND: ErrorReason
+VISIT_CANCELLED: ErrorReason
+VISIT_SETTLED: ErrorReason
+SPLIT_MISMATCH: ErrorReason
+UNSUPPORTED_TRANSACTION: ErrorReason
