@@ -62,7 +62,8 @@ log = logging.getLogger("settlesim.server")
 # 3: the audit log's anchor (audit_anchors); 4: institution_totals, the running
 # yearly total that bounds every Reconcile sum.
 # 5: `sessions`, the institutions each sandbox belongs to (server/sandboxes.py).
-SCHEMA_VERSION = 5
+# 6: the national door's visit flow (national_visits, national_fee_lines, national_answers).
+SCHEMA_VERSION = 6
 
 # Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
 # original msgid voided before it ever settled. A msgid is its sender's message id
@@ -172,6 +173,52 @@ CREATE TABLE IF NOT EXISTS sessions (
     session      TEXT PRIMARY KEY,
     institutions TEXT NOT NULL,
     created_at   TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- version 6: the national door's visit flow (server/national/visits.py). A 2201
+-- visit (就诊, mdtrt_id) and what 2203 told of it: settle_msgid is the 2207 msgid of
+-- its latest settlement (written in that settlement's transaction).
+CREATE TABLE IF NOT EXISTS national_visits (
+    session          TEXT NOT NULL,
+    institution_code TEXT NOT NULL,
+    mdtrt_id         TEXT NOT NULL,
+    psn_no           TEXT NOT NULL,
+    insutype         TEXT NOT NULL,
+    begntime         TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('registered', 'cancelled')),
+    med_type         TEXT NOT NULL DEFAULT '',
+    dise_codg        TEXT NOT NULL DEFAULT '',
+    settle_msgid     TEXT NOT NULL DEFAULT '',
+    created_at       TEXT NOT NULL,
+    PRIMARY KEY (session, institution_code, mdtrt_id)
+) WITHOUT ROWID;
+-- 2204 fee lines (费用明细) as uploaded, money in fen (2205 marks them cancelled).
+CREATE TABLE IF NOT EXISTS national_fee_lines (
+    session          TEXT NOT NULL,
+    institution_code TEXT NOT NULL,
+    mdtrt_id         TEXT NOT NULL,
+    feedetl_sn       TEXT NOT NULL,
+    chrg_bchno       TEXT NOT NULL,
+    med_list_codg    TEXT NOT NULL,
+    medins_list_codg TEXT NOT NULL,
+    pric             INTEGER NOT NULL,
+    cnt              INTEGER NOT NULL,
+    amount           INTEGER NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('uploaded', 'cancelled')),
+    created_at       TEXT NOT NULL,
+    PRIMARY KEY (session, institution_code, mdtrt_id, feedetl_sn)
+) WITHOUT ROWID;
+-- The answer each national visit-flow msgid (2201-2205) got: a retry with the same
+-- msgid and request gets it again (the money calls use messages, as gRPC does).
+CREATE TABLE IF NOT EXISTS national_answers (
+    session          TEXT NOT NULL,
+    institution_code TEXT NOT NULL,
+    msgid            TEXT NOT NULL,
+    infno            TEXT NOT NULL,
+    request_hash     TEXT NOT NULL,
+    output           TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    PRIMARY KEY (session, institution_code, msgid)
 ) WITHOUT ROWID;
 """
 _INSTITUTION_TOTALS_FROM_SETTLEMENTS = (
@@ -308,6 +355,8 @@ def _tables_version(db: sqlite3.Connection) -> int | None:
     None when none of them exists."""
     if not any(_table_exists(db, table) for table in _LEDGER_COLUMNS):
         return None
+    if _table_exists(db, "national_visits"):
+        return 6
     if _table_exists(db, "sessions"):
         return 5
     if _table_exists(db, "institution_totals"):
@@ -961,6 +1010,18 @@ class Ledger:
             return VoidOutcome(voided, False)
 
         return job
+
+    # --- a door's own state (server/national/visits.py) ---------------------------------------
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(db)` in the next group transaction (its own savepoint); return once committed."""
+        return self._group(work)
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on committed data."""
+        with self._read() as db:
+            yield db
 
     # --- reads --------------------------------------------------------------------------------
 

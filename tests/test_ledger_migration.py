@@ -366,6 +366,8 @@ def test_a_version_2_ledger_gains_the_audit_anchors_and_keeps_every_row(tmp_path
         db.execute("DROP TABLE audit_anchors")
         db.execute("DROP TABLE institution_totals")
         db.execute("DROP TABLE sessions")  # version 5's
+        for table in VERSION_6_TABLES:
+            db.execute(f"DROP TABLE {table}")
         db.execute("PRAGMA user_version = 2")
     assert ledger_module.read_audit_anchors(path) == {}
     before = rows(path)
@@ -408,11 +410,39 @@ def test_a_version_4_ledger_gains_the_owners_of_its_sessions(tmp_path):
         ledger.close()
     with closing(sqlite3.connect(path, isolation_level=None)) as db:  # make it what version 4 left
         db.execute("DROP TABLE sessions")
+        for table in VERSION_6_TABLES:  # version 6's
+            db.execute(f"DROP TABLE {table}")
         db.execute("PRAGMA user_version = 4")
     before = rows(path)
     ledger = Ledger(path)
     try:
         assert ledger.upgraded_from == 4 and rows(path) == before
         assert ledger.session_group("replay-1") == frozenset({FUWAI}) and ledger.check() == []
+    finally:
+        ledger.close()
+
+
+VERSION_6_TABLES = ("national_visits", "national_fee_lines", "national_answers")
+
+
+def test_a_version_5_ledger_gains_the_national_visit_tables_and_keeps_every_row(tmp_path):
+    """Version 5 -> 6 only adds the national door's visit-flow tables: the rows of a
+    version-5 file stay as they were, and the new tables start empty."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    settle(ledger, "M1", CANCER_HOSPITAL, "S1")
+    ledger.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:  # make it what version 5 left
+        for table in VERSION_6_TABLES:
+            db.execute(f"DROP TABLE {table}")
+        db.execute("PRAGMA user_version = 5")
+    before = rows(path)
+    ledger = Ledger(path)
+    try:
+        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 6
+        assert rows(path) == before and ledger.check() == []
+        with ledger.reading() as db:
+            for table in VERSION_6_TABLES:
+                assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,)
     finally:
         ledger.close()
