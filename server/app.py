@@ -28,6 +28,8 @@ from settlesim.server.ledger import Ledger
 from settlesim.server.limits import MAX_CONCURRENT_CALLS, REQUEST_BODY_SECONDS, CallLimits
 from settlesim.server.metrics import Metrics
 from settlesim.server.model import World
+from settlesim.server.national.app import PATH as NATIONAL_PATH
+from settlesim.server.national.app import NationalServer, create_app
 from settlesim.server.runs import RunRegistry
 from settlesim.server.service import SettlementService, add_to_server
 from settlesim.server.world_loader import load_world
@@ -94,6 +96,9 @@ class ServerConfig:
     console_token: str = ""  # "": no login; else HTTP Basic with this password
     console_reports: Path | None = None
     metrics: bool = True
+    # The national JSON door (docs/national.md) on this port beside gRPC, same engine and
+    # ledger; None: off (serve --national-port PORT turns it on, 0 for any free port).
+    national_port: int | None = None
 
 
 @dataclass
@@ -114,6 +119,8 @@ class RunningServer:
     journal: Journal | None = None
     metrics: Metrics | None = None
     console: HttpServer | None = None
+    national: NationalServer | None = None
+    national_port: int = 0
 
     @property
     def target(self) -> str:
@@ -431,6 +438,8 @@ def serve_forever(config: ServerConfig) -> int:
     print(f"settlesim serving on {config.host}:{running.port} (db {db})", flush=True)
     if running.console is not None:
         print(f"settlesim console on {running.console.url} (metrics at {running.console.url}/metrics)", flush=True)
+    if running.national is not None:
+        print(f"settlesim national door on http://{config.host}:{running.national_port}{NATIONAL_PATH}", flush=True)
     stopped = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -72,6 +72,13 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=50051, help="port 0-65535; 0 picks a free one (default 50051)")
+    p.add_argument(
+        "--national-port",
+        type=port_number,
+        default=None,
+        help="also serve the national JSON door (docs/national.md) on this port, same engine and ledger; "
+        "0 picks a free one (default: off)",
+    )
     p.add_argument("--world", type=Path, help="world directory (default: the bundled world)")
     p.add_argument(
         "--db",
@@ -199,6 +206,7 @@ def run_serve(args: argparse.Namespace) -> int:
         allow_sessions=args.sessions,
         integrity_check=not args.skip_integrity_check,
         journal=not args.no_journal,
+        national_port=args.national_port,
         **_console_config(args),
         max_concurrent_calls=args.max_calls,
         request_body_seconds=args.body_timeout,
@@ -206,6 +214,8 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if args.processes < 1:
         raise CliError("--processes must be at least 1")
+    if args.processes > 1 and args.national_port is not None:
+        raise CliError("--national-port serves one process: use it without --processes")
     try:  # the combination first ("--tls-cert and --tls-key go together"), then each file
         check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
     except ValueError as e:

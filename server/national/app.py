@@ -1,0 +1,200 @@
+"""The national door as an ASGI app (FastAPI), and its uvicorn runner beside gRPC.
+
+FastAPI because the envelope is typed with pydantic models at the edge and the
+OpenAPI description of the door comes from the same models (published at
+/fsi/openapi.json); uvicorn because it is the maintained ASGI server FastAPI runs
+on. The body is read and parsed here, not by FastAPI, so that JSON numbers become
+Decimal (never float) and every failure, even a body that is not JSON, is answered
+as an envelope with infcode -1: the door never answers an HTML page or a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import simplejson
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from settlesim.server.journal import CallNote, Journal
+from settlesim.server.national.envelope import FAILURE, Answer, Envelope, answer, parse
+from settlesim.server.national.flow import TRANSACTIONS, Call, run
+from settlesim.server.national.visits import VisitStore
+from settlesim.server.rules.reasons import Reason, Refusal
+from settlesim.server.service import SESSION_HEADER, Caller, SettlementCore, checked_session
+from settlesim.server.status import to_status
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("settlesim.server.national")
+
+PATH = "/fsi/api/rsfComIfsService/callService"
+OPENAPI_PATH = "/fsi/openapi.json"
+MAX_BODY_BYTES = 1 << 20  # as the gRPC door's MAX_MESSAGE_BYTES
+
+
+class EnvelopeResponse(Response):
+    """JSON with Decimal money written as exact numbers, Chinese as itself."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return simplejson.dumps(content, use_decimal=True, ensure_ascii=False).encode()
+
+
+def _envelope_of(refusal: Refusal, received: datetime, status_code: int = 200) -> EnvelopeResponse:
+    return EnvelopeResponse(answer(None, refusal, "", received, datetime.now()), status_code=status_code)
+
+
+def create_app(
+    core: SettlementCore, *, allow_sessions: bool = True, journal: Journal | None = None
+) -> FastAPI:
+    store = VisitStore(core.ledger)
+    app = FastAPI(
+        title="settlesim national door",
+        description="The national platform's JSON envelope (docs/national.md): "
+        f"transactions {', '.join(TRANSACTIONS)}.",
+        openapi_url=OPENAPI_PATH,
+        docs_url="/fsi/docs",
+        redoc_url=None,
+    )
+
+    body_schema = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": Envelope.model_json_schema()}},
+        }
+    }
+
+    async def call_service(request: Request, infno: str = "") -> EnvelopeResponse:
+        received = datetime.now()
+        started = time.perf_counter()
+        body = await request.body()
+        session = request.headers.get(SESSION_HEADER, "")
+        result = await run_in_threadpool(
+            _serve, core, store, journal, allow_sessions, body, infno, session, received, started
+        )
+        return EnvelopeResponse(result)
+
+    app.add_api_route(
+        PATH, call_service, methods=["POST"], response_model=Answer, openapi_extra=body_schema,
+        summary="callService: any transaction, named by the envelope's infno",
+    )  # fmt: skip
+    app.add_api_route(
+        PATH + "/{infno}", call_service, methods=["POST"], response_model=Answer, openapi_extra=body_schema,
+        summary="callService/<infno>: the path's infno must equal the envelope's",
+    )  # fmt: skip
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> EnvelopeResponse:
+        refusal = Refusal(
+            Reason.UNSUPPORTED_TRANSACTION, f"HTTP {error.status_code}: {error.detail}; post to {PATH}"
+        )
+        return _envelope_of(refusal, datetime.now(), error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> EnvelopeResponse:
+        return _envelope_of(Refusal(Reason.MALFORMED_MESSAGE, str(error)[:300]), datetime.now())
+
+    return app
+
+
+def _serve(
+    core: SettlementCore,
+    store: VisitStore,
+    journal: Journal | None,
+    allow_sessions: bool,
+    body: bytes,
+    path_infno: str,
+    session: str,
+    received: datetime,
+    started: float,
+) -> dict[str, Any]:
+    """One envelope in, one envelope out (in a worker thread: the ledger's calls block)."""
+    envelope: Envelope | None = None
+    call: Call | None = None
+    refusal: Refusal | None = None
+    output: dict[str, Any] | None = None
+    try:
+        if len(body) > MAX_BODY_BYTES:
+            raise Refusal(Reason.MALFORMED_MESSAGE, f"the body is over {MAX_BODY_BYTES} bytes")
+        try:
+            data = simplejson.loads(body, use_decimal=True)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise Refusal(Reason.MALFORMED_MESSAGE, f"the body is not JSON: {error}") from None
+        envelope = parse(Envelope, data, "")
+        if path_infno and path_infno != envelope.infno:
+            raise Refusal(
+                Reason.FIELD_INVALID,
+                f"the path says {path_infno}, the envelope {envelope.infno}",
+                field="infno",
+            )
+        caller = Caller(checked_session(session, allow_sessions), "")
+        call = Call(core, store, caller, envelope)
+        output = run(call)
+    except Refusal as error:
+        refusal = error
+        log.info(
+            "national %s refused: %s %s", envelope.infno if envelope else "?", error.reason, error.message
+        )
+    except RecursionError:
+        refusal = Refusal(Reason.MALFORMED_MESSAGE, "the body nests too deep")
+    except Exception:  # a bug: still an envelope, never a 500 page (the log has the traceback)
+        log.exception("national %s failed", envelope.infno if envelope else "?")
+        failed = answer(None, None, "", received, datetime.now())
+        failed.update(
+            infcode=FAILURE, err_msg="平台内部错误", err_reason="INTERNAL", err_detail="internal error"
+        )
+        return failed
+    region = envelope.mdtrtarea_admvs if envelope is not None else ""
+    result = answer(output, refusal, region, received, datetime.now())
+    if journal is not None and call is not None:
+        _journal(journal, call, refusal, started)
+    return result
+
+
+def _journal(journal: Journal, call: Call, refusal: Refusal | None, started: float) -> None:
+    """The contract calls a national call made, as journal entries of door "national"
+    (a call that made none is noted under its infno, e.g. "national.2201")."""
+    calls = call.contract or [(f"national.{call.envelope.infno}", None, None)]
+    for i, (rpc, request, response) in enumerate(calls):
+        note = CallNote(rpc, request, door="national", institution=call.institution, session=call.session)
+        note.started = started
+        note.response = response
+        last = i == len(calls) - 1
+        if last and refusal is not None:
+            status = to_status(refusal)
+            note.code, note.trailers, note.response = status.code, status.trailing_metadata, None
+        note.latency_ms = (time.perf_counter() - started) * 1000
+        journal.submit(note)
+
+
+class NationalServer:
+    """uvicorn serving the door in a thread of its own (beside the gRPC server)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="national-door", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> int:
+        """Start listening; the bound port (port 0 gives a free one)."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise OSError("the national door could not start listening (address in use?)")
+            time.sleep(0.01)
+        sockets = [s for server in self._server.servers for s in server.sockets]
+        return int(sockets[0].getsockname()[1])
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
