@@ -368,3 +368,21 @@ def test_the_openapi_description_is_published(his):
     assert PATH in spec["paths"] and f"{PATH}/{{infno}}" in spec["paths"]
     body = spec["paths"][PATH]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"infno", "msgid", "fixmedins_code"} <= set(body["required"])
+
+
+def test_national_calls_are_journaled_with_their_door(his, server):
+    """2206, 2207 and a refused 2208 through the national door: journal entries of door
+    "national" with the contract call each made, its msgid and its outcome."""
+    his.visit_up_to_2204()
+    his.ok("2206")
+    setl_id = his.ok("2207")["setlinfo"]["setl_id"]
+    his.data_call("2208", "H110105000012021120913000027", setl_id="S-NONE", psn_no=QINGHAI)
+    server.journal.flush()
+    entries = [e for e in server.journal.entries() if e.door == "national"]
+    assert [(e.rpc, e.msgid, e.code) for e in entries][-3:] == [
+        ("PreSettleVisit", "H110105000012021120909300007", "OK"),
+        ("SettleVisit", "H110105000012021120909310008", "OK"),
+        ("ReverseSettlement", "H110105000012021120913000027", "NOT_FOUND"),
+    ]
+    assert entries[-1].reason == "SETTLEMENT_NOT_FOUND" and entries[-1].institution == "H11010500001"
+    assert entries[-2].answer["settlement"]["settlement_id"] == setl_id

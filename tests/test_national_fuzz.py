@@ -34,7 +34,11 @@ EXAMPLES = int(os.environ.get("SETTLESIM_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 REASONS = {r.value for r in Reason}
 RECORDING = simplejson.loads(RECORDED.read_text(), use_decimal=True)
@@ -176,7 +180,9 @@ def test_money_is_never_parsed_as_float(door):
     _, client = door
     envelope = {**RECORDING["common"], **RECORDING["calls"][5], "msgid": "H110105000012021120909999999"}
     assert envelope["infno"] == "2204"
-    body = simplejson.dumps(envelope, use_decimal=True).replace('"pric": 50.00', '"pric": 0.30000000000000004')
+    body = simplejson.dumps(envelope, use_decimal=True).replace(
+        '"pric": 50.00', '"pric": 0.30000000000000004'
+    )
     answer = check(client.post(PATH, content=body))
     assert (answer["infcode"], answer["err_reason"]) == (-1, "FIELD_INVALID")
     assert "input.feedetail.0.pric has more than 2 decimal places" in answer["err_detail"]

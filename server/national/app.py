@@ -160,16 +160,15 @@ def _serve(
 
 def _journal(journal: Journal, call: Call, refusal: Refusal | None, started: float) -> None:
     """The contract calls a national call made, as journal entries of door "national"
-    (a call that made none is noted under its infno, e.g. "national.2201")."""
-    calls = call.contract or [(f"national.{call.envelope.infno}", None, None)]
-    for i, (rpc, request, response) in enumerate(calls):
+    (the visit flow's own steps, 9001 1101 5301 2201-2205 without a contract call, are not
+    journal entries: the journal speaks the contract)."""
+    for rpc, request, response in call.contract:
         note = CallNote(rpc, request, door="national", institution=call.institution, session=call.session)
         note.started = started
         note.response = response
-        last = i == len(calls) - 1
-        if last and refusal is not None:
+        if response is None and refusal is not None:  # the contract call the refusal came from
             status = to_status(refusal)
-            note.code, note.trailers, note.response = status.code, status.trailing_metadata, None
+            note.code, note.trailers = status.code, status.trailing_metadata
         note.latency_ms = (time.perf_counter() - started) * 1000
         journal.submit(note)
 

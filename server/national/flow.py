@@ -50,7 +50,7 @@ class Call:
     store: VisitStore
     caller: Caller
     envelope: Envelope
-    contract: list[tuple[str, Any, Any]] = field(default_factory=list)  # (rpc, request, answer)
+    contract: list[list[Any]] = field(default_factory=list)  # [rpc, request, answer] per contract call
 
     @property
     def world(self) -> World:
@@ -81,8 +81,9 @@ class Call:
     def contract_call(
         self, rpc: str, method: Callable[[Caller, Any], Any], request: Any, **kwargs: Any
     ) -> Any:
-        answer = method(self.caller, request, **kwargs)
-        self.contract.append((rpc, request, answer))
+        made = [rpc, request, None]  # journaled even when it is refused
+        self.contract.append(made)
+        made[2] = answer = method(self.caller, request, **kwargs)
         return answer
 
 
