@@ -134,3 +134,29 @@ def test_headless_run_with_bearer_tokens(world: Path, tmp_path: Path) -> None:
         _assert_validated_load(prefix)
     finally:
         running.stop(grace=1)
+
+
+NATIONAL_LOCUSTFILE = LOCUSTFILE.parent / "national_locustfile.py"
+
+
+def test_the_national_user_validates_every_visit(world: Path, tmp_path: Path) -> None:
+    """The national kit: HIS terminals posting 2201 … 2207 envelopes to the national door."""
+    running = start(ServerConfig(port=0, world_dir=world, db_path=tmp_path / "ledger.db", national_port=0))
+    try:
+        prefix = tmp_path / "national"
+        done = subprocess.run(
+            [sys.executable, "-m", "locust", "-f", str(NATIONAL_LOCUSTFILE),
+             "--host", f"http://127.0.0.1:{running.national_port}", "--world", str(world), "--headless",
+             "-u", "4", "-r", "4", "-t", "3s", "--csv", str(prefix), "--only-summary"],
+            capture_output=True, text=True, timeout=TIMEOUT_S, env=_env(), cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        stats = _stats(prefix)
+        assert stats[("", "Aggregated")][1] == 0, Path(f"{prefix}_failures.csv").read_text()
+        validated, wrong = stats[("validate", "visit validated")]
+        assert validated > 0 and wrong == 0
+        assert stats[("POST", "2207")][0] == validated  # every settled visit was validated
+        problems = running.ledger.check()
+    finally:
+        running.stop(grace=1)
+    assert problems == []

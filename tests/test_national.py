@@ -386,3 +386,33 @@ def test_national_calls_are_journaled_with_their_door(his, server):
     ]
     assert entries[-1].reason == "SETTLEMENT_NOT_FOUND" and entries[-1].institution == "H11010500001"
     assert entries[-2].answer["settlement"]["settlement_id"] == setl_id
+
+
+def test_2204_splits_class_b_ceiling_and_class_c_lines_and_2207_takes_those_figures(his):
+    """Beijing's catalog (catalogs/110000.yaml): B-CEIL-001 is class B, 5 % first
+    self-paid, ceiling 80.00; C-DRUG-001 is class C.
+    B-CEIL-001 at 100.00 × 1: over the ceiling 100.00 - 80.00 = 20.00; first self-paid
+    5 % × 80.00 = 4.00; in scope 80.00 - 4.00 = 76.00.
+    C-DRUG-001 at 15.00 × 2 = 30.00: all of it fully self-paid, nothing in scope."""
+    his.known["mdtrt_id"] = his.ok("2201")["data"]["mdtrt_id"]
+    his.ok("2203")
+    envelope = his.envelope("2204")
+    first, second = envelope["input"]["feedetail"]
+    first.update(med_list_codg="B-CEIL-001", pric=Decimal("100.00"), det_item_fee_sumamt=Decimal("100.00"))
+    second.update(med_list_codg="C-DRUG-001", pric=Decimal("15.00"), cnt=Decimal("2.0000"),
+                  det_item_fee_sumamt=Decimal("30.00"))  # fmt: skip
+    answer = his.post(envelope)
+    assert answer["infcode"] == 0, answer
+    b, c = answer["output"]["result"]
+    assert (b["chrgitm_lv"], b["selfpay_prop"], b["pric_uplmt_amt"]) == ("02", Decimal("0.0500"), Decimal("80.00"))
+    assert (b["overlmt_amt"], b["preselfpay_amt"], b["inscp_scp_amt"], b["fulamt_ownpay_amt"]) == (
+        Decimal("20.00"), Decimal("4.00"), Decimal("76.00"), Decimal("0.00"))  # fmt: skip
+    assert (c["chrgitm_lv"], c["selfpay_prop"], c["cnt"]) == ("03", Decimal("1.0000"), 2)
+    assert (c["fulamt_ownpay_amt"], c["inscp_scp_amt"]) == (Decimal("30.00"), Decimal("0.00"))
+    # 2207 with the sums of those lines: 130.00 in all, 30.00 + 20.00 + 4.00 self-paid, 76.00 in scope.
+    split = dict(medfee_sumamt=Decimal("130.00"), fulamt_ownpay_amt=Decimal("30.00"), overlmt_selfpay=Decimal("20.00"),
+                 preselfpay_amt=Decimal("4.00"), inscp_scp_amt=Decimal("76.00"))  # fmt: skip
+    wrong = his.refused("2207", **{**split, "overlmt_selfpay": Decimal("0.00")})
+    assert wrong["err_reason"] == "SPLIT_MISMATCH" and "overlmt_selfpay 0.00 ≠ 20.00" in wrong["err_msg"]
+    setlinfo = his.ok("2207", "H110105000012021120909320028", **split)["setlinfo"]
+    assert (setlinfo["overlmt_selfpay"], setlinfo["inscp_scp_amt"]) == (Decimal("20.00"), Decimal("76.00"))
