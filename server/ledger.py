@@ -1565,6 +1565,8 @@ def _problems(db: sqlite3.Connection, more_checks: Sequence[ExtraCheck] = ()) ->
             problems += _item_problems(db)
         if _table_exists(db, "institution_totals"):  # schema version 4 on
             problems += _institution_totals_problems(db)
+        if _table_exists(db, "national_visits"):  # schema version 5 on
+            problems += _national_visit_problems(db)
         for check in more_checks:
             problems += check(db)
     except sqlite3.DatabaseError as error:
@@ -1620,6 +1622,37 @@ def _institution_totals_problems(db: sqlite3.Connection) -> list[str]:
             problems.append(f"institution totals {key}: total {have} but settlements in force sum to {want}")
         if not 0 <= have <= Ledger.MAX_INSTITUTION_YEAR_FEN:
             problems.append(f"institution totals {key}: total {have} outside 0..{Ledger.MAX_INSTITUTION_YEAR_FEN}")
+    return problems
+
+
+def _national_visit_problems(db: sqlite3.Connection) -> list[str]:
+    """(version 5) The national visit flow: every fee line belongs to a visit, every
+    linked visit's 2207 msgid is a settlement of that visit's person and institution,
+    and no two visits hold the same settlement."""
+    problems = [
+        f"national fee line {sn} of visit {mdtrt_id} ({session!r}, {institution}): no such visit"
+        for session, institution, mdtrt_id, sn in db.execute(
+            "SELECT f.session, f.institution_code, f.mdtrt_id, f.feedetl_sn FROM national_fee_lines f "
+            "LEFT JOIN national_visits v USING (session, institution_code, mdtrt_id) WHERE v.mdtrt_id IS NULL"
+        )
+    ]
+    problems += [
+        f"national visit {mdtrt_id} ({session!r}, {institution}): its settlement msgid {msgid} is "
+        + ("not a settlement" if person is None else f"person {person}'s, the visit is {psn_no}'s")
+        for session, institution, mdtrt_id, msgid, psn_no, person in db.execute(
+            "SELECT v.session, v.institution_code, v.mdtrt_id, v.settle_msgid, v.psn_no, s.person_no "
+            "FROM national_visits v LEFT JOIN settlements s ON s.session = v.session "
+            "AND s.institution_code = v.institution_code AND s.msgid = v.settle_msgid "
+            "WHERE v.settle_msgid != '' AND (s.person_no IS NULL OR s.person_no != v.psn_no)"
+        )
+    ]
+    problems += [
+        f"national settlement msgid {msgid} ({session!r}, {institution}) is linked to {count} visits"
+        for session, institution, msgid, count in db.execute(
+            "SELECT session, institution_code, settle_msgid, COUNT(*) FROM national_visits "
+            "WHERE settle_msgid != '' GROUP BY 1, 2, 3 HAVING COUNT(*) > 1"
+        )
+    ]
     return problems
 
 

@@ -416,3 +416,43 @@ def test_2204_splits_class_b_ceiling_and_class_c_lines_and_2207_takes_those_figu
     assert wrong["err_reason"] == "SPLIT_MISMATCH" and "overlmt_selfpay 0.00 ≠ 20.00" in wrong["err_msg"]
     setlinfo = his.ok("2207", "H110105000012021120909320028", **split)["setlinfo"]
     assert (setlinfo["overlmt_selfpay"], setlinfo["inscp_scp_amt"]) == (Decimal("20.00"), Decimal("76.00"))
+
+
+NATIONAL_CORRUPTIONS = {
+    "a fee line without its visit": (
+        "UPDATE national_fee_lines SET mdtrt_id = 'MD-GONE' WHERE feedetl_sn = '0001'",
+        "national fee line 0001 of visit MD-GONE",
+    ),
+    "a visit linked to no settlement": (
+        "UPDATE national_visits SET settle_msgid = 'H110105000012021120909319999'",
+        "its settlement msgid H110105000012021120909319999 is not a settlement",
+    ),
+    "a visit linked to another person's settlement": (
+        "UPDATE national_visits SET psn_no = '63000000000000000002'",
+        "is person 63000000000000000001's, the visit is 63000000000000000002's",
+    ),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(NATIONAL_CORRUPTIONS))
+def test_ledger_check_names_a_broken_national_visit(tmp_path, corruption):
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    db = tmp_path / "ledger.db"
+    running = start(ServerConfig(port=0, db_path=db, national_port=0))
+    try:
+        his = NationalHis(running)
+        his.visit_up_to_2204()
+        his.ok("2207")
+    finally:
+        running.stop(grace=1)
+    assert ledger_check(db).returncode == 0
+    statement, expected = NATIONAL_CORRUPTIONS[corruption]
+    broken = tmp_path / "broken.db"
+    shutil.copy(db, broken)
+    with closing(sqlite3.connect(broken, isolation_level=None)) as connection:
+        connection.execute(statement)
+    check = ledger_check(broken)
+    assert check.returncode == 1 and expected in check.stdout, check.stdout
