@@ -456,3 +456,49 @@ def test_ledger_check_names_a_broken_national_visit(tmp_path, corruption):
         connection.execute(statement)
     check = ledger_check(broken)
     assert check.returncode == 1 and expected in check.stdout, check.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [(["--auth", "token"], "not with --auth or TLS"), (["--processes", "2"], "without --processes")],
+)
+def test_serve_refuses_the_national_door_where_it_cannot_keep_its_promises(tmp_path, extra, expected):
+    from tests.conftest import settlesim
+
+    result = settlesim("serve", "--port", "0", "--national-port", "0", "--db", str(tmp_path / "x.db"), *extra)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_settlesim_serve_national_port_answers_beside_grpc(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--national-port", "0",
+         "--db", str(tmp_path / "x.db")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("settlesim serving on 127.0.0.1:")
+        door = process.stdout.readline().strip()
+        assert re.fullmatch(r"settlesim national door on http://127\.0\.0\.1:\d+" + re.escape(PATH), door), door
+        url = door.removeprefix("settlesim national door on ")
+        sign_in = {"infno": "9001", "msgid": "H110105000012021120909000001", "fixmedins_code": "H11010500001"}
+        answer = httpx.post(url, json={**sign_in, "input": {"signIn": {}}}, timeout=30)
+        assert well_formed(answer)["infcode"] == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_a_settled_visit_does_not_settle_again_under_another_msgid(his, server):
+    his.visit_up_to_2204()
+    first = his.ok("2207")["setlinfo"]
+    again = his.refused("2207", "H110105000012021120909330029")
+    assert again["err_reason"] == "VISIT_SETTLED" and "H110105000012021120909310008" in again["err_detail"]
+    assert server.ledger.counts() == {"settled": 1}
+    # The same msgid again is a retry: the same settlement.
+    assert his.ok("2207")["setlinfo"] == first
