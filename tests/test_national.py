@@ -502,3 +502,18 @@ def test_a_settled_visit_does_not_settle_again_under_another_msgid(his, server):
     assert server.ledger.counts() == {"settled": 1}
     # The same msgid again is a retry: the same settlement.
     assert his.ok("2207")["setlinfo"] == first
+
+
+def test_2001_tells_entitlement_as_verify_registration_does(his):
+    """The Qinghai patient is entitled at the Cancer Hospital on 2021-12-09; patient 2's
+    registration ended 2023-12-31, so on 2024-03-01 the answer says why not (an answer,
+    not a refusal, as VerifyRegistration gives it)."""
+    entitled = his.data_call("2001", "H110105000012021120909020030", psn_no=QINGHAI, insutype="390",
+                             begntime="2021-12-09 09:00:00", dise_codg="M00503")["output"]["trtinfo"]  # fmt: skip
+    assert [(t["fund_pay_type"], t["trt_enjymnt_flag"], t["begndate"]) for t in entitled] == [
+        ("390100", "1", "2021-11-01")
+    ]
+    expired = his.data_call("2001", "H110105000012024030109020031", psn_no="63000000000000000002",
+                            begntime="2024-03-01", dise_codg="M00503")["output"]["trtinfo"][0]  # fmt: skip
+    assert (expired["trt_enjymnt_flag"], expired["trt_chk_reason"]) == ("0", "REGISTRATION_EXPIRED")
+    assert "异地就医备案已过期" in expired["trt_chk_rslt"]

@@ -27,6 +27,7 @@ from settlesim.server.national.envelope import Envelope, Part, parse
 from settlesim.server.national.visits import FeeLine, Visit, VisitStore
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.service import Caller, SettlementCore
+from settlesim.server.status import zh_message
 from settlesim.v1 import settlement_service_pb2 as pb
 
 CHRONIC_SPECIAL_OUTPATIENT = "14"  # med_type 门诊慢特病
@@ -283,6 +284,54 @@ def disease_registrations(call: Call) -> dict[str, Any]:
             }
         )
     return {"feedetail": rows}
+
+
+class Entitlement(Part):
+    psn_no: str
+    insutype: str = ""
+    med_type: str = CHRONIC_SPECIAL_OUTPATIENT
+    begntime: str
+    dise_codg: str
+
+
+def entitlement(call: Call) -> dict[str, Any]:
+    """2001 人员待遇享受检查: whether the visit (person, disease, date, this institution)
+    can settle as a cross-province chronic/special-disease visit, per fund (the pooled
+    fund only). An ineligible visit is an answer (trt_enjymnt_flag 0 with the reason),
+    not a refusal, as VerifyRegistration answers it."""
+    data = data_of(call, Entitlement)
+    day = _day(data.begntime, "input.data.begntime")
+    insutype = int(data.insutype) if data.insutype in ("310", "390") else 0
+    visit = pb.Visit(
+        institution_code=call.institution,
+        person=pb.PersonRef(person_no=data.psn_no),
+        disease_code=data.dise_codg,
+        visit_date=day,
+        insurance_type=insutype,  # type: ignore[arg-type]
+    )
+    answer = call.contract_call(
+        "VerifyRegistration", call.core.verify_registration, pb.VerifyRegistrationRequest(visit=visit)
+    )
+    person = call.world.people.get(answer.person_no)
+    own = person.insurance_type.value if person is not None else data.insutype
+    fund_type, fund_name = POOLED_FUND.get(own, ("", "基本医疗保险统筹基金"))
+    registration = answer.registration if answer.HasField("registration") else None
+    result = "享受待遇" if answer.eligible else f"{zh_message(Reason(answer.reason))}：{answer.message}"
+    return {
+        "trtinfo": [
+            {
+                "psn_no": answer.person_no or data.psn_no,
+                "fund_pay_type": fund_type,
+                "fund_pay_type_name": fund_name,
+                "trt_enjymnt_flag": "1" if answer.eligible else "0",
+                "begndate": registration.valid_from if registration else "",
+                "enddate": registration.valid_until if registration else "",
+                "trt_chk_rslt": result,
+                # settlesim extension: the reason SettleVisit would refuse with.
+                "trt_chk_reason": answer.reason,
+            }
+        ]
+    }
 
 
 # --- 2201-2205: the visit ------------------------------------------------------------------------
@@ -710,6 +759,7 @@ TRANSACTIONS: dict[str, Callable[[Call], dict[str, Any]]] = {
     "9001": sign_in,
     "1101": person_info,
     "5301": disease_registrations,
+    "2001": entitlement,
     "2201": register,
     "2202": cancel_registration,
     "2203": upload_visit,
