@@ -1,8 +1,8 @@
 """The call journal (调用日志): every SettlementService call the platform receives,
 as plain data a check run grades (docs/his-check.md).
 
-An entry says when, through which door ("grpc" today; the national JSON door
-records the same entries), which RPC, who called (the identity the transport
+An entry says when, through which door ("grpc", or "national": the national JSON
+door records the contract calls its envelopes make), which RPC, who called (the identity the transport
 proved, the institution the request names), the session and check run it went
 to, the msgid, the request, the outcome (status code + ErrorInfo reason, or the
 answer), the server's latency and any injected fault. Requests and answers are
@@ -124,7 +124,7 @@ class JournalEntry:
 
     seq: int
     time: str  # UTC ISO 8601, when the call arrived
-    door: str  # "grpc"; the national JSON door will write "json"
+    door: str  # "grpc", or "national" for the national JSON door's contract calls (docs/national.md)
     rpc: str
     identity: str  # the institution the transport proved; "" in --auth none
     institution: str  # the institution the request names
@@ -158,7 +158,7 @@ class CallNote:
 
     rpc: str
     request: Any
-    door: str = "grpc"  # the door the call came through; the national JSON door notes "json"
+    door: str = "grpc"  # the door the call came through; the national JSON door notes "national"
     arrived: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     identity: str = ""
