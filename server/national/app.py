@@ -10,6 +10,7 @@ as an envelope with infcode -1: the door never answers an HTML page or a 500.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -52,8 +53,14 @@ def _envelope_of(refusal: Refusal, received: datetime, status_code: int = 200) -
 
 
 def create_app(
-    core: SettlementCore, *, allow_sessions: bool = True, journal: Journal | None = None
+    core: SettlementCore,
+    *,
+    allow_sessions: bool = True,
+    journal: Journal | None = None,
+    core_loop: asyncio.AbstractEventLoop | None = None,
 ) -> FastAPI:
+    """The door's app. `core_loop`: the event loop an async core runs on (None: a
+    synchronous core, called from the door's worker threads)."""
     store = VisitStore(core.ledger)
     app = FastAPI(
         title="settlesim national door",
@@ -77,7 +84,7 @@ def create_app(
         body = await request.body()
         session = request.headers.get(SESSION_HEADER, "")
         result = await run_in_threadpool(
-            _serve, core, store, journal, allow_sessions, body, infno, session, received, started
+            _serve, core, store, journal, allow_sessions, body, infno, session, received, started, core_loop
         )
         return EnvelopeResponse(result)
 
@@ -114,6 +121,7 @@ def _serve(
     session: str,
     received: datetime,
     started: float,
+    core_loop: asyncio.AbstractEventLoop | None = None,
 ) -> dict[str, Any]:
     """One envelope in, one envelope out (in a worker thread: the ledger's calls block)."""
     envelope: Envelope | None = None
@@ -135,7 +143,7 @@ def _serve(
                 field="infno",
             )
         caller = Caller(checked_session(session, allow_sessions), "")
-        call = Call(core, store, caller, envelope)
+        call = Call(core, store, caller, envelope, core_loop)
         output = run(call)
     except Refusal as error:
         refusal = error

@@ -10,7 +10,9 @@ ledger (visits.py). Money leaves as Decimal yuan (money.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ class Call:
     store: VisitStore
     caller: Caller
     envelope: Envelope
+    core_loop: asyncio.AbstractEventLoop | None = None
     contract: list[list[Any]] = field(default_factory=list)  # [rpc, request, answer] per contract call
 
     @property
@@ -84,7 +87,16 @@ class Call:
     ) -> Any:
         made = [rpc, request, None]  # journaled even when it is refused
         self.contract.append(made)
-        made[2] = answer = method(self.caller, request, **kwargs)
+        made[2] = answer = self.core_call(method, request, **kwargs)
+        return answer
+
+    def core_call(self, method: Callable[..., Any], request: Any, **kwargs: Any) -> Any:
+        """A SettlementCore call from the door's worker thread. An async core (one
+        event loop serving gRPC) is run on its own loop, `core_loop`."""
+        answer = method(self.caller, request, **kwargs)
+        if inspect.isawaitable(answer):
+            assert self.core_loop is not None, "an async core needs its event loop"
+            answer = asyncio.run_coroutine_threadsafe(answer, self.core_loop).result()  # type: ignore[arg-type]
         return answer
 
 
@@ -577,7 +589,7 @@ def settle(call: Call) -> dict[str, Any]:
     """2207 结算: the four split amounts the HIS sends must equal the platform's."""
     data = data_of(call, Settle)
     visit, request = _visit_to_settle(call, data)
-    priced = call.core.pre_settle_visit(call.caller, pb.PreSettleVisitRequest(request=request)).settlement
+    priced = call.core_call(call.core.pre_settle_visit, pb.PreSettleVisitRequest(request=request)).settlement
     _compare(data.model_dump(), priced.totals, required=True)
 
     def link(db: Any, stored: Any) -> None:
@@ -656,7 +668,7 @@ def reconcile(call: Call) -> dict[str, Any]:
             read = pb.GetSettlementRequest(
                 institution_code=call.institution, settlement_id=entry.settlement_id
             )
-            s = call.core.get_settlement(call.caller, read).settlement
+            s = call.core_call(call.core.get_settlement, read).settlement
             if str(s.insurance_type) == data.insutype and s.insured_region == data.setl_optins:
                 platform["medfee_sumamt"] += s.totals.total_fen
                 platform["fund_pay_sumamt"] += s.totals.fund_pays_fen
