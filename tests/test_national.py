@@ -517,3 +517,33 @@ def test_2001_tells_entitlement_as_verify_registration_does(his):
                             begntime="2024-03-01", dise_codg="M00503")["output"]["trtinfo"][0]  # fmt: skip
     assert (expired["trt_enjymnt_flag"], expired["trt_chk_reason"]) == ("0", "REGISTRATION_EXPIRED")
     assert "异地就医备案已过期" in expired["trt_chk_rslt"]
+
+
+def test_3202_lists_each_settlement_against_the_hospitals_rows(his, hospital):
+    """Two settlements on 2021-12-09: the recorded one (national) and a second visit settled
+    through gRPC (the deductible is used up: fund 179.63). The hospital lists the first
+    with the platform's figures, a made-up one, and not the second."""
+    his.visit_up_to_2204()
+    first = his.ok("2207")["setlinfo"]
+    grpc_his = hospital()
+    second = grpc_his.settle(QINGHAI, "M00503", "2021-12-09", [Fee("A-CONSULT-001", 5000), Fee("A-CHEMO-001", 12963)])
+    rows = [
+        {"setl_id": first["setl_id"], "medfee_sumamt": Decimal("179.63"), "fund_pay_sumamt": Decimal("129.63")},
+        {"setl_id": "S-HIS-ONLY", "medfee_sumamt": Decimal("10.00"), "fund_pay_sumamt": Decimal("0.00")},
+    ]
+    answer = his.data_call("3202", "H110105000012021120918000032", stmt_begndate="2021-12-09",
+                           stmt_enddate="2021-12-09", detail=rows)["output"]["data"]  # fmt: skip
+    assert answer["stmt_rslt"] == "1"
+    got = {r["setl_id"]: (r["stmt_rslt"], r["msgid"], r["fund_pay_sumamt"]) for r in answer["detail"]}
+    assert got == {
+        first["setl_id"]: ("0", first["medins_setl_id"], Decimal("129.63")),
+        "S-HIS-ONLY": ("3", "", None),
+        second.settlement.settlement_id: ("2", second.settlement.msgid, Decimal("179.63")),
+    }
+    # The figures 3202 gives are GetSettlement's.
+    assert grpc_his.get(first["setl_id"]).totals.fund_pays_fen == 12963
+    # A row whose fund differs by 0.01 is "1", and says both figures.
+    rows[0]["fund_pay_sumamt"] = Decimal("129.62")
+    off = his.data_call("3202", "H110105000012021120918000033", stmt_begndate="2021-12-09",
+                        stmt_enddate="2021-12-09", detail=rows[:1])["output"]["data"]["detail"][0]  # fmt: skip
+    assert off["stmt_rslt"] == "1" and "179.63/129.62 ≠ 179.63/129.63" in off["stmt_rslt_dscr"]

@@ -688,6 +688,78 @@ def reconcile(call: Call) -> dict[str, Any]:
     }
 
 
+class DetailRow(Part):
+    setl_id: str
+    medfee_sumamt: Any
+    fund_pay_sumamt: Any
+    msgid: str = ""
+
+
+class Detail3202(Part):
+    stmt_begndate: str
+    stmt_enddate: str
+    detail: list[DetailRow] = Field(default_factory=list)
+
+
+# 3202 row results (settlesim's codes; the file-based national edition has its own):
+MATCHED, DIFFERENT, PLATFORM_ONLY, HOSPITAL_ONLY = "0", "1", "2", "3"
+
+
+def detail_reconcile(call: Call) -> dict[str, Any]:
+    """3202 对明细账, rows inline (no 9101/9102 file): each of the hospital's settlements
+    against the platform's in force for the period, and the platform's the hospital
+    did not list. Every row carries the msgid to void it with (2601)."""
+    data = data_of(call, Detail3202)
+    request = pb.ReconcileRequest(
+        institution_code=call.institution,
+        start_date=_day(data.stmt_begndate, "input.data.stmt_begndate"),
+        end_date=_day(data.stmt_enddate, "input.data.stmt_enddate"),
+        include_entries=True,
+    )
+    sums = call.contract_call("Reconcile", call.core.reconcile, request)
+    platform = {e.settlement_id: e for e in sums.entries}
+    rows, listed = [], set()
+    for i, row in enumerate(data.detail):
+        where = f"input.data.detail.{i}"
+        total = money.yuan_to_fen(row.medfee_sumamt, f"{where}.medfee_sumamt")
+        fund = money.yuan_to_fen(row.fund_pay_sumamt, f"{where}.fund_pay_sumamt")
+        listed.add(row.setl_id)
+        entry = platform.get(row.setl_id)
+        if entry is None:
+            rows.append(
+                _detail_row(row.setl_id, row.msgid, HOSPITAL_ONLY, "平台无此结算（或已撤销、冲正）", None)
+            )
+            continue
+        same = (entry.total_fen, entry.fund_pays_fen) == (total, fund)
+        why = (
+            "一致"
+            if same
+            else f"金额不符 (hospital ≠ platform): {money.fen_to_yuan(total)}/{money.fen_to_yuan(fund)} ≠ "
+            f"{money.fen_to_yuan(entry.total_fen)}/{money.fen_to_yuan(entry.fund_pays_fen)}"
+        )
+        rows.append(_detail_row(row.setl_id, entry.msgid, MATCHED if same else DIFFERENT, why, entry))
+    for entry in sums.entries:
+        if entry.settlement_id not in listed:
+            rows.append(
+                _detail_row(entry.settlement_id, entry.msgid, PLATFORM_ONLY, "医院未上传此结算", entry)
+            )
+    balanced = all(r["stmt_rslt"] == MATCHED for r in rows)
+    return {"data": {"stmt_rslt": "0" if balanced else "1", "stmt_rslt_dscr": "对账一致" if balanced else "对账不平",
+                     "detail": rows}}  # fmt: skip
+
+
+def _detail_row(setl_id: str, msgid: str, result: str, why: str, entry: Any) -> dict[str, Any]:
+    return {
+        "setl_id": setl_id,
+        "msgid": msgid,
+        "stmt_rslt": result,
+        "stmt_rslt_dscr": why,
+        "medfee_sumamt": money.fen_to_yuan(entry.total_fen) if entry is not None else None,
+        "fund_pay_sumamt": money.fen_to_yuan(entry.fund_pays_fen) if entry is not None else None,
+        "setl_date": entry.visit_date if entry is not None else "",
+    }
+
+
 def _shown(name: str, value: int) -> Any:
     return value if name == "fixmedins_setl_cnt" else money.fen_to_yuan(value)
 
@@ -782,6 +854,7 @@ TRANSACTIONS: dict[str, Callable[[Call], dict[str, Any]]] = {
     "2208": reverse,
     "2601": void,
     "3201": reconcile,
+    "3202": detail_reconcile,
     "5203": settlement_query,
 }
 
