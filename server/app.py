@@ -30,6 +30,7 @@ from settlesim.server.metrics import Metrics
 from settlesim.server.model import World
 from settlesim.server.national.app import PATH as NATIONAL_PATH
 from settlesim.server.national.app import NationalServer, create_app
+from settlesim.server.national.signature import SignatureCheck
 from settlesim.server.runs import RunRegistry
 from settlesim.server.service import SettlementService, add_to_server
 from settlesim.server.world_loader import load_world
@@ -439,7 +440,8 @@ def serve_forever(config: ServerConfig) -> int:
     if running.console is not None:
         print(f"settlesim console on {running.console.url} (metrics at {running.console.url}/metrics)", flush=True)
     if running.national is not None:
-        print(f"settlesim national door on http://{config.host}:{running.national_port}{NATIONAL_PATH}", flush=True)
+        scheme = "https" if config.tls_cert else "http"
+        print(f"settlesim national door on {scheme}://{config.host}:{running.national_port}{NATIONAL_PATH}", flush=True)
     stopped = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

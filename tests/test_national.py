@@ -460,7 +460,7 @@ def test_ledger_check_names_a_broken_national_visit(tmp_path, corruption):
 
 @pytest.mark.parametrize(
     ("extra", "expected"),
-    [(["--auth", "token"], "not with --auth or TLS"), (["--processes", "2"], "without --processes")],
+    [(["--auth", "mtls"], "does not speak mutual TLS"), (["--processes", "2"], "without --processes")],
 )
 def test_serve_refuses_the_national_door_where_it_cannot_keep_its_promises(tmp_path, extra, expected):
     from tests.conftest import settlesim
@@ -547,3 +547,63 @@ def test_3202_lists_each_settlement_against_the_hospitals_rows(his, hospital):
     off = his.data_call("3202", "H110105000012021120918000033", stmt_begndate="2021-12-09",
                         stmt_enddate="2021-12-09", detail=rows[:1])["output"]["data"]["detail"][0]  # fmt: skip
     assert off["stmt_rslt"] == "1" and "179.63/129.62 ≠ 179.63/129.63" in off["stmt_rslt_dscr"]
+
+
+def signed(token: str, institution: str, nonce: str, timestamp: int | None = None) -> dict[str, str]:
+    """x-tif-* headers as a gateway signs them: sha256(timestamp + token + nonce + timestamp)."""
+    import hashlib
+    import time
+
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hashlib.sha256(f"{stamp}{token}{nonce}{stamp}".encode()).hexdigest()
+    return {"x-tif-paasid": institution, "x-tif-timestamp": stamp, "x-tif-nonce": nonce, "x-tif-signature": digest}
+
+
+def test_with_auth_token_the_door_takes_only_signed_requests_acting_for_their_signer(tmp_path):
+    """institutions.yaml gives the Cancer Hospital the token dev-token-H11010500001 and
+    Fuwai dev-token-H11010200002 (the same secrets gRPC's --auth token uses)."""
+    import time
+
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db", national_port=0, auth="token"))
+    try:
+        his = NationalHis(running)
+        body = simplejson.dumps(his.envelope("9001"), use_decimal=True)
+
+        def post(headers: dict[str, str]) -> dict[str, Any]:
+            return well_formed(his.http.post(PATH, content=body, headers=headers))
+
+        good = signed("dev-token-H11010500001", "H11010500001", "n1")
+        assert post(good)["infcode"] == 0
+        assert post(good)["err_reason"] == "CALLER_UNAUTHENTICATED"  # the nonce again: a replay
+        assert "nonce" in post(good)["err_detail"]
+        assert post({})["err_reason"] == "CALLER_UNAUTHENTICATED"
+        wrong_token = signed("dev-token-H11010200002", "H11010500001", "n2")
+        assert "does not match" in post(wrong_token)["err_detail"]
+        stale = signed("dev-token-H11010500001", "H11010500001", "n3", int(time.time()) - 301)
+        assert "within 300 s" in post(stale)["err_detail"]
+        # Fuwai, properly signed, cannot act for the Cancer Hospital.
+        fuwai = post(signed("dev-token-H11010200002", "H11010200002", "n4"))
+        assert fuwai["err_reason"] == "INSTITUTION_NOT_CALLER" and "无权" in fuwai["err_msg"]
+    finally:
+        running.stop(grace=1)
+
+
+def test_with_tls_the_door_speaks_https_with_the_servers_certificate(tmp_path):
+    import ssl
+
+    from tests.pki import PlatformPki
+
+    pki = PlatformPki(tmp_path / "pki")
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db", national_port=0, auth="token",
+                                 tls_cert=pki.server.cert, tls_key=pki.server.key))  # fmt: skip
+    try:
+        trust = ssl.create_default_context(cafile=str(pki.ca.cert))
+        url = f"https://127.0.0.1:{running.national_port}{PATH}"
+        envelope = {"infno": "9001", "msgid": "H110105000012021120909000001", "fixmedins_code": "H11010500001",
+                    "input": {"signIn": {}}}  # fmt: skip
+        headers = signed("dev-token-H11010500001", "H11010500001", "tls-1")
+        assert well_formed(httpx.post(url, json=envelope, headers=headers, verify=trust))["infcode"] == 0
+        with pytest.raises(httpx.ConnectError):  # a client that does not trust the platform CA
+            httpx.post(url, json=envelope, headers=headers, verify=ssl.create_default_context())
+    finally:
+        running.stop(grace=1)

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import simplejson
@@ -26,6 +27,7 @@ from fastapi.responses import Response
 from settlesim.server.journal import CallNote, Journal
 from settlesim.server.national.envelope import FAILURE, Answer, Envelope, answer, parse
 from settlesim.server.national.flow import TRANSACTIONS, Call, run
+from settlesim.server.national.signature import HEADERS, SignatureCheck
 from settlesim.server.national.visits import VisitStore
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.service import SESSION_HEADER, Caller, SettlementCore, checked_session
@@ -58,9 +60,12 @@ def create_app(
     allow_sessions: bool = True,
     journal: Journal | None = None,
     core_loop: asyncio.AbstractEventLoop | None = None,
+    signatures: SignatureCheck | None = None,
 ) -> FastAPI:
     """The door's app. `core_loop`: the event loop an async core runs on (None: a
-    synchronous core, called from the door's worker threads)."""
+    synchronous core, called from the door's worker threads). `signatures`: require
+    x-tif-* signatures (serve --auth token); None trusts the envelope, as the insecure
+    local stub does."""
     store = VisitStore(core.ledger)
     app = FastAPI(
         title="settlesim national door",
@@ -83,9 +88,11 @@ def create_app(
         started = time.perf_counter()
         body = await request.body()
         session = request.headers.get(SESSION_HEADER, "")
+        signed = {name: request.headers.get(name, "") for name in HEADERS}
         result = await run_in_threadpool(
-            _serve, core, store, journal, allow_sessions, body, infno, session, received, started, core_loop
-        )
+            _serve, core, store, journal, allow_sessions, body, infno, session, received, started, core_loop,
+            signatures, signed,
+        )  # fmt: skip
         return EnvelopeResponse(result)
 
     app.add_api_route(
@@ -122,6 +129,8 @@ def _serve(
     received: datetime,
     started: float,
     core_loop: asyncio.AbstractEventLoop | None = None,
+    signatures: SignatureCheck | None = None,
+    signed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One envelope in, one envelope out (in a worker thread: the ledger's calls block)."""
     envelope: Envelope | None = None
@@ -129,6 +138,7 @@ def _serve(
     refusal: Refusal | None = None
     output: dict[str, Any] | None = None
     try:
+        identity = signatures.institution(signed or {}) if signatures is not None else ""
         if len(body) > MAX_BODY_BYTES:
             raise Refusal(Reason.MALFORMED_MESSAGE, f"the body is over {MAX_BODY_BYTES} bytes")
         try:
@@ -142,7 +152,7 @@ def _serve(
                 f"the path says {path_infno}, the envelope {envelope.infno}",
                 field="infno",
             )
-        caller = Caller(checked_session(session, allow_sessions), "")
+        caller = Caller(checked_session(session, allow_sessions), identity)
         call = Call(core, store, caller, envelope, core_loop)
         output = run(call)
     except Refusal as error:
@@ -184,10 +194,14 @@ def _journal(journal: Journal, call: Call, refusal: Refusal | None, started: flo
 class NationalServer:
     """uvicorn serving the door in a thread of its own (beside the gRPC server)."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
+    ) -> None:
+        """With `tls_cert`/`tls_key` (serve's own) the door speaks HTTPS."""
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
-        )
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+            ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
+        )  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="national-door", daemon=True)
 
