@@ -503,14 +503,22 @@ def _line_split(line: FeeLine, item: pb.SettledItem) -> dict[str, Any]:
         "cnt": line.cnt,
         "pric": yuan(line.pric),
         "pric_uplmt_amt": yuan(item.price_ceiling_fen) if item.HasField("price_ceiling_fen") else None,
-        "selfpay_prop": money.ratio(item.self_pay_share_bp if item.catalog_class == pb.CATALOG_CLASS_B else (
-            0 if item.catalog_class == pb.CATALOG_CLASS_A else 10_000)),
+        "selfpay_prop": money.ratio(_self_pay_share_bp(item)),
         "fulamt_ownpay_amt": yuan(item.full_self_pay_fen),
         "overlmt_amt": yuan(item.over_ceiling_self_pay_fen),
         "preselfpay_amt": yuan(item.pre_self_pay_fen),
         "inscp_scp_amt": yuan(item.in_scope_fen),
         "chrgitm_lv": CHRGITM_LV.get(item.catalog_class, "03"),
     }  # fmt: skip
+
+
+def _self_pay_share_bp(item: pb.SettledItem) -> int:
+    """selfpay_prop 自付比例: class A none, class B its first self-paid share, else all."""
+    if item.catalog_class == pb.CATALOG_CLASS_A:
+        return 0
+    if item.catalog_class == pb.CATALOG_CLASS_B:
+        return item.self_pay_share_bp
+    return 10_000
 
 
 def cancel_fees(call: Call) -> dict[str, Any]:
