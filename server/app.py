@@ -29,7 +29,7 @@ from settlesim.server.limits import MAX_CONCURRENT_CALLS, REQUEST_BODY_SECONDS, 
 from settlesim.server.metrics import Metrics
 from settlesim.server.model import World
 from settlesim.server.national.app import PATH as NATIONAL_PATH
-from settlesim.server.national.app import NationalServer, create_app
+from settlesim.server.national.app import create_app as create_national_app
 from settlesim.server.national.signature import SignatureCheck
 from settlesim.server.runs import RunRegistry
 from settlesim.server.service import SettlementService, add_to_server
@@ -120,8 +120,12 @@ class RunningServer:
     journal: Journal | None = None
     metrics: Metrics | None = None
     console: HttpServer | None = None
-    national: NationalServer | None = None
-    national_port: int = 0
+    national: HttpServer | None = None
+
+    @property
+    def national_port(self) -> int:
+        """The national door's port (0 when it is off)."""
+        return self.national.port if self.national is not None else 0
 
     @property
     def target(self) -> str:
@@ -440,8 +444,7 @@ def serve_forever(config: ServerConfig) -> int:
     if running.console is not None:
         print(f"settlesim console on {running.console.url} (metrics at {running.console.url}/metrics)", flush=True)
     if running.national is not None:
-        scheme = "https" if config.tls_cert else "http"
-        print(f"settlesim national door on {scheme}://{config.host}:{running.national_port}{NATIONAL_PATH}", flush=True)
+        print(f"settlesim national door on {running.national.url}{NATIONAL_PATH}", flush=True)
     stopped = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -21,20 +22,34 @@ class HttpServer:
     port: int
     _server: uvicorn.Server
     _thread: threading.Thread
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 5.0) -> None:
         self._server.should_exit = True
         self._thread.join(timeout)
 
 
-def start_http(app: Any, host: str, port: int, *, name: str = "http", timeout: float = 10.0) -> HttpServer:
+def start_http(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    name: str = "http",
+    timeout: float = 10.0,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> HttpServer:
     """Start `app` on host:port (0: any free port) in a background thread and
-    return once it listens; OSError when it cannot bind."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    return once it listens; OSError when it cannot bind. With `tls_cert` and
+    `tls_key` it speaks HTTPS."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+        ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the gRPC server owns signals
     failure: list[BaseException] = []
@@ -54,4 +69,4 @@ def start_http(app: Any, host: str, port: int, *, name: str = "http", timeout: f
             raise OSError(f"cannot serve {name} on {host}:{port} (address in use or not local?)")
         time.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()[1]
-    return HttpServer(host, bound, server, thread)
+    return HttpServer(host, bound, server, thread, "https" if tls_cert else "http")

@@ -476,7 +476,7 @@ def test_settlesim_serve_national_port_answers_beside_grpc(tmp_path):
     import sys
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--national-port", "0",
+        [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--national-port", "0", "--no-console",
          "--db", str(tmp_path / "x.db")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip

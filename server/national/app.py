@@ -1,4 +1,4 @@
-"""The national door as an ASGI app (FastAPI), and its uvicorn runner beside gRPC.
+"""The national door as an ASGI app (FastAPI); server/http_server.py runs it beside gRPC.
 
 FastAPI because the envelope is typed with pydantic models at the edge and the
 OpenAPI description of the door comes from the same models (published at
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import simplejson
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -189,33 +186,3 @@ def _journal(journal: Journal, call: Call, refusal: Refusal | None, started: flo
             note.code, note.trailers = status.code, status.trailing_metadata
         note.latency_ms = (time.perf_counter() - started) * 1000
         journal.submit(note)
-
-
-class NationalServer:
-    """uvicorn serving the door in a thread of its own (beside the gRPC server)."""
-
-    def __init__(
-        self, app: FastAPI, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
-    ) -> None:
-        """With `tls_cert`/`tls_key` (serve's own) the door speaks HTTPS."""
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-            ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
-        )  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="national-door", daemon=True)
-
-    def start(self, timeout: float = 10.0) -> int:
-        """Start listening; the bound port (port 0 gives a free one)."""
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise OSError("the national door could not start listening (address in use?)")
-            time.sleep(0.01)
-        sockets = [s for server in self._server.servers for s in server.sockets]
-        return int(sockets[0].getsockname()[1])
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
