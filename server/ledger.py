@@ -1565,7 +1565,7 @@ def _problems(db: sqlite3.Connection, more_checks: Sequence[ExtraCheck] = ()) ->
             problems += _item_problems(db)
         if _table_exists(db, "institution_totals"):  # schema version 4 on
             problems += _institution_totals_problems(db)
-        if _table_exists(db, "national_visits"):  # schema version 5 on
+        if _table_exists(db, "national_visits"):  # schema version 6 on
             problems += _national_visit_problems(db)
         for check in more_checks:
             problems += check(db)
@@ -1626,7 +1626,7 @@ def _institution_totals_problems(db: sqlite3.Connection) -> list[str]:
 
 
 def _national_visit_problems(db: sqlite3.Connection) -> list[str]:
-    """(version 5) The national visit flow: every fee line belongs to a visit, every
+    """(version 6) The national visit flow: every fee line belongs to a visit, every
     linked visit's 2207 msgid is a settlement of that visit's person and institution,
     and no two visits hold the same settlement."""
     problems = [

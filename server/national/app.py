@@ -21,13 +21,14 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from settlesim.server import calls
 from settlesim.server.journal import CallNote, Journal
 from settlesim.server.national.envelope import FAILURE, Answer, Envelope, answer, parse
 from settlesim.server.national.flow import TRANSACTIONS, Call, run
 from settlesim.server.national.signature import HEADERS, SignatureCheck
 from settlesim.server.national.visits import VisitStore
 from settlesim.server.rules.reasons import Reason, Refusal
-from settlesim.server.service import SESSION_HEADER, Caller, SettlementCore, checked_session
+from settlesim.server.service import SettlementCore
 from settlesim.server.status import to_status
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -84,7 +85,10 @@ def create_app(
         received = datetime.now()
         started = time.perf_counter()
         body = await request.body()
-        session = request.headers.get(SESSION_HEADER, "")
+        # The sandbox headers as gRPC metadata: one reading of them for both doors (server/calls.py).
+        session = [
+            (k, v) for k, v in request.headers.items() if k in (calls.SESSION_HEADER, calls.MEMBERS_HEADER)
+        ]
         signed = {name: request.headers.get(name, "") for name in HEADERS}
         result = await run_in_threadpool(
             _serve, core, store, journal, allow_sessions, body, infno, session, received, started, core_loop,
@@ -122,7 +126,7 @@ def _serve(
     allow_sessions: bool,
     body: bytes,
     path_infno: str,
-    session: str,
+    session: list[tuple[str, str]],
     received: datetime,
     started: float,
     core_loop: asyncio.AbstractEventLoop | None = None,
@@ -149,7 +153,8 @@ def _serve(
                 f"the path says {path_infno}, the envelope {envelope.infno}",
                 field="infno",
             )
-        caller = Caller(checked_session(session, allow_sessions), identity)
+        caller = calls.resolve(session, {}, calls.CallSettings(allow_sessions, None)).require()
+        caller = caller._replace(institution=identity)
         call = Call(core, store, caller, envelope, core_loop)
         output = run(call)
     except Refusal as error:

@@ -59,6 +59,7 @@ class Call:
         return hashlib.sha256(f"{self.envelope.infno}\n{body}".encode()).hexdigest()
 
     def once(self, work: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        self.core.session_for(self.caller, self.institution, writes=True)  # a sandbox's first write owns it
         return self.store.once(
             self.session,
             self.institution,
