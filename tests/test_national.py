@@ -607,3 +607,16 @@ def test_with_tls_the_door_speaks_https_with_the_servers_certificate(tmp_path):
             httpx.post(url, json=envelope, headers=headers, verify=ssl.create_default_context())
     finally:
         running.stop(grace=1)
+
+
+def test_a_sandbox_header_keeps_the_national_visit_in_its_sandbox(his):
+    """x-settlesim-session through the national door, read by server/calls.py as gRPC's is:
+    what a sandbox settles is not in the real ledger."""
+    his.http.headers["x-settlesim-session"] = "national-try-1"
+    his.visit_up_to_2204()
+    setl_id = his.ok("2207")["setlinfo"]["setl_id"]
+    del his.http.headers["x-settlesim-session"]
+    outside = his.data_call("5203", "H110105000012021120919000040", psn_no=QINGHAI, setl_id=setl_id)
+    assert (outside["infcode"], outside["err_reason"]) == (-1, "SETTLEMENT_NOT_FOUND")
+    his.http.headers["x-settlesim-session"] = "bad session!"
+    assert his.data_call("5203", "H110105000012021120919000041", setl_id=setl_id)["err_reason"] == "FIELD_INVALID"
