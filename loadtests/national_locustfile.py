@@ -7,8 +7,8 @@
 One flow is one visit as an HIS calls it (clients/national.py): 2201 → 2203 → 2204 →
 2206 → 2207, each a request named by its infno. Every answer is checked (infcode 0;
 fund + person = total = the lines; 2207 = 2206) and reported as "validate / visit
-validated", as the gRPC kit does. Each user is its own ledger sandbox
-(x-settlesim-session), so exact checks hold while users settle the same people.
+validated", as the gRPC kit does. Each user has its own ledger sandbox per
+institution (x-settlesim-session), so exact checks hold while users settle the same people.
 """
 
 from __future__ import annotations
@@ -63,15 +63,24 @@ class NationalHospital(HttpUser):
         self.rng = random.Random()
         self.tag = uuid.uuid4().hex[:8].upper()
         self.seq = 0
-        self.headers = {"content-type": "application/json", SESSION_HEADER: f"locust-national-{self.tag}"}
+        self.headers = {"content-type": "application/json"}
 
     def next_msgid(self, institution_code: str) -> str:
         self.seq += 1
         return msgid(institution_code, self.tag, self.seq)
 
+    def headers_for(self, institution: str) -> dict[str, str]:
+        """A sandbox of this user's per institution: a sandbox belongs to the institution that
+        first wrote in it (docs/sessions.md)."""
+        return {**self.headers, SESSION_HEADER: f"locust-national-{self.tag}-{institution}"}
+
     def post(self, envelope: dict[str, Any]) -> dict[str, Any]:
         with self.client.post(
-            PATH, data=encode(envelope), headers=self.headers, name=envelope["infno"], catch_response=True
+            PATH,
+            data=encode(envelope),
+            headers=self.headers_for(envelope["fixmedins_code"]),
+            name=envelope["infno"],
+            catch_response=True,
         ) as response:
             try:
                 answer = decode(response.content)
