@@ -136,6 +136,8 @@ class RunningServer:
         journal, the audit log (it anchors its head in the ledger a last time) and the ledger."""
         if self.console is not None:
             self.console.stop()
+        if self.national is not None:  # before the loop stops: its calls run on the loop
+            self.national.stop()
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(self._drain(grace), self.loop).result()
             self.loop.call_soon_threadsafe(self.loop.stop)
@@ -215,6 +217,10 @@ def sessions_allowed(config: ServerConfig) -> bool:
 
 def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     """Start a server on a new event loop in a background thread; return once it listens."""
+    if config.national_port is not None and config.auth == "mtls":
+        # The national door knows no client certificates (x-tif-* signatures are its
+        # identity, with --auth token): beside mutual TLS it would let anyone act for anyone.
+        raise ValueError("--national-port does not speak mutual TLS: use --auth token (x-tif-* signatures)")
     world = world if world is not None else load_world(config.world_dir)
     warnings = auth.check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
     if not config.integrity_check:
@@ -254,7 +260,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     thread = threading.Thread(target=_run_loop, args=(loop,), name="settlesim-loop", daemon=True)
     thread.start()
     try:
-        server, port, health_servicer = asyncio.run_coroutine_threadsafe(
+        server, port, health_servicer, service = asyncio.run_coroutine_threadsafe(
             _start_on_loop(config, world, parts, authenticate), loop
         ).result()
     except BaseException:
@@ -271,12 +277,25 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         except BaseException:
             running.stop(grace=0)
             raise
+    if config.national_port is not None:
+        signatures = SignatureCheck(world.institution_tokens) if config.auth == "token" else None
+        door = create_national_app(
+            service.core, allow_sessions=sessions, journal=journal, core_loop=loop, signatures=signatures
+        )
+        try:
+            running.national = start_http(
+                door, config.host, config.national_port, name="national door",
+                tls_cert=config.tls_cert, tls_key=config.tls_key,
+            )  # fmt: skip
+        except BaseException:
+            running.stop(grace=0)
+            raise
     return running
 
 
 async def _start_on_loop(
     config: ServerConfig, world: World, parts: _Parts, authenticate: auth.Authenticator | None
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, SettlementService]:
     ledger, journal, audit, runs = parts.ledger, parts.journal, parts.audit, parts.runs
     service = SettlementService(
         world, ledger, allow_sessions=sessions_allowed(config), authenticate=authenticate, runs=runs
@@ -325,7 +344,7 @@ async def _start_on_loop(
     ledger.watch_health(functools.partial(health_of.tell, "ledger"))
     if audit is not None:
         audit.on_failing = lambda failing: health_of.tell("audit log", not failing)
-    return server, port, health_servicer
+    return server, port, health_servicer, service
 
 
 def _counting(metrics: Metrics | None):  # type: ignore[no-untyped-def]

@@ -493,7 +493,8 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     @refusals_as_status
     async def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.aio.ServicerContext):
-        return await self.core.pre_settle_visit(await self.caller(context, request.request.visit.institution_code), request)
+        caller = await self.caller(context, request.request.visit.institution_code)
+        return await self.core.pre_settle_visit(caller, request)
 
     @refusals_as_status
     async def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.aio.ServicerContext):

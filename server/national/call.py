@@ -59,7 +59,7 @@ class Call:
         return hashlib.sha256(f"{self.envelope.infno}\n{body}".encode()).hexdigest()
 
     def once(self, work: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-        self.core.session_for(self.caller, self.institution, writes=True)  # a sandbox's first write owns it
+        self.session_for(writes=True)  # a sandbox's first write owns it
         return self.store.once(
             self.session,
             self.institution,
@@ -77,10 +77,17 @@ class Call:
         made[2] = answer = self.core_call(method, request, **kwargs)
         return answer
 
+    def session_for(self, *, writes: bool) -> str:
+        """The core's session for this call's institution (SettlementCore.session_for)."""
+        return self._awaited(self.core.session_for(self.caller, self.institution, writes=writes))
+
     def core_call(self, method: Callable[..., Any], request: Any, **kwargs: Any) -> Any:
-        """A SettlementCore call from the door's worker thread. An async core (one
-        event loop serving gRPC) is run on its own loop, `core_loop`."""
-        answer = method(self.caller, request, **kwargs)
+        """A SettlementCore call from the door's worker thread."""
+        return self._awaited(method(self.caller, request, **kwargs))
+
+    def _awaited(self, answer: Any) -> Any:
+        """An async core's answer (one event loop serving gRPC) awaited on its own loop,
+        `core_loop`, from the door's thread; a synchronous core's as it is."""
         if inspect.isawaitable(answer):
             assert self.core_loop is not None, "an async core needs its event loop"
             answer = asyncio.run_coroutine_threadsafe(answer, self.core_loop).result()  # type: ignore[arg-type]

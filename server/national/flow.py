@@ -52,7 +52,7 @@ def run(call: Call) -> dict[str, Any]:
     """The transaction the envelope names."""
     validation.required_codes(msgid=call.envelope.msgid, fixmedins_code=call.institution)
     call.core.acting_for(call.caller, call.institution)
-    call.core.session_for(call.caller, call.institution, writes=False)  # another's sandbox is refused
+    call.session_for(writes=False)  # another's sandbox is refused
     transaction = TRANSACTIONS.get(call.envelope.infno)
     if transaction is None:
         raise Refusal(
