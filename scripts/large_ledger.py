@@ -22,7 +22,7 @@ from pathlib import Path
 
 from settlesim.clients.hospital import Fee, Hospital
 from settlesim.server.app import ServerConfig, start
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger.sqlite import SqliteLedger
 from settlesim.v1 import settlement_service_pb2 as pb
 
 INSTITUTION, PERSON, DISEASE = "H11010500001", "63000000000000000001", "M00503"
@@ -66,7 +66,7 @@ def main() -> int:
     started = time.monotonic()
     template, items, figures = one_real_settlement()
     total, fund, patient, deductible, full, over, pre, scope, ratio = figures
-    Ledger(args.path).close()  # the schema, as a server makes it
+    SqliteLedger(args.path).close()  # the schema, as a server makes it
     db = sqlite3.connect(args.path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("BEGIN IMMEDIATE")

@@ -24,7 +24,7 @@ from settlesim.server.faults import FaultInterceptor, FaultPlan, after_call
 from settlesim.server.his_check_service import HisCheckService
 from settlesim.server.http_server import HttpServer, start_http
 from settlesim.server.journal import Journal, JournalInterceptor, journal_path
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger import LedgerStore, open_ledger
 from settlesim.server.limits import MAX_CONCURRENT_CALLS, REQUEST_BODY_SECONDS, CallLimits
 from settlesim.server.metrics import Metrics
 from settlesim.server.model import World
@@ -66,7 +66,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     world_dir: Path | None = None  # None: the bundled default world
-    db_path: Path | None = None  # None: default_db_path()
+    db_path: str | Path | None = None  # a file or a database URL (server/ledger/); None: default_db_path()
     max_workers: int = 16  # the sync server's request threads; the event loop needs none (ignored)
     # x-settlesim-session sandboxes (docs/sessions.md). None: on with --auth none, off when the
     # server demands identity (token, mtls) unless the operator turns them on (serve --sessions).
@@ -111,7 +111,7 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     world: World
-    ledger: Ledger
+    ledger: LedgerStore
     health: health.aio.HealthServicer
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
@@ -196,7 +196,7 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
 class _Parts:
     """What start() opens before the loop runs, closed again if start-up fails."""
 
-    ledger: Ledger
+    ledger: LedgerStore
     journal: Journal | None
     audit: AuditLog | None
     metrics: Metrics | None
@@ -232,7 +232,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
             "session sandboxes are on (--sessions): each is an isolated copy of the ledger its "
             "institutions can settle in; answers from one name it (docs/sessions.md)"
         )
-    ledger = Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check)
+    ledger = open_ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check)
     ledger.shared = config.reuse_port  # serve --processes: other processes write it too
     metrics = Metrics() if config.metrics else None
     journal = (
@@ -273,7 +273,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     )
     if config.console_port is not None:
         try:
-            running.console = _start_console(config, world, metrics)
+            running.console = _start_console(config, world, ledger, metrics)
         except BaseException:
             running.stop(grace=0)
             raise
@@ -361,13 +361,15 @@ def _counting(metrics: Metrics | None):  # type: ignore[no-untyped-def]
     return observe
 
 
-def _start_console(config: ServerConfig, world: World, metrics: Metrics | None) -> HttpServer:
+def _start_console(
+    config: ServerConfig, world: World, ledger: LedgerStore, metrics: Metrics | None
+) -> HttpServer:
     from settlesim.server.console import ConsoleConfig, create_app
 
     db = config.db_path or default_db_path()
     app = create_app(
         ConsoleConfig(
-            world, db, journal_path(db) if config.journal else None, metrics,
+            world, ledger, journal_path(db) if config.journal else None, metrics,
             config.console_token, config.console_reports,
         )
     )  # fmt: skip
@@ -382,7 +384,7 @@ def _start_console(config: ServerConfig, world: World, metrics: Metrics | None) 
 
 
 class _Health:
-    """The server's health from its parts' (the ledger's writes, server/ledger_health.py;
+    """The server's health from its parts' (the ledger's writes, server/ledger/health.py;
     the audit log's records): NOT_SERVING while any of them fails, SERVING once none does.
     Told from any thread; the aio health service is set on its loop."""
 

@@ -49,7 +49,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from settlesim.server import calls
 from settlesim.server.completion import to_completion
-from settlesim.server.ledger import AuditAnchor, Ledger, read_audit_anchors
+from settlesim.server.ledger import AuditAnchor, LedgerStore, read_audit_anchors
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.status import to_status
 
@@ -137,7 +137,7 @@ def verify_file(path: Path, anchor: AuditAnchor | None = None) -> ChainReport:
     return report
 
 
-def verify_against(path: Path, ledger: Path | None) -> tuple[ChainReport, str]:
+def verify_against(path: Path, ledger: str | Path | None) -> tuple[ChainReport, str]:
     """`settlesim audit verify [--db LEDGER] FILE`: the chain, and with a ledger its
     anchor: the one kept under this file's path, or else a retired one the file
     still holds (a rotated file: --audit-new-chain). Returns the report and a
@@ -229,7 +229,7 @@ class AuditLog:
 
     `anchor`: the head the ledger last committed for this file (None: none
     yet); the file must still hold it (AuditAnchorError otherwise). `anchoring`:
-    how to commit the head when nothing else does (Ledger.anchor_audit): called
+    how to commit the head when nothing else does (LedgerStore.anchor_audit): called
     from a thread of the log's own every ANCHOR_SECONDS when records came in,
     and once on close. `on_failing(True/False)`: writes started failing /
     succeed again (health)."""
@@ -335,7 +335,7 @@ class AuditLog:
             self._fd = -1
 
 
-def open_audit_log(path: Path, ledger: Ledger, *, fsync: bool = False, new_chain: bool = False) -> AuditLog:
+def open_audit_log(path: Path, ledger: LedgerStore, *, fsync: bool = False, new_chain: bool = False) -> AuditLog:
     """The audit log at `path`, tied to `ledger`: continued from the head the
     ledger anchored (AuditAnchorError if the file no longer holds it), and
     anchored by every ledger write from now on. `new_chain`: the file was

@@ -11,7 +11,7 @@ import grpc
 from settlesim.server import calls
 from settlesim.server.faults import check_targeted
 from settlesim.server.journal import Journal
-from settlesim.server.ledger import Ledger, StoredSettlement
+from settlesim.server.ledger import LedgerStore, StoredSettlement
 from settlesim.server.model import World
 from settlesim.server.rules.reasons import Reason, Refusal, Violation
 from settlesim.server.runs import Run, RunRegistry, TargetedFault
@@ -24,7 +24,7 @@ class HisCheckService(hc_grpc.HisCheckServiceServicer):
     def __init__(
         self,
         world: World,
-        ledger: Ledger,
+        ledger: LedgerStore,
         journal: Journal,
         runs: RunRegistry,
         call_settings: calls.CallSettings,

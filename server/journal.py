@@ -40,7 +40,7 @@ import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from settlesim.server.completion import to_completion
-from settlesim.server.ledger_health import storage_refusal
+from settlesim.server.ledger.sqlite.errors import storage_refusal
 from settlesim.v1 import settlement_service_pb2 as pb
 
 log = logging.getLogger("settlesim.server.journal")
@@ -230,7 +230,7 @@ class Journal:
     def using(self) -> Iterator[sqlite3.Connection]:
         """The connection, under the lock, for the journal's and the run store's
         reads and writes outside the writer thread: an SQLite error becomes the
-        storage refusal (server/ledger_health.py) naming the journal file, never
+        storage refusal (server/ledger/sqlite/errors.py) naming the journal file, never
         an INTERNAL/UNKNOWN status."""
         with self._lock:
             try:

@@ -3,10 +3,10 @@ ledger file, so the settlement path is not held to one core by Python's GIL.
 
 The parent loads the world once and forks; each child starts its own gRPC
 server (SO_REUSEPORT: the kernel spreads new connections over the children) and
-its own Ledger connection. Correctness across processes rests on SQLite: every
+its own ledger connection. Correctness across processes rests on SQLite: every
 write is an IMMEDIATE transaction, so writers on the shared file are serialised
 and each reads the yearly totals and msgids the others committed (the same
-guarantees as one process; see server/ledger.py). gRPC objects must not cross
+guarantees as one process; see server/ledger/sqlite/store.py). gRPC objects must not cross
 a fork, so nothing of gRPC exists in the parent.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from settlesim.server.app import INTEGRITY_CHECK_SKIPPED, ServerConfig, default_db_path, start
 from settlesim.server.auth import check_combination
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger import open_ledger
 from settlesim.server.world_loader import load_world
 
 log = logging.getLogger("settlesim.server")
@@ -74,7 +74,7 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
     # The ledger file is checked (created, upgraded) once, here: a bad file is one
     # line from the parent, not a traceback from each child, and N children do not
     # each run the integrity check. Nothing of SQLite is open across the fork.
-    Ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check).close()
+    open_ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check).close()
     reserved = _reserve(config.host, config.port)
     port = reserved.getsockname()[1]
     shared = replace(config, port=port, reuse_port=True, integrity_check=False)

@@ -12,14 +12,14 @@ once, and a lookup per call after that.
 
 from __future__ import annotations
 
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger import LedgerStore
 from settlesim.server.rules.reasons import Reason, Refusal
 
 
 class Sandboxes:
     CACHE_LIMIT = 100_000  # sessions remembered; the ledger answers for the rest
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: LedgerStore) -> None:
         self.ledger = ledger
         self._groups: dict[str, frozenset[str]] = {}
 

@@ -22,7 +22,7 @@ from settlesim.server import answers, calls, stored_answers, validation
 from settlesim.server.calls import Caller
 from settlesim.server.ids import IDS
 from settlesim.server.journal import current_note
-from settlesim.server.ledger import Ledger, StoredItem, StoredSettlement
+from settlesim.server.ledger import LedgerStore, NationalWrites, StoredItem, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
 from settlesim.server.rules.eligibility import Eligibility, check_registration
 from settlesim.server.rules.reasons import Reason, Refusal
@@ -158,7 +158,7 @@ class SettlementCore:
     ledger. Door-agnostic: a Caller and contract messages in, contract messages out, Refusal
     for every refusal. The gRPC servicer and the national JSON door (server/national/) call it."""
 
-    def __init__(self, world: World, ledger: Ledger) -> None:
+    def __init__(self, world: World, ledger: LedgerStore) -> None:
         self.world = world
         self.ledger = ledger
         self.sandboxes = Sandboxes(ledger)
@@ -203,9 +203,9 @@ class SettlementCore:
         self,
         caller: Caller,
         request: pb.SettleVisitRequest,
-        on_settled: Callable[[Any, StoredSettlement], None] | None = None,
+        on_settled: Callable[[NationalWrites, StoredSettlement], None] | None = None,
     ) -> pb.SettleVisitResponse:
-        """`on_settled(db, stored)` runs in the settlement's own transaction (the
+        """`on_settled(writes, stored)` runs in the settlement's own transaction (the
         national door links its visit there), not for a replay."""
         try:
             plan = self._plan(caller, request.request)
@@ -446,7 +446,7 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
     def __init__(
         self,
         world: World,
-        ledger: Ledger,
+        ledger: LedgerStore,
         *,
         allow_sessions: bool = True,
         authenticate: calls.Authenticator | None = None,

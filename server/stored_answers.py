@@ -2,24 +2,23 @@
 
 Each settlement keeps the exact answer it returned (protobuf `settlesim.v1.Settlement`
 bytes) beside its figures as columns and its fee lines as rows. The ledger
-(server/ledger.py) knows no protobuf; this module decodes the answers:
+(server/ledger/) knows no protobuf; this module decodes the answers:
 
 - `decode` for the server: a stored answer that does not decode, or disagrees
   with its settlement's columns, is refused as DATA_LOSS / LEDGER_DAMAGED
   instead of being served (a flipped bit once made GetSettlement say fund 0);
-- `problems` for `settlesim ledger check`: every stored answer decodes and
-  agrees with its columns and, from schema version 2 on, with its item rows.
+- `settlement_problems` for `settlesim ledger check`: every stored answer decodes and
+  agrees with its columns and, from schema version 2 on, with its item rows (the
+  store hands it each settlement's row and item rows: server/ledger/sqlite/answer_rows.py).
 """
 
 from __future__ import annotations
 
-import itertools
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from settlesim.server.ledger import StoredSettlement
+from settlesim.server.ledger.contract import StoredSettlement
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -49,7 +48,7 @@ _ITEM = (
 )
 
 
-def _disagreements(answer: pb.Settlement, columns: dict[str, Any]) -> list[str]:
+def _disagreements(answer: pb.Settlement, columns: Mapping[str, Any]) -> list[str]:
     found = [
         f"stored answer says {name} {getattr(answer, name)!r} but the column says {columns[name]!r}"
         for name in _HEADER
@@ -91,54 +90,22 @@ def _damaged(settlement_id: str, why: str) -> Refusal:
     )
 
 
-def problems(db: sqlite3.Connection) -> list[str]:
-    """For `settlesim ledger check`: every stored answer decodes, agrees with its
-    settlement's columns and (schema version 2 on) with its item rows, item for
-    item by sequence number. One line per disagreement."""
-    columns = ", ".join(("answer", "visit_date", *_HEADER, *(c for c, _ in _TOTALS)))
-    has_figures = {row[1] for row in db.execute("PRAGMA table_info(settlements)")} >= {"ratio_bp"}
-    if not has_figures:  # before version 2: no figure columns to compare
-        columns = ", ".join(("answer", "visit_date", *_HEADER, *(c for c, _ in _TOTALS[:4])))
-    settlements = db.execute(f"SELECT {columns} FROM settlements ORDER BY settlement_id")
-    names = [d[0] for d in settlements.description]
-    items = _items_by_settlement(db)
-    found: list[str] = []
-    pending = next(items, None)
-    for row in settlements:
-        settlement = dict(zip(names, row, strict=True))
-        for column, _ in _TOTALS:  # NULL, or absent before version 2: not compared
-            settlement.setdefault(column, None)
-        sid = settlement["settlement_id"]
-        while (
-            pending is not None and pending[0] < sid
-        ):  # rows of a missing settlement: _item_problems says so
-            pending = next(items, None)
-        rows: list[dict[str, Any]] = []
-        if pending is not None and pending[0] == sid:
-            rows, pending = pending[1], next(items, None)
-        try:
-            answer = pb.Settlement.FromString(settlement["answer"])
-        except DecodeError as error:
-            found.append(f"settlement {sid}: stored answer does not decode ({error})")
-            continue
-        found += [f"settlement {sid}: {problem}" for problem in _disagreements(answer, settlement)]
-        if has_figures and settlement["ratio_bp"] is not None:
-            found += [f"settlement {sid} {problem}" for problem in _item_disagreements(answer, rows)]
+def settlement_problems(settlement: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> list[str]:
+    """For `settlesim ledger check` (the contract's AnswerCheck): a settlement's stored
+    answer decodes, agrees with its columns and (figures present: schema version 2 on)
+    with its item rows, item for item by sequence number. One line per disagreement."""
+    sid = settlement["settlement_id"]
+    try:
+        answer = pb.Settlement.FromString(settlement["answer"])
+    except DecodeError as error:
+        return [f"settlement {sid}: stored answer does not decode ({error})"]
+    found = [f"settlement {sid}: {problem}" for problem in _disagreements(answer, settlement)]
+    if settlement["ratio_bp"] is not None:
+        found += [f"settlement {sid} {problem}" for problem in _item_disagreements(answer, rows)]
     return found
 
 
-def _items_by_settlement(db: sqlite3.Connection) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    if not db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'settlement_items'"
-    ).fetchone():
-        return iter(())
-    cursor = db.execute("SELECT * FROM settlement_items ORDER BY settlement_id, sequence_no")
-    names = [d[0] for d in cursor.description]
-    rows = (dict(zip(names, row, strict=True)) for row in cursor)
-    return ((sid, list(group)) for sid, group in itertools.groupby(rows, key=lambda r: r["settlement_id"]))
-
-
-def _item_disagreements(answer: pb.Settlement, rows: list[dict[str, Any]]) -> list[str]:
+def _item_disagreements(answer: pb.Settlement, rows: list[Mapping[str, Any]]) -> list[str]:
     by_sequence = {row["sequence_no"]: row for row in rows}
     answered = {item.sequence_no: item for item in answer.items}
     found = [f"item {seq}: in the stored answer but has no row" for seq in answered if seq not in by_sequence]

@@ -32,10 +32,17 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _default_db() -> Path:
+def _ledger_db(value: str) -> str | Path:
+    """A --db / $SETTLESIM_DB value: a ledger file, or a database URL (server/ledger/)."""
+    from settlesim.server.ledger import ledger_location
+
+    return ledger_location(value)
+
+
+def _default_db() -> str | Path:
     """The ledger serve uses when given no --db: $SETTLESIM_DB, else the user data dir."""
     if os.environ.get("SETTLESIM_DB"):
-        return Path(os.environ["SETTLESIM_DB"])
+        return _ledger_db(os.environ["SETTLESIM_DB"])
     from settlesim.server.app import default_db_path
 
     return default_db_path()
@@ -82,9 +89,10 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world", type=Path, help="world directory (default: the bundled world)")
     p.add_argument(
         "--db",
-        type=Path,
+        type=_ledger_db,
         default=os.environ.get("SETTLESIM_DB"),
-        help="SQLite ledger (default $SETTLESIM_DB or ~/.local/share/settlesim/settlesim.db)",
+        help="ledger: a SQLite file, or a postgresql:// URL (default $SETTLESIM_DB or "
+        "~/.local/share/settlesim/settlesim.db)",
     )
     # The thread-pool server's request threads; the event loop needs none. Still accepted.
     p.add_argument("--workers", type=at_least_one, default=16, help=argparse.SUPPRESS)
@@ -191,8 +199,6 @@ def _console_config(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import sqlite3
-
     from settlesim.server.app import ServerConfig, configure_logging, serve_forever
     from settlesim.server.auth import check_combination
 
@@ -232,10 +238,6 @@ def run_serve(args: argparse.Namespace) -> int:
         return serve_forever(config)
     except ValueError as e:  # a refused auth/TLS combination
         raise CliError(str(e)) from e
-    except sqlite3.DatabaseError as e:  # e.g. --db names a file that is not a database
-        from settlesim.server.app import default_db_path
-
-        raise CliError(f"ledger {config.db_path or default_db_path()}: {e}") from e
 
 
 def _add_security_and_fault_args(p: argparse.ArgumentParser) -> None:
@@ -410,8 +412,8 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
     )
     check.add_argument(
         "--db",
-        type=Path,
-        help="SQLite ledger file, only read (default: serve's, $SETTLESIM_DB or "
+        type=_ledger_db,
+        help="ledger (SQLite file or postgresql:// URL), only read (default: serve's, $SETTLESIM_DB or "
         "~/.local/share/settlesim/settlesim.db)",
     )
     check.add_argument(
@@ -422,13 +424,14 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
 
 def run_ledger_check(args: argparse.Namespace) -> int:
     from settlesim.server import stored_answers
-    from settlesim.server.ledger import SCHEMA_VERSION, LedgerFileError, check_file
+    from settlesim.server.ledger import LedgerFileError, check_ledger
+    from settlesim.server.ledger.sqlite import SCHEMA_VERSION
 
     args.db = args.db or _default_db()
-    if not args.db.is_file():
+    if isinstance(args.db, Path) and not args.db.is_file():
         raise CliError(f"no ledger at {args.db}")
     try:
-        report = check_file(args.db, more_checks=(stored_answers.problems,))
+        report = check_ledger(args.db, answer_check=stored_answers.settlement_problems)
     except LedgerFileError as e:
         raise CliError(str(e)) from None
     problems = report.problems
@@ -675,7 +678,7 @@ def add_audit(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("path", type=Path, help="audit log (JSON lines)")
     verify.add_argument(
         "--db",
-        type=Path,
+        type=_ledger_db,
         help="the ledger holding its anchor (default: the one serve uses, $SETTLESIM_DB or the user data dir)",
     )
     verify.add_argument(
@@ -693,12 +696,12 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         raise CliError(f"no audit log at {args.path}")
     if args.no_anchor and args.db is not None:
         raise CliError("give --db or --no-anchor, not both")
-    if args.db is not None and not args.db.is_file():
+    if isinstance(args.db, Path) and not args.db.is_file():
         raise CliError(f"no ledger at {args.db}")
     # The chain alone cannot see records removed from the end: without the anchor
     # the tail is unverified, and that is only an answer when asked for (--no-anchor).
     db = None if args.no_anchor else (args.db or _default_db())
-    no_ledger = db is not None and not db.is_file()
+    no_ledger = isinstance(db, Path) and not db.is_file()
     report, anchored = verify_against(args.path, None if no_ledger else db)
     for problem in report.problems:
         print(f"FAIL {problem}")

@@ -159,7 +159,7 @@ def test_records_after_the_last_ledger_write_are_anchored_within_a_second(tmp_pa
     """Reads commit nothing, yet their records are anchored by the server's
     anchor tick (ANCHOR_SECONDS) while it runs, and on close."""
     from settlesim.server.audit import ANCHOR_SECONDS
-    from settlesim.server.ledger import read_audit_anchor
+    from settlesim.server.ledger.sqlite import read_audit_anchor
 
     running = start(config(tmp_path))
     his = Hospital.connect(running.target, CANCER_HOSPITAL)

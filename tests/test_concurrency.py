@@ -22,7 +22,7 @@ import pytest
 from conftest import CANCER_HOSPITAL
 from settlesim.clients.hospital import Fee, Hospital
 from settlesim.clients.rejections import Rejection, rejection_of
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.v1 import settlement_service_pb2 as pb
 
 RACERS = 16

@@ -1,4 +1,4 @@
-"""The event loop's group commit (server/group_commit.py): writes that arrive
+"""The event loop's group commit (server/ledger/sqlite/group_commit.py): writes that arrive
 together share one transaction, and a refused or failing write spoils none of
 the others, whether it failed before or after it changed a row."""
 
@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 from conftest import CANCER_HOSPITAL
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.rules.reasons import Reason, Refusal
 
 

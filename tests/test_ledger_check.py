@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import CANCER_HOSPITAL, FUWAI, ledger_check
-from settlesim.server.ledger import SCHEMA_VERSION, Ledger, StoredSettlement
+from settlesim.server.ledger import StoredSettlement
+from settlesim.server.ledger.sqlite import SCHEMA_VERSION
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.model import YearlyTotals
 from test_ledger_migration import answer_of, old_ledger
 

@@ -16,15 +16,9 @@ from typing import Any
 
 import pytest
 from conftest import CANCER_HOSPITAL, FUWAI
-from settlesim.server import ledger as ledger_module
-from settlesim.server.ledger import (
-    SCHEMA_VERSION,
-    Ledger,
-    LedgerFileError,
-    StoredItem,
-    StoredSettlement,
-    check_file,
-)
+from settlesim.server.ledger import AuditAnchor, LedgerFileError, StoredItem, StoredSettlement
+from settlesim.server.ledger.sqlite import SCHEMA_VERSION, check_file, migrations, read_audit_anchors
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -252,13 +246,13 @@ def test_upgrade_keeps_every_row_and_rekeys_messages(tmp_path):
 def test_a_failed_upgrade_changes_nothing(tmp_path, monkeypatch):
     old = old_ledger(tmp_path)
     before = rows(old)
-    rekey = ledger_module._rekey_messages
+    rekey = migrations._rekey_messages
 
     def rekey_then_fail(db: sqlite3.Connection) -> None:
         rekey(db)
         raise OSError("disk full")
 
-    monkeypatch.setattr(ledger_module, "_rekey_messages", rekey_then_fail)
+    monkeypatch.setattr(migrations, "_rekey_messages", rekey_then_fail)
     with pytest.raises(OSError, match="disk full"):
         Ledger(old)
     assert layout(old) == (0, ["session", "msgid"], ["session", "msgid"])
@@ -321,7 +315,7 @@ def test_a_version_1_ledger_gains_the_figure_columns_and_item_rows(tmp_path):
     old = old_ledger(tmp_path)
     with closing(sqlite3.connect(old, isolation_level=None)) as db:  # make it what version 1 left
         db.execute("BEGIN IMMEDIATE")
-        ledger_module._rekey_messages(db)
+        migrations._rekey_messages(db)
         db.execute("PRAGMA user_version = 1")
         db.execute("COMMIT")
     before = rows(old)
@@ -369,19 +363,19 @@ def test_a_version_2_ledger_gains_the_audit_anchors_and_keeps_every_row(tmp_path
         for table in VERSION_6_TABLES:
             db.execute(f"DROP TABLE {table}")
         db.execute("PRAGMA user_version = 2")
-    assert ledger_module.read_audit_anchors(path) == {}
+    assert read_audit_anchors(path) == {}
     before = rows(path)
     ledger = Ledger(path)
     try:
         assert ledger.upgraded_from == 2 and layout(path)[0] == SCHEMA_VERSION
         assert rows(path) == before and ledger.check() == []
         assert ledger.audit_anchor("/var/log/audit.jsonl") is None
-        ledger.audit_head = lambda: ("/var/log/audit.jsonl", ledger_module.AuditAnchor(2, 300, "ab" * 32))
+        ledger.audit_head = lambda: ("/var/log/audit.jsonl", AuditAnchor(2, 300, "ab" * 32))
         ledger.anchor_audit()
     finally:
         ledger.close()
-    assert ledger_module.read_audit_anchors(path) == {
-        "/var/log/audit.jsonl": ledger_module.AuditAnchor(2, 300, "ab" * 32)
+    assert read_audit_anchors(path) == {
+        "/var/log/audit.jsonl": AuditAnchor(2, 300, "ab" * 32)
     }
 
 
@@ -441,7 +435,7 @@ def test_a_version_5_ledger_gains_the_national_visit_tables_and_keeps_every_row(
     try:
         assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 6
         assert rows(path) == before and ledger.check() == []
-        with ledger.reading() as db:
+        with closing(sqlite3.connect(path)) as db:  # beside the open ledger (WAL)
             for table in VERSION_6_TABLES:
                 assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,)
     finally:

@@ -16,7 +16,7 @@ from conftest import CANCER_HOSPITAL, FUWAI, refused
 from settlesim.clients.hospital import Fee, Hospital
 from settlesim.clients.secure import connect
 from settlesim.server.app import RunningServer, ServerConfig, start
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.v1 import settlement_service_pb2 as pb
 
 QINGHAI, TUMOUR = "63000000000000000001", "M00503"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CANCER_HOSPITAL
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.rules.reasons import Reason, Refusal
 
 # The dying writers below die loudly on purpose (the traceback goes to stderr).

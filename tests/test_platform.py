@@ -22,7 +22,7 @@ from settlesim.clients.replay.cases import load_cases
 from settlesim.clients.replay.command import ReplayError, ReplayOptions, conformance_cases_dir, replay
 from settlesim.clients.replay.runner import run_cases
 from settlesim.server.app import ServerConfig, start
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.service import SettlementService, add_to_server
 from settlesim.server.world_loader import default_world_dir, load_world
 from settlesim.v1 import platform_pb2, platform_pb2_grpc

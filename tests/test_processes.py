@@ -12,7 +12,7 @@ import grpc
 import psutil
 from conftest import CANCER_HOSPITAL, ServerProcess
 from settlesim.clients.hospital import Fee, Hospital
-from settlesim.server.ledger import Ledger
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 
 QINGHAI = "63000000000000000001"  # people/cast.yaml: the 2021 reference case
 

@@ -36,7 +36,7 @@ from conftest import CANCER_HOSPITAL, FUWAI, ServerProcess, ledger_check, refuse
 from pki import PlatformPki
 from settlesim.clients.hospital import Fee, Hospital
 from settlesim.clients.secure import connect
-from settlesim.server.ledger import check_file
+from settlesim.server.ledger.sqlite import check_file
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 

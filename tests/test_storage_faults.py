@@ -26,8 +26,9 @@ from settlesim.clients.hospital import Fee, Hospital
 from settlesim.clients.rejections import Rejection, rejection_of
 from settlesim.server import app, validation
 from settlesim.server.app import RunningServer, ServerConfig, start
-from settlesim.server.ledger import SCHEMA_VERSION, Ledger
-from settlesim.server.ledger_health import WriteHealth
+from settlesim.server.ledger.health import WriteHealth
+from settlesim.server.ledger.sqlite import SCHEMA_VERSION
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.v1 import settlement_service_pb2 as pb
 
 INT64_MAX = 2**63 - 1

@@ -28,6 +28,7 @@ from fastapi.templating import Jinja2Templates
 from google.protobuf import json_format
 from settlesim.server.console import reads
 from settlesim.server.console.explain import explain, yuan
+from settlesim.server.ledger import LedgerStore
 from settlesim.server.metrics import CONTENT_TYPE_LATEST, Metrics
 from settlesim.server.model import InsuranceType, World
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -40,7 +41,7 @@ PAGE = 100  # rows of world tables per page
 @dataclass(frozen=True)
 class ConsoleConfig:
     world: World
-    ledger_path: Path
+    ledger: LedgerStore
     journal_path: Path | None  # None: serve --no-journal
     metrics: Metrics | None = None
     token: str = ""  # "": no login (the insecure local stub); else HTTP Basic, password = token
@@ -132,8 +133,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
 
     @app.get("/settlements/{settlement_id}", response_class=HTMLResponse, dependencies=dependencies)
     def settlement(request: Request, settlement_id: str):
-        with reads.read_only(config.ledger_path) as db:
-            found = reads.settlement(db, settlement_id)
+        found = reads.settlement(config.ledger, settlement_id)
         if found is None:
             raise HTTPException(404, f"no settlement {settlement_id}")
         stored, answer = found
@@ -154,8 +154,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
         who = world.people.get(person_no)
         if who is None:
             raise HTTPException(404, f"no person {person_no} in world {world.name}")
-        with reads.read_only(config.ledger_path) as db:
-            totals = reads.yearly_totals(db, session, person_no)
+        totals = reads.yearly_totals(config.ledger, session, person_no)
         rows = [_year_row(world, who, disease, year, used, paid) for disease, year, used, paid in totals]
         this_year = date.today().year
         return page(request, "person.html", p=who, rows=rows, session=session, this_year=this_year)
@@ -207,8 +206,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
             entries = reads.run_entries(db, run_id) if found else []
         if found is None:
             raise HTTPException(404, f"no check run {run_id}")
-        with reads.read_only(config.ledger_path) as db:
-            settled = reads.session_settlements(db, found.session)
+        settled = reads.session_settlements(config.ledger, found.session)
         graded, problem = _grade(world, found, entries, settled)
         return page(request, "run.html", run=found, entries=entries, graded=graded, problem=problem)
 

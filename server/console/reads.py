@@ -1,6 +1,6 @@
-"""What the console reads: the journal, the runs and the ledger, through
-read-only SQLite connections of its own (mode=ro, query_only), so a page never
-takes a lock the settle path waits for. Every query is a keyed lookup or a
+"""What the console reads: the journal and the runs through read-only SQLite
+connections of its own (mode=ro, query_only), so a page never takes a lock the
+settle path waits for; the ledger through its contract (its read transactions). Every query is a keyed lookup or a
 keyset page (`seq < ?` ... LIMIT n) over an index: no page scans a table."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from settlesim.server.journal import COLUMNS, JournalEntry, _decoded, query
-from settlesim.server.ledger import StoredSettlement
+from settlesim.server.ledger import LedgerStore, StoredSettlement
 from settlesim.server.runs import Run, _run_of
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -146,59 +146,23 @@ def run(db: sqlite3.Connection | None, run_id: str) -> Run | None:
     return _run_of(row) if row else None
 
 
-# --- the ledger -----------------------------------------------------------------------------------
-
-_SETTLEMENT_COLUMNS = (
-    "settlement_id, session, msgid, institution_code, person_no, disease_code, visit_date, total, "
-    "fund_pays, patient_pays, deductible_applied, answer, status, undone_by_msgid"
-)
+# --- the ledger (through its contract: server/ledger/contract.py) -----------------------------------
 
 
-def settlement(
-    db: sqlite3.Connection | None, settlement_id: str
-) -> tuple[StoredSettlement, pb.Settlement] | None:
+def settlement(ledger: LedgerStore, settlement_id: str) -> tuple[StoredSettlement, pb.Settlement] | None:
     """A settlement by id (the primary key) and its answer as the platform gave it."""
-    if db is None:
-        return None
-    row = db.execute(
-        f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE settlement_id = ?", (settlement_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    return _stored(row), pb.Settlement.FromString(row[11])
+    stored = ledger.settlement_by_id(settlement_id)
+    return None if stored is None else (stored, pb.Settlement.FromString(stored.answer))
 
 
-def _stored(row: tuple[Any, ...]) -> StoredSettlement:
-    from datetime import date
-
-    (sid, session, msgid, inst, person, disease, day, total, fund, patient, ded, answer, status, undone) = row
-    return StoredSettlement(
-        sid, session, msgid, inst, person, disease, date.fromisoformat(day), total, fund, patient, ded,
-        answer, status, undone,
-    )  # fmt: skip
+def session_settlements(ledger: LedgerStore, session: str) -> list[StoredSettlement]:
+    """A session's settlements, in the order they were made."""
+    return ledger.session_settlements(session)
 
 
-def session_settlements(db: sqlite3.Connection | None, session: str) -> list[StoredSettlement]:
-    """A session's settlements (the index on (session, institution, visit date))."""
-    if db is None:
-        return []
-    rows = db.execute(
-        f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE session = ? ORDER BY created_at", (session,)
-    ).fetchall()
-    return [_stored(row) for row in rows]
-
-
-def yearly_totals(
-    db: sqlite3.Connection | None, session: str, person_no: str
-) -> list[tuple[str, int, int, int]]:
+def yearly_totals(ledger: LedgerStore, session: str, person_no: str) -> list[tuple[str, int, int, int]]:
     """(disease, year, deductible used, fund paid): the primary key's prefix."""
-    if db is None:
-        return []
-    return db.execute(
-        "SELECT disease_code, year, deductible_used, fund_paid FROM yearly_totals "
-        "WHERE session = ? AND person_no = ? ORDER BY year DESC, disease_code",
-        (session, person_no),
-    ).fetchall()
+    return ledger.person_totals(session, person_no)
 
 
 # --- what a refusal reason means ------------------------------------------------------------------

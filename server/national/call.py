@@ -13,7 +13,7 @@ from typing import Any
 import simplejson
 from settlesim.server.model import World
 from settlesim.server.national.envelope import Envelope, Part, parse
-from settlesim.server.national.visits import VisitStore
+from settlesim.server.national.visits import NationalWrites, VisitStore
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.service import Caller, SettlementCore
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -58,7 +58,7 @@ class Call:
         body = simplejson.dumps(self.envelope.input, use_decimal=True, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(f"{self.envelope.infno}\n{body}".encode()).hexdigest()
 
-    def once(self, work: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    def once(self, work: Callable[[NationalWrites], dict[str, Any]]) -> dict[str, Any]:
         self.session_for(writes=True)  # a sandbox's first write owns it
         return self.store.once(
             self.session,

@@ -15,7 +15,7 @@ from settlesim.server.national.call import (
 )
 from settlesim.server.national.envelope import Part
 from settlesim.server.national.visit_flow import settlement_request
-from settlesim.server.national.visits import Visit, VisitStore
+from settlesim.server.national.visits import NationalWrites, Visit
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -115,8 +115,8 @@ def settle(call: Call) -> dict[str, Any]:
     priced = call.core_call(call.core.pre_settle_visit, pb.PreSettleVisitRequest(request=request)).settlement
     _compare(data.model_dump(), priced.totals, required=True)
 
-    def link(db: Any, stored: Any) -> None:
-        VisitStore.link(db, call.session, call.institution, visit.mdtrt_id, call.envelope.msgid)
+    def link(writes: NationalWrites, stored: Any) -> None:
+        writes.link(visit.mdtrt_id, call.envelope.msgid)
 
     answer = call.contract_call(
         "SettleVisit", call.core.settle_visit, pb.SettleVisitRequest(request=request), on_settled=link

@@ -9,7 +9,7 @@ from settlesim.server.national import money
 from settlesim.server.national.call import CHRGITM_LV, CHRONIC_SPECIAL_OUTPATIENT, Call, data_of, day_of
 from settlesim.server.national.envelope import Part, parse
 from settlesim.server.national.people import find_person
-from settlesim.server.national.visits import FeeLine, Visit, VisitStore
+from settlesim.server.national.visits import FeeLine, NationalWrites, Visit
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -85,11 +85,9 @@ def register(call: Call) -> dict[str, Any]:
     insutype = data.insutype or person.insurance_type.value
     begntime = day_of(data.begntime, "input.data.begntime")
     mdtrt_id = call.once(
-        lambda db: {
+        lambda writes: {
             "data": {
-                "mdtrt_id": VisitStore.register(
-                    db, call.session, call.institution, person.person_no, insutype, begntime
-                ),
+                "mdtrt_id": writes.register(person.person_no, insutype, begntime),
                 "psn_no": person.person_no,
                 "ipt_otp_no": data.ipt_otp_no,
             }
@@ -102,8 +100,8 @@ def cancel_registration(call: Call) -> dict[str, Any]:
     """2202 挂号撤销: refused while the visit has a settlement in force."""
     data = data_of(call, VisitRef)
 
-    def work(db: Any) -> dict[str, Any]:
-        VisitStore.cancel(db, call.session, call.institution, data.mdtrt_id)
+    def work(writes: NationalWrites) -> dict[str, Any]:
+        writes.cancel(data.mdtrt_id)
         return {}
 
     return call.once(work)
@@ -122,10 +120,8 @@ def upload_visit(call: Call) -> dict[str, Any]:
         raise Refusal(Reason.FIELD_MISSING, f"the visit's diagnosis: {where}", field=where)
     begntime = day_of(info.begntime, "input.mdtrtinfo.begntime") if info.begntime else ""
 
-    def work(db: Any) -> dict[str, Any]:
-        VisitStore.describe(
-            db, call.session, call.institution, info.mdtrt_id, info.med_type, dise_codg, begntime
-        )
+    def work(writes: NationalWrites) -> dict[str, Any]:
+        writes.describe(info.mdtrt_id, info.med_type, dise_codg, begntime)
         return {}
 
     return call.once(work)
@@ -201,8 +197,8 @@ def upload_fees(call: Call) -> dict[str, Any]:
     ).settlement
     result = [_line_split(line, item) for line, item in zip(lines, priced.items, strict=True)]
 
-    def work(db: Any) -> dict[str, Any]:
-        VisitStore.upload(db, call.session, call.institution, mdtrt_id, lines)
+    def work(writes: NationalWrites) -> dict[str, Any]:
+        writes.upload(mdtrt_id, lines)
         return {"result": result}
 
     return call.once(work)
@@ -238,8 +234,8 @@ def cancel_fees(call: Call) -> dict[str, Any]:
     """2205 费用明细撤销: a batch (chrg_bchno) or "0000" for all; refused after settlement."""
     data = data_of(call, FeeCancel)
 
-    def work(db: Any) -> dict[str, Any]:
-        VisitStore.cancel_lines(db, call.session, call.institution, data.mdtrt_id, data.chrg_bchno or "0000")
+    def work(writes: NationalWrites) -> dict[str, Any]:
+        writes.cancel_lines(data.mdtrt_id, data.chrg_bchno or "0000")
         return {}
 
     return call.once(work)

@@ -1,4 +1,5 @@
-"""Storage failures of the ledger, classified in one place, and its write health.
+"""The ledger's write health, whatever the store (its storage failures are classified
+by the store: server/ledger/sqlite/errors.py for SQLite).
 
 A write that fails for storage reasons (disk full, I/O error, the writer thread
 gone) is refused as UNAVAILABLE / LEDGER_UNAVAILABLE: nothing of it was stored
@@ -16,9 +17,7 @@ out when writes work again.
 
 from __future__ import annotations
 
-import errno
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 
@@ -26,70 +25,8 @@ from settlesim.server.rules.reasons import Reason, Refusal
 
 log = logging.getLogger("settlesim.server")
 
-# SQLite's primary result codes (the low byte of an extended code) and what they mean here.
-_CAUSES = {
-    sqlite3.SQLITE_FULL: "disk_full",
-    sqlite3.SQLITE_IOERR: "io_error",
-    sqlite3.SQLITE_BUSY: "busy",
-    sqlite3.SQLITE_LOCKED: "busy",
-    sqlite3.SQLITE_READONLY: "read_only",
-    sqlite3.SQLITE_CANTOPEN: "cannot_open",
-    sqlite3.SQLITE_PERM: "permission",
-    sqlite3.SQLITE_NOMEM: "out_of_memory",
-    sqlite3.SQLITE_PROTOCOL: "busy",
-}
-_DAMAGE = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-
-
 class LedgerUnavailable(RuntimeError):
-    """The writer thread has stopped: no write can commit any more."""
-
-
-def is_storage_failure(error: BaseException) -> bool:
-    """An error of the storage, not of the request nor a bug: SQLite's own, an
-    OSError (the writers' flock), or the writer thread gone."""
-    return isinstance(error, sqlite3.Error | OSError | LedgerUnavailable)
-
-
-def is_damage(error: BaseException) -> bool:
-    code = getattr(error, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in _DAMAGE
-
-
-def storage_refusal(error: BaseException, store: str = "") -> Refusal:
-    """The refusal a storage failure travels as (see the module docstring).
-    `store` names another file than the ledger (the call journal, where check
-    runs are kept too): its refusals say so and carry it as metadata `store`."""
-    if isinstance(error, Refusal):
-        return error
-    named = {"store": store} if store else {}
-    if is_damage(error):
-        return Refusal(
-            Reason.LEDGER_DAMAGED,
-            f"{store or 'the ledger file'} is damaged ({error}); it takes no more calls until it is restored",
-            cause="damaged",
-            **named,
-        )
-    if isinstance(error, LedgerUnavailable):
-        cause = "writer_stopped"
-    elif isinstance(error, OSError):  # the writers' flock beside the file
-        cause = {errno.ENOSPC: "disk_full", errno.EIO: "io_error"}.get(error.errno or 0, "storage_error")
-    else:
-        code = getattr(error, "sqlite_errorcode", None)
-        cause = _CAUSES.get(code & 0xFF, "storage_error") if code is not None else "storage_error"
-    if store:
-        return Refusal(
-            Reason.LEDGER_UNAVAILABLE,
-            f"{store} cannot be used now ({cause}: {error}); try again later",
-            cause=cause,
-            **named,
-        )
-    return Refusal(
-        Reason.LEDGER_UNAVAILABLE,
-        f"the ledger cannot store this now ({cause}: {error}); nothing of it was stored: "
-        "send it again later with the same msgid",
-        cause=cause,
-    )
+    """The writer has stopped: no write can commit any more."""
 
 
 class WriteHealth:
@@ -101,8 +38,9 @@ class WriteHealth:
 
     PROBE_SECONDS = 1.0
 
-    def __init__(self, probe: Callable[[], None]) -> None:
+    def __init__(self, probe: Callable[[], None], classify: Callable[[BaseException], Refusal]) -> None:
         self._probe = probe
+        self._classify = classify  # the store's storage_refusal
         self._lock = threading.Lock()
         self._listeners: list[Callable[[bool], None]] = []
         self.healthy = True
@@ -157,8 +95,9 @@ class WriteHealth:
                 try:
                     self._probe()
                 except Exception as error:  # still failing: try again in a while
-                    if is_damage(error):
-                        self.failed(storage_refusal(error))
+                    refusal = self._classify(error)
+                    if refusal.reason is Reason.LEDGER_DAMAGED:
+                        self.failed(refusal)
                         return
                     continue
                 self.committed()
@@ -168,7 +107,7 @@ class WriteHealth:
                 self._prober = None
                 again = not self.healthy and self.damage is None and not self._stopped.is_set()
             if again:  # a write failed between the probe's success and here
-                self.failed(storage_refusal(LedgerUnavailable("writes failed again")))
+                self.failed(self._classify(LedgerUnavailable("writes failed again")))
 
     def _tell(self, healthy: bool) -> None:
         for listener in list(self._listeners):

@@ -31,10 +31,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from settlesim.server.ledger_health import is_storage_failure
+from settlesim.server.ledger.sqlite.errors import is_storage_failure
 
 if TYPE_CHECKING:
-    from settlesim.server.ledger import Ledger
+    from settlesim.server.ledger.sqlite.store import SqliteLedger
 
 log = logging.getLogger("settlesim.server.ledger")
 T = TypeVar("T")
@@ -52,7 +52,7 @@ class LoopGroupCommit:
     MAX_WAIT_SECONDS = 0.005
     MAX_BATCH = 256  # writes per transaction: bounds the latency one batch adds
 
-    def __init__(self, ledger: Ledger, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, ledger: SqliteLedger, loop: asyncio.AbstractEventLoop) -> None:
         self.ledger, self.loop = ledger, loop
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._busy = False  # a batch is being collected, run or committed
@@ -205,7 +205,7 @@ class LoopGroupCommit:
 
     def _classified(self, error: BaseException) -> BaseException:
         """A storage failure becomes its refusal (LEDGER_UNAVAILABLE, LEDGER_DAMAGED) and
-        the ledger's write health hears of it (server/ledger_health.py)."""
+        the ledger's write health hears of it (server/ledger/health.py)."""
         return self.ledger._storage_failed(error) if is_storage_failure(error) else error
 
     def _jobs_with_savepoints(self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> list[Any]:

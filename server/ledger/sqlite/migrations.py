@@ -1,0 +1,81 @@
+"""Upgrading an older SQLite ledger to SCHEMA_VERSION, in the caller's one write
+transaction (a failure anywhere rolls all of it back)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from settlesim.server.ledger.contract import LedgerFileError
+from settlesim.server.ledger.sqlite.rows import now
+from settlesim.server.ledger.sqlite.schema import (
+    FIGURE_COLUMNS,
+    INSTITUTION_TOTALS_FROM_SETTLEMENTS,
+    MESSAGES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    statements,
+    table_exists,
+    user_version,
+)
+
+
+def upgrade(db: sqlite3.Connection, path: Path) -> int | None:
+    """Inside a write transaction: create what is missing and bring the file to
+    SCHEMA_VERSION; the version upgraded from, or None when another process already did."""
+    version = user_version(db)
+    if version == SCHEMA_VERSION:
+        return None  # another process did it while this one waited
+    if version > SCHEMA_VERSION:
+        raise LedgerFileError(
+            f"{path}: ledger schema version {version} is newer than this settlesim "
+            f"knows ({SCHEMA_VERSION}); upgrade settlesim"
+        )
+    if version < 1 and table_exists(db, "messages"):
+        _rekey_messages(db)
+    if version < 2 and table_exists(db, "settlements"):
+        for column in FIGURE_COLUMNS:  # NULL for the settlements made before
+            db.execute(f"ALTER TABLE settlements ADD COLUMN {column} INTEGER")
+    for statement in statements(SCHEMA):  # what is missing; CREATE ... IF NOT EXISTS
+        db.execute(statement)
+    if version < 4:  # the running totals of the settlements already there
+        db.execute(INSTITUTION_TOTALS_FROM_SETTLEMENTS)
+    if version < 5:
+        _own_used_sessions(db)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return version
+
+
+def _rekey_messages(db: sqlite3.Connection) -> None:
+    """Version 0 -> 1: messages keyed by (session, institution_code, msgid)
+    instead of (session, msgid). Called inside the upgrade's write transaction:
+    a failure anywhere rolls all of it back. Every row is copied (the new key is
+    the old one plus a column, so no two rows can collide); the counts are
+    compared before the old table goes."""
+    db.execute(MESSAGES.format(table="messages_rekeyed").replace(" IF NOT EXISTS", ""))
+    db.execute(
+        "INSERT INTO messages_rekeyed (session, msgid, kind, institution_code, request_hash, "
+        "settlement_id, created_at) SELECT session, msgid, kind, institution_code, request_hash, "
+        "settlement_id, created_at FROM messages"
+    )
+    (before,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+    (after,) = db.execute("SELECT COUNT(*) FROM messages_rekeyed").fetchone()
+    if before != after:  # cannot happen; never drop a message if it somehow did
+        raise LedgerFileError(f"re-keying messages copied {after} of {before} rows; nothing was changed")
+    db.execute("DROP TABLE messages")
+    db.execute("ALTER TABLE messages_rekeyed RENAME TO messages")
+    # (session, msgid): the upgrade makes it again with the institution
+    db.execute("DROP INDEX IF EXISTS settlements_by_msgid")
+
+
+def _own_used_sessions(db: sqlite3.Connection) -> None:
+    """Version 4 -> 5: a session used before belongs to the institutions whose messages it holds."""
+    groups: dict[str, list[str]] = {}
+    for session, institution in db.execute(
+        "SELECT DISTINCT session, institution_code FROM messages WHERE session != '' ORDER BY 1, 2"
+    ):
+        groups.setdefault(session, []).append(institution)
+    db.executemany(
+        "INSERT INTO sessions VALUES (?, ?, ?)", [(s, ",".join(g), now()) for s, g in groups.items()]
+    )
+

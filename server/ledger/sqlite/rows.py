@@ -1,0 +1,190 @@
+"""The SQLite ledger's rows: settlements, their items, yearly totals and messages, read
+and written inside a transaction the store holds (each function takes its connection)."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from typing import Any
+
+from settlesim.server.ledger.contract import StoredSettlement
+from settlesim.server.model import YearlyTotals
+from settlesim.server.rules.reasons import Reason, Refusal
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def replay(
+    db: sqlite3.Connection, session: str, msgid: str, kind: str, institution: str, request_hash: str
+) -> str | None:
+    """The settlement id a repeated identical call answered, or None if new."""
+    seen = db.execute(
+        "SELECT kind, request_hash, settlement_id FROM messages "
+        "WHERE session = ? AND institution_code = ? AND msgid = ?",
+        (session, institution, msgid),
+    ).fetchone()
+    if seen is None:
+        return None
+    if seen[0] == kind and seen[1] == request_hash:
+        return seen[2]
+    raise Refusal(Reason.MSGID_REUSED, f"msgid {msgid} was already used for a different request", msgid=msgid)
+
+
+def owned(
+    db: sqlite3.Connection, session: str, settlement_id: str, institution_code: str
+) -> StoredSettlement:
+    stored = get(db, session, settlement_id)
+    if stored.institution_code != institution_code:
+        raise Refusal(
+            Reason.INSTITUTION_NOT_CALLER,
+            f"settlement {settlement_id} belongs to another institution",
+            settlement_id=settlement_id,
+        )
+    return stored
+
+
+def undo(db: sqlite3.Connection, stored: StoredSettlement, status: str, by: str) -> StoredSettlement:
+    if stored.status != "settled":
+        reason = Reason.ALREADY_REVERSED if stored.status == "reversed" else Reason.ALREADY_VOIDED
+        raise Refusal(
+            reason,
+            f"settlement {stored.settlement_id} is already {stored.status}",
+            settlement_id=stored.settlement_id,
+        )
+    db.execute(
+        "UPDATE settlements SET status = ?, undone_by_msgid = ? WHERE settlement_id = ?",
+        (status, by, stored.settlement_id),
+    )
+    db.execute(
+        "UPDATE institution_totals SET total = total - ? WHERE session = ? AND institution_code = ? "
+        "AND year = ?",
+        (stored.total, stored.session, stored.institution_code, stored.visit_date.year),
+    )
+    db.execute(
+        "UPDATE yearly_totals SET deductible_used = deductible_used - ?, fund_paid = fund_paid - ? "
+        "WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
+        (
+            stored.deductible_applied,
+            stored.fund_pays,
+            stored.session,
+            stored.person_no,
+            stored.disease_code,
+            stored.visit_date.year,
+        ),
+    )
+    return replace(stored, status=status, undone_by_msgid=by)
+
+
+def totals(db: sqlite3.Connection, session: str, person_no: str, disease: str, year: int) -> YearlyTotals:
+    row = db.execute(
+        "SELECT deductible_used, fund_paid FROM yearly_totals "
+        "WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
+        (session, person_no, disease, year),
+    ).fetchone()
+    return YearlyTotals(*row) if row else YearlyTotals()
+
+
+def put_totals(
+    db: sqlite3.Connection, session: str, person_no: str, disease: str, year: int, totals: YearlyTotals
+) -> None:
+    db.execute(
+        "INSERT INTO yearly_totals VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+        "deductible_used = excluded.deductible_used, fund_paid = excluded.fund_paid",
+        (session, person_no, disease, year, totals.deductible_used, totals.fund_paid),
+    )
+
+
+def insert(db: sqlite3.Connection, s: StoredSettlement, year: int, created_at: str) -> None:
+    db.execute(
+        "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            s.settlement_id,
+            s.session,
+            s.msgid,
+            s.institution_code,
+            s.person_no,
+            s.disease_code,
+            s.visit_date.isoformat(),
+            year,
+            s.status,
+            s.total,
+            s.fund_pays,
+            s.patient_pays,
+            s.deductible_applied,
+            s.undone_by_msgid,
+            created_at,
+            s.answer,
+            s.full_self_pay,
+            s.over_ceiling,
+            s.pre_self_pay,
+            s.in_scope,
+            s.ratio_bp,
+        ),
+    )
+    db.executemany(
+        "INSERT INTO settlement_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(s.settlement_id, *item) for item in s.items],
+    )
+
+
+def get(db: sqlite3.Connection, session: str, settlement_id: str) -> StoredSettlement:
+    row = db.execute(
+        "SELECT * FROM settlements WHERE session = ? AND settlement_id = ?", (session, settlement_id)
+    ).fetchone()
+    if row is None:
+        raise Refusal(
+            Reason.SETTLEMENT_NOT_FOUND,
+            f"no settlement {settlement_id}",
+            settlement_id=settlement_id,
+        )
+    return settlement_of(row)
+
+
+def settlement_of(row: tuple[Any, ...]) -> StoredSettlement:
+    (
+        sid,
+        session,
+        msgid,
+        inst,
+        person,
+        disease,
+        visit,
+        _year,
+        status,
+        total,
+        fund,
+        patient,
+        ded,
+        by,
+        _at,
+        doc,
+        full_self_pay,
+        over_ceiling,
+        pre_self_pay,
+        in_scope,
+        ratio_bp,
+    ) = row
+    return StoredSettlement(
+        settlement_id=sid,
+        session=session,
+        msgid=msgid,
+        institution_code=inst,
+        person_no=person,
+        disease_code=disease,
+        visit_date=date.fromisoformat(visit),
+        total=total,
+        fund_pays=fund,
+        patient_pays=patient,
+        deductible_applied=ded,
+        answer=doc,
+        status=status,
+        undone_by_msgid=by,
+        full_self_pay=full_self_pay,
+        over_ceiling=over_ceiling,
+        pre_self_pay=pre_self_pay,
+        in_scope=in_scope,
+        ratio_bp=ratio_bp,
+    )
