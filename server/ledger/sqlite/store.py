@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -49,14 +48,13 @@ from settlesim.server.ledger.contract import (
     VoidOutcome,
 )
 from settlesim.server.ledger.health import LedgerUnavailable, WriteHealth
-from settlesim.server.ledger.sqlite import national, rows
+from settlesim.server.ledger.sqlite import jobs, national, rows
 from settlesim.server.ledger.sqlite.audit_anchors import audit_anchors, put_anchor, retire_anchor
 from settlesim.server.ledger.sqlite.errors import is_damage, is_storage_failure, storage_refusal
 from settlesim.server.ledger.sqlite.files import FULL_CHECK_BYTES, connect, require_intact
 from settlesim.server.ledger.sqlite.group_commit import LoopGroupCommit
 from settlesim.server.ledger.sqlite.invariants import MAX_INSTITUTION_YEAR_FEN, counts, problems_of
 from settlesim.server.ledger.sqlite.migrations import upgrade
-from settlesim.server.ledger.sqlite.national import SqliteNationalWrites
 from settlesim.server.ledger.sqlite.rows import now
 from settlesim.server.ledger.sqlite.schema import EMPTY, SCHEMA_VERSION, require_ledger, user_version
 from settlesim.server.model import YearlyTotals
@@ -78,7 +76,6 @@ class _Job(Generic[T]):
         self.done.acquire()
         self.result: T | None = None
         self.error: BaseException | None = None
-
 
 
 class SqliteLedger:
@@ -419,8 +416,17 @@ class SqliteLedger:
         `on_settled(writes, stored)` writes what a door keeps with a new settlement, in its
         transaction (a Refusal there refuses the settlement)."""
         return self._group(
-            self._settle_job(
-                session, msgid, institution_code, request_hash, person_no, disease_code, year, compute, on_settled
+            jobs.settle_job(
+                self,
+                session,
+                msgid,
+                institution_code,
+                request_hash,
+                person_no,
+                disease_code,
+                year,
+                compute,
+                on_settled,
             )
         )
 
@@ -438,58 +444,19 @@ class SqliteLedger:
     ) -> tuple[StoredSettlement, bool]:
         """`settle` for the server's event loop: the loop's group commit (group_commit.py)."""
         return await self._loop_commit().run(
-            self._settle_job(
-                session, msgid, institution_code, request_hash, person_no, disease_code, year, compute, on_settled
+            jobs.settle_job(
+                self,
+                session,
+                msgid,
+                institution_code,
+                request_hash,
+                person_no,
+                disease_code,
+                year,
+                compute,
+                on_settled,
             )
         )
-
-    def _settle_job(
-        self,
-        session: str,
-        msgid: str,
-        institution_code: str,
-        request_hash: str,
-        person_no: str,
-        disease_code: str,
-        year: int,
-        compute: Compute,
-        on_settled: OnSettled | None = None,
-    ) -> Callable[[sqlite3.Connection], tuple[StoredSettlement, bool]]:
-        def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
-            seen = db.execute(
-                "SELECT kind, request_hash, settlement_id FROM messages "
-                "WHERE session = ? AND institution_code = ? AND msgid = ?",
-                (session, institution_code, msgid),
-            ).fetchone()
-            if seen is not None:
-                kind, seen_hash, settlement_id = seen
-                if kind == "blocked":
-                    raise Refusal(
-                        Reason.MSGID_VOIDED, f"msgid {msgid} was voided and cannot settle", msgid=msgid
-                    )
-                if kind == "settle" and seen_hash == request_hash:
-                    return rows.get(db, session, settlement_id), True
-                raise Refusal(
-                    Reason.MSGID_REUSED,
-                    f"msgid {msgid} was already used for a different request",
-                    msgid=msgid,
-                )
-            totals = rows.totals(db, session, person_no, disease_code, year)
-            stored, after = compute(totals)
-            if stored.session != session:
-                stored = replace(stored, session=session)
-            self._add_to_institution_year(db, stored, year, after)  # refuses before anything is stored
-            rows.insert(db, stored, year, self._stamp())
-            db.execute(
-                "INSERT INTO messages VALUES (?, ?, 'settle', ?, ?, ?, ?)",
-                (session, msgid, institution_code, request_hash, stored.settlement_id, self._stamp()),
-            )
-            rows.put_totals(db, session, person_no, disease_code, year, after)
-            if on_settled is not None:
-                on_settled(SqliteNationalWrites(db, session, institution_code), stored)
-            return stored, False
-
-        return job
 
     # --- sandboxes (server/sandboxes.py) --------------------------------------------------------
 
@@ -501,24 +468,11 @@ class SqliteLedger:
 
     def open_session(self, session: str, institutions: frozenset[str]) -> frozenset[str]:
         """Record `session` as `institutions`' unless someone opened it first; the group it has."""
-        return self._group(self._open_session_job(session, institutions))
+        return self._group(jobs.open_session_job(self, session, institutions))
 
     async def open_session_async(self, session: str, institutions: frozenset[str]) -> frozenset[str]:
         """`open_session` for the server's event loop: the loop's group commit."""
-        return await self._loop_commit().run(self._open_session_job(session, institutions))
-
-    def _open_session_job(
-        self, session: str, institutions: frozenset[str]
-    ) -> Callable[[sqlite3.Connection], frozenset[str]]:
-        def job(db: sqlite3.Connection) -> frozenset[str]:
-            db.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (session, ",".join(sorted(institutions)), self._stamp()),
-            )
-            (group,) = db.execute("SELECT institutions FROM sessions WHERE session = ?", (session,)).fetchone()
-            return frozenset(group.split(","))
-
-        return job
+        return await self._loop_commit().run(jobs.open_session_job(self, session, institutions))
 
     def yearly_totals(self, session: str, person_no: str, disease_code: str, year: int) -> YearlyTotals:
         with self._read() as db:
@@ -530,88 +484,32 @@ class SqliteLedger:
         self, session: str, msgid: str, institution_code: str, request_hash: str, settlement_id: str
     ) -> tuple[StoredSettlement, bool]:
         """Reverse a settlement by id and restore the yearly totals, once."""
-        return self._group(self._reverse_job(session, msgid, institution_code, request_hash, settlement_id))
+        return self._group(
+            jobs.reverse_job(self, session, msgid, institution_code, request_hash, settlement_id)
+        )
 
     async def reverse_async(
         self, session: str, msgid: str, institution_code: str, request_hash: str, settlement_id: str
     ) -> tuple[StoredSettlement, bool]:
         return await self._loop_commit().run(
-            self._reverse_job(session, msgid, institution_code, request_hash, settlement_id)
+            jobs.reverse_job(self, session, msgid, institution_code, request_hash, settlement_id)
         )
-
-    def _reverse_job(
-        self, session: str, msgid: str, institution_code: str, request_hash: str, settlement_id: str
-    ) -> Callable[[sqlite3.Connection], tuple[StoredSettlement, bool]]:
-        def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
-            replay = rows.replay(db, session, msgid, "reverse", institution_code, request_hash)
-            if replay is not None:
-                return rows.get(db, session, replay), True
-            stored = rows.owned(db, session, settlement_id, institution_code)
-            undone = rows.undo(db, stored, "reversed", msgid)
-            db.execute(
-                "INSERT INTO messages VALUES (?, ?, 'reverse', ?, ?, ?, ?)",
-                (session, msgid, institution_code, request_hash, settlement_id, self._stamp()),
-            )
-            return undone, False
-
-        return job
 
     def void(
         self, session: str, msgid: str, institution_code: str, request_hash: str, original_msgid: str
     ) -> VoidOutcome:
         """Void whatever the institution's `original_msgid` did; if it never
         settled, block it (for this institution only)."""
-        return self._group(self._void_job(session, msgid, institution_code, request_hash, original_msgid))
+        return self._group(
+            jobs.void_job(self, session, msgid, institution_code, request_hash, original_msgid)
+        )
 
     async def void_async(
         self, session: str, msgid: str, institution_code: str, request_hash: str, original_msgid: str
     ) -> VoidOutcome:
         return await self._loop_commit().run(
-            self._void_job(session, msgid, institution_code, request_hash, original_msgid)
+            jobs.void_job(self, session, msgid, institution_code, request_hash, original_msgid)
         )
-
-    def _void_job(
-        self, session: str, msgid: str, institution_code: str, request_hash: str, original_msgid: str
-    ) -> Callable[[sqlite3.Connection], VoidOutcome]:
-        def job(db: sqlite3.Connection) -> VoidOutcome:
-            replay = rows.replay(db, session, msgid, "void", institution_code, request_hash)
-            if replay is not None:
-                return VoidOutcome(rows.get(db, session, replay) if replay != "-" else None, True)
-            original = db.execute(
-                "SELECT kind, settlement_id FROM messages "
-                "WHERE session = ? AND institution_code = ? AND msgid = ?",
-                (session, institution_code, original_msgid),
-            ).fetchone()
-            voided: StoredSettlement | None = None
-            if original is None:  # never sent by this institution (another's msgid is not its own)
-                db.execute(
-                    "INSERT INTO messages VALUES (?, ?, 'blocked', ?, '', '', ?)",
-                    (session, original_msgid, institution_code, self._stamp()),
-                )
-            else:
-                kind, settlement_id = original
-                if kind == "settle":
-                    voided = rows.undo(db, rows.get(db, session, settlement_id), "voided", msgid)
-                elif kind != "blocked":
-                    raise Refusal(
-                        Reason.FIELD_INVALID,
-                        f"msgid {original_msgid} is a {kind}; only settlements can be voided",
-                        field="original_msgid",
-                    )
-            db.execute(
-                "INSERT INTO messages VALUES (?, ?, 'void', ?, ?, ?, ?)",
-                (
-                    session,
-                    msgid,
-                    institution_code,
-                    request_hash,
-                    voided.settlement_id if voided else "-",
-                    self._stamp(),
-                ),
-            )
-            return VoidOutcome(voided, False)
-
-        return job
 
     # --- the national visit flow (server/ledger/sqlite/national.py) ---------------------------
 
@@ -685,7 +583,9 @@ class SqliteLedger:
                     count=str(count),
                 )
             if with_entries:
-                found = db.execute(f"SELECT * {where} ORDER BY visit_date, created_at, settlement_id", args).fetchall()
+                found = db.execute(
+                    f"SELECT * {where} ORDER BY visit_date, created_at, settlement_id", args
+                ).fetchall()
                 entries = tuple(rows.settlement_of(r) for r in found)
             return ReconcileSums(count, total, fund, patient, entries)
 
@@ -748,39 +648,3 @@ class SqliteLedger:
         '<path> retired <time>', where `audit verify --db` still finds it."""
 
         self._group(lambda db: retire_anchor(db, audit_path, now()))
-
-    # --- internals ----------------------------------------------------------------------------
-
-    def _add_to_institution_year(
-        self, db: sqlite3.Connection, stored: StoredSettlement, year: int, after: YearlyTotals
-    ) -> None:
-        """Refuse a settlement that would take the person's yearly totals or the
-        institution's yearly total past its limit (LEDGER_LIMIT_EXCEEDED); else add
-        it to the institution's yearly total."""
-        if max(after.fund_paid, after.deductible_used) > self.MAX_PERSON_YEAR_FEN:
-            raise Refusal(
-                Reason.LEDGER_LIMIT_EXCEEDED,
-                f"this settlement would take {stored.person_no}'s {year} fund for {stored.disease_code} "
-                f"to {after.fund_paid} fen, over the platform's limit of {self.MAX_PERSON_YEAR_FEN} "
-                "fen a person, disease and year; nothing was stored",
-                limit="person_year_fund",
-                person_no=stored.person_no,
-            )
-        row = db.execute(
-            "SELECT total FROM institution_totals WHERE session = ? AND institution_code = ? AND year = ?",
-            (stored.session, stored.institution_code, year),
-        ).fetchone()
-        total = (row[0] if row else 0) + stored.total
-        if total > self.MAX_INSTITUTION_YEAR_FEN:
-            raise Refusal(
-                Reason.LEDGER_LIMIT_EXCEEDED,
-                f"this settlement would take {stored.institution_code}'s settlements of {year} to "
-                f"{total} fen, over the platform's limit of {self.MAX_INSTITUTION_YEAR_FEN} fen an "
-                "institution and year; nothing was stored",
-                limit="institution_year_total",
-                institution_code=stored.institution_code,
-            )
-        db.execute(
-            "INSERT INTO institution_totals VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET total = excluded.total",
-            (stored.session, stored.institution_code, year, total),
-        )

@@ -1,0 +1,188 @@
+"""The SQLite ledger's write jobs: what one write (settle 2207, reverse 2208, void 2601,
+a sandbox's first write) does inside the group transaction, on its connection. Each is
+made here and run by the store's writer (store.py) or the loop's group commit
+(group_commit.py), in a SAVEPOINT of its own: a Refusal rolls back only that write."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from settlesim.server.ledger.contract import Compute, OnSettled, StoredSettlement, VoidOutcome
+from settlesim.server.ledger.sqlite import rows
+from settlesim.server.ledger.sqlite.national import SqliteNationalWrites
+from settlesim.server.model import YearlyTotals
+from settlesim.server.rules.reasons import Reason, Refusal
+
+if TYPE_CHECKING:
+    from settlesim.server.ledger.sqlite.store import SqliteLedger
+
+
+def settle_job(
+    store: SqliteLedger,
+    session: str,
+    msgid: str,
+    institution_code: str,
+    request_hash: str,
+    person_no: str,
+    disease_code: str,
+    year: int,
+    compute: Compute,
+    on_settled: OnSettled | None = None,
+) -> Callable[[sqlite3.Connection], tuple[StoredSettlement, bool]]:
+    def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
+        seen = db.execute(
+            "SELECT kind, request_hash, settlement_id FROM messages "
+            "WHERE session = ? AND institution_code = ? AND msgid = ?",
+            (session, institution_code, msgid),
+        ).fetchone()
+        if seen is not None:
+            kind, seen_hash, settlement_id = seen
+            if kind == "blocked":
+                raise Refusal(Reason.MSGID_VOIDED, f"msgid {msgid} was voided and cannot settle", msgid=msgid)
+            if kind == "settle" and seen_hash == request_hash:
+                return rows.get(db, session, settlement_id), True
+            raise Refusal(
+                Reason.MSGID_REUSED,
+                f"msgid {msgid} was already used for a different request",
+                msgid=msgid,
+            )
+        totals = rows.totals(db, session, person_no, disease_code, year)
+        stored, after = compute(totals)
+        if stored.session != session:
+            stored = replace(stored, session=session)
+        add_to_institution_year(store, db, stored, year, after)  # refuses before anything is stored
+        rows.insert(db, stored, year, store._stamp())
+        db.execute(
+            "INSERT INTO messages VALUES (?, ?, 'settle', ?, ?, ?, ?)",
+            (session, msgid, institution_code, request_hash, stored.settlement_id, store._stamp()),
+        )
+        rows.put_totals(db, session, person_no, disease_code, year, after)
+        if on_settled is not None:
+            on_settled(SqliteNationalWrites(db, session, institution_code), stored)
+        return stored, False
+
+    return job
+
+
+def reverse_job(
+    store: SqliteLedger,
+    session: str,
+    msgid: str,
+    institution_code: str,
+    request_hash: str,
+    settlement_id: str,
+) -> Callable[[sqlite3.Connection], tuple[StoredSettlement, bool]]:
+    def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
+        replay = rows.replay(db, session, msgid, "reverse", institution_code, request_hash)
+        if replay is not None:
+            return rows.get(db, session, replay), True
+        stored = rows.owned(db, session, settlement_id, institution_code)
+        undone = rows.undo(db, stored, "reversed", msgid)
+        db.execute(
+            "INSERT INTO messages VALUES (?, ?, 'reverse', ?, ?, ?, ?)",
+            (session, msgid, institution_code, request_hash, settlement_id, store._stamp()),
+        )
+        return undone, False
+
+    return job
+
+
+def void_job(
+    store: SqliteLedger,
+    session: str,
+    msgid: str,
+    institution_code: str,
+    request_hash: str,
+    original_msgid: str,
+) -> Callable[[sqlite3.Connection], VoidOutcome]:
+    def job(db: sqlite3.Connection) -> VoidOutcome:
+        replay = rows.replay(db, session, msgid, "void", institution_code, request_hash)
+        if replay is not None:
+            return VoidOutcome(rows.get(db, session, replay) if replay != "-" else None, True)
+        original = db.execute(
+            "SELECT kind, settlement_id FROM messages "
+            "WHERE session = ? AND institution_code = ? AND msgid = ?",
+            (session, institution_code, original_msgid),
+        ).fetchone()
+        voided: StoredSettlement | None = None
+        if original is None:  # never sent by this institution (another's msgid is not its own)
+            db.execute(
+                "INSERT INTO messages VALUES (?, ?, 'blocked', ?, '', '', ?)",
+                (session, original_msgid, institution_code, store._stamp()),
+            )
+        else:
+            kind, settlement_id = original
+            if kind == "settle":
+                voided = rows.undo(db, rows.get(db, session, settlement_id), "voided", msgid)
+            elif kind != "blocked":
+                raise Refusal(
+                    Reason.FIELD_INVALID,
+                    f"msgid {original_msgid} is a {kind}; only settlements can be voided",
+                    field="original_msgid",
+                )
+        db.execute(
+            "INSERT INTO messages VALUES (?, ?, 'void', ?, ?, ?, ?)",
+            (
+                session,
+                msgid,
+                institution_code,
+                request_hash,
+                voided.settlement_id if voided else "-",
+                store._stamp(),
+            ),
+        )
+        return VoidOutcome(voided, False)
+
+    return job
+
+
+def open_session_job(
+    store: SqliteLedger, session: str, institutions: frozenset[str]
+) -> Callable[[sqlite3.Connection], frozenset[str]]:
+    def job(db: sqlite3.Connection) -> frozenset[str]:
+        db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (session, ",".join(sorted(institutions)), store._stamp()),
+        )
+        (group,) = db.execute("SELECT institutions FROM sessions WHERE session = ?", (session,)).fetchone()
+        return frozenset(group.split(","))
+
+    return job
+
+
+def add_to_institution_year(
+    store: SqliteLedger, db: sqlite3.Connection, stored: StoredSettlement, year: int, after: YearlyTotals
+) -> None:
+    """Refuse a settlement that would take the person's yearly totals or the
+    institution's yearly total past its limit (LEDGER_LIMIT_EXCEEDED); else add
+    it to the institution's yearly total."""
+    if max(after.fund_paid, after.deductible_used) > store.MAX_PERSON_YEAR_FEN:
+        raise Refusal(
+            Reason.LEDGER_LIMIT_EXCEEDED,
+            f"this settlement would take {stored.person_no}'s {year} fund for {stored.disease_code} "
+            f"to {after.fund_paid} fen, over the platform's limit of {store.MAX_PERSON_YEAR_FEN} "
+            "fen a person, disease and year; nothing was stored",
+            limit="person_year_fund",
+            person_no=stored.person_no,
+        )
+    row = db.execute(
+        "SELECT total FROM institution_totals WHERE session = ? AND institution_code = ? AND year = ?",
+        (stored.session, stored.institution_code, year),
+    ).fetchone()
+    total = (row[0] if row else 0) + stored.total
+    if total > store.MAX_INSTITUTION_YEAR_FEN:
+        raise Refusal(
+            Reason.LEDGER_LIMIT_EXCEEDED,
+            f"this settlement would take {stored.institution_code}'s settlements of {year} to "
+            f"{total} fen, over the platform's limit of {store.MAX_INSTITUTION_YEAR_FEN} fen an "
+            "institution and year; nothing was stored",
+            limit="institution_year_total",
+            institution_code=stored.institution_code,
+        )
+    db.execute(
+        "INSERT INTO institution_totals VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET total = excluded.total",
+        (stored.session, stored.institution_code, year, total),
+    )
