@@ -1,7 +1,8 @@
 """The embedded SQLite ledger (the default store): one file, WAL, group commit.
 
 schema.py and migrations.py (the tables by version), files.py (connections, the
-start-up check), store.py (SqliteLedger: the contract's LedgerStore), group_commit.py
+start-up check), store.py (SqliteLedger: the contract's LedgerStore), writer.py (its writer
+thread), jobs.py (the write jobs), group_commit.py
 (the event loop's group commit), rows.py (settlement, totals and message rows),
 national.py (the national visit flow's rows), audit_anchors.py, errors.py (storage
 failures as refusals), invariants.py, answer_rows.py and check.py (`ledger check`).

@@ -27,12 +27,11 @@ import os
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from settlesim.server.ledger.contract import (
     AnswerCheck,
@@ -47,38 +46,24 @@ from settlesim.server.ledger.contract import (
     Visit,
     VoidOutcome,
 )
-from settlesim.server.ledger.health import LedgerUnavailable, WriteHealth
+from settlesim.server.ledger.health import WriteHealth
 from settlesim.server.ledger.sqlite import jobs, national, rows
 from settlesim.server.ledger.sqlite.audit_anchors import audit_anchors, put_anchor, retire_anchor
-from settlesim.server.ledger.sqlite.errors import is_damage, is_storage_failure, storage_refusal
+from settlesim.server.ledger.sqlite.errors import is_damage, storage_refusal
 from settlesim.server.ledger.sqlite.files import FULL_CHECK_BYTES, connect, require_intact
 from settlesim.server.ledger.sqlite.group_commit import LoopGroupCommit
 from settlesim.server.ledger.sqlite.invariants import MAX_INSTITUTION_YEAR_FEN, counts, problems_of
 from settlesim.server.ledger.sqlite.migrations import upgrade
 from settlesim.server.ledger.sqlite.rows import now
 from settlesim.server.ledger.sqlite.schema import EMPTY, SCHEMA_VERSION, require_ledger, user_version
+from settlesim.server.ledger.sqlite.writer import WriterThread, _Job
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
 
 log = logging.getLogger("settlesim.server")
 
-T = TypeVar("T")
 
-
-class _Job(Generic[T]):
-    """One write waiting for the group transaction, and its outcome."""
-
-    __slots__ = ("done", "error", "result", "work")
-
-    def __init__(self, work: Callable[[sqlite3.Connection], T]) -> None:
-        self.work = work
-        self.done = threading.Lock()  # held until the outcome is known: cheaper than an Event
-        self.done.acquire()
-        self.result: T | None = None
-        self.error: BaseException | None = None
-
-
-class SqliteLedger:
+class SqliteLedger(WriterThread):
     """One SQLite database, thread-safe, with group commit.
 
     Writes (settle, reverse, void) go to one writer thread. It takes every write
@@ -91,7 +76,6 @@ class SqliteLedger:
     may share the file: their writers take turns on an flock beside it (and
     SQLite's own locking would serialise them anyway)."""
 
-    MAX_BATCH = 256  # writes per transaction: bounds the latency one batch adds
     # Reconcile entries per answer: ~100 bytes each keeps an answer far below the
     # 4 MiB send limit (docs/errors.md "Limits").
     MAX_RECONCILE_ENTRIES = 10_000
@@ -105,7 +89,6 @@ class SqliteLedger:
     # 111 × 1e16 = 1.1e18 (fund and patient are each at most the total).
     MAX_INSTITUTION_YEAR_FEN = MAX_INSTITUTION_YEAR_FEN  # (server/ledger/sqlite/invariants.py)
     FULL_CHECK_BYTES = FULL_CHECK_BYTES  # start-up: integrity_check up to it, quick_check above
-    WRITER_CHECK_SECONDS = 0.5  # a caller waiting this long checks that the writer thread lives
 
     def __init__(self, path: Path | str, *, integrity_check: bool = True) -> None:
         """Open the ledger at `path`, creating it only where no file exists. An
@@ -262,24 +245,6 @@ class SqliteLedger:
 
     # --- group commit ---------------------------------------------------------------------
 
-    def _group(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(db)` in the next group transaction; return once committed."""
-        job = _Job(work)
-        with self._closing:  # no write can slip in behind the writer's stop mark
-            if self._closed:
-                raise sqlite3.ProgrammingError("the ledger is closed")
-            self._refuse_if_damaged()
-            if not self._writer.is_alive():  # nobody would ever answer: fail now, not hang
-                raise self._storage_failed(self._writer_gone())
-            self._queue.put(job)
-        # Released by the writer after COMMIT. The timeout only matters when no answer
-        # comes for a while: then check that the writer still lives.
-        if not job.done.acquire(timeout=self.WRITER_CHECK_SECONDS):
-            self._wait_for_writer(job)
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]
-
     def _stamp(self) -> str:
         """created_at of a row: the loop's group commit stamps a whole transaction at
         once (one clock reading and one format per batch instead of per row)."""
@@ -295,108 +260,10 @@ class SqliteLedger:
                 committer = self._loop_committer = LoopGroupCommit(self, asyncio.get_running_loop())
         return committer
 
-    def _wait_for_writer(self, job: _Job[Any]) -> None:
-        while not job.done.acquire(timeout=self.WRITER_CHECK_SECONDS):
-            if not self._writer.is_alive():
-                if job.done.acquire(blocking=False):  # answered just before it stopped
-                    return
-                # Whether this write committed is unknown: a retry with the same msgid
-                # on a restarted server answers it.
-                raise self._storage_failed(self._writer_gone())
-
-    def _writer_gone(self) -> LedgerUnavailable:
-        why = f": {self._writer_failure!r}" if self._writer_failure is not None else ""
-        return LedgerUnavailable(f"the ledger writer has stopped{why}; no write can commit until a restart")
-
-    def _write_batches(self) -> None:
-        try:
-            self._serve_batches()
-        except BaseException as error:  # the thread dies; callers see _writer_gone()
-            self._writer_failure = error
-            raise
-
-    def _serve_batches(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stopping = True
-                    break
-                batch.append(job)
-            try:
-                self._commit(batch)
-            except BaseException as error:  # e.g. the flock failed: fail the batch, keep serving
-                failure = self._storage_failed(error) if is_storage_failure(error) else error
-                for job in batch:
-                    if not job.done.locked():
-                        continue  # already answered
-                    job.error = job.error or failure
-                    job.done.release()
-
     def queue_depth(self) -> int:
         """Writes waiting for the writer thread or the loop's group commit (approximate)."""
         waiting = self._loop_committer.queue_depth if self._loop_committer is not None else 0
         return self._queue.qsize() + waiting
-
-    def _commit(self, batch: list[_Job[Any]]) -> None:
-        began = time.perf_counter()
-        with self._lock, self._across_processes():
-            db = self._db
-            try:
-                self._begin(db)
-                for job in batch:
-                    db.execute("SAVEPOINT job")
-                    try:
-                        job.result = job.work(db)
-                    except BaseException as error:  # the caller gets it; the batch goes on
-                        job.error = self._storage_failed(error) if is_storage_failure(error) else error
-                        db.execute("ROLLBACK TO job")
-                    db.execute("RELEASE job")
-                self._anchor_audit(db)
-                db.execute("COMMIT")
-            except BaseException as error:  # nothing of this batch is durable: say so to everyone
-                self._fail_batch(db, batch, error)
-            else:
-                self._health.committed()
-        for job in batch:
-            job.done.release()
-        if self.on_commit is not None:
-            self.on_commit(len(batch), time.perf_counter() - began)
-
-    def _fail_batch(self, db: sqlite3.Connection, batch: list[_Job[Any]], error: BaseException) -> None:
-        """A group transaction that did not commit: every job of it fails with the
-        storage refusal (a job's own refusal stands: it had stored nothing either)."""
-        failure = self._storage_failed(error) if is_storage_failure(error) else error
-        try:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-        except sqlite3.Error:  # SQLite may have rolled back already; nothing was committed either way
-            pass
-        for job in batch:
-            if job.error is None or is_storage_failure(job.error):
-                job.error = failure
-
-    @staticmethod
-    def _begin(db: sqlite3.Connection, timeout: float = 30.0) -> None:
-        """BEGIN IMMEDIATE, retrying every 0.1-2 ms while another process writes."""
-        deadline, pause = time.monotonic() + timeout, 0.0001
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as error:
-                if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.002)
 
     # --- settle ---------------------------------------------------------------------------
 
