@@ -308,12 +308,16 @@ class Hospital:
         visit_date: str | date,
         fees: Iterable[Fee],
         msgid: str | None = None,
+        *,
+        use_personal_account: bool = False,
     ) -> pb.SettlementRequest:
+        """`use_personal_account`: acct_used_flag (the employee's personal account pays first)."""
         return pb.SettlementRequest(
             msgid=msgid or self.next_msgid(),
             visit=self.visit(person_no, disease_code, visit_date),
             items=fee_items(fees),
             operator=self.operator,
+            use_personal_account=use_personal_account,
         )
 
     # --- calls --------------------------------------------------------------------------------
@@ -375,8 +379,13 @@ class Hospital:
         visit_date: str | date,
         fees: Iterable[Fee],
         msgid: str | None = None,
+        *,
+        use_personal_account: bool = False,
     ) -> pb.SettleVisitResponse:
-        return self.settle_request(self.settlement_request(person_no, disease_code, visit_date, fees, msgid))
+        request = self.settlement_request(
+            person_no, disease_code, visit_date, fees, msgid, use_personal_account=use_personal_account
+        )
+        return self.settle_request(request)
 
     def reverse(self, settlement_id: str, msgid: str | None = None) -> pb.ReverseSettlementResponse:
         request = pb.ReverseSettlementRequest(

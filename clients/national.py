@@ -94,7 +94,8 @@ def play_visit(post: Post, request: pb.SettlementRequest, next_msgid: Callable[[
     split = call("2204", {"feedetail": lines})["result"]
     total = yuan(sum(item.amount_fen for item in request.items))
     settle = {"psn_no": psn_no, "mdtrt_id": mdtrt_id, "medfee_sumamt": total, "insutype": insutype,
-              "med_type": "14", "acct_used_flag": "0", "chrg_bchno": "CB1"}  # fmt: skip
+              "med_type": "14", "acct_used_flag": "1" if request.use_personal_account else "0",
+              "chrg_bchno": "CB1"}  # fmt: skip
     pre = call("2206", {"data": settle})["setlinfo"]
     sums = {
         "fulamt_ownpay_amt": sum((r["fulamt_ownpay_amt"] for r in split), Decimal("0.00")),

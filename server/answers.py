@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from settlesim.server.model import CatalogClass, Coverage, Registration, RegistrationScope, Scheme, TraceEntry
+from settlesim.server.model import (
+    CatalogClass,
+    Coverage,
+    InsuranceType,
+    Registration,
+    RegistrationScope,
+    Scheme,
+    TraceEntry,
+)
+from settlesim.server.rules.funds import POOLED
 from settlesim.server.rules.settlement import SettlementResult
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -59,7 +68,40 @@ def figures(result: SettlementResult) -> pb.SettlementTotals:
     )
     if f.cap_remaining is not None:
         totals.cap_remaining_fen = f.cap_remaining
+    m = result.funds
+    if m is None:  # the pooled fund alone: it is every fund, and the patient pays cash
+        totals.pooled_fund_fen = f.fund_pays
+        totals.cash_pays_fen = f.patient_pays
+        return totals
+    totals.pooled_fund_fen = m.pooled
+    totals.serious_threshold_applied_fen = m.serious_threshold_applied
+    if m.insurance_type is InsuranceType.EMPLOYEE:
+        totals.large_amount_fen = m.serious_pays
+    else:
+        totals.serious_illness_fen = m.serious_pays
+    totals.medical_assistance_fen = m.assistance_pays
+    totals.account_pays_fen = m.account_pays
+    totals.cash_pays_fen = m.cash_pays
+    if m.account_balance is not None:
+        totals.account_balance_fen = m.account_balance
     return totals
+
+
+def funds(result: SettlementResult) -> list[pb.FundPayment]:
+    """2207 setldetail: one row per fund that pays."""
+    if result.funds is None:
+        return []
+    return [
+        pb.FundPayment(
+            fund_type=p.fund_type,
+            name=p.name,
+            base_fen=p.base,
+            limit_fen=p.limit,
+            paid_fen=p.paid,
+            detail=p.detail,
+        )
+        for p in result.funds.payments
+    ]
 
 
 def items(result: SettlementResult) -> list[pb.SettledItem]:
@@ -80,3 +122,22 @@ def items(result: SettlementResult) -> list[pb.SettledItem]:
             item.price_ceiling_fen = i.price_ceiling
         out.append(item)
     return out
+
+
+def complete_older(answer: pb.Settlement) -> pb.Settlement:
+    """A stored answer from before the fund breakdown (no `funds` rows) gets the figures it
+    implied: the pooled fund was every fund and the patient paid cash."""
+    if answer.funds or not answer.HasField("totals"):
+        return answer
+    t = answer.totals
+    t.pooled_fund_fen = t.fund_pays_fen
+    t.cash_pays_fen = t.patient_pays_fen
+    kind = (
+        InsuranceType.EMPLOYEE
+        if answer.insurance_type == pb.INSURANCE_TYPE_EMPLOYEE
+        else InsuranceType.RESIDENT
+    )
+    fund_type, name = POOLED[kind]
+    answer.funds.add(fund_type=fund_type, name=name, base_fen=t.in_scope_fen, limit_fen=t.fund_pays_fen,
+                     paid_fen=t.fund_pays_fen)  # fmt: skip
+    return answer

@@ -163,6 +163,37 @@ class DiseaseTerms:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriousIllnessTerms:
+    """The fund above the pooled fund, from a date: 城乡居民大病保险 (residents, hifmi_pay) or
+    职工大额医疗费用补助 (employees, hifob_pay). It pays `ratio_bp` of the patient's in-scope
+    share (合规自付: in scope minus the pooled fund) above a yearly `threshold` (起付线), like
+    the pooled fund's deductible; `annual_cap` None is no cap."""
+
+    threshold: int
+    ratio_bp: int
+    annual_cap: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssistanceTerms:
+    """医疗救助 (maf_pay), from a date: for people the world flags as assisted, it pays
+    `ratio_bp` of the in-scope share the funds above left to the patient; `annual_cap` None
+    is no cap."""
+
+    ratio_bp: int
+    annual_cap: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FundTerms:
+    """The funds beyond the pooled one for one insured region and insurance type, from a
+    date; None: that fund does not pay."""
+
+    serious_illness: SeriousIllnessTerms | None = None
+    assistance: AssistanceTerms | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Scheme:
     """An insured region's registration scheme, from a date (参保地备案政策)."""
 
@@ -183,6 +214,8 @@ class RegionPolicy:
     # (insurance type, disease code) -> terms over time
     terms: Mapping[tuple[InsuranceType, str], Dated[DiseaseTerms]]
     source: str = ""
+    # insurance type -> the funds beyond the pooled one over time (absent: none pay)
+    funds: Mapping[InsuranceType, Dated[FundTerms]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +306,17 @@ class Person:
     insured: tuple[Period, ...]
     qualifications: tuple[Qualification, ...] = ()
     registrations: tuple[Registration, ...] = ()
+    # 医疗救助对象: the periods the person is entitled to medical assistance.
+    assisted: tuple[Period, ...] = ()
+    # 个人账户: (year, opening balance in fen) for the years the person has an account.
+    account_openings: tuple[tuple[int, int], ...] = ()
+
+    def assisted_on(self, day: date) -> bool:
+        return any(p.contains(day) for p in self.assisted)
+
+    def account_opening(self, year: int) -> int | None:
+        """The personal account's balance at the start of `year`, or None without one."""
+        return next((balance for y, balance in self.account_openings if y == year), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +377,13 @@ class YearlyTotals:
     """The person's running totals for one disease and calendar year."""
 
     deductible_used: int = 0  # 已付起付线
-    fund_paid: int = 0  # 年度基金已支付
+    fund_paid: int = 0  # 年度基金已支付 (the pooled fund, hifp_pay)
+    serious_threshold_used: int = 0  # 大病/大额起付线已付
+    serious_paid: int = 0  # 大病保险/大额补助 已支付 (hifmi_pay / hifob_pay)
+    assistance_paid: int = 0  # 医疗救助 已支付 (maf_pay)
+    account_paid: int = 0  # 个人账户 已支付 for this disease (acct_pay)
+    # 个人账户 已支付 this year for every disease of the person: what the balance is taken from.
+    account_paid_year: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,9 @@ from settlesim.server.journal import current_note
 from settlesim.server.ledger import LedgerStore, NationalWrites, StoredItem, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
 from settlesim.server.rules.eligibility import Eligibility, check_registration
+from settlesim.server.rules.funds import compute_visit, fund_input
 from settlesim.server.rules.reasons import Reason, Refusal
-from settlesim.server.rules.settlement import SettlementResult, compute_settlement
+from settlesim.server.rules.settlement import SettlementResult
 from settlesim.server.runs import route_call
 from settlesim.server.sandboxes import Sandboxes
 from settlesim.server.status import to_status
@@ -261,6 +262,7 @@ class SettlementCore:
                     )
                     for line, item in zip(plan.given.lines, result.items, strict=True)
                 ),
+                **_fund_columns(result),
             )
             return stored, result.totals_after
 
@@ -544,9 +546,10 @@ class SettlementPlan:
         assert e.terms is not None and e.policy is not None and e.person is not None
         key = f"{e.policy.region}/{e.person.insurance_type}/{self.visit.disease_code}"
         source = f"policy {key} since {e.terms_since}"
-        return compute_settlement(
-            self.given.lines, self.catalog, e.terms, source, totals, self.visit.visit_date
-        )
+        return compute_visit(
+            self.given.lines, self.catalog, e.terms, source, totals, self.visit.visit_date,
+            fund_input(e.policy, e.person, self.visit.visit_date, self.given.use_account),
+        )  # fmt: skip
 
     def answer(self, result: SettlementResult, settlement_id: str, visit_id: str, sandbox: str) -> pb.Settlement:
         e = self.eligibility
@@ -565,15 +568,30 @@ class SettlementPlan:
             insurance_type=int(e.person.insurance_type.value),  # type: ignore[arg-type]
             totals=answers.figures(result),
             items=answers.items(result),
+            funds=answers.funds(result),
             trace=answers.trace(e.trace + result.trace),
             sandbox=sandbox,
         )
 
 
+def _fund_columns(result: SettlementResult) -> dict[str, int]:
+    """The ledger's columns of the funds after the pooled one and the personal account."""
+    m = result.funds
+    if m is None:
+        return {}
+    return {
+        "pooled_pays": m.pooled,
+        "serious_threshold": m.serious_threshold_applied,
+        "serious_pays": m.serious_pays,
+        "assistance_pays": m.assistance_pays,
+        "account_pays": m.account_pays,
+    }
+
+
 def settlement_answer(stored: StoredSettlement) -> pb.Settlement:
     """The stored answer, with its current status (a damaged one is refused:
     stored_answers.decode)."""
-    answer = stored_answers.decode(stored)
+    answer = answers.complete_older(stored_answers.decode(stored))
     answer.status = answers.STATUS[stored.status]
     answer.undone_by_msgid = stored.undone_by_msgid
     answer.sandbox = stored.session  # also for settlements stored before answers named their sandbox

@@ -34,7 +34,16 @@ _TOTALS = (
     ("pre_self_pay", "pre_self_pay_fen"),
     ("in_scope", "in_scope_fen"),
     ("ratio_bp", "ratio_bp"),
+    ("pooled_pays", "pooled_fund_fen"),  # this and below: NULL before schema version 7
+    ("serious_threshold", "serious_threshold_applied_fen"),
+    ("serious_pays", "serious_illness_fen+large_amount_fen"),  # one of them is 0 (by insurance type)
+    ("assistance_pays", "medical_assistance_fen"),
+    ("account_pays", "account_pays_fen"),
 )
+
+
+def _figure(totals: pb.SettlementTotals, field: str) -> int:
+    return sum(getattr(totals, name) for name in field.split("+"))
 _CLASSES = {"A": pb.CATALOG_CLASS_A, "B": pb.CATALOG_CLASS_B, "C": pb.CATALOG_CLASS_C,
             "not_listed": pb.CATALOG_CLASS_NOT_LISTED}  # fmt: skip
 _ITEM = (
@@ -59,9 +68,9 @@ def _disagreements(answer: pb.Settlement, columns: Mapping[str, Any]) -> list[st
             f"stored answer says visit_date {answer.visit_date!r} but the column says {columns['visit_date']!r}"
         )
     found += [
-        f"stored answer says {column} {getattr(answer.totals, field)} but the column says {columns[column]}"
+        f"stored answer says {column} {_figure(answer.totals, field)} but the column says {columns[column]}"
         for column, field in _TOTALS
-        if columns[column] is not None and getattr(answer.totals, field) != columns[column]
+        if columns.get(column) is not None and _figure(answer.totals, field) != columns[column]
     ]
     return found
 

@@ -43,6 +43,7 @@ class SettlementInput:
     msgid: str
     visit: VisitKey
     lines: tuple[FeeLine, ...]
+    use_account: bool = False  # acct_used_flag
 
 
 def is_code(value: str) -> bool:
@@ -274,7 +275,7 @@ def settlement_input(request: pb.SettlementRequest, world: World) -> SettlementI
     lines = _lines(check, request.items, len(request.items), "request.items")
     check.refuse_if_any()
     assert key is not None
-    return SettlementInput(msgid, key, lines)
+    return SettlementInput(msgid, key, lines, request.use_personal_account)
 
 
 def required_codes(texts: dict[str, str] | None = None, **fields: str) -> None:

@@ -112,6 +112,8 @@ class PersonReader:
         """A Person from a plain dict; raises (anything) when the record is not plain."""
         if not PERSON_KEYS.issuperset(record):  # a misspelled key: the careful parser names it
             raise NotPlain
+        if "medical_assistance" in record or "account_opening_fen" in record:
+            raise NotPlain  # the few people with funds of their own: the careful parser reads them
         qualifications = []
         for q in record.get("qualifications") or ():
             if not QUALIFICATION_KEYS.issuperset(q):

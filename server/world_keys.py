@@ -10,7 +10,13 @@ from collections.abc import Iterable
 WORLD_KEYS = frozenset({"name", "description", "illustrative", "source"})
 REGION_KEYS = frozenset({"code", "name"})
 DISEASE_KEYS = frozenset({"code", "name"})
-POLICY_KEYS = frozenset({"region", "source", "scheme", "terms"})
+POLICY_KEYS = frozenset({"region", "source", "scheme", "terms", "funds"})
+# funds: {insutype: {date: {...}}}: the funds after the pooled one (docs/world-format.md).
+# serious_illness (城乡居民大病保险) is the residents' (390), large_amount (职工大额医疗费用补助)
+# the employees' (310).
+FUND_KEYS = frozenset({"serious_illness", "large_amount", "medical_assistance"})
+SERIOUS_ILLNESS_KEYS = frozenset({"threshold_fen", "ratio", "annual_cap_fen"})
+ASSISTANCE_KEYS = frozenset({"ratio", "annual_cap_fen"})
 SCHEME_KEYS = frozenset(
     {"scope", "max_institutions", "min_residence_months", "allow_settle_at_home", "validity_months"}
 )
@@ -23,7 +29,7 @@ INSTITUTION_KEYS = frozenset(
 )
 PERSON_KEYS = frozenset(
     {"psn_no", "name", "certificate", "insured_region", "insurance_type", "insured", "qualifications",
-     "registrations"}
+     "registrations", "medical_assistance", "account_opening_fen"}
 )  # fmt: skip
 CERTIFICATE_KEYS = frozenset({"type", "number"})
 PERIOD_KEYS = frozenset({"from", "to"})

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 from settlesim.server.model import (
     BASIS_POINTS,
+    AssistanceTerms,
     Catalog,
     CatalogClass,
     CatalogItem,
@@ -30,6 +31,7 @@ from settlesim.server.model import (
     Dated,
     Disease,
     DiseaseTerms,
+    FundTerms,
     Institution,
     InsuranceType,
     Period,
@@ -41,6 +43,7 @@ from settlesim.server.model import (
     RegistrationScope,
     RegistrationStatus,
     Scheme,
+    SeriousIllnessTerms,
     World,
     add_months,
     region_lineage,
@@ -48,10 +51,12 @@ from settlesim.server.model import (
 from settlesim.server.world_fast import PersonReader
 from settlesim.server.world_keys import (
     ALLOWED_FILES,
+    ASSISTANCE_KEYS,
     CATALOG_KEYS,
     CERTIFICATE_KEYS,
     DISEASE_KEYS,
     FILE_KINDS,
+    FUND_KEYS,
     GENERATED_FILES,
     INSTITUTION_KEYS,
     ITEM_KEYS,
@@ -64,6 +69,7 @@ from settlesim.server.world_keys import (
     REGION_KEYS,
     REGISTRATION_KEYS,
     SCHEME_KEYS,
+    SERIOUS_ILLNESS_KEYS,
     TERMS_KEYS,
     WORLD_KEYS,
     ignorable,
@@ -431,12 +437,45 @@ def parse_policy(node: _Node, diseases: dict[str, Disease], regions: dict[str, R
             if disease not in diseases:
                 raise dated.fail(f"unknown disease {disease!r} (not in diseases.yaml)")
             terms[(kind, disease)] = _dated(dated, parse_terms)
+    funds = {}
+    for insutype, dated in node.get("funds", {}).items():
+        kind = _insurance_type(dated, insutype)
+        funds[kind] = _dated(dated, lambda n, kind=kind: parse_fund_terms(n, kind))
     return RegionPolicy(
         region=_known_region(node.get("region"), regions),
         scheme=_dated(node.get("scheme"), parse_scheme),
         terms=terms,
         source=node.get("source", "").optional_text(),
+        funds=funds,
     )
+
+
+# The fund above the pooled one each insurance type has, and the other's key (refused).
+_SERIOUS_KEY = {InsuranceType.RESIDENT: "serious_illness", InsuranceType.EMPLOYEE: "large_amount"}
+
+
+def parse_fund_terms(node: _Node, kind: InsuranceType) -> FundTerms:
+    """{serious_illness | large_amount: {threshold_fen, ratio, annual_cap_fen}, medical_assistance:
+    {ratio, annual_cap_fen}}: residents (390) have serious_illness, employees (310) large_amount."""
+    node.keys(FUND_KEYS)
+    own = _SERIOUS_KEY[kind]
+    for other in set(_SERIOUS_KEY.values()) - {own}:
+        if other in node.value:
+            wrong = node.child(other, node.value[other])
+            raise wrong.fail(f"{other} is not a fund of insurance type {kind.value}; use {own}")
+    serious = node.get(own, None)
+    assistance = node.get("medical_assistance", None)
+    return FundTerms(
+        serious_illness=None if serious.value is None else SeriousIllnessTerms(
+            threshold=serious.keys(SERIOUS_ILLNESS_KEYS).get("threshold_fen").integer(),
+            ratio_bp=serious.get("ratio").percent(),
+            annual_cap=serious.get("annual_cap_fen").optional_integer(),
+        ),
+        assistance=None if assistance.value is None else AssistanceTerms(
+            ratio_bp=assistance.keys(ASSISTANCE_KEYS).get("ratio").percent(),
+            annual_cap=assistance.get("annual_cap_fen").optional_integer(),
+        ),
+    )  # fmt: skip
 
 
 def _insurance_type(node: _Node, key: Any) -> InsuranceType:
@@ -543,17 +582,35 @@ def parse_person(
         for code in reg.institutions:
             if code not in institutions:
                 raise r.get("institutions").fail(f"unknown institution {code!r}")
+    insurance_type = _insurance_type(node.get("insurance_type"), node.get("insurance_type").value)
     return Person(
         person_no=node.get("psn_no").text(),
         name=node.get("name", "").optional_text(),
         certificate_type=certificate.get("type", "01").text(),
         certificate_no=certificate.get("number").text(),
         insured_region=_known_region(node.get("insured_region"), regions),
-        insurance_type=_insurance_type(node.get("insurance_type"), node.get("insurance_type").value),
+        insurance_type=insurance_type,
         insured=tuple(parse_period(p.keys(PERIOD_KEYS)) for p in node.get("insured").list()),
         qualifications=tuple(qualifications),
         registrations=tuple(registrations),
+        assisted=tuple(parse_period(p.keys(PERIOD_KEYS)) for p in node.get("medical_assistance", []).list()),
+        account_openings=_account_openings(node.get("account_opening_fen", None), insurance_type),
     )
+
+
+def _account_openings(node: _Node, kind: InsuranceType) -> tuple[tuple[int, int], ...]:
+    """account_opening_fen: {year: fen}, the personal account's balance on 1 January (employees only:
+    residents have no personal account)."""
+    if node.value is None:
+        return ()
+    if kind is not InsuranceType.EMPLOYEE:
+        raise node.fail("only employees (insurance type 310) have a personal account")
+    openings = []
+    for year, child in node.items():
+        if not str(year).isdigit() or not 1900 <= int(year) <= 2200:
+            raise child.fail(f"expected a year such as 2025, got {year!r}")
+        openings.append((int(year), child.integer()))
+    return tuple(sorted(openings))
 
 
 def load_world(root: Path | str | None = None) -> World:

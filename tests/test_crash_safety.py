@@ -217,13 +217,14 @@ def test_kill_9_mid_load_loses_and_doubles_nothing(server_process, tmp_path, pro
     # Nothing doubled, nothing the clients do not know of.
     assert set(per_msgid) == set(load.acknowledged) | set(voided)
     assert set(per_msgid.values()) == {1}
-    # The yearly totals are the sum of what the clients were told the fund pays, for
-    # the settlements in force (the voided ones gave theirs back).
+    # The yearly totals are the sum of what the clients were told the pooled fund pays
+    # (hifp_pay, what the yearly fund counts), for the settlements in force (the voided
+    # ones gave theirs back).
     assert {s.status for s in load.acknowledged.values()} == {pb.SETTLEMENT_STATUS_SETTLED}
     expected: defaultdict[tuple[str, str, int], int] = defaultdict(int)
     for settlement in load.acknowledged.values():
         key = (settlement.person_no, settlement.disease_code, int(settlement.visit_date[:4]))
-        expected[key] += settlement.totals.fund_pays_fen
+        expected[key] += settlement.totals.pooled_fund_fen
     # (a row whose settlements were all voided stays, at 0)
     assert {k: totals.get(k, 0) for k in totals | expected} == {k: expected[k] for k in totals | expected}
     assert len(totals) >= 4

@@ -433,7 +433,7 @@ def test_a_version_5_ledger_gains_the_national_visit_tables_and_keeps_every_row(
     before = rows(path)
     ledger = Ledger(path)
     try:
-        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 6
+        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 7
         assert rows(path) == before and ledger.check() == []
         with closing(sqlite3.connect(path)) as db:  # beside the open ledger (WAL)
             for table in VERSION_6_TABLES:

@@ -240,7 +240,10 @@ def test_a_persons_yearly_fund_stops_at_its_limit_and_reconcile_still_adds_up(se
     fund is bounded too, checked in the settle transaction against the yearly
     totals. Visits of exactly MAX_VISIT_TOTAL_FEN each (fund 90 % of it): the
     visit that would take the yearly fund past the limit is refused with
-    LEDGER_LIMIT_EXCEEDED, nothing of it stored, and Reconcile answers the sums."""
+    LEDGER_LIMIT_EXCEEDED, nothing of it stored, and Reconcile answers the sums.
+    (Beijing's employees also have the large-amount subsidy, ILLUSTRATIVE: the first visit's
+    share of 10 % is far above its 2,000,000 threshold, so it pays its whole cap of 30,000,000
+    then, and nothing after.)"""
     his = hospital(SANYA_NAMED)
     visit_total = validation.MAX_VISIT_TOTAL_FEN
     fund_per_visit = visit_total * 9 // 10
@@ -249,7 +252,9 @@ def test_a_persons_yearly_fund_stops_at_its_limit_and_reconcile_still_adds_up(se
     assert 10 < fits < 200  # cheap to reach in a test
     fees = [Fee("A-TARGET-001", visit_total // 100, 100)]
     answers = [his.settle(BEIJING, TUMOUR, "2025-06-01", fees).settlement for _ in range(fits)]
-    assert all(a.totals.fund_pays_fen == fund_per_visit for a in answers)
+    assert all(a.totals.pooled_fund_fen == fund_per_visit for a in answers)
+    large_amount = 30_000_000
+    assert [a.totals.large_amount_fen for a in answers[:2]] == [large_amount, 0]
     rejection = refused(lambda: his.settle(BEIJING, TUMOUR, "2025-06-01", fees))
     assert (rejection.code, rejection.reason) == ("FAILED_PRECONDITION", "LEDGER_LIMIT_EXCEEDED")
     assert rejection.metadata["limit"] == "person_year_fund"
@@ -258,7 +263,7 @@ def test_a_persons_yearly_fund_stops_at_its_limit_and_reconcile_still_adds_up(se
     assert (sums.count, sums.total_fen, sums.fund_pays_fen) == (
         fits,
         fits * visit_total,
-        fits * fund_per_visit,
+        fits * fund_per_visit + large_amount,
     )
     assert server.ledger.check() == []
 

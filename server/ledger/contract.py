@@ -74,6 +74,19 @@ class StoredSettlement:
     in_scope: int | None = None
     ratio_bp: int | None = None
     items: tuple[StoredItem, ...] = ()
+    # version 7 (None before): the funds after the pooled one and the personal account
+    # (server/rules/funds.py). fund_pays is every fund; pooled_pays the basic pooled fund alone,
+    # what yearly_totals.fund_paid sums (before version 7 the pooled fund was every fund).
+    pooled_pays: int | None = None
+    serious_threshold: int | None = None  # the serious-illness / large-amount threshold met
+    serious_pays: int | None = None  # hifmi_pay or hifob_pay
+    assistance_pays: int | None = None  # maf_pay
+    account_pays: int | None = None  # acct_pay (part of patient_pays)
+
+    @property
+    def pooled(self) -> int:
+        """The pooled fund's part (hifp_pay): what the yearly fund_paid counts."""
+        return self.fund_pays if self.pooled_pays is None else self.pooled_pays
 
 
 @dataclass(frozen=True, slots=True)

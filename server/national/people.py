@@ -43,6 +43,18 @@ def sign_in(call: Call) -> dict[str, Any]:
     return {"signinoutb": {"sign_time": now.strftime("%Y-%m-%d %H:%M:%S"), "sign_no": uuid.uuid4().hex[:24]}}
 
 
+def account_balance(call: Call, person: Person) -> int:
+    """个人账户余额 now: the current year's opening balance less what the account paid this year
+    (the ledger's yearly totals sum it over the person's diseases)."""
+    year = datetime.now(UTC).year
+    opening = person.account_opening(year)
+    if opening is None:
+        return 0
+    session = call.session_for(writes=False)  # a sandbox is read only by its own institutions
+    paid = call.core.ledger.yearly_totals(session, person.person_no, "", year).account_paid_year
+    return max(0, opening - paid)
+
+
 def find_person(world: World, psn_no: str = "", cert_type: str = "", cert_no: str = "") -> Person:
     person = world.people.get(psn_no) if psn_no else None
     if person is None and cert_no:
@@ -56,7 +68,8 @@ def find_person(world: World, psn_no: str = "", cert_type: str = "", cert_no: st
 
 
 def person_info(call: Call) -> dict[str, Any]:
-    """1101 人员信息获取: baseinfo and insuinfo (no personal account yet: balc 0.00)."""
+    """1101 人员信息获取: baseinfo and insuinfo; balc is the personal account's balance now (this
+    year's opening balance minus what the account paid this year; 0.00 without an account)."""
     q = data_of(call, PersonQuery)
     cert_no = q.certno or q.mdtrt_cert_no
     person = find_person(call.world, q.psn_no, q.psn_cert_type, cert_no)
@@ -72,7 +85,7 @@ def person_info(call: Call) -> dict[str, Any]:
             {
                 "insutype": person.insurance_type.value,
                 "psn_type": "",
-                "balc": money.fen_to_yuan(0),
+                "balc": money.fen_to_yuan(account_balance(call, person)),
                 "psn_insu_stas": "1" if first is not None else "0",
                 "psn_insu_date": first.start.isoformat() if first else "",
                 "paus_insu_date": first.end.isoformat() if first and first.end else "",

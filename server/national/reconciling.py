@@ -66,6 +66,7 @@ def reconcile(call: Call) -> dict[str, Any]:
             if str(s.insurance_type) == data.insutype and s.insured_region == data.setl_optins:
                 platform["medfee_sumamt"] += s.totals.total_fen
                 platform["fund_pay_sumamt"] += s.totals.fund_pays_fen
+                platform["acct_pay"] += s.totals.account_pays_fen
                 platform["fixmedins_setl_cnt"] += 1
     differ = [name for name in platform if platform[name] != hospital[name]]
     described = "; ".join(

@@ -6,13 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from settlesim.server.national import money
-from settlesim.server.national.call import (
-    CHRONIC_SPECIAL_OUTPATIENT,
-    OUTPATIENT_CLEARING,
-    POOLED_FUND,
-    Call,
-    data_of,
-)
+from settlesim.server.national.call import CHRONIC_SPECIAL_OUTPATIENT, OUTPATIENT_CLEARING, Call, data_of
 from settlesim.server.national.envelope import Part
 from settlesim.server.national.visit_flow import settlement_request
 from settlesim.server.national.visits import NationalWrites, Visit
@@ -65,7 +59,7 @@ def _visit_to_settle(call: Call, data: Settle) -> tuple[Visit, pb.SettlementRequ
         raise Refusal(
             Reason.ITEMS_EMPTY, f"visit {visit.mdtrt_id} has no uploaded fee line (2204)", field="input.data"
         )
-    return visit, settlement_request(call, visit, lines)
+    return visit, settlement_request(call, visit, lines, use_account=data.acct_used_flag == "1")
 
 
 def _compare(given: dict[str, Any], platform: pb.SettlementTotals, *, required: bool) -> None:
@@ -173,7 +167,8 @@ _STATUS = {pb.SETTLEMENT_STATUS_SETTLED: "settled", pb.SETTLEMENT_STATUS_REVERSE
 
 
 def settlement_output(s: pb.Settlement, mdtrt_id: str, *, refund: bool = False) -> dict[str, Any]:
-    """2206/2207/2208/5203 output: setlinfo and one setldetail row per fund (the pooled fund only)."""
+    """2206/2207/2208/5203 output: setlinfo and setldetail, one row per fund that pays (the
+    contract's `funds`; the pooled fund always)."""
     t = s.totals
     sign = -1 if refund else 1
 
@@ -195,39 +190,42 @@ def settlement_output(s: pb.Settlement, mdtrt_id: str, *, refund: bool = False) 
         "preselfpay_amt": yuan(t.pre_self_pay_fen),
         "inscp_scp_amt": yuan(t.in_scope_fen),
         "act_pay_dedc": yuan(t.deductible_applied_fen),
-        "hifp_pay": yuan(t.fund_pays_fen),
+        "hifp_pay": yuan(t.pooled_fund_fen),
         "pool_prop_selfpay": money.ratio(t.ratio_bp),
         "cvlserv_pay": yuan(0),
         "hifes_pay": yuan(0),
-        "hifmi_pay": yuan(0),
-        "hifob_pay": yuan(0),
-        "maf_pay": yuan(0),
+        "hifmi_pay": yuan(t.serious_illness_fen),
+        "hifob_pay": yuan(t.large_amount_fen),
+        "maf_pay": yuan(t.medical_assistance_fen),
         "oth_pay": yuan(0),
         "fund_pay_sumamt": yuan(t.fund_pays_fen),
         "psn_part_amt": yuan(t.patient_pays_fen),
-        "acct_pay": yuan(0),
+        "acct_pay": yuan(t.account_pays_fen),
         "acct_mulaid_pay": yuan(0),
-        "psn_cash_pay": yuan(t.patient_pays_fen),
+        "psn_cash_pay": yuan(t.cash_pays_fen),
         "hosp_part_amt": yuan(0),
-        "balc": yuan(0),
+        # The balance is a state, not a movement: a refund record shows the balance it restores.
+        "balc": money.fen_to_yuan(
+            t.account_balance_fen + (t.account_pays_fen if refund else 0)
+        ) if t.HasField("account_balance_fen") else money.fen_to_yuan(0),
         "medins_setl_id": s.msgid,
         "clr_optins": s.insured_region,
         "clr_way": "",
         "clr_type": OUTPATIENT_CLEARING,
         # settlesim extensions: the settlement's status now; a refund's original.
         "setl_status": _STATUS.get(s.status, ""),
-    }
+    }  # fmt: skip
     if refund:
         setlinfo["orig_setl_id"] = s.settlement_id
-    fund_type, fund_name = POOLED_FUND.get(insutype, ("", "基本医疗保险统筹基金"))
     detail = [
         {
-            "fund_pay_type": fund_type,
-            "inscp_scp_amt": yuan(t.in_scope_fen),
-            "crt_payb_lmt_amt": yuan(0),
-            "fund_payamt": yuan(t.fund_pays_fen),
-            "fund_pay_type_name": fund_name,
-            "setl_proc_info": "",
+            "fund_pay_type": f.fund_type,
+            "inscp_scp_amt": yuan(f.base_fen),
+            "crt_payb_lmt_amt": yuan(f.limit_fen),
+            "fund_payamt": yuan(f.paid_fen),
+            "fund_pay_type_name": f.name,
+            "setl_proc_info": f.detail,
         }
+        for f in s.funds
     ]
     return {"setlinfo": setlinfo, "setldetail": detail}

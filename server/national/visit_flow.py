@@ -145,8 +145,11 @@ def _lines(details: list[FeeDetail]) -> list[FeeLine]:
     return lines
 
 
-def settlement_request(call: Call, visit: Visit, lines: list[FeeLine]) -> pb.SettlementRequest:
-    """The contract's SettlementRequest for a visit and its lines (the 2207 msgid keys it)."""
+def settlement_request(
+    call: Call, visit: Visit, lines: list[FeeLine], *, use_account: bool = False
+) -> pb.SettlementRequest:
+    """The contract's SettlementRequest for a visit and its lines (the 2207 msgid keys it);
+    `use_account`: 2206/2207's acct_used_flag."""
     if not visit.dise_codg:
         raise Refusal(
             Reason.FIELD_MISSING,
@@ -175,6 +178,7 @@ def settlement_request(call: Call, visit: Visit, lines: list[FeeLine]) -> pb.Set
             for line in lines
         ],
         operator=call.envelope.opter or call.envelope.opter_name or "national",
+        use_personal_account=use_account,
     )
 
 

@@ -7,8 +7,9 @@ class-B share and once per visit for the ratio."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
+from typing import TYPE_CHECKING
 
 from settlesim.server.model import (
     BASIS_POINTS,
@@ -20,6 +21,9 @@ from settlesim.server.model import (
     TraceEntry,
     YearlyTotals,
 )
+
+if TYPE_CHECKING:
+    from settlesim.server.rules.funds import FundFigures
 
 
 def round_half_up(numerator: int, denominator: int) -> int:
@@ -78,6 +82,9 @@ class SettlementResult:
     items: tuple[ItemResult, ...]
     trace: tuple[TraceEntry, ...]
     totals_after: YearlyTotals  # the running totals once this settlement commits
+    # The funds after the pooled one and the personal account (rules/funds.py); None: the
+    # pooled fund alone was computed.
+    funds: FundFigures | None = None
 
 
 def classify_item(line: FeeLine, catalog: Catalog, day: date) -> tuple[CatalogTerms | None, date | None]:
@@ -233,5 +240,5 @@ def compute_settlement(
         cap_remaining=cap_remaining,
         deductible_remaining=max(0, terms.deductible - deductible_used),
     )
-    after = YearlyTotals(deductible_used, totals.fund_paid + fund_pays)
+    after = replace(totals, deductible_used=deductible_used, fund_paid=totals.fund_paid + fund_pays)
     return SettlementResult(figures, items, tuple(trace), after)

@@ -158,16 +158,18 @@ class VerifyRegistrationResponse(_message.Message):
     def __init__(self, eligible: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., registration: _Optional[_Union[Registration, _Mapping]] = ..., coverage: _Optional[_Union[Coverage, str]] = ..., person_no: _Optional[str] = ..., insured_region: _Optional[str] = ..., treatment_region: _Optional[str] = ..., sandbox: _Optional[str] = ...) -> None: ...
 
 class SettlementRequest(_message.Message):
-    __slots__ = ("msgid", "visit", "items", "operator")
+    __slots__ = ("msgid", "visit", "items", "operator", "use_personal_account")
     MSGID_FIELD_NUMBER: _ClassVar[int]
     VISIT_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    USE_PERSONAL_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     msgid: str
     visit: Visit
     items: _containers.RepeatedCompositeFieldContainer[FeeItem]
     operator: str
-    def __init__(self, msgid: _Optional[str] = ..., visit: _Optional[_Union[Visit, _Mapping]] = ..., items: _Optional[_Iterable[_Union[FeeItem, _Mapping]]] = ..., operator: _Optional[str] = ...) -> None: ...
+    use_personal_account: bool
+    def __init__(self, msgid: _Optional[str] = ..., visit: _Optional[_Union[Visit, _Mapping]] = ..., items: _Optional[_Iterable[_Union[FeeItem, _Mapping]]] = ..., operator: _Optional[str] = ..., use_personal_account: _Optional[bool] = ...) -> None: ...
 
 class PreSettleVisitRequest(_message.Message):
     __slots__ = ("request",)
@@ -196,7 +198,7 @@ class SettleVisitResponse(_message.Message):
     def __init__(self, settlement: _Optional[_Union[Settlement, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class SettlementTotals(_message.Message):
-    __slots__ = ("total_fen", "full_self_pay_fen", "over_ceiling_self_pay_fen", "pre_self_pay_fen", "in_scope_fen", "deductible_applied_fen", "fund_pays_fen", "ratio_bp", "patient_pays_fen", "cap_remaining_fen", "deductible_remaining_fen")
+    __slots__ = ("total_fen", "full_self_pay_fen", "over_ceiling_self_pay_fen", "pre_self_pay_fen", "in_scope_fen", "deductible_applied_fen", "fund_pays_fen", "ratio_bp", "patient_pays_fen", "cap_remaining_fen", "deductible_remaining_fen", "serious_illness_fen", "large_amount_fen", "medical_assistance_fen", "pooled_fund_fen", "account_pays_fen", "cash_pays_fen", "account_balance_fen", "serious_threshold_applied_fen")
     TOTAL_FEN_FIELD_NUMBER: _ClassVar[int]
     FULL_SELF_PAY_FEN_FIELD_NUMBER: _ClassVar[int]
     OVER_CEILING_SELF_PAY_FEN_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +210,14 @@ class SettlementTotals(_message.Message):
     PATIENT_PAYS_FEN_FIELD_NUMBER: _ClassVar[int]
     CAP_REMAINING_FEN_FIELD_NUMBER: _ClassVar[int]
     DEDUCTIBLE_REMAINING_FEN_FIELD_NUMBER: _ClassVar[int]
+    SERIOUS_ILLNESS_FEN_FIELD_NUMBER: _ClassVar[int]
+    LARGE_AMOUNT_FEN_FIELD_NUMBER: _ClassVar[int]
+    MEDICAL_ASSISTANCE_FEN_FIELD_NUMBER: _ClassVar[int]
+    POOLED_FUND_FEN_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_PAYS_FEN_FIELD_NUMBER: _ClassVar[int]
+    CASH_PAYS_FEN_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_BALANCE_FEN_FIELD_NUMBER: _ClassVar[int]
+    SERIOUS_THRESHOLD_APPLIED_FEN_FIELD_NUMBER: _ClassVar[int]
     total_fen: int
     full_self_pay_fen: int
     over_ceiling_self_pay_fen: int
@@ -219,7 +229,31 @@ class SettlementTotals(_message.Message):
     patient_pays_fen: int
     cap_remaining_fen: int
     deductible_remaining_fen: int
-    def __init__(self, total_fen: _Optional[int] = ..., full_self_pay_fen: _Optional[int] = ..., over_ceiling_self_pay_fen: _Optional[int] = ..., pre_self_pay_fen: _Optional[int] = ..., in_scope_fen: _Optional[int] = ..., deductible_applied_fen: _Optional[int] = ..., fund_pays_fen: _Optional[int] = ..., ratio_bp: _Optional[int] = ..., patient_pays_fen: _Optional[int] = ..., cap_remaining_fen: _Optional[int] = ..., deductible_remaining_fen: _Optional[int] = ...) -> None: ...
+    serious_illness_fen: int
+    large_amount_fen: int
+    medical_assistance_fen: int
+    pooled_fund_fen: int
+    account_pays_fen: int
+    cash_pays_fen: int
+    account_balance_fen: int
+    serious_threshold_applied_fen: int
+    def __init__(self, total_fen: _Optional[int] = ..., full_self_pay_fen: _Optional[int] = ..., over_ceiling_self_pay_fen: _Optional[int] = ..., pre_self_pay_fen: _Optional[int] = ..., in_scope_fen: _Optional[int] = ..., deductible_applied_fen: _Optional[int] = ..., fund_pays_fen: _Optional[int] = ..., ratio_bp: _Optional[int] = ..., patient_pays_fen: _Optional[int] = ..., cap_remaining_fen: _Optional[int] = ..., deductible_remaining_fen: _Optional[int] = ..., serious_illness_fen: _Optional[int] = ..., large_amount_fen: _Optional[int] = ..., medical_assistance_fen: _Optional[int] = ..., pooled_fund_fen: _Optional[int] = ..., account_pays_fen: _Optional[int] = ..., cash_pays_fen: _Optional[int] = ..., account_balance_fen: _Optional[int] = ..., serious_threshold_applied_fen: _Optional[int] = ...) -> None: ...
+
+class FundPayment(_message.Message):
+    __slots__ = ("fund_type", "name", "base_fen", "limit_fen", "paid_fen", "detail")
+    FUND_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BASE_FEN_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FEN_FIELD_NUMBER: _ClassVar[int]
+    PAID_FEN_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    fund_type: str
+    name: str
+    base_fen: int
+    limit_fen: int
+    paid_fen: int
+    detail: str
+    def __init__(self, fund_type: _Optional[str] = ..., name: _Optional[str] = ..., base_fen: _Optional[int] = ..., limit_fen: _Optional[int] = ..., paid_fen: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class SettledItem(_message.Message):
     __slots__ = ("sequence_no", "catalog_code", "catalog_class", "self_pay_share_bp", "price_ceiling_fen", "amount_fen", "full_self_pay_fen", "over_ceiling_self_pay_fen", "pre_self_pay_fen", "in_scope_fen")
@@ -258,7 +292,7 @@ class TraceEntry(_message.Message):
     def __init__(self, figure: _Optional[str] = ..., rule: _Optional[str] = ..., source: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Settlement(_message.Message):
-    __slots__ = ("settlement_id", "visit_id", "msgid", "status", "institution_code", "person_no", "insured_region", "treatment_region", "disease_code", "visit_date", "insurance_type", "totals", "items", "trace", "undone_by_msgid", "sandbox")
+    __slots__ = ("settlement_id", "visit_id", "msgid", "status", "institution_code", "person_no", "insured_region", "treatment_region", "disease_code", "visit_date", "insurance_type", "totals", "items", "trace", "undone_by_msgid", "sandbox", "funds")
     SETTLEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     VISIT_ID_FIELD_NUMBER: _ClassVar[int]
     MSGID_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +309,7 @@ class Settlement(_message.Message):
     TRACE_FIELD_NUMBER: _ClassVar[int]
     UNDONE_BY_MSGID_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    FUNDS_FIELD_NUMBER: _ClassVar[int]
     settlement_id: str
     visit_id: str
     msgid: str
@@ -291,7 +326,8 @@ class Settlement(_message.Message):
     trace: _containers.RepeatedCompositeFieldContainer[TraceEntry]
     undone_by_msgid: str
     sandbox: str
-    def __init__(self, settlement_id: _Optional[str] = ..., visit_id: _Optional[str] = ..., msgid: _Optional[str] = ..., status: _Optional[_Union[SettlementStatus, str]] = ..., institution_code: _Optional[str] = ..., person_no: _Optional[str] = ..., insured_region: _Optional[str] = ..., treatment_region: _Optional[str] = ..., disease_code: _Optional[str] = ..., visit_date: _Optional[str] = ..., insurance_type: _Optional[_Union[InsuranceType, str]] = ..., totals: _Optional[_Union[SettlementTotals, _Mapping]] = ..., items: _Optional[_Iterable[_Union[SettledItem, _Mapping]]] = ..., trace: _Optional[_Iterable[_Union[TraceEntry, _Mapping]]] = ..., undone_by_msgid: _Optional[str] = ..., sandbox: _Optional[str] = ...) -> None: ...
+    funds: _containers.RepeatedCompositeFieldContainer[FundPayment]
+    def __init__(self, settlement_id: _Optional[str] = ..., visit_id: _Optional[str] = ..., msgid: _Optional[str] = ..., status: _Optional[_Union[SettlementStatus, str]] = ..., institution_code: _Optional[str] = ..., person_no: _Optional[str] = ..., insured_region: _Optional[str] = ..., treatment_region: _Optional[str] = ..., disease_code: _Optional[str] = ..., visit_date: _Optional[str] = ..., insurance_type: _Optional[_Union[InsuranceType, str]] = ..., totals: _Optional[_Union[SettlementTotals, _Mapping]] = ..., items: _Optional[_Iterable[_Union[SettledItem, _Mapping]]] = ..., trace: _Optional[_Iterable[_Union[TraceEntry, _Mapping]]] = ..., undone_by_msgid: _Optional[str] = ..., sandbox: _Optional[str] = ..., funds: _Optional[_Iterable[_Union[FundPayment, _Mapping]]] = ...) -> None: ...
 
 class ReverseSettlementRequest(_message.Message):
     __slots__ = ("msgid", "institution_code", "settlement_id", "operator")

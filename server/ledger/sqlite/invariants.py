@@ -78,30 +78,73 @@ def problems_of(db: sqlite3.Connection, answer_check: AnswerCheck | None = None)
 
 
 def _totals_problems(db: sqlite3.Connection) -> list[str]:
-    """Yearly totals equal the sum of the settlements in force, and are never negative."""
+    """Yearly totals equal the sum of the settlements in force, and are never negative: the
+    deductible and the pooled fund, and (version 7) each fund's and the account's counters."""
     problems = []
+    funds = _has_fund_columns(db)  # before version 7: the pooled fund was every fund, no other counter
+    sums = (
+        "SUM(COALESCE(pooled_pays, fund_pays)), SUM(COALESCE(serious_threshold, 0)), SUM(COALESCE(serious_pays, 0)), "
+        "SUM(COALESCE(assistance_pays, 0)), SUM(COALESCE(account_pays, 0))"
+        if funds
+        else "SUM(fund_pays), 0, 0, 0, 0"
+    )
+    counters = (
+        "fund_paid, serious_threshold_used, serious_paid, assistance_paid, account_paid"
+        if funds
+        else "fund_paid, 0, 0, 0, 0"
+    )
     expected = {
-        (s, p, d, y): (ded, fund)
-        for s, p, d, y, ded, fund in db.execute(
-            "SELECT session, person_no, disease_code, year, SUM(deductible_applied), SUM(fund_pays) "
+        (s, p, d, y): tuple(sums)
+        for s, p, d, y, *sums in db.execute(
+            f"SELECT session, person_no, disease_code, year, SUM(deductible_applied), {sums} "
             "FROM settlements WHERE status = 'settled' GROUP BY 1, 2, 3, 4"
         )
     }
     actual = {
-        (s, p, d, y): (ded, fund)
-        for s, p, d, y, ded, fund in db.execute(
-            "SELECT session, person_no, disease_code, year, deductible_used, fund_paid FROM yearly_totals"
+        (s, p, d, y): tuple(counters)
+        for s, p, d, y, *counters in db.execute(
+            f"SELECT session, person_no, disease_code, year, deductible_used, {counters} FROM yearly_totals"
         )
     }
     for key in sorted(set(expected) | set(actual)):
-        want, have = expected.get(key, (0, 0)), actual.get(key, (0, 0))
-        if want != have:
+        want, have = expected.get(key, (0,) * 6), actual.get(key, (0,) * 6)
+        if want[:2] != have[:2]:
             problems.append(
-                f"yearly totals {key}: deductible/fund {have} but settlements in force sum to {want}"
+                f"yearly totals {key}: deductible/fund {have[:2]} but settlements in force sum to {want[:2]}"
+            )
+        if want[2:] != have[2:]:
+            problems.append(
+                f"yearly totals {key}: threshold/serious/assistance/account {have[2:]} but settlements in force "
+                f"sum to {want[2:]}"
             )
         if have[0] < 0 or have[1] < 0:
-            problems.append(f"yearly totals {key}: deductible/fund {have} is negative")
+            problems.append(f"yearly totals {key}: deductible/fund {have[:2]} is negative")
+        if min(have[2:]) < 0:
+            problems.append(f"yearly totals {key}: threshold/serious/assistance/account {have[2:]} is negative")
     return problems
+
+
+def _fund_problems(db: sqlite3.Connection) -> list[str]:
+    """(version 7) A settlement's funds add up to its fund_pays; the account pays part of the patient's."""
+    if not _has_fund_columns(db):
+        return []
+    return [
+        f"settlement {settlement_id}: pooled {pooled} + serious {serious} + assistance {assistance} != fund "
+        f"{fund}, or account {account} outside 0..patient {patient}"
+        for settlement_id, fund, patient, pooled, serious, assistance, account in db.execute(
+            "SELECT settlement_id, fund_pays, patient_pays, pooled_pays, serious_pays, assistance_pays, "
+            "account_pays FROM settlements WHERE pooled_pays IS NOT NULL AND (pooled_pays + "
+            "serious_pays + assistance_pays != fund_pays OR MIN(pooled_pays, serious_pays, assistance_pays) < 0 "
+            "OR account_pays < 0 OR account_pays > patient_pays)"
+        )
+    ]
+
+
+def _has_fund_columns(db: sqlite3.Connection) -> bool:
+    """(version 7) The settlements carry their funds and the yearly totals each fund's counters."""
+    settlements = {row[1] for row in db.execute("PRAGMA table_info(settlements)")}
+    totals = {row[1] for row in db.execute("PRAGMA table_info(yearly_totals)")}
+    return "pooled_pays" in settlements and "account_paid" in totals
 
 
 def _institution_totals_problems(db: sqlite3.Connection) -> list[str]:
@@ -257,6 +300,7 @@ def _money_problems(db: sqlite3.Connection) -> list[str]:
             "WHERE year != CAST(substr(visit_date, 1, 4) AS INTEGER)"
         )
     ]
+    problems += _fund_problems(db)
     problems += [
         f"settlement {settlement_id}: deductible {deductible} outside 0..total {total}"
         for settlement_id, deductible, total in db.execute(

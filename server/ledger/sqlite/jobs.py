@@ -159,7 +159,9 @@ def add_to_institution_year(
     """Refuse a settlement that would take the person's yearly totals or the
     institution's yearly total past its limit (LEDGER_LIMIT_EXCEEDED); else add
     it to the institution's yearly total."""
-    if max(after.fund_paid, after.deductible_used) > store.MAX_PERSON_YEAR_FEN:
+    counters = (after.fund_paid, after.deductible_used, after.serious_threshold_used, after.serious_paid,
+                after.assistance_paid, after.account_paid)  # fmt: skip
+    if max(counters) > store.MAX_PERSON_YEAR_FEN:
         raise Refusal(
             Reason.LEDGER_LIMIT_EXCEEDED,
             f"this settlement would take {stored.person_no}'s {year} fund for {stored.disease_code} "

@@ -9,7 +9,9 @@ from pathlib import Path
 from settlesim.server.ledger.contract import LedgerFileError
 from settlesim.server.ledger.sqlite.rows import now
 from settlesim.server.ledger.sqlite.schema import (
+    COUNTER_COLUMNS,
     FIGURE_COLUMNS,
+    FUND_COLUMNS,
     INSTITUTION_TOTALS_FROM_SETTLEMENTS,
     MESSAGES,
     SCHEMA,
@@ -36,6 +38,8 @@ def upgrade(db: sqlite3.Connection, path: Path) -> int | None:
     if version < 2 and table_exists(db, "settlements"):
         for column in FIGURE_COLUMNS:  # NULL for the settlements made before
             db.execute(f"ALTER TABLE settlements ADD COLUMN {column} INTEGER")
+    if version < 7:
+        _add_fund_columns(db)
     for statement in statements(SCHEMA):  # what is missing; CREATE ... IF NOT EXISTS
         db.execute(statement)
     if version < 4:  # the running totals of the settlements already there
@@ -44,6 +48,19 @@ def upgrade(db: sqlite3.Connection, path: Path) -> int | None:
         _own_used_sessions(db)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return version
+
+
+def _add_fund_columns(db: sqlite3.Connection) -> None:
+    """Version 6 -> 7: the settlements' fund columns (NULL: before the fund breakdown the pooled
+    fund was every fund) and the yearly counters (0), where the tables lack them."""
+    for table, columns, kind in (
+        ("settlements", FUND_COLUMNS, "INTEGER"),
+        ("yearly_totals", COUNTER_COLUMNS, "INTEGER NOT NULL DEFAULT 0"),
+    ):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if have and column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _rekey_messages(db: sqlite3.Connection) -> None:

@@ -64,11 +64,17 @@ def undo(db: sqlite3.Connection, stored: StoredSettlement, status: str, by: str)
         (stored.total, stored.session, stored.institution_code, stored.visit_date.year),
     )
     db.execute(
-        "UPDATE yearly_totals SET deductible_used = deductible_used - ?, fund_paid = fund_paid - ? "
+        "UPDATE yearly_totals SET deductible_used = deductible_used - ?, fund_paid = fund_paid - ?, "
+        "serious_threshold_used = serious_threshold_used - ?, serious_paid = serious_paid - ?, "
+        "assistance_paid = assistance_paid - ?, account_paid = account_paid - ? "
         "WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
         (
             stored.deductible_applied,
-            stored.fund_pays,
+            stored.pooled,
+            stored.serious_threshold or 0,
+            stored.serious_pays or 0,
+            stored.assistance_pays or 0,
+            stored.account_pays or 0,
             stored.session,
             stored.person_no,
             stored.disease_code,
@@ -79,27 +85,47 @@ def undo(db: sqlite3.Connection, stored: StoredSettlement, status: str, by: str)
 
 
 def totals(db: sqlite3.Connection, session: str, person_no: str, disease: str, year: int) -> YearlyTotals:
+    """The person's totals for the disease and year, with what the personal account paid that
+    year for every disease (the balance is the person's). Read in the settlement's own write
+    transaction, so concurrent visits never spend the same balance twice."""
     row = db.execute(
-        "SELECT deductible_used, fund_paid FROM yearly_totals "
-        "WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
+        "SELECT deductible_used, fund_paid, serious_threshold_used, serious_paid, assistance_paid, account_paid "
+        "FROM yearly_totals WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
         (session, person_no, disease, year),
     ).fetchone()
-    return YearlyTotals(*row) if row else YearlyTotals()
+    (paid_year,) = db.execute(
+        "SELECT COALESCE(SUM(account_paid), 0) FROM yearly_totals WHERE session = ? AND person_no = ? AND year = ?",
+        (session, person_no, year),
+    ).fetchone()
+    return YearlyTotals(*row, account_paid_year=paid_year) if row else YearlyTotals(account_paid_year=paid_year)
 
 
 def put_totals(
     db: sqlite3.Connection, session: str, person_no: str, disease: str, year: int, totals: YearlyTotals
 ) -> None:
     db.execute(
-        "INSERT INTO yearly_totals VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-        "deductible_used = excluded.deductible_used, fund_paid = excluded.fund_paid",
-        (session, person_no, disease, year, totals.deductible_used, totals.fund_paid),
+        "INSERT INTO yearly_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+        "deductible_used = excluded.deductible_used, fund_paid = excluded.fund_paid, "
+        "serious_threshold_used = excluded.serious_threshold_used, serious_paid = excluded.serious_paid, "
+        "assistance_paid = excluded.assistance_paid, account_paid = excluded.account_paid",
+        (
+            session,
+            person_no,
+            disease,
+            year,
+            totals.deductible_used,
+            totals.fund_paid,
+            totals.serious_threshold_used,
+            totals.serious_paid,
+            totals.assistance_paid,
+            totals.account_paid,
+        ),
     )
 
 
 def insert(db: sqlite3.Connection, s: StoredSettlement, year: int, created_at: str) -> None:
     db.execute(
-        "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             s.settlement_id,
             s.session,
@@ -122,6 +148,11 @@ def insert(db: sqlite3.Connection, s: StoredSettlement, year: int, created_at: s
             s.pre_self_pay,
             s.in_scope,
             s.ratio_bp,
+            s.pooled_pays,
+            s.serious_threshold,
+            s.serious_pays,
+            s.assistance_pays,
+            s.account_pays,
         ),
     )
     db.executemany(
@@ -166,6 +197,11 @@ def settlement_of(row: tuple[Any, ...]) -> StoredSettlement:
         pre_self_pay,
         in_scope,
         ratio_bp,
+        pooled_pays,
+        serious_threshold,
+        serious_pays,
+        assistance_pays,
+        account_pays,
     ) = row
     return StoredSettlement(
         settlement_id=sid,
@@ -187,4 +223,9 @@ def settlement_of(row: tuple[Any, ...]) -> StoredSettlement:
         pre_self_pay=pre_self_pay,
         in_scope=in_scope,
         ratio_bp=ratio_bp,
+        pooled_pays=pooled_pays,
+        serious_threshold=serious_threshold,
+        serious_pays=serious_pays,
+        assistance_pays=assistance_pays,
+        account_pays=account_pays,
     )

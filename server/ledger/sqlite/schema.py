@@ -16,7 +16,9 @@ from settlesim.server.ledger.contract import LedgerFileError
 # yearly total that bounds every Reconcile sum.
 # 5: `sessions`, the institutions each sandbox belongs to (server/sandboxes.py).
 # 6: the national door's visit flow (national_visits, national_fee_lines, national_answers).
-SCHEMA_VERSION = 6
+# 7: the fund breakdown and the personal account: five settlement columns (FUND_COLUMNS, NULL
+#    before) and four yearly counters (COUNTER_COLUMNS, 0 before).
+SCHEMA_VERSION = 7
 
 # Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
 # original msgid voided before it ever settled. A msgid is its sender's message id
@@ -62,7 +64,13 @@ CREATE TABLE IF NOT EXISTS settlements (
     over_ceiling       INTEGER,
     pre_self_pay       INTEGER,
     in_scope           INTEGER,
-    ratio_bp           INTEGER
+    ratio_bp           INTEGER,
+    -- version 7: the funds after the pooled one and the personal account (NULL before)
+    pooled_pays        INTEGER,
+    serious_threshold  INTEGER,
+    serious_pays       INTEGER,
+    assistance_pays    INTEGER,
+    account_pays       INTEGER
 );
 CREATE INDEX IF NOT EXISTS settlements_by_institution
     ON settlements (session, institution_code, visit_date);
@@ -75,6 +83,11 @@ CREATE TABLE IF NOT EXISTS yearly_totals (
     year            INTEGER NOT NULL,
     deductible_used INTEGER NOT NULL,
     fund_paid       INTEGER NOT NULL,
+    -- version 7: each fund's and the personal account's yearly counters
+    serious_threshold_used INTEGER NOT NULL DEFAULT 0,
+    serious_paid           INTEGER NOT NULL DEFAULT 0,
+    assistance_paid        INTEGER NOT NULL DEFAULT 0,
+    account_paid           INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session, person_no, disease_code, year)
 ) WITHOUT ROWID;
 {MESSAGES.format(table="messages")};
@@ -179,6 +192,8 @@ INSTITUTION_TOTALS_FROM_SETTLEMENTS = (
     "WHERE status = 'settled' GROUP BY session, institution_code, year"
 )
 FIGURE_COLUMNS = ("full_self_pay", "over_ceiling", "pre_self_pay", "in_scope", "ratio_bp")
+FUND_COLUMNS = ("pooled_pays", "serious_threshold", "serious_pays", "assistance_pays", "account_pays")
+COUNTER_COLUMNS = ("serious_threshold_used", "serious_paid", "assistance_paid", "account_paid")
 
 # The columns `settlesim ledger check` needs before it calls a file a ledger.
 LEDGER_COLUMNS = {
@@ -207,7 +222,8 @@ def tables_version(db: sqlite3.Connection) -> int | None:
     if not any(table_exists(db, table) for table in LEDGER_COLUMNS):
         return None
     if table_exists(db, "national_visits"):
-        return 6
+        settlement_columns = {row[1] for row in db.execute("PRAGMA table_info(settlements)")}
+        return 7 if "pooled_pays" in settlement_columns else 6
     if table_exists(db, "sessions"):
         return 5
     if table_exists(db, "institution_totals"):
