@@ -55,6 +55,14 @@ def one_real_settlement() -> tuple[pb.Settlement, list[tuple], tuple]:
     return answer, items, figures
 
 
+# The settlement columns before schema version 7 (the fund columns stay NULL: every fund pooled).
+SETTLEMENT_COLUMNS = (
+    "settlement_id, session, msgid, institution_code, person_no, disease_code, visit_date, year, status, total, "
+    "fund_pays, patient_pays, deductible_applied, undone_by_msgid, created_at, answer, full_self_pay, "
+    "over_ceiling, pre_self_pay, in_scope, ratio_bp"
+)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path)
@@ -86,12 +94,13 @@ def main() -> int:
             )  # fmt: skip
             item_rows += [(sid, *item[1:]) for item in items]
             messages.append(("", msgid, "settle", INSTITUTION, f"h{n}", sid, "2026-01-01T00:00:00+00:00"))
-        db.executemany(f"INSERT INTO settlements VALUES ({', '.join('?' * 21)})", settlements)
+        db.executemany(f"INSERT INTO settlements ({SETTLEMENT_COLUMNS}) VALUES ({', '.join('?' * 21)})", settlements)
         db.executemany(f"INSERT INTO settlement_items VALUES ({', '.join('?' * 14)})", item_rows)
         db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", messages)
     db.execute(
-        "INSERT INTO yearly_totals SELECT session, person_no, disease_code, year, SUM(deductible_applied), "
-        "SUM(fund_pays) FROM settlements GROUP BY 1, 2, 3, 4"
+        "INSERT INTO yearly_totals (session, person_no, disease_code, year, deductible_used, fund_paid) "
+        "SELECT session, person_no, disease_code, year, SUM(deductible_applied), SUM(fund_pays) FROM settlements "
+        "GROUP BY 1, 2, 3, 4"
     )
     db.execute(
         "INSERT INTO institution_totals SELECT session, institution_code, year, SUM(total) FROM settlements "

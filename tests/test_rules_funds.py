@@ -201,3 +201,23 @@ def test_the_reference_case_keeps_its_figures(world: World) -> None:
     )
     assert (m.serious_pays, m.assistance_pays, m.account_pays, m.cash_pays) == (0, 0, 0, 5_000)
     assert [p.fund_type for p in m.payments] == ["390100"]
+
+
+def test_the_fund_terms_in_force_on_the_visit_date_apply(world: World) -> None:
+    """Beijing 310 with a second version from 2026-01-01 (threshold 1,000,000, 50%): the big Sanya
+    visit on 2025-12-31 uses 2021's (850,000, derived above); on 2026-01-01 the new one:
+    threshold min(3,000,000, 1,000,000) = 1,000,000; round(2,000,000 × 50%) = 1,000,000."""
+    from settlesim.server.model import Dated, InsuranceType
+
+    policy = world.policies["110000"]
+    old = policy.funds[InsuranceType.EMPLOYEE].values[0]
+    new = FundTerms(serious_illness=SeriousIllnessTerms(1_000_000, 5000, None))
+    dated = Dated.of({date(2021, 1, 1): old, date(2026, 1, 1): new})
+    beijing = replace(policy, funds={InsuranceType.EMPLOYEE: dated})
+    changed = replace(world, policies={**world.policies, "110000": beijing})
+    lines = [FeeLine("1", "A-TARGET-001", 1_000_000, 30)]
+    before = settle(changed, BEIJING_ACCOUNT, "H46020000001", "M00503", date(2025, 12, 31), lines)
+    after = settle(changed, BEIJING_ACCOUNT, "H46020000001", "M00503", date(2026, 1, 1), lines)
+    assert before.funds is not None and after.funds is not None
+    assert (before.funds.serious_pays, after.funds.serious_pays) == (850_000, 1_000_000)
+    assert any(e.source == "policy 110000/310 funds since 2026-01-01" for e in after.trace)
