@@ -268,14 +268,7 @@ def compute_visit(
         e.detail for e in result.trace if e.figure in ("deductible_applied_fen", "fund_pays_fen")
     )
     pooled = pooled_payment(given.insurance_type, f.in_scope, f.fund_pays, cap_left, pooled_detail)
-    funds, trace, after = compute_funds(f.total, f.in_scope, pooled, given, totals)
-    after = replace(
-        after, deductible_used=result.totals_after.deductible_used, fund_paid=result.totals_after.fund_paid
-    )
-    return replace(
-        result,
-        figures=replace(f, fund_pays=funds.fund_pay_sum, patient_pays=funds.patient_part),
-        trace=result.trace + trace,
-        totals_after=after,
-        funds=funds,
-    )
+    # the pooled fund's counters are already in totals_after; the funds above read only their own
+    funds, trace, after = compute_funds(f.total, f.in_scope, pooled, given, result.totals_after)
+    figures = replace(f, fund_pays=funds.fund_pay_sum, patient_pays=funds.patient_part)
+    return SettlementResult(figures, result.items, result.trace + trace, after, funds)

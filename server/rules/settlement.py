@@ -7,7 +7,7 @@ class-B share and once per visit for the ratio."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -240,5 +240,13 @@ def compute_settlement(
         cap_remaining=cap_remaining,
         deductible_remaining=max(0, terms.deductible - deductible_used),
     )
-    after = replace(totals, deductible_used=deductible_used, fund_paid=totals.fund_paid + fund_pays)
+    after = YearlyTotals(  # the funds' counters (rules/funds.py) pass through unchanged
+        deductible_used,
+        totals.fund_paid + fund_pays,
+        totals.serious_threshold_used,
+        totals.serious_paid,
+        totals.assistance_paid,
+        totals.account_paid,
+        totals.account_paid_year,
+    )
     return SettlementResult(figures, items, tuple(trace), after)
