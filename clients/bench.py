@@ -231,37 +231,43 @@ async def _open_loop(
     target: str, requests: Requests, rate: float, seconds: float, channels: int, max_in_flight: int = 2000
 ) -> Loop:
     """Send at a fixed rate whatever the answers do; latency counts from the
-    planned send time, so a stalled server cannot hide its queue."""
+    planned send time, so a stalled server cannot hide its queue.
+
+    Request i is planned at start + i/rate. A pool of sender coroutines takes the
+    plans in order, each sleeping until its plan's time, so no task is made per
+    request (that cost the load generator half again the CPU of the closed loop, on
+    the cores the server shares). When every sender is waiting on an answer the
+    next plan goes late, and its latency, counted from the plan, shows it. There are
+    enough senders for a quarter second of answers in flight (at most `max_in_flight`)."""
     opened = _channels(target, channels)
     calls = [ch.unary_unary(SETTLE) for ch in opened]
     latencies: list[float] = []
     errors = 0
-    pending: set[asyncio.Task[None]] = set()
-
-    async def one(call: grpc.aio.UnaryUnaryMultiCallable, planned: float, body: bytes) -> None:
-        nonlocal errors
-        try:
-            await call(body, timeout=30)
-            latencies.append((time.perf_counter() - planned) * 1000)
-        except grpc.aio.AioRpcError:
-            errors += 1
-
-    started = time.perf_counter()
     total = int(rate * seconds)
-    for i in range(total):
-        planned = started + i / rate
-        delay = planned - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if len(pending) >= max_in_flight:  # the server fell far behind: count it, do not pile up
-            errors += 1
-            continue
-        task = asyncio.ensure_future(one(calls[i % len(calls)], planned, requests.next()))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    if pending:
-        await asyncio.gather(*pending)
-    elapsed = time.perf_counter() - started
+    taken = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    perf_started = time.perf_counter()
+
+    async def sender(k: int) -> None:
+        nonlocal errors, taken
+        call = calls[k % len(calls)]
+        while taken < total:
+            i = taken
+            taken += 1
+            planned = perf_started + i / rate
+            delay = planned - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await call(requests.next(), timeout=30)
+                latencies.append((time.perf_counter() - planned) * 1000)
+            except grpc.aio.AioRpcError:
+                errors += 1
+
+    senders = max(channels, min(max_in_flight, int(rate * 0.25) + 32))
+    await asyncio.gather(*(sender(k) for k in range(senders)))
+    elapsed = loop.time() - started
     for ch in opened:
         await ch.close()
     return len(latencies), errors, latencies, elapsed

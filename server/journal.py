@@ -451,13 +451,24 @@ class JournalInterceptor(grpc.aio.ServerInterceptor):
         """`after_call(note, response, context)`: the targeted faults that act
         on an answer (server/faults.py), applied inside the journal's view."""
         self.journal, self.after_call = journal, after_call
+        # The journaled handler of each method, while the inner handler stays the same object
+        # (as server/limits.py does): no closures and handler made per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
             return handler
-        rpc, behavior = method.removeprefix(SERVICE_PREFIX), handler.unary_unary
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._journaled(method.removeprefix(SERVICE_PREFIX), handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _journaled(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        behavior = handler.unary_unary
 
         async def noted(request: Any, context: Any) -> Any:
             return await journaled_call(self.journal, rpc, behavior, request, context, self.after_call)

@@ -554,7 +554,7 @@ class SettlementPlan:
     def answer(self, result: SettlementResult, settlement_id: str, visit_id: str, sandbox: str) -> pb.Settlement:
         e = self.eligibility
         assert e.person is not None and e.institution is not None
-        return pb.Settlement(
+        answer = pb.Settlement(
             settlement_id=settlement_id,
             visit_id=visit_id,
             msgid=self.msgid,
@@ -567,11 +567,13 @@ class SettlementPlan:
             visit_date=self.visit.visit_date.isoformat(),
             insurance_type=int(e.person.insurance_type.value),  # type: ignore[arg-type]
             totals=answers.figures(result),
-            items=answers.items(result),
             funds=answers.funds(result),
-            trace=answers.trace(e.trace + result.trace),
             sandbox=sandbox,
         )
+        answers.add_items(answer.items, result)
+        answers.add_trace(answer.trace, e.trace)
+        answers.add_trace(answer.trace, result.trace)
+        return answer
 
 
 def _fund_columns(result: SettlementResult) -> dict[str, int]:

@@ -38,8 +38,9 @@ def share_of(amount_fen: int, share_bp: int) -> int:
 
 def fen(amount: int) -> str:
     """A fen amount as yuan for people, e.g. 17963 -> '179.63'."""
-    sign = "-" if amount < 0 else ""
-    return f"{sign}{abs(amount) // 100}.{abs(amount) % 100:02d}"
+    # A settle's trace writes about 17 of these: one divmod, no abs() twice.
+    yuan, cents = divmod(amount, 100) if amount >= 0 else divmod(-amount, 100)
+    return f"{yuan}.{cents:02d}" if amount >= 0 else f"-{yuan}.{cents:02d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +190,19 @@ def compute_settlement(
 ) -> SettlementResult:
     """结算: price every line with the treatment region's catalog, then apply the
     insured region's deductible, ratio and cap against this year's totals."""
-    priced = [price_item(line, catalog, day) for line in lines]
-    items = tuple(item for item, _ in priced)
-    trace = [entry for _, entry in priced]
-
-    total = sum(i.amount for i in items)
-    in_scope = sum(i.in_scope for i in items)
+    items_: list[ItemResult] = []
+    trace: list[TraceEntry] = []
+    total = full_self_pay = over_ceiling = pre_self_pay = in_scope = 0
+    for line in lines:  # one pass: price each line and add up its parts
+        item, entry = price_item(line, catalog, day)
+        items_.append(item)
+        trace.append(entry)
+        total += item.amount
+        full_self_pay += item.full_self_pay
+        over_ceiling += item.over_ceiling
+        pre_self_pay += item.pre_self_pay
+        in_scope += item.in_scope
+    items = tuple(items_)
     deductible_applied = apply_deductible(in_scope, terms.deductible, totals.deductible_used)
     trace.append(
         TraceEntry(
@@ -229,9 +237,9 @@ def compute_settlement(
     deductible_used = totals.deductible_used + deductible_applied
     figures = Figures(
         total=total,
-        full_self_pay=sum(i.full_self_pay for i in items),
-        over_ceiling=sum(i.over_ceiling for i in items),
-        pre_self_pay=sum(i.pre_self_pay for i in items),
+        full_self_pay=full_self_pay,
+        over_ceiling=over_ceiling,
+        pre_self_pay=pre_self_pay,
         in_scope=in_scope,
         deductible_applied=deductible_applied,
         fund_pays=fund_pays,
