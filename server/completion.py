@@ -30,23 +30,36 @@ class DetachedAbort(Exception):
 class DetachedContext:
     """The parts of grpc.aio.ServicerContext a settlement call uses, valid after the client left."""
 
+    _UNREAD: Any = object()
+
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self._context = context
         self._metadata = context.invocation_metadata()
-        self._peer = context.peer()
-        self._auth = context.auth_context()
+        # Peer and auth context are read when first asked for, or at the latest when the client
+        # leaves (`keep`, while the call is still alive): most calls never ask.
+        self._peer: Any = self._UNREAD
+        self._auth: Any = self._UNREAD
         self.gone = False  # the client left before the call ended
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._trailing: Any = ()
 
+    def keep(self) -> None:
+        """Read what is still unread from the live call: the client is leaving."""
+        self.peer()
+        self.auth_context()
+
     def invocation_metadata(self) -> Any:
         return self._metadata
 
     def peer(self) -> str:
+        if self._peer is self._UNREAD:
+            self._peer = self._context.peer()
         return self._peer
 
     def auth_context(self) -> Any:
+        if self._auth is self._UNREAD:
+            self._auth = self._context.auth_context()
         return self._auth
 
     def is_active(self) -> bool:
@@ -81,6 +94,7 @@ async def to_completion(
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
+        detached.keep()  # before the call is freed
         detached.gone = True
         raise
     except DetachedAbort:
