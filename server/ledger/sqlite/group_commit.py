@@ -169,6 +169,7 @@ class LoopGroupCommit:
         db = self.ledger._db
         self._began = self.loop.time()
         try:
+            self.ledger.running.begin(db, self.ledger.shared)  # the writer's totals still right?
             self.ledger._batch_now = self.ledger._stamp()  # one created_at for the whole batch
             outcomes = self._jobs(db, batch)
             self.ledger._anchor_audit(db)  # the audit log's head commits with the writes
@@ -198,6 +199,7 @@ class LoopGroupCommit:
             except Exception as error:
                 if db.total_changes != changed:  # it wrote, then failed: undo it alone
                     db.execute("ROLLBACK")
+                    self.ledger.running.forget()
                     self.ledger._begin(db)
                     return self._jobs_with_savepoints(db, batch)
                 outcomes.append((False, self._classified(error)))
@@ -217,6 +219,7 @@ class LoopGroupCommit:
             except Exception as error:
                 outcomes.append((False, self._classified(error)))
                 db.execute("ROLLBACK TO job")
+                self.ledger.running.forget()
             db.execute("RELEASE job")
         return outcomes
 
@@ -230,8 +233,8 @@ class LoopGroupCommit:
         finally:
             self._unlock()
 
-    @staticmethod
-    def _rollback(db: sqlite3.Connection) -> None:
+    def _rollback(self, db: sqlite3.Connection) -> None:
+        self.ledger.running.forget()  # it held this transaction's writes
         if db.in_transaction:
             try:
                 db.execute("ROLLBACK")

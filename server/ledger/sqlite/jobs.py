@@ -1,7 +1,9 @@
 """The SQLite ledger's write jobs: what one write (settle 2207, reverse 2208, void 2601,
 a sandbox's first write) does inside the group transaction, on its connection. Each is
 made here and run by the store's writer (store.py) or the loop's group commit
-(group_commit.py), in a SAVEPOINT of its own: a Refusal rolls back only that write."""
+(group_commit.py), in a SAVEPOINT of its own: a Refusal rolls back only that write.
+The running totals a settle reads and writes go through the writer's copy of them
+(running_totals.py)."""
 
 from __future__ import annotations
 
@@ -32,39 +34,56 @@ def settle_job(
     compute: Compute,
     on_settled: OnSettled | None = None,
 ) -> Callable[[sqlite3.Connection], tuple[StoredSettlement, bool]]:
+    """Five statements for a new settlement, no read: the msgid's row goes in first and
+    its key says whether the msgid is new (only a msgid seen before reads what it was);
+    the totals the writer wrote before are not read back (running_totals.py)."""
+    person = (session, person_no, disease_code, year)
+    running = store.running
+
     def job(db: sqlite3.Connection) -> tuple[StoredSettlement, bool]:
-        seen = db.execute(
-            "SELECT kind, request_hash, settlement_id FROM messages "
-            "WHERE session = ? AND institution_code = ? AND msgid = ?",
-            (session, institution_code, msgid),
-        ).fetchone()
-        if seen is not None:
-            kind, seen_hash, settlement_id = seen
-            if kind == "blocked":
-                raise Refusal(Reason.MSGID_VOIDED, f"msgid {msgid} was voided and cannot settle", msgid=msgid)
-            if kind == "settle" and seen_hash == request_hash:
-                return rows.get(db, session, settlement_id), True
-            raise Refusal(
-                Reason.MSGID_REUSED,
-                f"msgid {msgid} was already used for a different request",
-                msgid=msgid,
-            )
-        totals = rows.totals(db, session, person_no, disease_code, year)
-        stored, after = compute(totals)
+        # Pricing is pure: it runs before the msgid is known to be new, and a msgid seen
+        # before (a retry, rare) throws its figures away.
+        stored, after = compute(running.person(db, person))
         if stored.session != session:
             stored = replace(stored, session=session)
-        add_to_institution_year(store, db, stored, year, after)  # refuses before anything is stored
-        rows.insert(db, stored, year, store._stamp())
-        db.execute(
-            "INSERT INTO messages VALUES (?, ?, 'settle', ?, ?, ?, ?)",
-            (session, msgid, institution_code, request_hash, stored.settlement_id, store._stamp()),
-        )
-        rows.put_totals(db, session, person_no, disease_code, year, after)
+        stamp = store._stamp()
+        new = db.execute(
+            "INSERT INTO messages VALUES (?, ?, 'settle', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (session, msgid, institution_code, request_hash, stored.settlement_id, stamp),
+        ).rowcount
+        if not new:  # nothing is written: answer what the msgid was
+            return seen_settle(db, session, institution_code, msgid, request_hash), True
+        # A refusal here comes after the msgid's row: the job's rollback (SAVEPOINT, or the
+        # group commit's run again with savepoints) takes it back, so nothing is stored.
+        add_to_institution_year(store, db, stored, year, after)
+        rows.insert(db, stored, year, stamp)
+        running.put_person(db, person, after)
         if on_settled is not None:
             on_settled(SqliteNationalWrites(db, session, institution_code), stored)
         return stored, False
 
     return job
+
+
+def seen_settle(
+    db: sqlite3.Connection, session: str, institution_code: str, msgid: str, request_hash: str
+) -> StoredSettlement:
+    """A settle with a msgid this institution used before: its settlement when it is the
+    same request again, else why not."""
+    kind, seen_hash, settlement_id = db.execute(
+        "SELECT kind, request_hash, settlement_id FROM messages "
+        "WHERE session = ? AND institution_code = ? AND msgid = ?",
+        (session, institution_code, msgid),
+    ).fetchone()
+    if kind == "blocked":
+        raise Refusal(Reason.MSGID_VOIDED, f"msgid {msgid} was voided and cannot settle", msgid=msgid)
+    if kind == "settle" and seen_hash == request_hash:
+        return rows.get(db, session, settlement_id)
+    raise Refusal(
+        Reason.MSGID_REUSED,
+        f"msgid {msgid} was already used for a different request",
+        msgid=msgid,
+    )
 
 
 def reverse_job(
@@ -81,6 +100,7 @@ def reverse_job(
             return rows.get(db, session, replay), True
         stored = rows.owned(db, session, settlement_id, institution_code)
         undone = rows.undo(db, stored, "reversed", msgid)
+        store.running.drop_for(stored)
         db.execute(
             "INSERT INTO messages VALUES (?, ?, 'reverse', ?, ?, ?, ?)",
             (session, msgid, institution_code, request_hash, settlement_id, store._stamp()),
@@ -117,6 +137,7 @@ def void_job(
             kind, settlement_id = original
             if kind == "settle":
                 voided = rows.undo(db, rows.get(db, session, settlement_id), "voided", msgid)
+                store.running.drop_for(voided)
             elif kind != "blocked":
                 raise Refusal(
                     Reason.FIELD_INVALID,
@@ -170,11 +191,8 @@ def add_to_institution_year(
             limit="person_year_fund",
             person_no=stored.person_no,
         )
-    row = db.execute(
-        "SELECT total FROM institution_totals WHERE session = ? AND institution_code = ? AND year = ?",
-        (stored.session, stored.institution_code, year),
-    ).fetchone()
-    total = (row[0] if row else 0) + stored.total
+    key = (stored.session, stored.institution_code, year)
+    total = store.running.institution(db, key) + stored.total
     if total > store.MAX_INSTITUTION_YEAR_FEN:
         raise Refusal(
             Reason.LEDGER_LIMIT_EXCEEDED,
@@ -184,7 +202,4 @@ def add_to_institution_year(
             limit="institution_year_total",
             institution_code=stored.institution_code,
         )
-    db.execute(
-        "INSERT INTO institution_totals VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET total = excluded.total",
-        (stored.session, stored.institution_code, year, total),
-    )
+    store.running.put_institution(db, key, total)

@@ -55,6 +55,7 @@ from settlesim.server.ledger.sqlite.group_commit import LoopGroupCommit
 from settlesim.server.ledger.sqlite.invariants import MAX_INSTITUTION_YEAR_FEN, counts, problems_of
 from settlesim.server.ledger.sqlite.migrations import upgrade
 from settlesim.server.ledger.sqlite.rows import now
+from settlesim.server.ledger.sqlite.running_totals import RunningTotals
 from settlesim.server.ledger.sqlite.schema import EMPTY, SCHEMA_VERSION, require_ledger, user_version
 from settlesim.server.ledger.sqlite.writer import WriterThread, _Job
 from settlesim.server.model import YearlyTotals
@@ -130,6 +131,7 @@ class SqliteLedger(WriterThread):
         self.on_commit: Callable[[int, float], None] | None = None
         self._loop_committer: LoopGroupCommit | None = None
         self.shared = False  # serve --processes: other processes write it too (server/app.py)
+        self.running = RunningTotals()  # the writer's copy of the totals (off when shared)
         self._batch_now: str | None = None  # created_at of the batch being run (_stamp)
         self._writer = threading.Thread(target=self._write_batches, name="ledger-writer", daemon=True)
         self._writer.start()

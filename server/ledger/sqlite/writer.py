@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from settlesim.server.ledger.health import LedgerUnavailable, WriteHealth
 from settlesim.server.ledger.sqlite.errors import is_storage_failure
+from settlesim.server.ledger.sqlite.running_totals import RunningTotals
 
 T = TypeVar("T")
 
@@ -53,6 +54,8 @@ class WriterThread:
     _writer_failure: BaseException | None
     _health: WriteHealth
     on_commit: Callable[[int, float], None] | None
+    running: RunningTotals
+    shared: bool
 
     # and from the store: _across_processes(), _refuse_if_damaged(), _storage_failed(error),
     # _anchor_audit(db)
@@ -127,6 +130,7 @@ class WriterThread:
             db = self._db
             try:
                 self._begin(db)
+                self.running.begin(db, self.shared)  # the writer's totals still right?
                 for job in batch:
                     db.execute("SAVEPOINT job")
                     try:
@@ -134,6 +138,7 @@ class WriterThread:
                     except BaseException as error:  # the caller gets it; the batch goes on
                         job.error = self._storage_failed(error) if is_storage_failure(error) else error
                         db.execute("ROLLBACK TO job")
+                        self.running.forget()
                     db.execute("RELEASE job")
                 self._anchor_audit(db)
                 db.execute("COMMIT")
@@ -150,6 +155,7 @@ class WriterThread:
         """A group transaction that did not commit: every job of it fails with the
         storage refusal (a job's own refusal stands: it had stored nothing either)."""
         failure = self._storage_failed(error) if is_storage_failure(error) else error
+        self.running.forget()  # it held this transaction's writes
         try:
             if db.in_transaction:
                 db.execute("ROLLBACK")

@@ -1,0 +1,124 @@
+"""The writer's copy of the running totals (server/ledger/sqlite/running_totals.py): a
+settle does not read back the yearly totals the writer wrote before, and the copy is
+forgotten whenever it may be wrong: another connection committed, a write was rolled
+back, the ledger is shared by processes. Each safeguard is also switched off on purpose,
+to show that the test sees the stale totals it guards against."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import date
+from pathlib import Path
+
+import pytest
+from conftest import CANCER_HOSPITAL
+from settlesim.server.ledger import StoredItem, StoredSettlement
+from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
+from settlesim.server.ledger.sqlite.running_totals import RunningTotals
+from settlesim.server.model import YearlyTotals
+
+PERSON, DISEASE, DAY = "63000000000000000001", "M00503", date(2024, 3, 1)
+LOOP = asyncio.new_event_loop()  # the ledger's group commit belongs to the loop it first ran on
+
+
+def _settle(ledger: Ledger, msgid: str, writer: str, on_settled=None) -> YearlyTotals:  # type: ignore[no-untyped-def]
+    """Settle 1000 fen (deductible 100, fund 600) for PERSON; the totals compute was given."""
+    given: list[YearlyTotals] = []
+
+    def compute(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
+        given.append(totals)
+        stored = StoredSettlement(
+            f"S-{msgid}", "", msgid, CANCER_HOSPITAL, PERSON, DISEASE, DAY, 1000, 600, 400, 100, b"answer",
+            items=(StoredItem("1", "A-CONSULT-001", "", 1000, 1, 1000, "A", 0, None, 0, 0, 0, 1000),),
+        )
+        return stored, YearlyTotals(totals.deductible_used + 100, totals.fund_paid + 600)
+
+    args = ("", msgid, CANCER_HOSPITAL, f"h-{msgid}", PERSON, DISEASE, DAY.year, compute, on_settled)
+    if writer == "loop":
+        LOOP.run_until_complete(ledger.settle_async(*args))
+    else:
+        ledger.settle(*args)
+    return given[-1]
+
+
+def _raise_after_writing(writes: object, stored: StoredSettlement) -> None:
+    raise RuntimeError("the door's own write failed after the settlement's rows")
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):  # type: ignore[no-untyped-def]
+    opened = Ledger(tmp_path / "ledger.db")
+    yield opened
+    LOOP.run_until_complete(asyncio.sleep(0))
+    opened.close()
+
+
+@pytest.mark.parametrize("writer", ["loop", "thread"])
+def test_a_settle_does_not_read_back_the_totals_or_the_msgid(ledger: Ledger, writer: str):
+    _settle(ledger, "M1", writer)
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    try:
+        assert _settle(ledger, "M2", writer) == YearlyTotals(100, 600)
+    finally:
+        ledger._db.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert reads == []  # yearly_totals, institution_totals and messages all unread
+    written = {s.split()[2] for s in statements if s.startswith("INSERT")}
+    assert written == {"messages", "institution_totals", "settlements", "settlement_items", "yearly_totals"}
+    assert ledger.check() == []
+
+
+@pytest.mark.parametrize("safeguard", [True, False])
+def test_totals_another_connection_committed_are_read_again(ledger: Ledger, safeguard: bool, monkeypatch):
+    """Another writer of the file (here a plain connection) changed the person's totals:
+    the next transaction sees that another connection committed and forgets the copy."""
+    if not safeguard:  # deliberately wrong: never look at data_version
+        monkeypatch.setattr(RunningTotals, "begin", lambda self, db, shared: None)
+    _settle(ledger, "M1", "loop")
+    with sqlite3.connect(ledger.path) as other:
+        other.execute("UPDATE yearly_totals SET fund_paid = 5000")
+    given = _settle(ledger, "M2", "loop")
+    assert given == (YearlyTotals(100, 5000) if safeguard else YearlyTotals(100, 600))
+
+
+@pytest.mark.parametrize("writer", ["loop", "thread"])
+@pytest.mark.parametrize("safeguard", [True, False])
+def test_totals_of_a_write_rolled_back_are_forgotten(ledger: Ledger, writer: str, safeguard: bool, monkeypatch):
+    """M2 fails after its rows were written (its door's own write failed): its totals are
+    rolled back in SQL, so the copy must not keep them either."""
+    if not safeguard:  # deliberately wrong: a rollback forgets nothing
+        monkeypatch.setattr(RunningTotals, "forget", lambda self: None)
+    _settle(ledger, "M1", writer)
+    with pytest.raises(RuntimeError):
+        _settle(ledger, "M2", writer, on_settled=_raise_after_writing)
+    given = _settle(ledger, "M3", writer)
+    if safeguard:
+        assert given == YearlyTotals(100, 600)
+        assert ledger.check() == []
+    else:
+        assert given.fund_paid > 600  # the rolled-back settle's fund counted again
+
+
+def test_a_reverse_drops_the_rows_it_changed(ledger: Ledger):
+    _settle(ledger, "M1", "loop")
+    _settle(ledger, "M2", "loop")
+    LOOP.run_until_complete(ledger.reverse_async("", "R1", CANCER_HOSPITAL, "h-R1", "S-M1"))
+    assert _settle(ledger, "M3", "loop") == YearlyTotals(100, 600)  # M2 alone is in force
+    assert ledger.check() == []
+
+
+def test_a_shared_ledger_keeps_no_copy(ledger: Ledger):
+    """serve --processes N: other processes write the file, so the totals are read in the
+    transaction every time."""
+    ledger.shared = True
+    _settle(ledger, "M1", "loop")
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    try:
+        _settle(ledger, "M2", "loop")
+    finally:
+        ledger._db.set_trace_callback(None)
+    assert any("FROM yearly_totals" in s for s in statements)
+    assert not ledger.running.enabled
