@@ -17,6 +17,7 @@ from settlesim.server.ledger import StoredItem, StoredSettlement
 from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.ledger.sqlite.running_totals import RunningTotals
 from settlesim.server.model import YearlyTotals
+from settlesim.server.rules.reasons import Reason, Refusal
 
 PERSON, DISEASE, DAY = "63000000000000000001", "M00503", date(2024, 3, 1)
 LOOP = asyncio.new_event_loop()  # the ledger's group commit belongs to the loop it first ran on
@@ -122,3 +123,20 @@ def test_a_shared_ledger_keeps_no_copy(ledger: Ledger):
         ledger._db.set_trace_callback(None)
     assert any("FROM yearly_totals" in s for s in statements)
     assert not ledger.running.enabled
+
+
+@pytest.mark.parametrize("writer", ["loop", "thread"])
+def test_a_refusal_after_the_msgids_row_leaves_the_msgid_unused(ledger: Ledger, writer: str):
+    """The msgid's row goes in before the institution's yearly bound is checked: a settle
+    refused there (LEDGER_LIMIT_EXCEEDED) takes its msgid's row back with it, so the same
+    msgid settles once there is room, and the running totals count only what is stored."""
+    ledger.MAX_INSTITUTION_YEAR_FEN = 1500  # room for one 1000-fen settlement
+    _settle(ledger, "M1", writer)
+    with pytest.raises(Refusal) as refused:
+        _settle(ledger, "M2", writer)
+    assert refused.value.reason == Reason.LEDGER_LIMIT_EXCEEDED
+    assert ledger.find_message("", CANCER_HOSPITAL, "M2") is None
+    ledger.MAX_INSTITUTION_YEAR_FEN = 10**16
+    assert _settle(ledger, "M2", writer) == YearlyTotals(100, 600)  # M1's totals alone
+    assert ledger.counts() == {"settled": 2}
+    assert ledger.check() == []
