@@ -75,3 +75,23 @@ def test_an_answered_write_is_committed_before_its_answer(tmp_path):
         assert asyncio.run(write_then_look()) == [("M9",)]
     finally:
         ledger.close()
+
+
+def test_a_few_writes_wait_a_moment_for_company(tmp_path):
+    """A write that would commit alone waits (up to COMPANY_SECONDS, on a timer) for others to
+    share its COMMIT: one that comes a few loop turns later, long after the loop went quiet,
+    still joins it. Without the wait they were two transactions (two fsyncs)."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    try:
+
+        async def two_writes() -> int:
+            committer = ledger._loop_commit()
+            first = asyncio.ensure_future(committer.run(_message("M1")))
+            for _ in range(3):  # the loop goes quiet: without the wait, M1's batch starts here
+                await asyncio.sleep(0)
+            await asyncio.gather(first, committer.run(_message("M2")))
+            return committer.batches
+
+        assert asyncio.run(two_writes()) == 1
+    finally:
+        ledger.close()

@@ -1,7 +1,8 @@
 """The ledger's group commit on the server's event loop (`settlesim serve`).
 
 Writes (settle, reverse, void) that arrive together (until the loop has gone a
-turn without a new one, at most 5 ms) are run one after another on the loop
+turn without a new one, and at least 2 ms after the first while they are fewer than
+4; at most 5 ms) are run one after another on the loop
 inside one IMMEDIATE transaction; its COMMIT (the
 fsync, synchronous=FULL) runs in one helper thread, and each caller is answered
 only after that COMMIT. While one batch commits, the loop goes on validating and
@@ -51,6 +52,12 @@ class LoopGroupCommit:
     QUIET_TURNS = 1
     MAX_WAIT_SECONDS = 0.005
     MAX_BATCH = 256  # writes per transaction: bounds the latency one batch adds
+    # A batch of fewer than SMALL_BATCH writes waits until COMPANY_SECONDS after its first for
+    # more: each COMMIT costs its fsync and two thread wake-ups whatever it carries. Measured
+    # (closed loop, 4 interleaved rounds): 1,244 -> 1,459 settles/s, 746 -> 648 us CPU a settle;
+    # open loop at 1,000/s: p50 11.9 -> 9.5 ms, p99 141 -> 54 ms (docs/performance.md).
+    SMALL_BATCH = 4
+    COMPANY_SECONDS = 0.002
 
     def __init__(self, ledger: SqliteLedger, loop: asyncio.AbstractEventLoop) -> None:
         self.ledger, self.loop = ledger, loop
@@ -82,8 +89,14 @@ class LoopGroupCommit:
         self._quiet = self._quiet + 1 if count == self._seen else 0
         self._seen = count
         waited = self.loop.time() - self._since
-        if self._quiet >= self.QUIET_TURNS or count >= self.MAX_BATCH or waited >= self.MAX_WAIT_SECONDS:
+        if count >= self.MAX_BATCH or waited >= self.MAX_WAIT_SECONDS:
             self._next_batch()
+        elif self._quiet >= self.QUIET_TURNS:
+            if count < self.SMALL_BATCH and waited < self.COMPANY_SECONDS:
+                # Few writes: wait (a timer, not spinning) for company to share the COMMIT with.
+                self.loop.call_later(self.COMPANY_SECONDS - waited, self._gathering)
+            else:
+                self._next_batch()
         else:
             self.loop.call_soon(self._gathering)
 
