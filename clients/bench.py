@@ -28,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class Figures:
     cpu_seconds: float
     load_cpu_seconds: float = 0.0  # the load generator's own CPU (same machine)
     machine_cpu_seconds: float = 0.0  # every process on the machine, to show what else ran
+    failed: dict[str, int] = field(default_factory=dict)  # errors by gRPC status
 
     @property
     def rps(self) -> float:
@@ -80,7 +82,7 @@ class Figures:
             f"{self.label:<26} {self.rps:>9.0f} {self.percentile(50):>8.1f} {self.percentile(95):>8.1f} "
             f"{self.percentile(99):>8.1f} {self.cpu_us_per_request:>10.0f} {load_us:>9.0f} "
             f"{self.other_cores:>7.2f} {self.errors:>7}"
-        )
+        ) + (f"  ({', '.join(f'{code} {n}' for code, n in sorted(self.failed.items()))})" if self.failed else "")
 
 
 HEADER = (
@@ -202,6 +204,7 @@ async def _closed_loop(
     calls = [ch.unary_unary(SETTLE) for ch in opened]
     latencies: list[float] = []
     errors = 0
+    failed: Counter[str] = Counter()
     stop_at = 0.0
 
     async def worker(i: int) -> None:
@@ -212,8 +215,9 @@ async def _closed_loop(
             try:
                 await call(requests.next(), timeout=30)
                 latencies.append((time.perf_counter() - started) * 1000)
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as error:
                 errors += 1
+                failed[error.code().name] += 1
 
     started = time.perf_counter()
     stop_at = started + seconds
@@ -221,10 +225,10 @@ async def _closed_loop(
     elapsed = time.perf_counter() - started
     for ch in opened:
         await ch.close()
-    return len(latencies), errors, latencies, elapsed
+    return len(latencies), errors, latencies, elapsed, dict(failed)
 
 
-Loop = tuple[int, int, list[float], float]  # answers, errors, latencies (ms), seconds
+Loop = tuple[int, int, list[float], float, dict[str, int]]  # answers, errors, latencies (ms), seconds, errors by status
 
 
 async def _open_loop(
@@ -243,6 +247,7 @@ async def _open_loop(
     calls = [ch.unary_unary(SETTLE) for ch in opened]
     latencies: list[float] = []
     errors = 0
+    failed: Counter[str] = Counter()
     total = int(rate * seconds)
     taken = 0
     loop = asyncio.get_running_loop()
@@ -262,15 +267,16 @@ async def _open_loop(
             try:
                 await call(requests.next(), timeout=30)
                 latencies.append((time.perf_counter() - planned) * 1000)
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as error:
                 errors += 1
+                failed[error.code().name] += 1
 
     senders = max(channels, min(max_in_flight, int(rate * 0.25) + 32))
     await asyncio.gather(*(sender(k) for k in range(senders)))
     elapsed = loop.time() - started
     for ch in opened:
         await ch.close()
-    return len(latencies), errors, latencies, elapsed
+    return len(latencies), errors, latencies, elapsed, dict(failed)
 
 
 def _machine_cpu() -> float:
@@ -280,7 +286,7 @@ def _machine_cpu() -> float:
 
 def _measure(label: str, server: Server, load: Coroutine[Any, Any, Loop]) -> Figures:
     cpu, own, machine = server.cpu_seconds(), time.process_time(), _machine_cpu()
-    n, errors, latencies, elapsed = asyncio.run(load)
+    n, errors, latencies, elapsed, failed = asyncio.run(load)
     return Figures(
         label,
         n,
@@ -290,6 +296,7 @@ def _measure(label: str, server: Server, load: Coroutine[Any, Any, Loop]) -> Fig
         cpu_seconds=server.cpu_seconds() - cpu,
         load_cpu_seconds=time.process_time() - own,
         machine_cpu_seconds=_machine_cpu() - machine,
+        failed=failed,
     )
 
 
