@@ -34,9 +34,10 @@ def settle_job(
     compute: Compute,
     on_settled: OnSettled | None = None,
 ) -> Callable[[sqlite3.Connection], tuple[StoredSettlement, bool]]:
-    """Five statements for a new settlement, no read: the msgid's row goes in first and
-    its key says whether the msgid is new (only a msgid seen before reads what it was);
-    the totals the writer wrote before are not read back (running_totals.py)."""
+    """For a new settlement the only reads are the person's totals: the msgid's row goes
+    in first and its key says whether the msgid is new (only a msgid seen before reads
+    what it was), and the institution's yearly total comes from the writer's copy of it
+    (running_totals.py)."""
     person = (session, person_no, disease_code, year)
     running = store.running
 

@@ -1,16 +1,19 @@
-"""The single writer's own copy of the running totals it keeps in SQL: each person's
-yearly totals per disease (yearly_totals) and each institution's yearly total
-(institution_totals). A settle reads both and writes both back; with the copy it
-reads neither from SQLite when it has seen the row before.
+"""The single writer's own copy of the institutions' running yearly totals
+(institution_totals), which every settle reads to bound the institution's year and writes
+back: with the copy it reads the row only the first time.
 
-It holds only what this process's write connection wrote or read inside its own
-transactions, so it is right exactly while nobody else writes the file:
+(A person's yearly totals are read in the transaction every time: since schema 7 they
+carry the sum of what the personal account paid that year over all the person's diseases,
+which a settle of another disease changes.)
+
+It holds only what this process's write connection wrote inside its own transactions, so
+it is right exactly while nobody else writes the file:
 - it is off for a ledger that other processes share (`serve --processes N`,
   `SqliteLedger.shared`): there the totals are read in the transaction;
 - each transaction starts by asking SQLite whether any other connection committed
   since (`PRAGMA data_version`); if one did, the copy is forgotten;
 - any rollback (a failed batch, a failed COMMIT, a write rolled back to its
-  SAVEPOINT) forgets it, and reverse/void, which subtract in SQL, drop the rows they
+  SAVEPOINT) forgets it, and reverse/void, which subtract in SQL, drop the row they
   touched.
 """
 
@@ -27,11 +30,10 @@ InstitutionKey = tuple[str, str, int]  # session, institution_code, year
 
 
 class RunningTotals:
-    MAX_ROWS = 1_000_000  # rows kept before the copy starts again (about 200 MB at most)
+    MAX_ROWS = 1_000_000  # rows kept before the copy starts again
 
     def __init__(self) -> None:
         self.enabled = True
-        self._people: dict[PersonKey, YearlyTotals] = {}
         self._institutions: dict[InstitutionKey, int] = {}
         self._data_version: int | None = None
 
@@ -50,25 +52,20 @@ class RunningTotals:
             self._data_version = version
 
     def forget(self) -> None:
-        self._people.clear()
         self._institutions.clear()
 
     def drop_for(self, stored: StoredSettlement) -> None:
-        """The rows an undone settlement changed in SQL behind the copy's back (reverse, void)."""
-        year = stored.visit_date.year
-        self._people.pop((stored.session, stored.person_no, stored.disease_code, year), None)
-        self._institutions.pop((stored.session, stored.institution_code, year), None)
+        """The row an undone settlement changed in SQL behind the copy's back (reverse, void)."""
+        self._institutions.pop((stored.session, stored.institution_code, stored.visit_date.year), None)
 
-    def person(self, db: sqlite3.Connection, key: PersonKey) -> YearlyTotals:
-        found = self._people.get(key) if self.enabled else None
-        return found if found is not None else rows.totals(db, *key)
+    @staticmethod
+    def person(db: sqlite3.Connection, key: PersonKey) -> YearlyTotals:
+        """Read in the transaction (the personal account's year spans diseases)."""
+        return rows.totals(db, *key)
 
-    def put_person(self, db: sqlite3.Connection, key: PersonKey, totals: YearlyTotals) -> None:
+    @staticmethod
+    def put_person(db: sqlite3.Connection, key: PersonKey, totals: YearlyTotals) -> None:
         rows.put_totals(db, *key, totals)
-        if self.enabled:
-            if len(self._people) >= self.MAX_ROWS:
-                self._people.clear()
-            self._people[key] = totals
 
     def institution(self, db: sqlite3.Connection, key: InstitutionKey) -> int:
         found = self._institutions.get(key) if self.enabled else None
