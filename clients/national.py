@@ -50,11 +50,15 @@ class VisitPlayed:
     mdtrt_id: str
     split: list[dict[str, Any]]  # 2204 result[]
     pre: dict[str, Any]  # 2206 setlinfo
-    setlinfo: dict[str, Any]  # 2207 setlinfo
+    setlinfo: dict[str, Any]  # 2207 setlinfo ({} when the visit stopped at 2206)
 
 
-def play_visit(post: Post, request: pb.SettlementRequest, next_msgid: Callable[[], str]) -> VisitPlayed:
-    """The national calls for `request`; 2207 sends the split the 2204 answer gave."""
+def play_visit(
+    post: Post, request: pb.SettlementRequest, next_msgid: Callable[[], str], *, settle: bool = True
+) -> VisitPlayed:
+    """The national calls for `request`; 2207 sends the split the 2204 answer gave and
+    carries the request's own msgid (its idempotency key, what 2601 voids), 2201-2206
+    fresh ones. `settle=False` stops after 2206 (a pre-settlement)."""
     visit = request.visit
     psn_no = visit.person.person_no
     head = {
@@ -63,8 +67,8 @@ def play_visit(post: Post, request: pb.SettlementRequest, next_msgid: Callable[[
         "signtype": "MOCK",
     }
 
-    def call(infno: str, body: dict[str, Any]) -> dict[str, Any]:
-        answer = post({**head, "infno": infno, "msgid": next_msgid(), "input": body})
+    def call(infno: str, body: dict[str, Any], msgid: str = "") -> dict[str, Any]:
+        answer = post({**head, "infno": infno, "msgid": msgid or next_msgid(), "input": body})
         if answer.get("infcode") != 0:
             raise NationalRefused(infno, answer)
         return answer["output"]
@@ -93,17 +97,19 @@ def play_visit(post: Post, request: pb.SettlementRequest, next_msgid: Callable[[
     ]  # fmt: skip
     split = call("2204", {"feedetail": lines})["result"]
     total = yuan(sum(item.amount_fen for item in request.items))
-    settle = {"psn_no": psn_no, "mdtrt_id": mdtrt_id, "medfee_sumamt": total, "insutype": insutype,
-              "med_type": "14", "acct_used_flag": "1" if request.use_personal_account else "0",
-              "chrg_bchno": "CB1"}  # fmt: skip
-    pre = call("2206", {"data": settle})["setlinfo"]
+    settlement = {"psn_no": psn_no, "mdtrt_id": mdtrt_id, "medfee_sumamt": total, "insutype": insutype,
+                  "med_type": "14", "acct_used_flag": "1" if request.use_personal_account else "0",
+                  "chrg_bchno": "CB1"}  # fmt: skip
+    pre = call("2206", {"data": settlement})["setlinfo"]
+    if not settle:
+        return VisitPlayed(mdtrt_id, split, pre, {})
     sums = {
         "fulamt_ownpay_amt": sum((r["fulamt_ownpay_amt"] for r in split), Decimal("0.00")),
         "overlmt_selfpay": sum((r["overlmt_amt"] for r in split), Decimal("0.00")),
         "preselfpay_amt": sum((r["preselfpay_amt"] for r in split), Decimal("0.00")),
         "inscp_scp_amt": sum((r["inscp_scp_amt"] for r in split), Decimal("0.00")),
     }
-    setlinfo = call("2207", {"data": {**settle, **sums}})["setlinfo"]
+    setlinfo = call("2207", {"data": {**settlement, **sums}}, request.msgid)["setlinfo"]
     return VisitPlayed(mdtrt_id, split, pre, setlinfo)
 
 

@@ -549,6 +549,12 @@ def _replay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--any-world", action="store_true", help="run cases whose world: the target does not serve (they fail)"
     )
+    p.add_argument(
+        "--door", choices=("grpc", "national"), default="grpc",
+        help="grpc (default), or national: send each case as the national JSON envelopes an HIS posts, "
+        "--target being the national door's HOST:PORT (serve --national-port); what that interface "
+        "cannot carry is skipped and listed with why",
+    )  # fmt: skip
     secured = p.add_argument_group(
         "a secured target (serve --auth token, TLS, mutual TLS; docs/cases.md)",
         "e.g. --tokens tokens.yaml | --ca ca.pem --tokens tokens.yaml | --ca ca.pem --cert his.pem --key his.key",
@@ -631,6 +637,7 @@ def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False
         key=args.key,
         tokens=args.tokens,
         any_world=args.any_world,
+        door=args.door,
     )
     try:
         return replay(paths, options)

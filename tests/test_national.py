@@ -620,3 +620,13 @@ def test_a_sandbox_header_keeps_the_national_visit_in_its_sandbox(his):
     assert (outside["infcode"], outside["err_reason"]) == (-1, "SETTLEMENT_NOT_FOUND")
     his.http.headers["x-settlesim-session"] = "bad session!"
     assert his.data_call("5203", "H110105000012021120919000041", setl_id=setl_id)["err_reason"] == "FIELD_INVALID"
+
+
+def test_a_visit_naming_nobody_is_field_missing_as_on_grpc(server):
+    """1101 and 2201 with no psn_no (nor certificate) are FIELD_MISSING, as the contract refuses
+    a visit without a person (request.visit.person), not PERSON_NOT_FOUND (they were before)."""
+    his = NationalHis(server)
+    for infno, data in (("1101", {}), ("2201", {"psn_no": "", "begntime": "2021-12-09 09:00:00"})):
+        answer = his.data_call(infno, f"H11010500001202112090900{infno}", **data)
+        assert (answer["infcode"], answer["err_reason"]) == (-1, "FIELD_MISSING"), answer
+        assert "psn_no" in answer["err_detail"]

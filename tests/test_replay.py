@@ -285,6 +285,7 @@ def test_json_report_has_rules_table_and_steps(server, tmp_path):
         "failed": 0,
         "errors": 0,
         "skipped": 0,
+        "unexpressed": 0,
     }
     assert data["rules"]["seed:hotan"] == [{"case": "seed-hotan-75-percent-100k-cap", "status": "passed"}]
     hotan = next(c for c in data["cases"] if c["name"] == "seed-hotan-75-percent-100k-cap")

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import Case, CaseError, load_cases
+from settlesim.clients.replay.national_door import DOORS, NATIONAL
 from settlesim.clients.replay.runner import NO_CREDENTIALS, run_cases
 from settlesim.clients.replay.target import Credentials, TargetError, TargetWorld
 from settlesim.clients.secure import CredentialsError, Identity, load_identities, read_pem
@@ -46,6 +47,8 @@ class ReplayOptions:
     tokens: Path | None = None
     # Run cases whose `world:` the target does not serve (they are refused otherwise).
     any_world: bool = False
+    # grpc, or national: the same cases through the national JSON door (national_door.py).
+    door: str = "grpc"
 
 
 def credentials_of(options: ReplayOptions) -> Credentials | None:
@@ -101,14 +104,16 @@ def select(cases: list[Case], tags: Sequence[str]) -> list[Case]:
 
 
 @contextmanager
-def _reference_server() -> Iterator[str]:
-    """The bundled reference server on a free port with a ledger that is thrown away."""
+def _reference_server(door: str = "grpc") -> Iterator[str]:
+    """The bundled reference server on a free port with a ledger that is thrown away
+    (with its national door, and that door's address, for --door national)."""
     from settlesim.server.app import ServerConfig, start
 
+    national = 0 if door == NATIONAL else None
     with tempfile.TemporaryDirectory(prefix="settlesim-replay-") as tmp:
-        running = start(ServerConfig(port=0, db_path=Path(tmp) / "ledger.db", max_workers=8))
+        running = start(ServerConfig(port=0, db_path=Path(tmp) / "ledger.db", max_workers=8, national_port=national))
         try:
-            yield running.target
+            yield running.national.url if running.national is not None else running.target
         finally:
             running.stop(grace=1)
 
@@ -127,13 +132,17 @@ def replay(paths: Sequence[Path], options: ReplayOptions, console: Console | Non
         console.print(f"{len(cases)} cases")
         return 0
     credentials = credentials_of(options)
+    if options.door not in DOORS:
+        raise ReplayError(f"--door must be one of {', '.join(DOORS)} (got {options.door!r})")
+    if options.door == NATIONAL and credentials is not None:
+        raise ReplayError("--door national speaks to a door without --ca/--cert/--key/--tokens (docs/cases.md)")
     if options.serve:
         if credentials is not None:
             raise ReplayError(
                 "--serve starts a plaintext reference server without authentication; "
                 "--ca/--cert/--key/--tokens are for --target"
             )
-        with _reference_server() as target:
+        with _reference_server(options.door) as target:
             console.print(f"[dim]started the reference server on {target} (throw-away ledger)[/dim]")
             return _run(cases, target, options, console)
     if not options.target:
@@ -154,6 +163,10 @@ def _run(
 
     def skip(skipped: list[tuple[Case, str]]) -> None:  # cases acting for institutions without credentials
         terminal.total -= len(skipped)
+        if options.door == NATIONAL:  # cases with no national form, each with why
+            for case, why in skipped:
+                console.print(f"[yellow]skipping {case.name}: {why}[/yellow]")
+            return
         codes = sorted({code for _, why in skipped for code in why.removeprefix(NO_CREDENTIALS).split(", ")})
         console.print(
             f"[yellow]skipping {len(skipped)} case{'s' if len(skipped) != 1 else ''}: the target does not let "
@@ -162,7 +175,10 @@ def _run(
         )
 
     def world(served: TargetWorld | None, mismatch: str | None) -> None:
-        if served is None:
+        if served is None and options.door == NATIONAL:
+            console.print(f"[dim]through the national door at {target} (it does not say which world it "
+                          f"serves: the cases assume world {', '.join(worlds)})[/dim]")  # fmt: skip
+        elif served is None:
             console.print(
                 f"[yellow]{target} does not say which world it serves (no settlesim.v1.PlatformService): "
                 f"the cases assume world {', '.join(worlds)}[/yellow]"
@@ -189,6 +205,7 @@ def _run(
             on_skip=skip,
             any_world=options.any_world,
             on_world=world,
+            door=options.door,
         )
     except TargetError as e:
         raise ReplayError(str(e)) from None

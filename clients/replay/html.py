@@ -43,7 +43,8 @@ TEMPLATE = r"""<!doctype html>
 </head>
 <body>
 <h1>{{ tool }}</h1>
-<p class="meta">target <code>{{ run.target }}</code> · started {{ run.started }} · run {{ run.run_id }}
+<p class="meta">target <code>{{ run.target }}</code>
+  {%- if run.get("door") == "national" %} (national door){% endif %} · started {{ run.started }} · run {{ run.run_id }}
   · {{ "%.2f"|format(run.seconds) }} s</p>
 
 <section id="summary" class="{{ 'ok' if run.passed else 'bad' }}">
@@ -62,6 +63,17 @@ TEMPLATE = r"""<!doctype html>
   <tr><th>case</th><th>why</th></tr>
   {% for case in run.skipped %}
   <tr><td class="skipped"><b>{{ case.name }}</b> — {{ case.title }}</td><td>{{ case.why }}</td></tr>
+  {% endfor %}
+</table>
+{% endif %}
+
+{% if run.get("unexpressed") %}
+<h2>Not compared through the national door</h2>
+<table id="unexpressed">
+  <tr><th>case</th><th>step</th><th>what</th><th>why</th></tr>
+  {% for u in run.unexpressed %}
+  <tr><td><a href="#case-{{ u.case }}">{{ u.case }}</a></td><td>{{ u.step }}</td><td><code>{{ u.path }}</code></td>
+    <td>{{ u.reason }}</td></tr>
   {% endfor %}
 </table>
 {% endif %}

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.text import Text
 from settlesim.clients.replay.cases import Case
 from settlesim.clients.replay.compare import Diff
+from settlesim.clients.replay.national_door import NATIONAL
 from settlesim.clients.replay.runner import CaseResult, RunResult, StepResult
 
 STYLE = {"passed": "green", "failed": "red", "error": "magenta", "skipped": "dim"}
@@ -26,10 +27,24 @@ LABEL = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"
 def headline(run: RunResult) -> str:
     n = len(run.cases)
     skipped = f", {len(run.skipped)} skipped" if run.skipped else ""
+    door = ""
+    if run.door == NATIONAL:
+        door = f" (national door; {len(not_compared(run))} checks not expressible there, listed)"
     return (
         f"{n} case{'s' if n != 1 else ''}: {run.count('passed')} passed, {run.count('failed')} failed, "
-        f"{run.count('error')} errors{skipped} in {run.seconds:.2f}s against {run.target}"
+        f"{run.count('error')} errors{skipped} in {run.seconds:.2f}s against {run.target}{door}"
     )
+
+
+def not_compared(run: RunResult) -> list[dict[str, str]]:
+    """Through the national door: each check not made (a step not sent, an expected field
+    or the refusal's fields not compared), with why."""
+    return [
+        {"case": c.case.name, "step": s.step.id, "path": u.path, "reason": u.reason}
+        for c in run.cases
+        for s in c.steps
+        for u in s.unexpressed
+    ]
 
 
 # --- terminal ----------------------------------------------------------------------------------
@@ -75,6 +90,14 @@ class TerminalReport:
         for case in run.cases:
             if case.status != "passed":
                 self._case_details(case)
+        unexpressed: dict[str, list[str]] = defaultdict(list)
+        for row in not_compared(run):
+            unexpressed[row["reason"]].append(f"{row['case']}/{row['step']}: {row['path']}")
+        if unexpressed:
+            self.console.rule(Text("not compared through the national door", style="yellow"), align="left")
+        for reason, where in sorted(unexpressed.items()):
+            self.console.print(Text(f"  {len(where)} × {reason}", style="yellow"))
+            self.console.print(Text("      " + ", ".join(where), style="dim"))
         style = "bold green" if run.passed else "bold red"
         self.console.print(Text(headline(run), style=style))
 
@@ -134,6 +157,7 @@ def _step_dict(s: StepResult) -> dict[str, Any]:
         "expected": s.expected,
         "request": s.request,
         "answer": s.answer,
+        "unexpressed": [{"path": u.path, "reason": u.reason} for u in s.unexpressed],
     }
 
 
@@ -151,6 +175,7 @@ def as_dict(run: RunResult, tool: str = "settlesim replay") -> dict[str, Any]:
     return {
         "tool": tool,
         "target": run.target,
+        "door": run.door,
         # What the target said it serves (PlatformService); null when it did not say.
         "target_world": (
             {"name": run.world.name, "digest": run.world.digest, "version": run.world.version} if run.world else None
@@ -165,6 +190,7 @@ def as_dict(run: RunResult, tool: str = "settlesim replay") -> dict[str, Any]:
             "failed": run.count("failed"),
             "errors": run.count("error"),
             "skipped": len(run.skipped),
+            "unexpressed": len(not_compared(run)),
         },
         "headline": headline(run),
         "rules": rules_table(run),
@@ -188,6 +214,8 @@ def as_dict(run: RunResult, tool: str = "settlesim replay") -> dict[str, Any]:
             {"name": case.name, "title": case.title, "source": case.source, "tags": list(case.tags), "why": why}
             for case, why in run.skipped
         ],
+        # Through the national door: the checks not made there, with why.
+        "unexpressed": not_compared(run),
     }
 
 
@@ -265,7 +293,7 @@ def junit_tree(run: RunResult, tool: str = "settlesim replay") -> ET.ElementTree
             file=_xml(file),
         )
         props = ET.SubElement(suite, "properties")
-        for name, value in (("target", run.target), ("run_id", run.run_id)):
+        for name, value in (("target", run.target), ("run_id", run.run_id), ("door", run.door)):
             ET.SubElement(props, "property", name=name, value=_xml(value))
         for case in cases:
             element = ET.SubElement(
@@ -286,6 +314,11 @@ def junit_tree(run: RunResult, tool: str = "settlesim replay") -> ET.ElementTree
                 f"{case.case.title}\nsource {case.case.source}\nworld {case.case.world}\n"
                 f"session {case.session}\ntags: {', '.join(case.case.tags)}\n"
                 + "\n".join(f"step {s.step.id} ({s.step.call}): {s.status}" for s in case.steps)
+                + "".join(
+                    f"\nnot compared through the national door: step {s.step.id} {u.path}: {u.reason}"
+                    for s in case.steps
+                    for u in s.unexpressed
+                )
             )
         for case, why in skipped[group, file]:
             element = ET.SubElement(suite, "testcase", classname=_xml(group), name=case.name, time="0.000")

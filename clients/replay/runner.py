@@ -20,7 +20,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from settlesim.clients.hospital import Hospital
 from settlesim.clients.rejections import Rejection, rejection_of
-from settlesim.clients.replay.cases import REFERENCE, Case, Step
+from settlesim.clients.replay import national_door
+from settlesim.clients.replay.cases import REFERENCE, Case, Step, references
 from settlesim.clients.replay.compare import Diff, compare, compare_error
 from settlesim.clients.replay.requests import build_request, msgid_of
 from settlesim.clients.replay.target import (
@@ -49,6 +50,8 @@ class StepResult:
     answer: dict[str, Any] = field(default_factory=dict)  # the response, or the refusal
     expected: dict[str, Any] = field(default_factory=dict)  # after references were resolved
     seconds: float = 0.0
+    # Through the national door: what this step could not compare there, and why.
+    unexpressed: list[national_door.Unexpressed] = field(default_factory=list)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class RunResult:
     # replay act for (no credentials for it), with why.
     skipped: list[tuple[Case, str]] = field(default_factory=list)
     world: TargetWorld | None = None  # what the target said it serves (None: it did not say)
+    door: str = national_door.GRPC  # the door the cases went through (--door)
 
     def count(self, status: str) -> int:
         return sum(1 for c in self.cases if c.status == status)
@@ -101,6 +105,7 @@ class _Scope:
         self.sent: dict[str, _Sent] = {}
         self.hospitals = hospitals
         self.default_institution = default_institution
+        self.unsent: set[str] = set()  # steps not sent (no national form)
 
     def lookup(self, ref: str, institution: str) -> Any:
         if ref == "new_msgid":
@@ -176,13 +181,21 @@ def institutions(case: Case) -> set[str]:
 
 
 def run_case(
-    case: Case, channel: grpc.Channel | Connections, session: str, deadline: float = 10.0
+    case: Case,
+    channel: grpc.Channel | Connections | national_door.NationalConnections,
+    session: str,
+    deadline: float = 10.0,
 ) -> CaseResult:
     """Run one case; `channel` is one channel for every institution, or the
-    Connections that give each institution its own channel and token."""
+    Connections that give each institution its own channel and token (or the
+    national door's)."""
     started = time.perf_counter()
-    hospitals: dict[str, Hospital] = {}
-    connections = channel if isinstance(channel, Connections) else Connections("", channel=channel)
+    hospitals: dict[str, Any] = {}
+    connections = (
+        channel
+        if isinstance(channel, (Connections, national_door.NationalConnections))
+        else Connections("", channel=channel)
+    )
 
     members = institutions(case)  # the sandbox is theirs: each of them names the same group
 
@@ -208,10 +221,21 @@ def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospi
     step = result.step
     started = time.perf_counter()
     institution = step.institution or scope.default_institution
+    his = hospital(institution)
+    national = isinstance(his, national_door.NationalHospital)
+    if national:
+        unsent = national_door.unsendable(step) or next(
+            (f"refers to step {r.split('.')[1]}, not sent" for r in references([step.request, step.expect])
+             if r.startswith("steps.") and r.split(".")[1] in scope.unsent), "",
+        )  # fmt: skip
+        if unsent:
+            scope.unsent.add(step.id)
+            result.message = f"not sent through the national door: {unsent}"
+            result.unexpressed = [national_door.Unexpressed("request", unsent)]
+            return True
     try:
         request_fields = scope.resolve(step.request, institution)
         raw = scope.resolve(step.raw, institution) if step.raw is not None else None
-        his = hospital(institution)
         request = build_request(step, his, request_fields, raw)
     except (LookupError, json_format.ParseError, ValueError, TypeError) as e:
         result.status, result.message = "error", f"cannot build the request: {e}"
@@ -222,12 +246,15 @@ def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospi
         response = his.call(step.method, request)
         result.answer = _as_json(response)
     except grpc.RpcError as error:
-        rejection = rejection_of(error)
+        rejection = getattr(error, "rejection", None) or rejection_of(error)
         result.answer = {"error": _rejection_dict(rejection)}
     result.seconds = time.perf_counter() - started
     scope.sent[step.id] = _Sent(request, response, msgid_of(request))
-    if step.error is not None:
-        want = step.error
+    want_error = step.error
+    if national:
+        _, want_error, result.unexpressed = national_door.expressible(step, {}, step.error, his.limits)
+    if want_error is not None:
+        want = want_error
         result.expected = {"error": {"code": want.code, "reason": want.reason, "fields": list(want.fields)}}
     else:
         try:
@@ -235,18 +262,20 @@ def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospi
         except LookupError as e:
             result.status, result.message = "error", f"cannot resolve the expected answer: {e}"
             return False
+        if national:
+            expected, _, result.unexpressed = national_door.expressible(step, expected, None, his.limits)
         result.expected = expected
     if rejection is not None:
-        if step.error is not None and rejection.code == step.error.code:
-            result.diffs = compare_error(step.error, rejection)
+        if want_error is not None and rejection.code == want_error.code:
+            result.diffs = compare_error(want_error, rejection)
         elif rejection.code in BROKEN:
             result.status = "error"
             result.message = f"the target could not answer: {rejection}"
         else:
-            want_text = f"{step.error.code} {step.error.reason}".strip() if step.error else "OK"
+            want_text = f"{want_error.code} {want_error.reason}".strip() if want_error else "OK"
             result.diffs = [Diff("status", want_text, str(rejection))]
-    elif step.error is not None:
-        result.diffs = [Diff("status", f"{step.error.code} {step.error.reason}".strip(), "OK")]
+    elif want_error is not None:
+        result.diffs = [Diff("status", f"{want_error.code} {want_error.reason}".strip(), "OK")]
     else:
         assert response is not None
         result.diffs = compare(result.expected, response)
@@ -255,7 +284,7 @@ def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospi
     # An answer with wrong figures still lets later steps run (more diffs help);
     # a refusal where an answer was expected does not.
     return result.status == "passed" or (
-        result.status == "failed" and (response is not None) == (step.error is None)
+        result.status == "failed" and (response is not None) == (want_error is None)
     )
 
 
@@ -273,6 +302,7 @@ def run_cases(
     on_skip: Callable[[list[tuple[Case, str]]], None] | None = None,
     any_world: bool = False,
     on_world: Callable[[TargetWorld | None, str | None], None] | None = None,
+    door: str = national_door.GRPC,
 ) -> RunResult:
     """Run every case (in parallel, each in its own fresh session) and collect results
     in the order given. Raises TargetError before running when the target is unusable.
@@ -285,7 +315,14 @@ def run_cases(
     The target is asked which world it serves (PlatformService): cases naming
     another world are a TargetError before anything runs, unless `any_world`;
     `on_world` hears the world (None: the target does not say) and, with
-    `any_world`, why the cases may fail."""
+    `any_world`, why the cases may fail.
+
+    `door` national: the cases go through the national door at `target` (national_door.py);
+    a case none of whose steps has a national form is skipped, with why."""
+    if door == national_door.NATIONAL:
+        return national_door.run_national(
+            cases, target, _run_all, jobs, deadline, connect_timeout, on_case, on_start, on_skip, on_world
+        )
     connections = Connections(target, credentials, channel)
     run_id = secrets.token_hex(6)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -333,25 +370,30 @@ def run_cases(
             on_world(served, mismatch)
         if on_start is not None:
             on_start()
-        results: list[CaseResult | None] = [None] * len(cases)
-        with futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="replay") as pool:
-            running = {
-                pool.submit(run_case, case, connections, f"replay-{run_id}-{i:04d}", deadline): i
-                for i, case in enumerate(cases)
-            }
-            for done in futures.as_completed(running):
-                result = done.result()
-                results[running[done]] = result
-                if on_case is not None:
-                    on_case(result)
+        results = _run_all(cases, connections, run_id, jobs, deadline, on_case)
     finally:
         connections.close()  # closes only the channels it opened, not a given one
-    return RunResult(
-        target,
-        run_id,
-        started_at,
-        [r for r in results if r is not None],
-        time.perf_counter() - started,
-        skipped,
-        served,
-    )
+    return RunResult(target, run_id, started_at, results, time.perf_counter() - started, skipped, served)
+
+
+def _run_all(
+    cases: Sequence[Case],
+    connections: Connections | national_door.NationalConnections,
+    run_id: str,
+    jobs: int,
+    deadline: float,
+    on_case: Callable[[CaseResult], None] | None,
+) -> list[CaseResult]:
+    """Every case in parallel, each in its own fresh session; results in the order given."""
+    results: list[CaseResult | None] = [None] * len(cases)
+    with futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="replay") as pool:
+        running = {
+            pool.submit(run_case, case, connections, f"replay-{run_id}-{i:04d}", deadline): i
+            for i, case in enumerate(cases)
+        }
+        for done in futures.as_completed(running):
+            result = done.result()
+            results[running[done]] = result
+            if on_case is not None:
+                on_case(result)
+    return [r for r in results if r is not None]

@@ -56,6 +56,8 @@ def account_balance(call: Call, person: Person) -> int:
 
 
 def find_person(world: World, psn_no: str = "", cert_type: str = "", cert_no: str = "") -> Person:
+    if not psn_no and not cert_no:  # as the contract refuses a visit naming nobody
+        raise Refusal(Reason.FIELD_MISSING, "the person: give psn_no (or a certificate)", field="input.data.psn_no")
     person = world.people.get(psn_no) if psn_no else None
     if person is None and cert_no:
         found = world.people_by_certificate.get((cert_type or "01", cert_no)) or (
