@@ -28,9 +28,10 @@ from settlesim.server.ledger import LedgerStore, open_ledger
 from settlesim.server.limits import MAX_CONCURRENT_CALLS, REQUEST_BODY_SECONDS, CallLimits
 from settlesim.server.metrics import Metrics
 from settlesim.server.model import World
+from settlesim.server.national import identity as national_identity
 from settlesim.server.national.app import PATH as NATIONAL_PATH
 from settlesim.server.national.app import create_app as create_national_app
-from settlesim.server.national.signature import SignatureCheck
+from settlesim.server.national.client_certs import ClientCertificateProtocol
 from settlesim.server.runs import RunRegistry
 from settlesim.server.service import SettlementService, add_to_server
 from settlesim.server.world_loader import load_world
@@ -217,10 +218,6 @@ def sessions_allowed(config: ServerConfig) -> bool:
 
 def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     """Start a server on a new event loop in a background thread; return once it listens."""
-    if config.national_port is not None and config.auth == "mtls":
-        # The national door knows no client certificates (x-tif-* signatures are its
-        # identity, with --auth token): beside mutual TLS it would let anyone act for anyone.
-        raise ValueError("--national-port does not speak mutual TLS: use --auth token (x-tif-* signatures)")
     world = world if world is not None else load_world(config.world_dir)
     warnings = auth.check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
     if not config.integrity_check:
@@ -278,14 +275,16 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
             running.stop(grace=0)
             raise
     if config.national_port is not None:
-        signatures = SignatureCheck(world.institution_tokens) if config.auth == "token" else None
+        # The gRPC door's identity, in the national door's terms (national/identity.py).
+        identify = national_identity.for_mode(config.auth, world.institutions, world.institution_tokens)
         door = create_national_app(
-            service.core, allow_sessions=sessions, journal=journal, core_loop=loop, signatures=signatures
+            service.core, allow_sessions=sessions, journal=journal, core_loop=loop, identify=identify
         )
         try:
             running.national = start_http(
                 door, config.host, config.national_port, name="national door",
-                tls_cert=config.tls_cert, tls_key=config.tls_key,
+                tls_cert=config.tls_cert, tls_key=config.tls_key, client_ca=config.client_ca,
+                protocol=ClientCertificateProtocol if config.client_ca else None,
             )  # fmt: skip
         except BaseException:
             running.stop(grace=0)

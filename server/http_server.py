@@ -5,6 +5,7 @@ gRPC threads never wait for it (and it never waits for them)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -42,13 +43,19 @@ def start_http(
     timeout: float = 10.0,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    client_ca: Path | None = None,
+    protocol: type | None = None,
 ) -> HttpServer:
     """Start `app` on host:port (0: any free port) in a background thread and
     return once it listens; OSError when it cannot bind. With `tls_cert` and
-    `tls_key` it speaks HTTPS."""
+    `tls_key` it speaks HTTPS; with `client_ca` too, only to clients whose certificate
+    that CA signed (the handshake fails otherwise). `protocol`: uvicorn's HTTP protocol
+    class (the national door's hands the app the client certificate)."""
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
         ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
+        ssl_ca_certs=str(client_ca) if client_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE, http=protocol or "auto",
     )  # fmt: skip
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the gRPC server owns signals

@@ -222,8 +222,6 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError("--processes must be at least 1")
     if args.processes > 1 and args.national_port is not None:
         raise CliError("--national-port serves one process: use it without --processes")
-    if args.national_port is not None and config.auth == "mtls":
-        raise CliError("--national-port does not speak mutual TLS: use --auth token (x-tif-* signatures)")
     try:  # the combination first ("--tls-cert and --tls-key go together"), then each file
         check_combination(config.auth, config.host, config.tls_cert, config.tls_key, config.client_ca)
     except ValueError as e:

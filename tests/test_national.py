@@ -458,10 +458,7 @@ def test_ledger_check_names_a_broken_national_visit(tmp_path, corruption):
     assert check.returncode == 1 and expected in check.stdout, check.stdout
 
 
-@pytest.mark.parametrize(
-    ("extra", "expected"),
-    [(["--auth", "mtls"], "does not speak mutual TLS"), (["--processes", "2"], "without --processes")],
-)
+@pytest.mark.parametrize(("extra", "expected"), [(["--processes", "2"], "without --processes")])
 def test_serve_refuses_the_national_door_where_it_cannot_keep_its_promises(tmp_path, extra, expected):
     from tests.conftest import settlesim
 

@@ -23,9 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from settlesim.server import calls
 from settlesim.server.journal import CallNote, Journal
+from settlesim.server.national.client_certs import names_of
 from settlesim.server.national.envelope import FAILURE, Answer, Envelope, answer, parse
 from settlesim.server.national.flow import TRANSACTIONS, Call, run
-from settlesim.server.national.signature import HEADERS, SignatureCheck
+from settlesim.server.national.identity import READS, Identify
 from settlesim.server.national.visits import VisitStore
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.service import SettlementCore
@@ -58,12 +59,12 @@ def create_app(
     allow_sessions: bool = True,
     journal: Journal | None = None,
     core_loop: asyncio.AbstractEventLoop | None = None,
-    signatures: SignatureCheck | None = None,
+    identify: Identify | None = None,
 ) -> FastAPI:
     """The door's app. `core_loop`: the event loop an async core runs on (None: a
-    synchronous core, called from the door's worker threads). `signatures`: require
-    x-tif-* signatures (serve --auth token); None trusts the envelope, as the insecure
-    local stub does."""
+    synchronous core, called from the door's worker threads). `identify`: who a request
+    is (identity.py: signatures or bearer tokens, client certificates); None trusts the
+    envelope, as the insecure local stub does."""
     store = VisitStore(core.ledger)
     app = FastAPI(
         title="settlesim national door",
@@ -89,10 +90,11 @@ def create_app(
         session = [
             (k, v) for k, v in request.headers.items() if k in (calls.SESSION_HEADER, calls.MEMBERS_HEADER)
         ]
-        signed = {name: request.headers.get(name, "") for name in HEADERS}
+        credentials = {name: request.headers.get(name, "") for name in READS}
+        names = names_of(request.scope)  # the verified client certificate's, with mutual TLS
         result = await run_in_threadpool(
             _serve, core, store, journal, allow_sessions, body, infno, session, received, started, core_loop,
-            signatures, signed,
+            identify, credentials, names,
         )  # fmt: skip
         return EnvelopeResponse(result)
 
@@ -130,8 +132,9 @@ def _serve(
     received: datetime,
     started: float,
     core_loop: asyncio.AbstractEventLoop | None = None,
-    signatures: SignatureCheck | None = None,
-    signed: dict[str, str] | None = None,
+    identify: Identify | None = None,
+    credentials: dict[str, str] | None = None,
+    names: list[str] | None = None,
 ) -> dict[str, Any]:
     """One envelope in, one envelope out (in a worker thread: the ledger's calls block)."""
     envelope: Envelope | None = None
@@ -139,7 +142,7 @@ def _serve(
     refusal: Refusal | None = None
     output: dict[str, Any] | None = None
     try:
-        identity = signatures.institution(signed or {}) if signatures is not None else ""
+        identity = identify(credentials or {}, names or []) if identify is not None else ""
         if len(body) > MAX_BODY_BYTES:
             raise Refusal(Reason.MALFORMED_MESSAGE, f"the body is over {MAX_BODY_BYTES} bytes")
         try:
