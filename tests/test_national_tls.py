@@ -121,3 +121,38 @@ def test_with_auth_token_a_bearer_token_is_an_identity_as_on_grpc(tmp_path, pki)
     finally:
         running.stop(grace=1)
 
+
+
+QINGHAI_SEED = Path(__file__).parents[1] / "clients/conformance/cases/seeds/qinghai-breast-cancer-beijing.yaml"
+
+
+def test_replay_through_the_national_door_with_a_client_certificate_and_with_tokens(tmp_path, pki):
+    """`replay --door national` with --ca/--cert/--key against mutual TLS (sandboxes asked
+    for with --sessions), and with --tokens against --auth token over HTTPS: the Qinghai
+    seed passes both ways; a token the door does not know stops the run in one line."""
+    from tests.conftest import settlesim
+
+    running = start(ServerConfig(port=0, db_path=tmp_path / "m.db", national_port=0, auth="mtls", allow_sessions=True,
+                                 tls_cert=pki.server.cert, tls_key=pki.server.key, client_ca=pki.ca.cert))  # fmt: skip
+    try:
+        result = settlesim(
+            "replay", str(QINGHAI_SEED), "--door", "national", "--target", f"127.0.0.1:{running.national_port}",
+            "--ca", str(pki.ca.cert), "--cert", str(pki.cancer.cert), "--key", str(pki.cancer.key),
+        )  # fmt: skip
+        assert result.returncode == 0 and "1 case: 1 passed" in result.stdout, result.stdout + result.stderr
+    finally:
+        running.stop(grace=1)
+    running = start(ServerConfig(port=0, db_path=tmp_path / "t.db", national_port=0, auth="token", allow_sessions=True,
+                                 tls_cert=pki.server.cert, tls_key=pki.server.key))  # fmt: skip
+    try:
+        target = f"127.0.0.1:{running.national_port}"
+        for token, expected in (("dev-token-H11010500001", 0), ("not-a-token", 2)):
+            tokens = tmp_path / f"{token}.yaml"
+            tokens.write_text(f"{CANCER}: {token}\n", encoding="utf-8")
+            result = settlesim("replay", str(QINGHAI_SEED), "--door", "national", "--target", target,
+                               "--ca", str(pki.ca.cert), "--tokens", str(tokens))  # fmt: skip
+            assert result.returncode == expected, result.stdout + result.stderr
+        assert f"refused the token for {CANCER} in {tokens}" in result.stderr
+        assert "the bearer token belongs to no institution" in result.stderr
+    finally:
+        running.stop(grace=1)

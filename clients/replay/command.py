@@ -134,8 +134,6 @@ def replay(paths: Sequence[Path], options: ReplayOptions, console: Console | Non
     credentials = credentials_of(options)
     if options.door not in DOORS:
         raise ReplayError(f"--door must be one of {', '.join(DOORS)} (got {options.door!r})")
-    if options.door == NATIONAL and credentials is not None:
-        raise ReplayError("--door national speaks to a door without --ca/--cert/--key/--tokens (docs/cases.md)")
     if options.serve:
         if credentials is not None:
             raise ReplayError(

@@ -17,11 +17,15 @@ with its reason (Unexpressed): every report shows and counts them (docs/cases.md
 from __future__ import annotations
 
 import secrets
+import ssl
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,6 +34,8 @@ from settlesim.clients import national
 from settlesim.clients.hospital import SESSION_HEADER, SESSION_MEMBERS_HEADER, Hospital, MsgidFactory
 from settlesim.clients.rejections import Rejection
 from settlesim.clients.replay.cases import Case, ExpectedError, Step
+from settlesim.clients.replay.target import Credentials, TargetError
+from settlesim.clients.secure import Identity
 from settlesim.server.rules.reasons import Reason
 from settlesim.server.status import code_for
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -415,36 +421,94 @@ class NationalHospital:
 
 
 class NationalConnections:
-    """How a replay reaches the national door: one HTTP client (keep-alive) for every case."""
+    """How a replay reaches the national door: HTTPS when `credentials` trust a CA, one
+    keep-alive client per client certificate (a TLS connection has one identity), and each
+    institution's bearer token as `authorization` (the door's --auth token takes it)."""
 
-    def __init__(self, target: str, timeout: float = 10.0) -> None:
+    def __init__(self, target: str, timeout: float = 10.0, credentials: Credentials | None = None) -> None:
         self.target = target
-        self.url = target if "://" in target else f"http://{target}"
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.credentials = credentials or Credentials()
+        scheme = "https" if self.credentials.ca is not None else "http"
+        self.url = target if "://" in target else f"{scheme}://{target}"
+        self.timeout = timeout
+        self._clients: dict[tuple[bytes | None, bytes | None], httpx.Client] = {}
+        self._files: tempfile.TemporaryDirectory[str] | None = None  # PEMs ssl loads from files
+        self._lock = threading.Lock()
+
+    @property
+    def http(self) -> httpx.Client:
+        return self.client("")
+
+    def client(self, institution: str) -> httpx.Client:
+        identity = self.credentials.identity(institution)
+        key = (identity.cert, identity.key)
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = httpx.Client(
+                    base_url=self.url, timeout=self.timeout, verify=self._context(identity)
+                )
+            return self._clients[key]
+
+    def _context(self, identity: Identity) -> ssl.SSLContext | bool:
+        if self.credentials.ca is None:
+            return True
+        context = ssl.create_default_context(cadata=self.credentials.ca.decode())
+        if identity.cert is not None and identity.key is not None:
+            if self._files is None:
+                self._files = tempfile.TemporaryDirectory(prefix="settlesim-national-")
+            stem = Path(self._files.name) / f"identity-{len(self._clients)}"
+            cert, key = stem.with_suffix(".pem"), stem.with_suffix(".key")
+            cert.write_bytes(identity.cert)
+            key.touch(mode=0o600)
+            key.write_bytes(identity.key)
+            context.load_cert_chain(str(cert), str(key))
+        return context
+
+    def headers(self, institution: str) -> dict[str, str]:
+        token = self.credentials.identity(institution).token
+        return {"authorization": f"Bearer {token}"} if token else {}
 
     def hospital(
         self, institution: str, session: str, deadline: float, members: Iterable[str] = ()
     ) -> NationalHospital:
-        return NationalHospital(self.http, institution, session, members, deadline)
+        his = NationalHospital(self.client(institution), institution, session, members, deadline)
+        his.headers.update(self.headers(institution))
+        return his
 
     def close(self) -> None:
-        self.http.close()
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+            if self._files is not None:
+                self._files.cleanup()
+                self._files = None
 
 
-def check_target(connections: NationalConnections, timeout: float = 5.0) -> None:
-    """Fail fast, in one line, when nothing answers the national envelope at the target."""
-    probe = NationalHospital(connections.http, "H000000000000", "", (), timeout)
-    try:
-        answer = probe.post(probe._envelope("9001", {"signIn": {}}))
-    except NationalRefusal as refused:
-        raise _target_error(connections, refused.rejection.message) from None
-    if answer.get("infcode") not in (0, -1):
-        raise _target_error(connections, f"an answer that is not a national envelope: {answer!r:.200}")
+def check_target(connections: NationalConnections, institutions: Iterable[str], timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when nothing answers the national envelope at the target, when it
+    refuses sandboxes, or when it refuses an institution's credentials (a 9001 in a fresh
+    session per institution: it writes nothing)."""
+    for institution in sorted(set(institutions)) or ["H000000000000"]:
+        probe = connections.hospital(institution, "replay-probe-" + secrets.token_hex(4), timeout)
+        try:
+            answer = probe.post(probe._envelope("9001", {"signIn": {}}))
+        except NationalRefusal as refused:
+            raise _target_error(connections, refused.rejection.message) from None
+        if answer.get("infcode") not in (0, -1):
+            raise _target_error(connections, f"an answer that is not a national envelope: {answer!r:.200}")
+        reason = answer.get("err_reason")
+        if reason == "SESSIONS_DISABLED":
+            raise TargetError(
+                f"{connections.url} refuses session sandboxes (started with --no-sessions, or with --auth "
+                "token/mtls without --sessions); replay needs them to keep runs apart (docs/sessions.md)"
+            )
+        if reason in ("CALLER_UNAUTHENTICATED", "INSTITUTION_NOT_CALLER"):
+            who = connections.credentials.describe(institution) or f"this replay acting for {institution}"
+            raise TargetError(f"the national door at {connections.url} refused {who}: {answer.get('err_detail')}")
 
 
 def _target_error(connections: NationalConnections, why: str) -> Exception:
-    from settlesim.clients.replay.target import TargetError
-
     return TargetError(
         f"cannot reach the national door at {connections.url}{national.PATH}: {why} "
         "(is `settlesim serve --national-port PORT` running there?)"
@@ -455,6 +519,7 @@ def run_national(
     cases: Sequence[Case],
     target: str,
     run_all: Callable[..., list[Any]],
+    credentials: Credentials | None,
     jobs: int,
     deadline: float,
     connect_timeout: float,
@@ -468,13 +533,13 @@ def run_national(
     world (on_world hears None)."""
     from settlesim.clients.replay.runner import RunResult
 
-    connections = NationalConnections(target, deadline)
+    connections = NationalConnections(target, deadline, credentials)
     run_id = secrets.token_hex(6)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
     try:
-        check_target(connections, connect_timeout)
         runnable, skipped = unsendable_cases(cases)
+        check_target(connections, {s.institution for c in runnable for s in c.steps if s.institution}, connect_timeout)
         if skipped and on_skip is not None:
             on_skip(skipped)
         if on_world is not None:

@@ -321,8 +321,9 @@ def run_cases(
     a case none of whose steps has a national form is skipped, with why."""
     if door == national_door.NATIONAL:
         return national_door.run_national(
-            cases, target, _run_all, jobs, deadline, connect_timeout, on_case, on_start, on_skip, on_world
-        )
+            cases, target, _run_all, credentials, jobs, deadline, connect_timeout, on_case, on_start, on_skip,
+            on_world,
+        )  # fmt: skip
     connections = Connections(target, credentials, channel)
     run_id = secrets.token_hex(6)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
