@@ -7,8 +7,10 @@ function from an envelope to the answer envelope, parsed with Decimal money.
 
 from __future__ import annotations
 
+import io
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -130,3 +132,21 @@ def money_problems(request: pb.SettlementRequest, played: VisitPlayed) -> list[s
     if not s["setl_id"] or s["setl_status"] != "settled":
         problems.append(f"setl_id/status wrong: {s['setl_id']!r} {s['setl_status']!r}")
     return problems
+
+
+def detail_file(lines: Iterable[Sequence[object]], name: str = "detail.txt") -> bytes:
+    """A 9101 detail file as HIS code builds it: a zip of one tab-separated text file, a
+    settlement per line (setl_id, mdtrt_id, psn_no, medfee_sumamt, fund_pay_sumamt, acct_pay,
+    refd_setl_flag)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, "".join("\t".join(str(c) for c in line) + "\n" for line in lines))
+    return out.getvalue()
+
+
+def file_lines(content: bytes) -> list[list[str]]:
+    """The tab-separated lines of a file 9102 downloads (a zip of one text file)."""
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        (member,) = archive.namelist()
+        text = archive.read(member).decode()
+    return [line.split("\t") for line in text.splitlines() if line]

@@ -15,6 +15,7 @@ import logging
 import time
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import simplejson
 from fastapi import FastAPI, Request
@@ -24,7 +25,8 @@ from fastapi.responses import Response
 from settlesim.server import calls
 from settlesim.server.journal import CallNote, Journal
 from settlesim.server.national.client_certs import names_of
-from settlesim.server.national.envelope import FAILURE, Answer, Envelope, answer, parse
+from settlesim.server.national.envelope import FAILURE, SUCCESS, Answer, Envelope, answer, parse
+from settlesim.server.national.files import DOWNLOAD
 from settlesim.server.national.flow import TRANSACTIONS, Call, run
 from settlesim.server.national.identity import READS, Identify
 from settlesim.server.national.visits import VisitStore
@@ -82,7 +84,7 @@ def create_app(
         }
     }
 
-    async def call_service(request: Request, infno: str = "") -> EnvelopeResponse:
+    async def call_service(request: Request, infno: str = "") -> Response:
         received = datetime.now()
         started = time.perf_counter()
         body = await request.body()
@@ -96,6 +98,11 @@ def create_app(
             _serve, core, store, journal, allow_sessions, body, infno, session, received, started, core_loop,
             identify, credentials, names,
         )  # fmt: skip
+        download = result["output"].pop(DOWNLOAD, None) if result["infcode"] == SUCCESS else None
+        if download is not None:  # 9102: the file itself, as the platform answers it
+            disposition = f"attachment; filename*=UTF-8''{quote(download['filename'])}"
+            return Response(download["content"], media_type="application/zip",
+                            headers={"content-disposition": disposition})  # fmt: skip
         return EnvelopeResponse(result)
 
     app.add_api_route(

@@ -6,7 +6,7 @@ PreSettleVisit, 2207 SettleVisit, 2208 ReverseSettlement, 2601 VoidByMessageId,
 3201/3202 Reconcile, 5203 GetSettlement), so the national door validates, checks and
 prices exactly as the gRPC door does. The transactions: people.py (9001 1101 5301
 2001), visit_flow.py (2201-2205, state in visits.py), settling.py (2206-2208 2601),
-reconciling.py (3201 3202 5203). Money leaves as Decimal yuan (money.py).
+reconciling.py (3201 3202 5203), files.py (9101, 3202 by file, 9102). Money leaves as Decimal yuan (money.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from settlesim.server import validation
+from settlesim.server.national import files
 from settlesim.server.national.call import Call
 from settlesim.server.national.people import disease_registrations, entitlement, person_info, sign_in
-from settlesim.server.national.reconciling import detail_reconcile, reconcile, settlement_query
+from settlesim.server.national.reconciling import reconcile, settlement_query
 from settlesim.server.national.settling import pre_settle, reverse, settle, void
 from settlesim.server.national.visit_flow import (
     cancel_fees,
@@ -43,8 +44,10 @@ TRANSACTIONS: dict[str, Callable[[Call], dict[str, Any]]] = {
     "2208": reverse,
     "2601": void,
     "3201": reconcile,
-    "3202": detail_reconcile,
+    "3202": files.detail_reconcile,
     "5203": settlement_query,
+    "9101": files.upload,
+    "9102": files.download,
 }
 
 

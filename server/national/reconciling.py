@@ -105,11 +105,20 @@ def detail_reconcile(call: Call) -> dict[str, Any]:
     against the platform's in force for the period, and the platform's the hospital
     did not list. Every row carries the msgid to void it with (2601)."""
     data = data_of(call, Detail3202)
-    sums = _settlements_of_period(call, data.stmt_begndate, data.stmt_enddate)
+    rows = detail_rows(call, data.stmt_begndate, data.stmt_enddate, data.detail, "input.data.detail")
+    balanced = all(r["stmt_rslt"] == MATCHED for r in rows)
+    return {"data": {"stmt_rslt": "0" if balanced else "1", "stmt_rslt_dscr": "对账一致" if balanced else "对账不平",
+                     "detail": rows}}  # fmt: skip
+
+
+def detail_rows(call: Call, begin: str, end: str, detail: list[DetailRow], where_rows: str) -> list[dict[str, Any]]:
+    """Each of the hospital's rows against the platform's settlements in force for the
+    period, then the platform's the hospital did not list (3202, inline or by file)."""
+    sums = _settlements_of_period(call, begin, end)
     platform = {e.settlement_id: e for e in sums.entries}
     rows, listed = [], set()
-    for i, row in enumerate(data.detail):
-        where = f"input.data.detail.{i}"
+    for i, row in enumerate(detail):
+        where = f"{where_rows}.{i}"
         total = money.yuan_to_fen(row.medfee_sumamt, f"{where}.medfee_sumamt")
         fund = money.yuan_to_fen(row.fund_pay_sumamt, f"{where}.fund_pay_sumamt")
         listed.add(row.setl_id)
@@ -132,9 +141,7 @@ def detail_reconcile(call: Call) -> dict[str, Any]:
             rows.append(
                 _detail_row(entry.settlement_id, entry.msgid, PLATFORM_ONLY, "医院未上传此结算", entry)
             )
-    balanced = all(r["stmt_rslt"] == MATCHED for r in rows)
-    return {"data": {"stmt_rslt": "0" if balanced else "1", "stmt_rslt_dscr": "对账一致" if balanced else "对账不平",
-                     "detail": rows}}  # fmt: skip
+    return rows
 
 
 def _detail_row(setl_id: str, msgid: str, result: str, why: str, entry: Any) -> dict[str, Any]:
