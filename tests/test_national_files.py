@@ -17,6 +17,8 @@ from settlesim.clients.hospital import Fee, MsgidFactory, fee_items
 from settlesim.server.app import RunningServer, ServerConfig, start
 from settlesim.v1 import settlement_service_pb2 as pb
 
+from tests.conftest import ledger_check
+
 CANCER, FUWAI, QINGHAI = "H11010500001", "H11010200002", "63000000000000000001"
 
 
@@ -125,6 +127,7 @@ def test_detail_reconciliation_by_file_9101_3202_9102_then_void_by_the_result_ms
         assert kept.content == response.content
     finally:
         restarted.stop(grace=1)
+    assert ledger_check(tmp_path / "ledger.db").returncode == 0  # kept files are no damage
 
 
 def test_files_are_refused_as_envelopes_naming_what_is_wrong(server):
