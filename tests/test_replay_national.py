@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from settlesim.clients.replay import national_door as door
 from settlesim.clients.replay import reports
-from settlesim.clients.replay.cases import load_cases
+from settlesim.clients.replay.cases import CaseError, load_cases
 from settlesim.clients.replay.command import conformance_cases_dir
 from settlesim.clients.replay.runner import run_cases
 from settlesim.server.app import RunningServer, ServerConfig, start
@@ -169,3 +169,31 @@ def test_expressible_cuts_only_what_the_national_answer_cannot_carry():
         ("settlement.items[0].catalog_code", door.NOT_ECHOED),
     ]
     assert reports.not_compared  # the reports list them (the suite test reads every format)
+
+
+def test_a_case_for_one_door_is_skipped_through_the_other_with_why(in_process, tmp_path):
+    """`door: grpc` / `door: national`: a run through the other door skips the case, saying
+    so, in the run's skipped list (every report shows it); a misspelt door is refused."""
+    text = QINGHAI_SEED.read_text(encoding="utf-8")
+    both = tmp_path / "both.yaml"
+    both.write_text(
+        text.replace("name: seed-qinghai-breast-cancer-beijing", "name: grpc-only\ndoor: grpc")
+        + "\n---\n"
+        + text.replace("name: seed-qinghai-breast-cancer-beijing", "name: national-only\ndoor: national"),
+        encoding="utf-8",
+    )
+    cases = load_cases([both])
+    national_run = run_cases(cases, f"127.0.0.1:{in_process.national_port}", door=door.NATIONAL)
+    grpc_run = run_cases(cases, in_process.target)
+    assert [c.case.name for c in national_run.cases] == ["national-only"] and national_run.passed
+    assert [(c.name, why) for c, why in national_run.skipped] == [
+        ("grpc-only", "the case is for the grpc door (door: grpc)")
+    ]
+    assert [c.case.name for c in grpc_run.cases] == ["grpc-only"] and grpc_run.passed
+    assert [(c.name, why) for c, why in grpc_run.skipped] == [
+        ("national-only", "the case is for the national door (door: national)")
+    ]
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(text.replace("world: default", "world: default\ndoor: http"), encoding="utf-8")
+    with pytest.raises(CaseError, match=r"wrong.yaml: door: must be one of grpc, national"):
+        load_cases([wrong])

@@ -42,7 +42,8 @@ CALLS: dict[str, tuple[str, type, type, frozenset[str]]] = {
 # A get's `msgid` is the settlement it looks up, not a message id it sends.
 SENDS_MSGID = ("pre_settle", "settle", "reverse", "void")
 FEE_KEYS = frozenset({"code", "price", "quantity", "amount", "seq", "name", "hospital_code", "repeat"})
-CASE_KEYS = frozenset({"name", "title", "world", "tags", "why", "institution", "steps"})
+CASE_KEYS = frozenset({"name", "title", "world", "tags", "why", "institution", "door", "steps"})
+DOORS = ("grpc", "national")  # a case's `door:`, and replay's --door
 STEP_KEYS = frozenset({"id", "call", "institution", "request", "raw", "expect", "why"})
 ERROR_KEYS = frozenset({"code", "reason", "fields"})
 STATUS_CODES = frozenset(c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK)
@@ -92,6 +93,7 @@ class Case:
     steps: tuple[Step, ...]
     source: str  # "path/to/file.yaml" or "path/to/file.yaml#2" for the 2nd document
     group: str = ""  # the file's stem, used as the JUnit classname
+    door: str = ""  # the only door the case is for (grpc, national); "" either
 
 
 def _plain(value: Any) -> Any:
@@ -189,6 +191,9 @@ def parse_case(doc: Any, source: str, group: str = "") -> Case:
     if not isinstance(steps_doc, list) or not steps_doc:
         raise check.fail("steps", "must be a non-empty list")
     institution = check.text(doc.get("institution"), "institution", required=False)
+    door = doc.get("door", "")
+    if door not in ("", *DOORS):
+        raise check.fail("door", f"must be one of {', '.join(DOORS)} (or absent: either door), got {door!r}")
     steps: list[Step] = []
     for i, step_doc in enumerate(steps_doc):
         steps.append(_parse_step(check, step_doc, f"steps[{i}]", institution, {s.id: s.call for s in steps}))
@@ -201,6 +206,7 @@ def parse_case(doc: Any, source: str, group: str = "") -> Case:
         steps=tuple(steps),
         source=source,
         group=group,
+        door=door,
     )
 
 

@@ -161,9 +161,11 @@ def _run(
 
     def skip(skipped: list[tuple[Case, str]]) -> None:  # cases acting for institutions without credentials
         terminal.total -= len(skipped)
-        if options.door == NATIONAL:  # cases with no national form, each with why
-            for case, why in skipped:
+        for case, why in skipped:  # a case for the other door, or with no national form: each with why
+            if not why.startswith(NO_CREDENTIALS):
                 console.print(f"[yellow]skipping {case.name}: {why}[/yellow]")
+        skipped = [(case, why) for case, why in skipped if why.startswith(NO_CREDENTIALS)]
+        if not skipped:
             return
         codes = sorted({code for _, why in skipped for code in why.removeprefix(NO_CREDENTIALS).split(", ")})
         console.print(

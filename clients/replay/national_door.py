@@ -33,15 +33,14 @@ import httpx
 from settlesim.clients import national
 from settlesim.clients.hospital import SESSION_HEADER, SESSION_MEMBERS_HEADER, Hospital, MsgidFactory
 from settlesim.clients.rejections import Rejection
-from settlesim.clients.replay.cases import Case, ExpectedError, Step
+from settlesim.clients.replay.cases import DOORS, Case, ExpectedError, Step
 from settlesim.clients.replay.target import Credentials, TargetError
 from settlesim.clients.secure import Identity
 from settlesim.server.rules.reasons import Reason
 from settlesim.server.status import code_for
 from settlesim.v1 import settlement_service_pb2 as pb
 
-GRPC, NATIONAL = "grpc", "national"
-DOORS = (GRPC, NATIONAL)
+GRPC, NATIONAL = DOORS
 
 # Why something is not compared through the national door: limits of the national interface.
 NO_RAW = "a raw protobuf request has no national form (the door builds the contract message itself)"
@@ -107,6 +106,12 @@ def unsendable(step: Step) -> str:
     if step.call == "get" and not step.request.get("settlement_id"):
         return BY_SETL_ID
     return ""
+
+
+def for_door(cases: Sequence[Case], door: str) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """The cases a run through `door` runs, and those written for the other door (`door:`)."""
+    runnable = [c for c in cases if c.door in ("", door)]
+    return runnable, [(c, f"the case is for the {c.door} door (door: {c.door})") for c in cases if c not in runnable]
 
 
 def unsendable_cases(cases: Sequence[Case]) -> tuple[list[Case], list[tuple[Case, str]]]:
@@ -538,7 +543,9 @@ def run_national(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
     try:
-        runnable, skipped = unsendable_cases(cases)
+        ours, elsewhere = for_door(cases, NATIONAL)
+        runnable, unsent = unsendable_cases(ours)
+        skipped = elsewhere + unsent
         check_target(connections, {s.institution for c in runnable for s in c.steps if s.institution}, connect_timeout)
         if skipped and on_skip is not None:
             on_skip(skipped)

@@ -328,7 +328,9 @@ def run_cases(
     run_id = secrets.token_hex(6)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
-    skipped: list[tuple[Case, str]] = []
+    cases, skipped = national_door.for_door(cases, door)  # a case may be for the national door only
+    if skipped and on_skip is not None:
+        on_skip(list(skipped))
     probe = ""  # the institution whose channel asks the target first
     try:
         if credentials is None:
@@ -348,13 +350,14 @@ def run_cases(
             )
             unusable = check_identities(connections, needed, connect_timeout)
             if unusable:
-                runnable = []
+                runnable, unreachable = [], []
                 for case in cases:
                     refused = sorted(institutions(case) & set(unusable))
                     if refused:
-                        skipped.append((case, NO_CREDENTIALS + ", ".join(refused)))
+                        unreachable.append((case, NO_CREDENTIALS + ", ".join(refused)))
                     else:
                         runnable.append(case)
+                skipped.extend(unreachable)
                 if not runnable:
                     raise TargetError(
                         f"{target} would refuse every selected case: no credentials for "
@@ -362,7 +365,7 @@ def run_cases(
                     )
                 cases = runnable
                 if on_skip is not None:
-                    on_skip(skipped)
+                    on_skip(unreachable)
         served = describe_world(connections.channel(probe), target, connect_timeout)
         mismatch = other_world((c.world for c in cases), served, target) if served is not None else None
         if mismatch is not None and not any_world:
