@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from settlesim.clients import national
 from settlesim.clients.replay import national_door as door
 from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import CaseError, load_cases
@@ -197,3 +198,27 @@ def test_a_case_for_one_door_is_skipped_through_the_other_with_why(in_process, t
     wrong.write_text(text.replace("world: default", "world: default\ndoor: http"), encoding="utf-8")
     with pytest.raises(CaseError, match=r"wrong.yaml: door: must be one of grpc, national"):
         load_cases([wrong])
+
+
+def test_a_national_answer_missing_a_field_is_the_target_failing_not_a_crash():
+    """Another implementation of the door (a real HTTP server on a free port) that answers
+    every envelope infcode 0 with an empty output: each case's first step that needs a
+    figure is an error (the target could not answer as the contract does), not a crash."""
+    from fastapi import FastAPI
+    from settlesim.server.http_server import start_http
+
+    hollow = FastAPI()
+
+    @hollow.post(national.PATH)
+    async def answer() -> dict:
+        return {"infcode": 0, "inf_refmsgid": "", "refmsg_time": "", "respond_time": "", "output": {}}
+
+    served = start_http(hollow, "127.0.0.1", 0, name="hollow door")
+    try:
+        run = run_cases(load_cases([QINGHAI_SEED]), f"127.0.0.1:{served.port}", door=door.NATIONAL)
+    finally:
+        served.stop()
+    (case,) = run.cases
+    first = case.steps[0]
+    assert case.status == "error" and first.status == "error", first
+    assert "does not read as the contract's: KeyError('insuinfo')" in first.message

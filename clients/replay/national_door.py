@@ -52,7 +52,7 @@ NOT_ECHOED = "the HIS's own field (fixmedins_code, mdtrtarea_admvs, dise_codg, b
 LEVEL_03 = "chrgitm_lv 03 is class C and not-in-catalog alike"
 REGISTRATION_DATES = "2001 trtinfo carries the registration's dates only"
 VOID_ANSWER = "2601 answers the voided setl_id only"
-GET_NO_LINES = "5203 answers setlinfo; the lines' split is 2204's answer"
+GET_NO_LINES = "2208 and 5203 answer setlinfo; the lines' split is 2204's answer"
 NO_CASH_PART = "3201/3202 carry no patient cash figure (3201 compares acct_pay)"
 DSCR_TEXT = "3201 says which figures differ in stmt_rslt_dscr, free text"
 ONE_GROUP = "3201 reconciles per insutype × setl_optins group; the hospital's figures span {n} groups"
@@ -299,8 +299,15 @@ class NationalHospital:
                 "opter": self.operator, "signtype": "MOCK", "input": body}  # fmt: skip
 
     def call(self, method: str, request: Any, *, retry: bool = True) -> Any:
+        """The contract `method`'s answer to `request`, from the national calls it takes; an
+        answer that does not read as the contract's is the target failing (INTERNAL)."""
         self.limits = []
-        return getattr(self, "_" + method)(request)
+        try:
+            return getattr(self, "_" + method)(request)
+        except (KeyError, IndexError, TypeError, ValueError, ArithmeticError) as error:
+            raise NationalRefusal(
+                Rejection("INTERNAL", "", f"a national answer does not read as the contract's: {error!r}")
+            ) from None
 
     # --- the calls ------------------------------------------------------------------------------
 
