@@ -250,9 +250,9 @@ def _run_step(result: StepResult, scope: _Scope, hospital: Callable[[str], Hospi
         result.answer = {"error": _rejection_dict(rejection)}
     result.seconds = time.perf_counter() - started
     scope.sent[step.id] = _Sent(request, response, msgid_of(request))
-    want_error = step.error
-    if national:
-        _, want_error, result.unexpressed = national_door.expressible(step, {}, step.error, his.limits)
+    want_error = step.error  # through the national door: without the fields it cannot carry
+    if national and want_error is not None:
+        _, want_error, result.unexpressed = national_door.expressible(step, {}, want_error, his.limits)
     if want_error is not None:
         want = want_error
         result.expected = {"error": {"code": want.code, "reason": want.reason, "fields": list(want.fields)}}
