@@ -40,6 +40,11 @@ log = logging.getLogger("settlesim.server.national")
 PATH = "/fsi/api/rsfComIfsService/callService"
 OPENAPI_PATH = "/fsi/openapi.json"
 MAX_BODY_BYTES = 1 << 20  # as the gRPC door's MAX_MESSAGE_BYTES
+# 9102 answers the file it downloads (files.py), every other answer is an envelope.
+DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the answer envelope; a 9102 download answers the file itself",
+          "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+}  # fmt: skip
 
 
 class EnvelopeResponse(Response):
@@ -107,10 +112,12 @@ def create_app(
 
     app.add_api_route(
         PATH, call_service, methods=["POST"], response_model=Answer, openapi_extra=body_schema,
+        responses=DOWNLOAD_RESPONSE,
         summary="callService: any transaction, named by the envelope's infno",
     )  # fmt: skip
     app.add_api_route(
         PATH + "/{infno}", call_service, methods=["POST"], response_model=Answer, openapi_extra=body_schema,
+        responses=DOWNLOAD_RESPONSE,
         summary="callService/<infno>: the path's infno must equal the envelope's",
     )  # fmt: skip
 
