@@ -10,6 +10,7 @@ Examples per test: SETTLESIM_FUZZ_EXAMPLES (default 300).
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 from collections.abc import Iterator
@@ -186,3 +187,28 @@ def test_money_is_never_parsed_as_float(door):
     answer = check(client.post(PATH, content=body))
     assert (answer["infcode"], answer["err_reason"]) == (-1, "FIELD_INVALID")
     assert "input.feedetail.0.pric has more than 2 decimal places" in answer["err_detail"]
+
+
+@FUZZ
+@given(
+    lines=st.lists(st.lists(st.text(max_size=12) | st.sampled_from(["S1", "1.00", "0.001", "-5", "0"]),
+                            max_size=8), max_size=5),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+    as_list=st.booleans(),
+    seq=st.integers(0, 10**6),
+)  # fmt: skip
+def test_a_9101_file_of_any_bytes_is_answered_with_an_envelope(door, lines, flips, as_list, seq):
+    """9101 with detail files of random lines, zipped and then with random bytes changed (a
+    damaged zip, bad deflate data, a text of no known encoding): an envelope, never INTERNAL."""
+    from settlesim.clients.national import detail_file
+
+    _, client = door
+    content = bytearray(detail_file(lines))
+    for at, value in flips:
+        content[at % len(content)] = value
+    sent: Any = list(content) if as_list else base64.b64encode(bytes(content)).decode()
+    envelope = {
+        **RECORDING["common"], "sign_no": "", "infno": "9101", "msgid": f"H11010500001{seq:018d}",
+        "input": {"fsUploadIn": {"in": sent, "filename": "detail.txt.zip", "fixmedins_code": "H11010500001"}},
+    }  # fmt: skip
+    check(client.post(PATH, content=simplejson.dumps(envelope, use_decimal=True)))

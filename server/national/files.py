@@ -91,15 +91,19 @@ def _bytes(value: Any, field: str) -> bytes:
 def _text(content: bytes, field: str) -> str:
     """The text of a zip's one file, or the content itself; UTF-8, else GB18030."""
     if zipfile.is_zipfile(io.BytesIO(content)):
+        one_file = Refusal(Reason.FIELD_INVALID, f"{field}: a zip holds one text file of at most 16 MiB", field=field)
         try:
             with zipfile.ZipFile(io.BytesIO(content)) as archive:
                 members = [m for m in archive.infolist() if not m.is_dir()]
                 if len(members) != 1 or members[0].file_size > MAX_TEXT_BYTES:
-                    raise Refusal(
-                        Reason.FIELD_INVALID, f"{field}: a zip holds one text file of at most 16 MiB", field=field
-                    )
+                    raise one_file
                 content = archive.read(members[0])
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError) as error:
+        except Refusal:
+            raise
+        # A damaged zip makes zipfile raise nearly anything (BadZipFile, zlib.error, EOFError,
+        # a negative seek's ValueError, an empty name's IndexError, struct.error, ...): each
+        # is the file's fault, so each is the same refusal.
+        except Exception as error:
             raise Refusal(Reason.FIELD_INVALID, f"{field}: not a readable zip: {error}", field=field) from None
     for encoding in ("utf-8-sig", "gb18030"):
         try:
