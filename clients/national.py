@@ -11,7 +11,7 @@ import io
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -53,6 +53,7 @@ class VisitPlayed:
     split: list[dict[str, Any]]  # 2204 result[]
     pre: dict[str, Any]  # 2206 setlinfo
     setlinfo: dict[str, Any]  # 2207 setlinfo ({} when the visit stopped at 2206)
+    setldetail: list[dict[str, Any]] = field(default_factory=list)  # the last answer's (2207, or 2206)
 
 
 def play_visit(
@@ -102,17 +103,18 @@ def play_visit(
     settlement = {"psn_no": psn_no, "mdtrt_id": mdtrt_id, "medfee_sumamt": total, "insutype": insutype,
                   "med_type": "14", "acct_used_flag": "1" if request.use_personal_account else "0",
                   "chrg_bchno": "CB1"}  # fmt: skip
-    pre = call("2206", {"data": settlement})["setlinfo"]
+    pre_settled = call("2206", {"data": settlement})
+    pre = pre_settled["setlinfo"]
     if not settle:
-        return VisitPlayed(mdtrt_id, split, pre, {})
+        return VisitPlayed(mdtrt_id, split, pre, {}, pre_settled.get("setldetail", []))
     sums = {
         "fulamt_ownpay_amt": sum((r["fulamt_ownpay_amt"] for r in split), Decimal("0.00")),
         "overlmt_selfpay": sum((r["overlmt_amt"] for r in split), Decimal("0.00")),
         "preselfpay_amt": sum((r["preselfpay_amt"] for r in split), Decimal("0.00")),
         "inscp_scp_amt": sum((r["inscp_scp_amt"] for r in split), Decimal("0.00")),
     }
-    setlinfo = call("2207", {"data": {**settlement, **sums}}, request.msgid)["setlinfo"]
-    return VisitPlayed(mdtrt_id, split, pre, setlinfo)
+    settled = call("2207", {"data": {**settlement, **sums}}, request.msgid)
+    return VisitPlayed(mdtrt_id, split, pre, settled["setlinfo"], settled.get("setldetail", []))
 
 
 def money_problems(request: pb.SettlementRequest, played: VisitPlayed) -> list[str]:

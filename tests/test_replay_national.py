@@ -20,6 +20,7 @@ from settlesim.clients.replay.cases import CaseError, load_cases
 from settlesim.clients.replay.command import conformance_cases_dir
 from settlesim.clients.replay.runner import run_cases
 from settlesim.server.app import RunningServer, ServerConfig, start
+from settlesim.v1 import settlement_service_pb2 as pb
 
 from tests.conftest import ServerProcess, settlesim
 
@@ -225,3 +226,44 @@ def test_a_national_answer_missing_a_field_is_the_target_failing_not_a_crash():
     first = case.steps[0]
     assert case.status == "error" and first.status == "error", first
     assert "does not read as the contract's: KeyError('insuinfo')" in first.message
+
+
+def test_the_adapter_reads_the_national_answers_as_the_grpc_door_answers(in_process):
+    """The Sanya employee (11000000000000000006, personal account 100,000 fen in 2025) with the
+    account used, one visit of A-TARGET-001 400,000 fen (tests/test_personal_account.py derives
+    it: pooled 360,000, account 40,000, cash 0, balance 60,000): settled through the national
+    door by the adapter and through gRPC, each in a fresh sandbox, every figure the national
+    answers carry reads the same (totals, the 2204 lines, the setldetail funds); so do the
+    read-back (5203) and the reversal's refund record read back (2208)."""
+    from settlesim.clients.hospital import Fee, Hospital
+
+    sanya, employee = "H46020000001", "11000000000000000006"
+    connections = door.NationalConnections(f"127.0.0.1:{in_process.national_port}")
+    national_his = connections.hospital(sanya, "adapter-national", 10)
+    grpc_his = Hospital.connect(in_process.target, sanya, session="adapter-grpc")
+    try:
+        request = grpc_his.settlement_request(
+            employee, "M00503", "2025-04-01", [Fee("A-TARGET-001", 400_000)], use_personal_account=True
+        )
+        by_grpc = grpc_his.settle_request(request).settlement
+        by_national = national_his.call("SettleVisit", pb.SettleVisitRequest(request=request)).settlement
+        t = by_grpc.totals
+        assert (t.pooled_fund_fen, t.account_pays_fen, t.cash_pays_fen, t.account_balance_fen) == (
+            360_000, 40_000, 0, 60_000)  # fmt: skip
+
+        def carried(s: pb.Settlement, *, lines: bool = True) -> dict:
+            totals = {name: getattr(s.totals, name) for name in door._TOTALS}
+            funds = [[getattr(f, name) for name in door._FUND] for f in s.funds]
+            items = [[getattr(i, name) for name in door._ITEM] for i in s.items] if lines else []
+            return {"totals": totals, "funds": funds, "items": items, "person": s.person_no, "status": s.status}
+
+        assert carried(by_national) == carried(by_grpc)
+        read = national_his.call("GetSettlement", pb.GetSettlementRequest(settlement_id=by_national.settlement_id))
+        assert carried(read.settlement, lines=False) == carried(by_grpc, lines=False)
+        back = national_his.call("ReverseSettlement", pb.ReverseSettlementRequest(
+            msgid=national_his.next_msgid(), settlement_id=by_national.settlement_id))  # fmt: skip
+        reversed_grpc = grpc_his.reverse(by_grpc.settlement_id).settlement
+        assert carried(back.settlement, lines=False) == carried(reversed_grpc, lines=False)
+    finally:
+        connections.close()
+        grpc_his.close()

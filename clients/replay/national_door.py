@@ -58,11 +58,14 @@ DSCR_TEXT = "3201 says which figures differ in stmt_rslt_dscr, free text"
 ONE_GROUP = "3201 reconciles per insutype × setl_optins group; the hospital's figures span {n} groups"
 
 _TOTALS = ("total_fen", "full_self_pay_fen", "over_ceiling_self_pay_fen", "pre_self_pay_fen", "in_scope_fen",
-           "deductible_applied_fen", "fund_pays_fen", "ratio_bp", "patient_pays_fen")  # fmt: skip
+           "deductible_applied_fen", "fund_pays_fen", "ratio_bp", "patient_pays_fen", "serious_illness_fen",
+           "large_amount_fen", "medical_assistance_fen", "pooled_fund_fen", "account_pays_fen", "cash_pays_fen",
+           "account_balance_fen")  # fmt: skip
+_FUND = ("fund_type", "name", "base_fen", "limit_fen", "paid_fen", "detail")  # 2207 setldetail
 _ITEM = ("sequence_no", "catalog_class", "self_pay_share_bp", "price_ceiling_fen", "amount_fen",
          "full_self_pay_fen", "over_ceiling_self_pay_fen", "pre_self_pay_fen", "in_scope_fen")  # fmt: skip
 _SETLINFO = ("settlement_id", "visit_id", "msgid", "status", "person_no", "insured_region", "insurance_type",
-             *(f"totals.{t}" for t in _TOTALS))  # fmt: skip
+             *(f"totals.{t}" for t in _TOTALS), *(f"funds[].{f}" for f in _FUND))  # fmt: skip
 _SETTLED = (*(f"settlement.{f}" for f in _SETLINFO), *(f"settlement.items[].{f}" for f in _ITEM))
 # What each call's answer carries through the national door; anything else is Unexpressed.
 CARRIED: dict[str, frozenset[str]] = {
@@ -79,6 +82,7 @@ CARRIED: dict[str, frozenset[str]] = {
 }  # fmt: skip
 _WHY: dict[str, str] = {
     "settlement.totals.cap_remaining_fen": EXTENSION, "settlement.totals.deductible_remaining_fen": EXTENSION,
+    "settlement.totals.serious_threshold_applied_fen": EXTENSION,
     "replayed": EXTENSION, "settlement.trace": EXTENSION, "settlement.undone_by_msgid": EXTENSION,
     "settlement.sandbox": EXTENSION, "sandbox": EXTENSION, "coverage": EXTENSION, "message": EXTENSION,
     "treatment_region": NOT_ECHOED,
@@ -205,8 +209,15 @@ def _insurance_type(insutype: str) -> int:
     return int(insutype) if insutype in ("310", "390") else 0
 
 
-def settlement_of(setlinfo: dict[str, Any], split: Sequence[dict[str, Any]] = (), *, sign: int = 1) -> pb.Settlement:
-    """setlinfo (and 2204's result[]) as the contract's Settlement; `sign` -1 reads a refund record back."""
+def settlement_of(
+    setlinfo: dict[str, Any],
+    split: Sequence[dict[str, Any]] = (),
+    setldetail: Sequence[dict[str, Any]] = (),
+    *,
+    sign: int = 1,
+) -> pb.Settlement:
+    """setlinfo, 2204's result[] and setldetail[] as the contract's Settlement; `sign` -1
+    reads a refund record back into the settlement it refunds."""
     s = setlinfo
     totals = pb.SettlementTotals(
         total_fen=sign * _fen(s["medfee_sumamt"]),
@@ -218,6 +229,14 @@ def settlement_of(setlinfo: dict[str, Any], split: Sequence[dict[str, Any]] = ()
         fund_pays_fen=sign * _fen(s["fund_pay_sumamt"]),
         ratio_bp=int(Decimal(str(s["pool_prop_selfpay"])) * 10_000),
         patient_pays_fen=sign * _fen(s["psn_part_amt"]),
+        serious_illness_fen=sign * _fen(s["hifmi_pay"]),
+        large_amount_fen=sign * _fen(s["hifob_pay"]),
+        medical_assistance_fen=sign * _fen(s["maf_pay"]),
+        pooled_fund_fen=sign * _fen(s["hifp_pay"]),
+        account_pays_fen=sign * _fen(s["acct_pay"]),
+        cash_pays_fen=sign * _fen(s["psn_cash_pay"]),
+        # balc is the balance after the settlement; a refund record shows the one it restores.
+        account_balance_fen=_fen(s["balc"]) + (_fen(s["acct_pay"]) if sign < 0 else 0),
     )
     items = []
     for r in split:
@@ -245,7 +264,13 @@ def settlement_of(setlinfo: dict[str, Any], split: Sequence[dict[str, Any]] = ()
         insurance_type=_insurance_type(str(s.get("insutype", ""))),  # type: ignore[arg-type]
         totals=totals,
         items=items,
-    )
+        funds=[
+            pb.FundPayment(fund_type=str(f["fund_pay_type"]), name=str(f["fund_pay_type_name"]),
+                           base_fen=sign * _fen(f["inscp_scp_amt"]), limit_fen=sign * _fen(f["crt_payb_lmt_amt"]),
+                           paid_fen=sign * _fen(f["fund_payamt"]), detail=str(f["setl_proc_info"]))
+            for f in setldetail
+        ],
+    )  # fmt: skip
 
 
 class NationalHospital:
@@ -364,7 +389,7 @@ class NationalHospital:
         except national.NationalRefused as refused:
             raise NationalRefusal(_rejection(refused.answer)) from None
         setlinfo = played.setlinfo if settle else played.pre
-        settlement = settlement_of(setlinfo, played.split)
+        settlement = settlement_of(setlinfo, played.split, played.setldetail)
         if settle:
             self.settled[settlement.settlement_id] = (played.mdtrt_id, settlement.person_no)
             self.by_msgid[sent.msgid] = settlement.person_no
@@ -382,7 +407,9 @@ class NationalHospital:
         data = {"setl_id": request.settlement_id, "mdtrt_id": mdtrt_id, "psn_no": psn_no}
         out = self.transaction("2208", {"data": data}, request.msgid)
         # The refund record (its own setl_id, every figure negated) read back as the settlement it refunds.
-        return pb.ReverseSettlementResponse(settlement=settlement_of(out["setlinfo"], sign=-1))
+        return pb.ReverseSettlementResponse(
+            settlement=settlement_of(out["setlinfo"], (), out.get("setldetail", []), sign=-1)
+        )
 
     def _VoidByMessageId(self, request: pb.VoidByMessageIdRequest) -> pb.VoidByMessageIdResponse:
         data = {"psn_no": self.by_msgid.get(request.original_msgid, ""), "omsgid": request.original_msgid,
@@ -397,7 +424,7 @@ class NationalHospital:
         mdtrt_id, psn_no = self.settled.get(request.settlement_id, ("", ""))
         data = {"setl_id": request.settlement_id, "mdtrt_id": mdtrt_id, "psn_no": psn_no}
         out = self.transaction("5203", {"data": data})
-        return pb.GetSettlementResponse(settlement=settlement_of(out["setlinfo"]))
+        return pb.GetSettlementResponse(settlement=settlement_of(out["setlinfo"], (), out.get("setldetail", [])))
 
     def _Reconcile(self, request: pb.ReconcileRequest) -> pb.ReconcileResponse:
         """3202 with no rows of the hospital's lists the platform's settlements in force (the
