@@ -14,6 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# The throw-away PostgreSQL (tests/pg_server.py): `postgres_server` (the session's, with
+# .restart()) and `postgres_dsn` (a new database per test).
+from pg_server import postgres_dsn, postgres_server  # noqa: F401  (fixtures)
 from settlesim.clients.hospital import Hospital
 from settlesim.clients.rejections import Rejection, rejection_of
 from settlesim.clients.secure import connect
