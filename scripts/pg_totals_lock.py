@@ -32,8 +32,8 @@ from pathlib import Path
 
 import psycopg
 from settlesim.server.ledger import StoredItem, StoredSettlement
+from settlesim.server.ledger.postgres.store import PostgresLedger
 from settlesim.server.model import YearlyTotals
-from settlesim.server.pgstore.store import PostgresLedger
 from settlesim.server.rules.reasons import Refusal
 
 CAP = 10**11

@@ -114,7 +114,16 @@ def damaged_journal(path: Path, error: BaseException) -> JournalFileError:
 
 
 def journal_path(ledger_path: Path | str) -> Path:
-    """The journal file beside a ledger: settlesim.db -> settlesim.journal.db."""
+    """The journal file beside a ledger: settlesim.db -> settlesim.journal.db. A ledger on a
+    database server (postgresql://...) has no "beside": its replicas' calls are journaled on
+    each machine, in the user data dir (<database>.journal.db, $XDG_DATA_HOME/settlesim)."""
+    if isinstance(ledger_path, str) and ledger_path.startswith(("postgresql://", "postgres://")):
+        import platformdirs
+        from psycopg.conninfo import conninfo_to_dict
+
+        name = str(conninfo_to_dict(ledger_path).get("dbname") or "postgres")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        return Path(platformdirs.user_data_dir("settlesim")) / f"{safe}.journal.db"
     path = Path(ledger_path)
     return path.with_name(f"{path.stem}.journal{path.suffix or '.db'}")
 

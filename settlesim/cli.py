@@ -393,7 +393,7 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
         "Inspect a ledger database.",
         _examples("settlesim ledger check --db ~/.local/share/settlesim/settlesim.db"),
     )
-    ledger_sub = p.add_subparsers(dest="ledger_command", required=True, metavar="{check}")
+    ledger_sub = p.add_subparsers(dest="ledger_command", required=True, metavar="{check,copy}")
     check = _parser(
         "check",
         ledger_sub,
@@ -418,6 +418,22 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
         "--sessions", action="store_true", help="also list each x-settlesim-session sandbox, its owners and figures"
     )
     check.set_defaults(run=run_ledger_check)
+    copy = _parser(
+        "copy",
+        ledger_sub,
+        "Copy a ledger between stores (SQLite file or PostgreSQL database, either way) with its figures "
+        "unchanged: the source is only read and must pass `ledger check`; the destination must be a new "
+        "file or an empty database; every table is copied in one transaction, then both ends are checked "
+        "and their rows and reconciliation sums compared (any difference, and nothing is kept). "
+        "Stop the servers writing the source first. Exits 1 when the copy was not made.",
+        _examples(
+            "settlesim ledger copy --from ~/.local/share/settlesim/settlesim.db --to postgresql://me@db/settlesim",
+            "settlesim ledger copy --from postgresql://me@db/settlesim --to /tmp/back.db",
+        ),
+    )
+    copy.add_argument("--from", dest="source", required=True, help="the ledger to copy (file or postgresql:// URL)")
+    copy.add_argument("--to", dest="destination", required=True, help="a new file, or an empty PostgreSQL database")
+    copy.set_defaults(run=run_ledger_copy)
 
 
 def run_ledger_check(args: argparse.Namespace) -> int:
@@ -441,8 +457,44 @@ def run_ledger_check(args: argparse.Namespace) -> int:
     for line in namespace_lines(report, each_session=args.sessions):
         print(line)
     verdict = f"{len(problems)} problem(s)" if problems else "OK"
-    print(f"ledger {args.db}: {verdict}; {summary}")  # the verdict last, where scripts look
+    print(f"ledger {_shown(args.db)}: {verdict}; {summary}")  # the verdict last, where scripts look
     return 1 if problems else 0
+
+
+def _shown(db: str | Path) -> str:
+    """A ledger's name for printing: a database URL without its password."""
+    from settlesim.server.ledger import is_database_url
+
+    if is_database_url(db):
+        from settlesim.server.ledger.postgres import redacted
+
+        return redacted(str(db))
+    return str(db)
+
+
+def run_ledger_copy(args: argparse.Namespace) -> int:
+    from settlesim.server import stored_answers
+    from settlesim.server.ledger import LedgerFileError, check_ledger
+    from settlesim.server.ledger.postgres.copy import CopyError, copy_ledger
+
+    def problems(where: str) -> list[str]:
+        return check_ledger(_ledger_db(where), answer_check=stored_answers.settlement_problems).problems
+
+    try:
+        report = copy_ledger(args.source, args.destination, problems)
+    except (CopyError, LedgerFileError) as error:
+        print(f"ledger copy: {error}", file=sys.stderr)
+        return 1
+    in_force = report.figures.in_force
+    total = sum(row[4] for row in in_force)
+    rows = ", ".join(f"{n} {table}" for table, n in report.figures.rows.items() if n) or "no rows"
+    print(f"copied {report.source} -> {report.destination}: {rows}")
+    print(
+        f"  in force: {sum(row[3] for row in in_force)} settlements, total {total}, fund "
+        f"{sum(row[5] for row in in_force)}, patient {sum(row[6] for row in in_force)} fen "
+        f"({len(in_force)} institution-years), identical at both ends; ledger check OK at both ends"
+    )
+    return 0
 
 
 def namespace_lines(report: CheckReport, *, each_session: bool = False) -> list[str]:

@@ -117,8 +117,7 @@ class _SqliteStore(_Store):
     def rows(self, table: str) -> Iterator[tuple[Any, ...]]:
         order = f" ORDER BY {_SQLITE_ORDER[table]}" if table in _SQLITE_ORDER else ""
         columns = TABLES[table]
-        for row in self.db.execute(f"SELECT {', '.join(columns)} FROM {table}{order}"):
-            yield row
+        yield from self.db.execute(f"SELECT {', '.join(columns)} FROM {table}{order}")
 
     def write(self, table: str, rows: Iterator[tuple[Any, ...]]) -> None:
         columns = TABLES[table]
@@ -145,7 +144,10 @@ class _PostgresStore(_Store):
 
     def write(self, table: str, rows: Iterator[tuple[Any, ...]]) -> None:
         columns = TABLES[table]
-        with self.db.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        with (
+            self.db.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
             for row in rows:
                 copy.write_row(tuple(_to_postgres(c, v) for c, v in zip(columns, row, strict=True)))
 
@@ -169,19 +171,19 @@ def _is_postgres(where: str) -> bool:
 def _source(where: str) -> Iterator[_Store]:
     """The source in one read-only snapshot."""
     if _is_postgres(where):
-        from settlesim.server.pgstore.store import redacted
+        from settlesim.server.ledger.postgres.store import redacted
 
         with psycopg.connect(where, autocommit=True) as db:
             db.read_only, db.isolation_level = True, psycopg.IsolationLevel.REPEATABLE_READ
             with db.transaction():
                 yield _PostgresStore(db, redacted(where))
         return
-    from settlesim.server.ledger import _open_read_only
+    from settlesim.server.ledger.sqlite.files import open_read_only
 
     path = Path(where)
     if not path.is_file():
         raise CopyError(f"no ledger at {path}")
-    with closing(_open_read_only(path)) as db:
+    with closing(open_read_only(path)) as db:
         db.execute("BEGIN")
         yield _SqliteStore(db, str(path))
 
@@ -191,7 +193,7 @@ def _destination(where: str) -> Iterator[_Store]:
     """The destination, created with the current schema and empty, in one write transaction
     that commits only when the body returns."""
     if _is_postgres(where):
-        from settlesim.server.pgstore.store import PostgresLedger, redacted
+        from settlesim.server.ledger.postgres.store import PostgresLedger, redacted
 
         PostgresLedger(where).close()  # creates (or upgrades) the schema
         with psycopg.connect(where, autocommit=True) as db, db.transaction():
@@ -199,12 +201,12 @@ def _destination(where: str) -> Iterator[_Store]:
             _require_empty(store)
             yield store
         return
-    from settlesim.server.ledger import Ledger
+    from settlesim.server.ledger.sqlite import SqliteLedger
 
     path = Path(where)
     if path.exists():
         raise CopyError(f"{path} exists: copy into a new file (or an empty PostgreSQL database)")
-    Ledger(path).close()
+    SqliteLedger(path).close()
     with closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("BEGIN IMMEDIATE")
@@ -231,7 +233,9 @@ def copy_ledger(source: str, destination: str, check: Any) -> CopyReport:
     """Copy `source` to `destination`; `check(where)` returns a ledger's problems (the
     invariants of `settlesim ledger check`), run on both ends. Raises CopyError."""
     if problems := check(source):
-        raise CopyError(f"{source} fails its check ({len(problems)} problem(s), first: {problems[0]}); nothing copied")
+        raise CopyError(
+            f"{source} fails its check ({len(problems)} problem(s), first: {problems[0]}); nothing copied"
+        )
     with _source(source) as src:
         before = src.figures()
         with _destination(destination) as dst:

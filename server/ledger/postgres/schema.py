@@ -12,6 +12,10 @@ version read again inside it, so of several replicas starting at once exactly on
 
 from __future__ import annotations
 
+from typing import Any
+
+from settlesim.server.ledger.contract import LedgerFileError
+
 SCHEMA_VERSION = 6
 
 # pg_advisory_xact_lock key of the migration ("settlesim" in ASCII, folded into a bigint).
@@ -177,3 +181,29 @@ MIGRATIONS: dict[int, str] = {}
 
 # The tables a database must have before it is called a settlesim ledger.
 LEDGER_TABLES = ("schema_version", "settlements", "yearly_totals", "messages")
+
+
+def version_of(db: Any) -> int | None:
+    """The schema version the database says, or None when it has no schema_version table."""
+    if not db.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
+        return None
+    row = db.execute("SELECT version FROM schema_version").fetchone()
+    return None if row is None else int(row[0])
+
+
+def require_ledger(db: Any, where: str) -> int:
+    """The version of a settlesim ledger this code can read; else LedgerFileError, one line."""
+    version = version_of(db)
+    if version is None:
+        raise LedgerFileError(f"{where} is not a settlesim ledger: it has no schema_version table")
+    if version > SCHEMA_VERSION:
+        raise LedgerFileError(
+            f"{where}: ledger schema version {version} is newer than this settlesim knows ({SCHEMA_VERSION}); "
+            "upgrade settlesim"
+        )
+    missing = [
+        t for t in LEDGER_TABLES if not db.execute("SELECT to_regclass(%s) IS NOT NULL", (t,)).fetchone()[0]
+    ]
+    if missing:
+        raise LedgerFileError(f"{where} is not a settlesim ledger: it has no table {', '.join(missing)}")
+    return version

@@ -38,11 +38,8 @@ def is_damage(error: BaseException) -> bool:
 
 def is_storage_failure(error: BaseException) -> bool:
     """An error of the database or the way to it, not of the request nor a bug."""
-    return (
-        isinstance(error, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout | PoolClosed)
-        or isinstance(error, LedgerUnavailable)
-        or is_damage(error)
-    )
+    lost = psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout | PoolClosed | LedgerUnavailable
+    return isinstance(error, lost) or is_damage(error)
 
 
 def cause_of(error: BaseException) -> str:
@@ -68,10 +65,16 @@ def storage_refusal(error: BaseException) -> Refusal:
             cause="damaged",
         )
     cause = cause_of(error)
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = first_line(error)
     return Refusal(
         Reason.LEDGER_UNAVAILABLE,
         f"the ledger cannot store this now ({cause}: {detail}); nothing of it was stored: "
         "send it again later with the same msgid",
         cause=cause,
     )
+
+
+def first_line(error: BaseException) -> str:
+    """psycopg's messages run over several lines (hints, the server's address): the first."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -33,9 +33,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -44,33 +43,31 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
-from settlesim.server.ledger import (
+from settlesim.server.ledger.contract import (
+    AnswerCheck,
     AuditAnchor,
+    Compute,
+    FeeLine,
     LedgerFileError,
+    NationalWrites,
+    OnSettled,
     ReconcileSums,
     StoredSettlement,
+    Visit,
     VoidOutcome,
 )
-from settlesim.server.ledger_health import WriteHealth, is_damage, storage_refusal
+from settlesim.server.ledger.health import WriteHealth
+from settlesim.server.ledger.postgres import check, national, schema
+from settlesim.server.ledger.postgres.errors import is_damage, storage_refusal
+from settlesim.server.ledger.postgres.rows import ITEM_COLUMNS, SETTLEMENT_COLUMNS, settlement_of
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
-
-from . import schema
 
 log = logging.getLogger("settlesim.server")
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
 
-_SETTLEMENT_COLUMNS = (
-    "settlement_id, session, msgid, institution_code, person_no, disease_code, visit_date, year, status, "
-    "total, fund_pays, patient_pays, deductible_applied, undone_by_msgid, created_at, answer, "
-    "full_self_pay, over_ceiling, pre_self_pay, in_scope, ratio_bp"
-)
-_ITEM_COLUMNS = (
-    "settlement_id, sequence_no, catalog_code, hospital_item_code, unit_price, quantity, amount, "
-    "catalog_class, self_pay_share_bp, price_ceiling, full_self_pay, over_ceiling, pre_self_pay, in_scope"
-)
 # Retried at once on a fresh snapshot: another replica's concurrent transaction won.
 _CONFLICTS = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
 
@@ -136,7 +133,7 @@ class PostgresLedger:
             self._pool.close()
             self._executor.shutdown()
             raise
-        self._health = WriteHealth(self._probe)
+        self._health = WriteHealth(self._probe, storage_refusal)
         self._closed = False
         self.audit_head: Callable[[], tuple[str, AuditAnchor]] | None = None
         self.on_commit: Callable[[int, float], None] | None = None
@@ -176,7 +173,7 @@ class PostgresLedger:
         lock (of several replicas starting at once, one does it); refuse a newer one."""
         with self._pool.connection() as db, db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (schema.MIGRATION_LOCK,))
-            version = self._version(db)
+            version = schema.version_of(db)
             if version == schema.SCHEMA_VERSION:
                 return None
             if version is None:
@@ -201,13 +198,6 @@ class PostgresLedger:
                 "ledger %s: upgraded from schema version %d to %d", self.path, version, schema.SCHEMA_VERSION
             )
             return version
-
-    @staticmethod
-    def _version(db: Connection) -> int | None:
-        if not db.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
-            return None
-        row = db.execute("SELECT version FROM schema_version").fetchone()
-        return None if row is None else int(row[0])
 
     def close(self) -> None:
         if self._closed:
@@ -333,8 +323,8 @@ class PostgresLedger:
         person_no: str,
         disease_code: str,
         year: int,
-        compute: Callable[[YearlyTotals], tuple[StoredSettlement, YearlyTotals]],
-        on_settled: Callable[[Any, StoredSettlement], None] | None = None,
+        compute: Compute,
+        on_settled: OnSettled | None = None,
     ) -> tuple[StoredSettlement, bool]:
         """Commit a settlement once per msgid of the institution. Returns (settlement, replayed)."""
 
@@ -371,7 +361,7 @@ class PostgresLedger:
                 (session, person_no, disease_code, year, after.deductible_used, after.fund_paid),
             )
             if on_settled is not None:
-                on_settled(db, stored)
+                on_settled(national.PostgresNationalWrites(db, session, institution_code), stored)
             # Last: the institution's yearly row is every settle of that institution's, so its lock
             # is held only from here to COMMIT. A refusal here rolls all of it back.
             self._add_to_institution_year(db, stored, year, after)
@@ -435,7 +425,7 @@ class PostgresLedger:
     @staticmethod
     def _insert(db: Connection, s: StoredSettlement, year: int, created_at: datetime) -> None:
         db.execute(
-            f"INSERT INTO settlements ({_SETTLEMENT_COLUMNS}) VALUES "
+            f"INSERT INTO settlements ({SETTLEMENT_COLUMNS}) VALUES "
             "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 s.settlement_id, s.session, s.msgid, s.institution_code, s.person_no, s.disease_code,
@@ -447,7 +437,7 @@ class PostgresLedger:
         if s.items:
             with db.cursor() as cursor:
                 cursor.executemany(
-                    f"INSERT INTO settlement_items ({_ITEM_COLUMNS}) VALUES "
+                    f"INSERT INTO settlement_items ({ITEM_COLUMNS}) VALUES "
                     "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [(s.settlement_id, *item) for item in s.items],
                 )
@@ -593,18 +583,21 @@ class PostgresLedger:
         )
         return replace(stored, status=status, undone_by_msgid=by)
 
-    # --- a door's own state -------------------------------------------------------------
+    # --- the national visit flow (server/national/visits.py) ---------------------------
 
-    def write(self, work: Callable[[Connection], T]) -> T:
-        return self._transaction(work)
+    def national_once(
+        self, session: str, institution: str, msgid: str, infno: str, request_hash: str,
+        work: Callable[[NationalWrites], dict[str, Any]],
+    ) -> dict[str, Any]:  # fmt: skip
+        return self._transaction(national.once_job(session, institution, msgid, infno, request_hash, work))
 
-    @contextmanager
-    def reading(self) -> Iterator[Connection]:
-        """A read transaction on committed data (one snapshot)."""
-        with self._pool.connection() as db:
-            db.read_only, db.isolation_level = True, psycopg.IsolationLevel.REPEATABLE_READ
-            with db.transaction():
-                yield db
+    def national_visit(self, session: str, institution: str, mdtrt_id: str) -> Visit:
+        return self._transaction(lambda db: national.visit(db, session, institution, mdtrt_id), write=False)
+
+    def national_fee_lines(self, session: str, institution: str, mdtrt_id: str) -> list[FeeLine]:
+        return self._transaction(
+            lambda db: national.fee_lines(db, session, institution, mdtrt_id), write=False
+        )
 
     # --- reads --------------------------------------------------------------------------
 
@@ -663,9 +656,9 @@ class PostgresLedger:
             entries: tuple[StoredSettlement, ...] = ()
             if with_entries:
                 rows = db.execute(
-                    f"SELECT {_SETTLEMENT_COLUMNS} {where} ORDER BY visit_date, created_at, seq", args
+                    f"SELECT {SETTLEMENT_COLUMNS} {where} ORDER BY visit_date, created_at, seq", args
                 ).fetchall()
-                entries = tuple(_row(r) for r in rows)
+                entries = tuple(settlement_of(r) for r in rows)
             return ReconcileSums(count, int(total), int(fund), int(patient), entries)
 
         return self._transaction(read, write=False)
@@ -673,12 +666,38 @@ class PostgresLedger:
     def session_settlements(self, session: str) -> list[StoredSettlement]:
         rows = self._transaction(
             lambda db: db.execute(
-                f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE session = %s ORDER BY created_at, seq",
+                f"SELECT {SETTLEMENT_COLUMNS} FROM settlements WHERE session = %s ORDER BY created_at, seq",
                 (session,),
             ).fetchall(),
             write=False,
         )
-        return [_row(r) for r in rows]
+        return [settlement_of(r) for r in rows]
+
+    def settlement_by_id(self, settlement_id: str) -> StoredSettlement | None:
+        """Any session's settlement by id (the console's settlement page)."""
+        row = self._transaction(
+            lambda db: db.execute(
+                f"SELECT {SETTLEMENT_COLUMNS} FROM settlements WHERE settlement_id = %s", (settlement_id,)
+            ).fetchone(),
+            write=False,
+        )
+        return None if row is None else settlement_of(row)
+
+    def person_totals(self, session: str, person_no: str) -> list[tuple[str, int, int, int]]:
+        """(disease, year, deductible used, fund paid) of a person, newest year first."""
+        rows = self._transaction(
+            lambda db: db.execute(
+                "SELECT disease_code, year, deductible_used, fund_paid FROM yearly_totals "
+                "WHERE session = %s AND person_no = %s ORDER BY year DESC, disease_code",
+                (session, person_no),
+            ).fetchall(),
+            write=False,
+        )
+        return [tuple(row) for row in rows]
+
+    def check(self, answer_check: AnswerCheck | None = None) -> list[str]:
+        """Problems with the ledger's invariants (check.py); empty when it is sound."""
+        return self._transaction(lambda db: check.problems_of(db, answer_check), write=False)
 
     def counts(self) -> dict[str, int]:
         rows = self._transaction(
@@ -753,7 +772,7 @@ class PostgresLedger:
     @staticmethod
     def _get(db: Connection, session: str, settlement_id: str, *, lock: bool = False) -> StoredSettlement:
         row = db.execute(
-            f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE session = %s AND settlement_id = %s"
+            f"SELECT {SETTLEMENT_COLUMNS} FROM settlements WHERE session = %s AND settlement_id = %s"
             + (" FOR UPDATE" if lock else ""),
             (session, settlement_id),
         ).fetchone()
@@ -761,35 +780,7 @@ class PostgresLedger:
             raise Refusal(
                 Reason.SETTLEMENT_NOT_FOUND, f"no settlement {settlement_id}", settlement_id=settlement_id
             )
-        return _row(row)
-
-
-def _row(row: tuple[Any, ...]) -> StoredSettlement:
-    (
-        sid, session, msgid, inst, person, disease, visit, _year, status, total, fund, patient, ded, by, _at,
-        doc, full_self_pay, over_ceiling, pre_self_pay, in_scope, ratio_bp,
-    ) = row  # fmt: skip
-    return StoredSettlement(
-        settlement_id=sid,
-        session=session,
-        msgid=msgid,
-        institution_code=inst,
-        person_no=person,
-        disease_code=disease,
-        visit_date=visit,
-        total=total,
-        fund_pays=fund,
-        patient_pays=patient,
-        deductible_applied=ded,
-        answer=bytes(doc),
-        status=status,
-        undone_by_msgid=by,
-        full_self_pay=full_self_pay,
-        over_ceiling=over_ceiling,
-        pre_self_pay=pre_self_pay,
-        in_scope=in_scope,
-        ratio_bp=ratio_bp,
-    )
+        return settlement_of(row)
 
 
 __all__ = ["PostgresLedger", "is_postgres_url", "redacted"]
