@@ -5,16 +5,20 @@ faults (a PostgreSQL restart mid-load), `ledger check` and `ledger copy`."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
-from conftest import settlesim
+from conftest import CANCER_HOSPITAL, settlesim
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from settlesim.clients.hospital import Fee, Hospital
-from settlesim.clients.rejections import Rejection
+from settlesim.clients.rejections import Rejection, rejection_of
 from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import load_cases
 from settlesim.clients.replay.command import conformance_cases_dir
@@ -215,4 +219,89 @@ def test_a_void_racing_its_settle_leaves_nothing_in_force(pg_racers, postgres_ds
                 and voided.settlement.settlement_id == settled.settlement.settlement_id
             )
         assert yearly(postgres_dsn, HOTAN, TUMOUR, 2027) == (0, 0)
+    assert_sound(postgres_dsn)
+
+
+# --- storage faults: a PostgreSQL restart mid-load --------------------------------------------------
+
+# What a settle may be refused while the database is away (docs/errors.md "Storage faults").
+AWAY_CAUSES = {"admin_shutdown", "connection_lost", "unreachable", "starting_up", "crash_shutdown"}
+
+
+def health_of(target: str) -> str:
+    with grpc.insecure_channel(target) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_postgresql_restart_mid_load_is_refused_as_documented_then_settles_again(
+    postgres_server, postgres_dsn, journal_home, server_process, mode
+) -> None:
+    """A replica (`settlesim serve --db postgresql://...`, its own process) settles in a loop;
+    PostgreSQL stops (`fast`: pg_ctl's default, transactions rolled back and clients told;
+    `immediate`: no checkpoint, crash recovery at the next start), stays down 3 s, and comes back
+    on the same port. Meanwhile every refusal is UNAVAILABLE / LEDGER_UNAVAILABLE with a
+    documented cause (never UNKNOWN or INTERNAL) and health says NOT_SERVING; afterwards the same
+    replica, not restarted, settles again and says SERVING. Every acknowledged settlement is in
+    the ledger once, and `ledger check` passes. (Hotan, 1000 fen class A at 75 %: fund 750 each.)"""
+    replica = server_process(postgres_dsn)
+    his = Hospital.connect(replica.target, CANCER_HOSPITAL, retries=0, deadline=10)
+    outcomes: list[tuple[float, str, Any]] = []
+    statuses: list[tuple[float, str]] = []
+    stop = threading.Event()
+    began = time.monotonic()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                answer = his.settle(HOTAN, TUMOUR, "2026-03-01", [Fee("A-TARGET-001", 1000)])
+                outcomes.append((time.monotonic() - began, "settled", answer.settlement))
+            except grpc.RpcError as error:
+                outcomes.append((time.monotonic() - began, "refused", rejection_of(error)))
+                time.sleep(0.05)
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                statuses.append((time.monotonic() - began, health_of(replica.target)))
+            except grpc.RpcError as error:
+                statuses.append((time.monotonic() - began, f"error {error.code()}"))
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=load), threading.Thread(target=watch)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.5)
+        down = time.monotonic() - began
+        postgres_server.restart(down_seconds=3, mode=mode)
+        up = time.monotonic() - began
+        time.sleep(4)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        his.close()
+    refused = [r for _, kind, r in outcomes if kind == "refused"]
+    assert refused, "no settle was refused while PostgreSQL was down"
+    assert {(r.code, r.reason) for r in refused} == {("UNAVAILABLE", "LEDGER_UNAVAILABLE")}, refused
+    assert {r.metadata.get("cause") for r in refused} <= AWAY_CAUSES, refused
+    assert any(kind == "settled" and t < down for t, kind, _ in outcomes)
+    assert any(kind == "settled" and t > up + 0.5 for t, kind, _ in outcomes), "no settle after the restart"
+    assert "NOT_SERVING" in {s for t, s in statuses if down <= t <= up + 1}, statuses
+    assert statuses[-1][1] == "SERVING", statuses[-4:]
+    acknowledged = [s.settlement_id for _, kind, s in outcomes if kind == "settled"]
+    assert all(s.totals.fund_pays_fen == 750 for _, kind, s in outcomes if kind == "settled")
+    with psycopg.connect(postgres_dsn) as db:
+        stored = {
+            sid for (sid,) in db.execute("SELECT settlement_id FROM settlements WHERE status = 'settled'")
+        }
+    assert set(acknowledged) <= stored and len(acknowledged) == len(set(acknowledged))
+    assert replica.proc.poll() is None  # the same replica throughout
+    causes = Counter(r.metadata.get("cause") for r in refused)
+    print(
+        f"\n{mode} restart: {len(acknowledged)} settled, refused {dict(causes)}, down {down:.1f}-{up:.1f} s"
+    )
     assert_sound(postgres_dsn)

@@ -54,8 +54,10 @@ def cause_of(error: BaseException) -> str:
     return "connection_lost"
 
 
-def storage_refusal(error: BaseException) -> Refusal:
-    """The refusal a storage failure travels as (a Refusal stays itself)."""
+def storage_refusal(error: BaseException, *, maybe_stored: bool = False) -> Refusal:
+    """The refusal a storage failure travels as (a Refusal stays itself). `maybe_stored`: the
+    connection was lost while the write may have been committing, and the database could not be
+    asked again; whether it committed is unknown, and the same msgid sent again answers it."""
     if isinstance(error, Refusal):
         return error
     if is_damage(error):
@@ -66,6 +68,13 @@ def storage_refusal(error: BaseException) -> Refusal:
         )
     cause = cause_of(error)
     detail = first_line(error)
+    if maybe_stored:
+        return Refusal(
+            Reason.LEDGER_UNAVAILABLE,
+            f"the ledger database went away while this was committing ({cause}: {detail}); whether it "
+            "was stored is unknown: send it again later with the same msgid, which settles it once",
+            cause=cause,
+        )
     return Refusal(
         Reason.LEDGER_UNAVAILABLE,
         f"the ledger cannot store this now ({cause}: {detail}); nothing of it was stored: "

@@ -99,9 +99,11 @@ class PostgresLedger:
     MAX_INSTITUTION_YEAR_FEN = 10**16
     POOL_SIZE = 8  # connections per replica (and threads running them)
     WAIT_SECONDS = 2.0  # for a pooled connection: past it the call is refused `unreachable`
+    AWAY_WAIT_SECONDS = 0.25  # the same while health says the database is away (NOT_SERVING)
     CONNECT_SECONDS = 2
     CONFLICT_ATTEMPTS = 8  # serialization failures, deadlocks, msgid races retried this often
     STATEMENT_TIMEOUT_MS = 30_000
+    OWNERS_KEPT = 100_000  # sandboxes whose owners a replica remembers
 
     def __init__(self, dsn: str, *, totals_lock: str = "row", pool_size: int | None = None) -> None:
         if totals_lock not in ("row", "serializable"):
@@ -140,6 +142,7 @@ class PostgresLedger:
         self._anchor_lock = threading.Lock()
         self._in_flight = 0
         self.conflicts = 0  # transactions run again after a conflict (the benchmark's figure)
+        self._owners: dict[str, frozenset[str]] = {}  # session_group's, by session
 
     def _connection_defaults(self, dsn: str) -> dict[str, Any]:
         """Settings every connection gets unless the DSN says otherwise: a bounded connect,
@@ -219,7 +222,10 @@ class PostgresLedger:
         began = time.perf_counter()
         for attempt in range(self.CONFLICT_ATTEMPTS):
             try:
-                with self._pool.connection() as db:
+                # While the database is known to be away, a call is refused at once rather than
+                # hold its caller (a read runs on the server's event loop) for the whole wait.
+                wait = self.WAIT_SECONDS if self._health.healthy else self.AWAY_WAIT_SECONDS
+                with self._pool.connection(timeout=wait) as db:
                     db.read_only, db.isolation_level = not write, self._isolation(write)
                     with db.transaction():
                         result = work(db)
@@ -240,16 +246,13 @@ class PostgresLedger:
                     ) from None
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # let the winner commit
             except psycopg.OperationalError as error:
-                if (
-                    lost_once
-                    or error.sqlstate not in (None, "57P01", "57P02")
-                    or not self._broken_connection(error)
-                ):
-                    raise self._storage_failed(error) from error
+                # No SQLSTATE: libpq lost the connection; 57P0x: the server is going down.
+                if lost_once or error.sqlstate not in (None, "57P01", "57P02"):
+                    raise self._storage_failed(error, maybe_stored=write and lost_once) from error
                 lost_once = True  # e.g. the server restarted since this pooled connection was made
                 self._pool.check()  # drop every other dead connection at once
             except (PoolTimeout, psycopg.InterfaceError) as error:
-                raise self._storage_failed(error) from error
+                raise self._storage_failed(error, maybe_stored=write and lost_once) from error
             except psycopg.Error as error:
                 if is_damage(error):
                     raise self._storage_failed(error) from error
@@ -264,15 +267,6 @@ class PostgresLedger:
         if self.totals_lock == "serializable":
             return psycopg.IsolationLevel.SERIALIZABLE
         return psycopg.IsolationLevel.READ_COMMITTED
-
-    @staticmethod
-    def _broken_connection(error: psycopg.OperationalError) -> bool:
-        return (
-            error.sqlstate in ("57P01", "57P02")
-            or "closed" in str(error)
-            or "terminat" in str(error)
-            or (error.sqlstate is None)
-        )
 
     async def _async(self, call: Callable[..., T], *args: Any) -> T:
         """A call for the server's event loop: run on the store's threads (psycopg waits on the
@@ -292,8 +286,8 @@ class PostgresLedger:
     def watch_health(self, listener: Callable[[bool], None]) -> None:
         self._health.listen(listener)
 
-    def _storage_failed(self, error: BaseException) -> Refusal:
-        refusal = storage_refusal(error)
+    def _storage_failed(self, error: BaseException, *, maybe_stored: bool = False) -> Refusal:
+        refusal = storage_refusal(error, maybe_stored=maybe_stored)
         if refusal.reason is Reason.LEDGER_DAMAGED:
             log.error("ledger %s is damaged: %s", self.path, error)
         self._health.failed(refusal)
@@ -454,7 +448,7 @@ class PostgresLedger:
         return None if row is None else frozenset(row[0].split(","))
 
     def open_session(self, session: str, institutions: frozenset[str]) -> frozenset[str]:
-        def job(db: Connection) -> frozenset[str]:
+        def job(db: Connection) -> str:
             db.execute(
                 "INSERT INTO sessions VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                 (session, ",".join(sorted(institutions)), _now()),
@@ -464,7 +458,7 @@ class PostgresLedger:
             ).fetchone()
             return frozenset(group.split(","))
 
-        return self._transaction(job)
+        return self._remember_owners(session, self._transaction(job))
 
     async def open_session_async(self, session: str, institutions: frozenset[str]) -> frozenset[str]:
         return await self._async(self.open_session, session, institutions)
