@@ -5,9 +5,12 @@ faults (a PostgreSQL restart mid-load), `ledger check` and `ledger copy`."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
+from datetime import date
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from settlesim.clients.replay.cases import load_cases
 from settlesim.clients.replay.command import conformance_cases_dir
 from settlesim.clients.replay.runner import run_cases
 from settlesim.server.app import ServerConfig, start
+from settlesim.server.ledger import open_ledger
+from settlesim.server.ledger.postgres.copy import TABLES as COPIED
 from settlesim.v1 import settlement_service_pb2 as pb
 from test_concurrency import (
     CAP,
@@ -38,6 +43,7 @@ from test_concurrency import (
     race,
     reference_request,
 )
+from test_national import NationalHis
 
 SUITE = conformance_cases_dir()
 
@@ -305,3 +311,145 @@ def test_a_postgresql_restart_mid_load_is_refused_as_documented_then_settles_aga
         f"\n{mode} restart: {len(acknowledged)} settled, refused {dict(causes)}, down {down:.1f}-{up:.1f} s"
     )
     assert_sound(postgres_dsn)
+
+
+# --- ledger check on PostgreSQL ------------------------------------------------------------------
+
+
+def settle_some(target: str, first_fund: int = 12963) -> list[pb.Settlement]:
+    """A few settlements in the real ledger (session ""): the Qinghai reference case twice
+    (17963 fen, deductible 5000 at 100 %: fund 12963 the first time that year, 17963 once the
+    deductible is met), a Hotan visit reversed, one voided."""
+    his = Hospital.connect(target, CANCER_HOSPITAL)
+    try:
+        fees = [Fee("A-CONSULT-001", 5000), Fee("A-CHEMO-001", 12963)]
+        first = his.settle(QINGHAI_REFERENCE, TUMOUR, "2021-12-09", fees).settlement
+        second = his.settle(QINGHAI_REFERENCE, TUMOUR, "2021-12-10", fees).settlement
+        assert (first.totals.fund_pays_fen, second.totals.fund_pays_fen) == (first_fund, 17963)
+        reversed_ = his.settle(HOTAN, TUMOUR, "2026-02-01", [Fee("A-TARGET-001", 10_000)]).settlement
+        his.reverse(reversed_.settlement_id)
+        voided = his.settle(HOTAN, TUMOUR, "2026-02-02", [Fee("A-TARGET-001", 20_000)]).settlement
+        his.void(voided.msgid)
+        return [first, second, reversed_, voided]
+    finally:
+        his.close()
+
+
+def test_ledger_check_on_postgresql_finds_each_kind_of_damage(pg_server, postgres_dsn) -> None:
+    """A sound PostgreSQL ledger passes; then four kinds of damage an operator's SQL could do
+    (none of which the schema's constraints refuse) each fail their invariant, exit 1."""
+    first, second, *_ = settle_some(pg_server.target)
+    assert_sound(postgres_dsn)
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        db.execute(
+            "UPDATE yearly_totals SET fund_paid = fund_paid + 100 WHERE person_no = %s AND year = 2021",
+            (QINGHAI_REFERENCE,),
+        )
+        db.execute(
+            "DELETE FROM messages WHERE settlement_id = %s AND kind = 'settle'", (second.settlement_id,)
+        )
+        db.execute("UPDATE institution_totals SET total = total + 1 WHERE year = 2021")
+        db.execute(
+            "UPDATE settlements SET answer = '\\x0102'::bytea WHERE settlement_id = %s",
+            (first.settlement_id,),
+        )
+    checked = ledger_check(postgres_dsn)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    fails = [line for line in checked.stdout.splitlines() if line.startswith("FAIL ")]
+    # yearly totals: the fund paid is 12963 + 17963 = 30926; the row now says 31026.
+    assert any("yearly totals" in f and "30926" in f and "31026" in f for f in fails), fails
+    assert any(f"settlement {second.settlement_id} has no settle message" in f for f in fails), fails
+    assert any("institution totals" in f for f in fails), fails
+    assert any(f"settlement {first.settlement_id}: stored answer does not decode" in f for f in fails), fails
+    assert "4 problem(s)" in checked.stdout.splitlines()[-1]
+    assert "postgres@127.0.0.1" in checked.stdout.splitlines()[-1]
+
+
+def test_ledger_check_refuses_a_database_that_is_no_ledger_in_one_line(postgres_server) -> None:
+    empty = postgres_server.create_database()
+    checked = ledger_check(empty)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "is not a settlesim ledger: it has no schema_version table" in checked.stderr
+    assert len(checked.stderr.strip().splitlines()) == 1
+
+
+# --- ledger copy: SQLite -> PostgreSQL -> SQLite ------------------------------------------------
+
+
+def reconciliations(db: str | Path, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """Each (namespace, institution)'s Reconcile over every year, through the store's contract:
+    count, total, fund and patient fen, and the entries (id, figures) in their order."""
+    ledger = open_ledger(db)
+    try:
+        sums = {}
+        for session, institution in sorted(pairs):
+            r = ledger.reconcile(session, institution, date(1990, 1, 1), date(2100, 12, 31), True)
+            entries = [(e.settlement_id, e.total, e.fund_pays, e.patient_pays, e.answer) for e in r.entries]
+            sums[(session, institution)] = (r.count, r.total, r.fund_pays, r.patient_pays, entries)
+        return sums
+    finally:
+        ledger.close()
+
+
+def sqlite_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with sqlite3.connect(path) as db:
+        return {table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr) for table in COPIED}
+
+
+@pytest.mark.slow
+def test_ledger_copy_round_trips_sqlite_postgresql_sqlite_with_its_figures(
+    tmp_path, postgres_server, journal_home
+) -> None:
+    """A SQLite ledger with the conformance suite's sandboxes, settlements of the real ledger
+    (reversed and voided ones too) and a national visit is copied to PostgreSQL and back:
+    `ledger check` passes at each end, every Reconcile answers the same sums and entries, and the
+    file that comes back holds the same rows as the one that left."""
+    source = tmp_path / "source.db"
+    running = start(ServerConfig(port=0, db_path=source, max_workers=8, national_port=0))
+    try:
+        run = run_cases(load_cases([SUITE]), running.target, jobs=4)
+        assert run.count("passed") == len(run.cases)
+        national = NationalHis(running)  # the recorded Qinghai visit: fund 129.63, patient 50.00
+        national.visit_up_to_2204()
+        assert national.ok("2207")["setlinfo"]["fund_pay_sumamt"] == Decimal("129.63")
+        national.http.close()
+        settle_some(running.target, first_fund=17963)  # the year's deductible is met already
+    finally:
+        running.stop(grace=1)
+    middle = postgres_server.create_database()
+    back = tmp_path / "back.db"
+    for frm, to in ((source, middle), (middle, back)):
+        copied = settlesim("ledger", "copy", "--from", str(frm), "--to", str(to))
+        assert copied.returncode == 0, copied.stdout + copied.stderr
+        assert "identical at both ends; ledger check OK at both ends" in copied.stdout
+    for end in (source, middle, back):
+        assert ledger_check(end).returncode == 0, ledger_check(end).stdout
+    with sqlite3.connect(source) as db:
+        pairs = set(db.execute("SELECT DISTINCT session, institution_code FROM settlements").fetchall())
+    assert len({s for s, _ in pairs if s}) >= 20  # the suite's sandboxes, besides the real ledger
+    at_source = reconciliations(source, pairs)
+    # The real ledger's three Qinghai visits in force (the Hotan ones were reversed and voided):
+    # 3 × 17963 = 53889 fen; fund 12963 + 17963 + 17963 = 48889; patient 5000.
+    assert at_source[("", CANCER_HOSPITAL)][:4] == (3, 53889, 48889, 5000)
+    assert reconciliations(middle, pairs) == at_source
+    assert reconciliations(back, pairs) == at_source
+    assert sqlite_rows(back) == sqlite_rows(source)
+
+
+def test_ledger_copy_refuses_a_damaged_source_and_a_destination_that_holds_a_ledger(
+    pg_server, postgres_dsn, postgres_server, tmp_path
+) -> None:
+    settle_some(pg_server.target)
+    existing = tmp_path / "existing.db"
+    existing.write_bytes(b"")
+    into_file = settlesim("ledger", "copy", "--from", postgres_dsn, "--to", str(existing))
+    assert into_file.returncode == 1 and "exists: copy into a new file" in into_file.stderr
+    into_ledger = settlesim("ledger", "copy", "--from", postgres_dsn, "--to", postgres_dsn)
+    assert into_ledger.returncode == 1 and "is not empty" in into_ledger.stderr, into_ledger.stderr
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        db.execute("UPDATE yearly_totals SET deductible_used = deductible_used + 1")
+    damaged = settlesim("ledger", "copy", "--from", postgres_dsn, "--to", str(tmp_path / "new.db"))
+    assert (
+        damaged.returncode == 1 and "fails its check" in damaged.stderr and "nothing copied" in damaged.stderr
+    )
+    assert not (tmp_path / "new.db").exists()
