@@ -5,6 +5,7 @@ faults (a PostgreSQL restart mid-load), `ledger check` and `ledger copy`."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 import time
@@ -28,6 +29,8 @@ from settlesim.clients.replay.command import conformance_cases_dir
 from settlesim.clients.replay.runner import run_cases
 from settlesim.server.app import ServerConfig, start
 from settlesim.server.ledger import open_ledger
+from settlesim.server.ledger.postgres import SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION
+from settlesim.server.ledger.postgres import PostgresLedger
 from settlesim.server.ledger.postgres.copy import TABLES as COPIED
 from settlesim.v1 import settlement_service_pb2 as pb
 from test_concurrency import (
@@ -453,3 +456,134 @@ def test_ledger_copy_refuses_a_damaged_source_and_a_destination_that_holds_a_led
         damaged.returncode == 1 and "fails its check" in damaged.stderr and "nothing copied" in damaged.stderr
     )
     assert not (tmp_path / "new.db").exists()
+
+
+# --- opening a PostgreSQL ledger: schema versions, what serve refuses --------------------------------
+
+
+def test_replicas_creating_one_new_ledger_at_once_make_one_schema(postgres_dsn) -> None:
+    """Eight stores open one empty database at the same moment (replicas starting together):
+    the advisory lock lets one create the schema; the others find it made."""
+    barrier = threading.Barrier(8)
+    outcomes: list[Any] = []
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            ledger = PostgresLedger(postgres_dsn, pool_size=1)
+            outcomes.append(ledger.upgraded_from)
+            ledger.close()
+        except Exception as error:  # asserted below: there must be none
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes, key=repr) == [0] + [None] * 7, outcomes  # 0: created; None: found current
+    with psycopg.connect(postgres_dsn) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(POSTGRES_SCHEMA_VERSION,)]
+
+
+def test_a_newer_schema_and_a_foreign_database_are_refused_in_one_line(postgres_server, journal_home) -> None:
+    newer = postgres_server.create_database()
+    PostgresLedger(newer).close()
+    with psycopg.connect(newer, autocommit=True) as db:
+        db.execute("UPDATE schema_version SET version = %s", (POSTGRES_SCHEMA_VERSION + 1,))
+    foreign = postgres_server.create_database()
+    with psycopg.connect(foreign, autocommit=True) as db:
+        db.execute("CREATE TABLE settlements (id int)")
+    for dsn, says in (
+        (newer, f"ledger schema version {POSTGRES_SCHEMA_VERSION + 1} is newer than this settlesim knows"),
+        (foreign, "has a table settlements but no schema_version: not a settlesim ledger"),
+    ):
+        served = settlesim("serve", "--port", "0", "--db", dsn, "--no-console", timeout=60)
+        assert served.returncode == 2, served.stdout + served.stderr
+        assert says in served.stderr and len(served.stderr.strip().splitlines()) == 1, served.stderr
+
+
+def test_serve_on_an_unreachable_database_is_one_line(journal_home) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    served = settlesim(
+        "serve", "--port", "0", "--db", f"postgresql://nobody@127.0.0.1:{port}/x", "--no-console"
+    )
+    assert served.returncode == 2, served.stdout + served.stderr
+    line = served.stderr.strip()
+    assert "cannot connect to PostgreSQL" in line and len(line.splitlines()) == 1, line
+    assert f"postgresql://nobody@127.0.0.1:{port}/x" in line
+
+
+# --- two replicas on one database ---------------------------------------------------------------------
+
+
+def test_one_msgid_sent_to_two_replicas_at_once_settles_once_with_one_answer(
+    postgres_dsn, journal_home
+) -> None:
+    """Two servers (each its own store and pool) on one PostgreSQL database; the reference case
+    (fund 12963, patient 5000) under one msgid, 8 connections to each, all at once: one settlement,
+    every answer the same settlement, 15 of them replays. (The process-level replica tests, with a
+    round_robin client and kill -9, are tests/test_replicas.py's.)"""
+    one = start(ServerConfig(port=0, db_path=postgres_dsn, max_workers=8))
+    two = start(ServerConfig(port=0, db_path=postgres_dsn, max_workers=8))
+    hospitals = clients(one.target, RACERS // 2) + clients(two.target, RACERS // 2)
+    try:
+        request = reference_request(hospitals[0], "H11010500001202112090000009")
+        answers = race([lambda his=his: his.settle_request(request) for his in hospitals])
+    finally:
+        for his in hospitals:
+            his.close()
+        one.stop(grace=1)
+        two.stop(grace=1)
+    assert all(isinstance(a, pb.SettleVisitResponse) for a in answers), answers
+    assert Counter(a.replayed for a in answers) == {False: 1, True: RACERS - 1}
+    assert len({a.settlement.SerializeToString() for a in answers}) == 1  # the same answer, byte for byte
+    assert yearly(postgres_dsn, QINGHAI_REFERENCE, TUMOUR, 2021) == (5000, 12963)
+    assert_sound(postgres_dsn)
+
+
+# --- the national door and the audit log on PostgreSQL ------------------------------------------------
+
+
+def test_the_national_visit_flow_settles_reverses_and_reconciles_on_postgresql(
+    postgres_dsn, journal_home
+) -> None:
+    """The recorded Qinghai visit through the national door (2201 ... 2207: fund 129.63, patient
+    50.00), 3201 matches, 2208 refunds it, a retried 2201 msgid gets its first answer again."""
+    running = start(ServerConfig(port=0, db_path=postgres_dsn, max_workers=8, national_port=0))
+    his = NationalHis(running)
+    try:
+        his.visit_up_to_2204()
+        again = his.ok("2201")["data"]["mdtrt_id"]  # the recorded msgid again: the same visit
+        assert again == his.known["mdtrt_id"]
+        settled = his.ok("2207")["setlinfo"]
+        assert (settled["medfee_sumamt"], settled["fund_pay_sumamt"], settled["psn_cash_pay"]) == (
+            Decimal("179.63"), Decimal("129.63"), Decimal("50.00"),
+        )  # fmt: skip
+        assert his.ok("3201")["data"]["stmt_rslt"] == "0"
+        refund = dict(infno="2208", msgid="H110105000012021120911000021", setl_id=settled["setl_id"],
+                      mdtrt_id=his.known["mdtrt_id"], psn_no=QINGHAI_REFERENCE)  # fmt: skip
+        assert his.data_call(**refund)["infcode"] == 0
+    finally:
+        his.http.close()
+        running.stop(grace=1)
+    assert yearly(postgres_dsn, QINGHAI_REFERENCE, TUMOUR, 2021) == (0, 0)
+    assert_sound(postgres_dsn)
+
+
+def test_the_audit_log_is_anchored_in_a_postgresql_ledger(postgres_dsn, journal_home, tmp_path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    running = start(ServerConfig(port=0, db_path=postgres_dsn, max_workers=4, audit_log=audit))
+    try:
+        settle_some(running.target)
+    finally:
+        running.stop(grace=1)
+    records = len(audit.read_bytes().splitlines())
+    verified = settlesim("audit", "verify", "--db", postgres_dsn, str(audit))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"{records} records" in verified.stdout
+    audit.write_bytes(b"".join(audit.read_bytes().splitlines(keepends=True)[:-1]))  # the last record gone
+    truncated = settlesim("audit", "verify", "--db", postgres_dsn, str(audit))
+    assert truncated.returncode == 1 and f"anchors {records}" in truncated.stdout, truncated.stdout

@@ -58,12 +58,15 @@ from settlesim.server.ledger.contract import (
 )
 from settlesim.server.ledger.health import WriteHealth
 from settlesim.server.ledger.postgres import check, national, schema
-from settlesim.server.ledger.postgres.errors import is_damage, storage_refusal
+from settlesim.server.ledger.postgres.errors import first_line, is_damage, storage_refusal
 from settlesim.server.ledger.postgres.rows import ITEM_COLUMNS, SETTLEMENT_COLUMNS, settlement_of
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
 
 log = logging.getLogger("settlesim.server")
+# The store says when the database goes away and comes back (NOT_SERVING / SERVING, once each);
+# the pool would warn again at every reconnection attempt meanwhile.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
@@ -123,6 +126,9 @@ class PostgresLedger:
             open=False,
             name="settlesim-ledger",
         )
+        # One plain connection first: an unreachable database is one line, not the pool's retries.
+        if why := self._why_not():
+            raise LedgerFileError(f"{self.path}: cannot connect to PostgreSQL: {why}")
         try:
             self._pool.open(wait=True, timeout=self.CONNECT_SECONDS + 3)
         except PoolTimeout:
@@ -163,11 +169,12 @@ class PostgresLedger:
         return {k: v for k, v in defaults.items() if k == "options" or k not in given}
 
     def _why_not(self) -> str:
+        """Why the database cannot be connected to; "" when it can."""
         try:
             psycopg.connect(self.dsn, connect_timeout=self.CONNECT_SECONDS).close()
         except psycopg.Error as error:
-            return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return "no connection within the timeout"
+            return first_line(error)
+        return ""
 
     # --- schema versions ----------------------------------------------------------------
 
@@ -439,13 +446,25 @@ class PostgresLedger:
     # --- sandboxes ----------------------------------------------------------------------------
 
     def session_group(self, session: str) -> frozenset[str] | None:
+        """A sandbox's owners: recorded once by its first write and never changed, so this
+        replica keeps what it has read (the common sandboxed call then costs no round trip)."""
+        known = self._owners.get(session)
+        if known is not None:
+            return known
         row = self._transaction(
             lambda db: db.execute(
                 "SELECT institutions FROM sessions WHERE session = %s", (session,)
             ).fetchone(),
             write=False,
         )
-        return None if row is None else frozenset(row[0].split(","))
+        return None if row is None else self._remember_owners(session, row[0])
+
+    def _remember_owners(self, session: str, institutions: str) -> frozenset[str]:
+        group = frozenset(institutions.split(","))
+        if len(self._owners) >= self.OWNERS_KEPT:
+            self._owners.clear()  # a bound, not an LRU: reading them again is cheap
+        self._owners[session] = group
+        return group
 
     def open_session(self, session: str, institutions: frozenset[str]) -> frozenset[str]:
         def job(db: Connection) -> str:
