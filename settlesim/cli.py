@@ -475,7 +475,7 @@ def _shown(db: str | Path) -> str:
 def run_ledger_copy(args: argparse.Namespace) -> int:
     from settlesim.server import stored_answers
     from settlesim.server.ledger import LedgerFileError, check_ledger
-    from settlesim.server.ledger.postgres.copy import CopyError, copy_ledger
+    from settlesim.server.ledger.copy import CopyError, copy_ledger
 
     def problems(where: str) -> list[str]:
         return check_ledger(_ledger_db(where), answer_check=stored_answers.settlement_problems).problems

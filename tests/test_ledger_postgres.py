@@ -29,9 +29,9 @@ from settlesim.clients.replay.command import conformance_cases_dir
 from settlesim.clients.replay.runner import run_cases
 from settlesim.server.app import ServerConfig, start
 from settlesim.server.ledger import open_ledger
+from settlesim.server.ledger.copy import TABLES as COPIED
 from settlesim.server.ledger.postgres import SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION
 from settlesim.server.ledger.postgres import PostgresLedger
-from settlesim.server.ledger.postgres.copy import TABLES as COPIED
 from settlesim.v1 import settlement_service_pb2 as pb
 from test_concurrency import (
     CAP,
@@ -587,3 +587,20 @@ def test_the_audit_log_is_anchored_in_a_postgresql_ledger(postgres_dsn, journal_
     audit.write_bytes(b"".join(audit.read_bytes().splitlines(keepends=True)[:-1]))  # the last record gone
     truncated = settlesim("audit", "verify", "--db", postgres_dsn, str(audit))
     assert truncated.returncode == 1 and f"anchors {records}" in truncated.stdout, truncated.stdout
+
+
+def test_the_contract_is_what_the_postgresql_store_implements(postgres_dsn) -> None:
+    """Every method and attribute the contract lists exists on the PostgreSQL store and its
+    national writes (a Protocol checks nothing at run time by itself)."""
+    from settlesim.server.ledger.contract import LedgerStore, NationalWrites
+    from settlesim.server.ledger.postgres.national import PostgresNationalWrites
+
+    for contract, store in ((LedgerStore, PostgresLedger), (NationalWrites, PostgresNationalWrites)):
+        methods = [n for n, v in vars(contract).items() if callable(v) and not n.startswith("_")]
+        assert methods and [n for n in methods if not callable(getattr(store, n, None))] == []
+    ledger = open_ledger(postgres_dsn)
+    try:
+        assert isinstance(ledger, PostgresLedger)
+        assert [n for n in LedgerStore.__annotations__ if not hasattr(ledger, n)] == []
+    finally:
+        ledger.close()

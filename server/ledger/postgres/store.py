@@ -80,14 +80,10 @@ def is_postgres_url(db: object) -> bool:
 
 
 def redacted(dsn: str) -> str:
-    """The DSN without its password, for logs and messages."""
-    try:
-        info = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "postgresql://(unparsable DSN)"
-    host, port, name = info.get("host", ""), info.get("port", ""), info.get("dbname", "")
-    user = f"{info['user']}@" if info.get("user") else ""
-    return f"postgresql://{user}{host}{':' + str(port) if port else ''}/{name}"
+    """The DSN with its password masked, for logs and messages (the factory's own masking)."""
+    from settlesim.server.ledger import _redacted
+
+    return _redacted(dsn)
 
 
 def _now() -> datetime:
@@ -106,7 +102,6 @@ class PostgresLedger:
     CONNECT_SECONDS = 2
     CONFLICT_ATTEMPTS = 8  # serialization failures, deadlocks, msgid races retried this often
     STATEMENT_TIMEOUT_MS = 30_000
-    OWNERS_KEPT = 100_000  # sandboxes whose owners a replica remembers
 
     def __init__(self, dsn: str, *, totals_lock: str = "row", pool_size: int | None = None) -> None:
         if totals_lock not in ("row", "serializable"):
@@ -148,7 +143,6 @@ class PostgresLedger:
         self._anchor_lock = threading.Lock()
         self._in_flight = 0
         self.conflicts = 0  # transactions run again after a conflict (the benchmark's figure)
-        self._owners: dict[str, frozenset[str]] = {}  # session_group's, by session
 
     def _connection_defaults(self, dsn: str) -> dict[str, Any]:
         """Settings every connection gets unless the DSN says otherwise: a bounded connect,
@@ -275,13 +269,13 @@ class PostgresLedger:
             return psycopg.IsolationLevel.SERIALIZABLE
         return psycopg.IsolationLevel.READ_COMMITTED
 
-    async def _async(self, call: Callable[..., T], *args: Any) -> T:
+    async def _async(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A call for the server's event loop: run on the store's threads (psycopg waits on the
         network with the GIL released), so the loop goes on serving meanwhile."""
         loop = asyncio.get_running_loop()
         self._in_flight += 1
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(call, *args))
+            return await loop.run_in_executor(self._executor, functools.partial(call, *args, **kwargs))
         finally:
             self._in_flight -= 1
 
@@ -370,8 +364,8 @@ class PostgresLedger:
 
         return self._transaction(job)
 
-    async def settle_async(self, *args: Any) -> tuple[StoredSettlement, bool]:
-        return await self._async(self.settle, *args)
+    async def settle_async(self, *args: Any, **kwargs: Any) -> tuple[StoredSettlement, bool]:
+        return await self._async(self.settle, *args, **kwargs)
 
     def _lock_totals(
         self, db: Connection, session: str, person: str, disease: str, year: int
@@ -446,25 +440,13 @@ class PostgresLedger:
     # --- sandboxes ----------------------------------------------------------------------------
 
     def session_group(self, session: str) -> frozenset[str] | None:
-        """A sandbox's owners: recorded once by its first write and never changed, so this
-        replica keeps what it has read (the common sandboxed call then costs no round trip)."""
-        known = self._owners.get(session)
-        if known is not None:
-            return known
         row = self._transaction(
             lambda db: db.execute(
                 "SELECT institutions FROM sessions WHERE session = %s", (session,)
             ).fetchone(),
             write=False,
         )
-        return None if row is None else self._remember_owners(session, row[0])
-
-    def _remember_owners(self, session: str, institutions: str) -> frozenset[str]:
-        group = frozenset(institutions.split(","))
-        if len(self._owners) >= self.OWNERS_KEPT:
-            self._owners.clear()  # a bound, not an LRU: reading them again is cheap
-        self._owners[session] = group
-        return group
+        return None if row is None else frozenset(row[0].split(","))
 
     def open_session(self, session: str, institutions: frozenset[str]) -> frozenset[str]:
         def job(db: Connection) -> str:
@@ -477,7 +459,7 @@ class PostgresLedger:
             ).fetchone()
             return frozenset(group.split(","))
 
-        return self._remember_owners(session, self._transaction(job))
+        return frozenset(self._transaction(job).split(","))
 
     async def open_session_async(self, session: str, institutions: frozenset[str]) -> frozenset[str]:
         return await self._async(self.open_session, session, institutions)
@@ -518,8 +500,8 @@ class PostgresLedger:
 
         return self._transaction(job)
 
-    async def reverse_async(self, *args: Any) -> tuple[StoredSettlement, bool]:
-        return await self._async(self.reverse, *args)
+    async def reverse_async(self, *args: Any, **kwargs: Any) -> tuple[StoredSettlement, bool]:
+        return await self._async(self.reverse, *args, **kwargs)
 
     def void(
         self, session: str, msgid: str, institution_code: str, request_hash: str, original_msgid: str
@@ -560,8 +542,8 @@ class PostgresLedger:
 
         return self._transaction(job)
 
-    async def void_async(self, *args: Any) -> VoidOutcome:
-        return await self._async(self.void, *args)
+    async def void_async(self, *args: Any, **kwargs: Any) -> VoidOutcome:
+        return await self._async(self.void, *args, **kwargs)
 
     def _undo(self, db: Connection, stored: StoredSettlement, status: str, by: str) -> StoredSettlement:
         if stored.status != "settled":

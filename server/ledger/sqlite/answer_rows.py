@@ -31,7 +31,9 @@ def answer_problems(db: sqlite3.Connection, check: AnswerCheck) -> list[str]:
         for column in (*_FIGURES, *_FUNDS):  # NULL, or absent before versions 2 and 7: not compared
             settlement.setdefault(column, None)
         sid = settlement["settlement_id"]
-        while pending is not None and pending[0] < sid:  # rows of a missing settlement: _item_problems says so
+        while (
+            pending is not None and pending[0] < sid
+        ):  # rows of a missing settlement: _item_problems says so
             pending = next(items, None)
         rows: list[dict[str, Any]] = []
         if pending is not None and pending[0] == sid:

@@ -40,4 +40,3 @@ def check_file(path: Path | str, answer_check: AnswerCheck | None = None) -> Che
         return CheckReport(problems, counts, version, namespaces, owners)
     finally:
         db.close()
-
