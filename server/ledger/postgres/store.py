@@ -223,9 +223,11 @@ class PostgresLedger:
         began = time.perf_counter()
         for attempt in range(self.CONFLICT_ATTEMPTS):
             try:
-                # While the database is known to be away, a call is refused at once rather than
-                # hold its caller (a read runs on the server's event loop) for the whole wait.
-                wait = self.WAIT_SECONDS if self._health.healthy else self.AWAY_WAIT_SECONDS
+                # While the database is known to be away (or this call just lost its connection),
+                # a call is refused soon rather than hold its caller (a read runs on the server's
+                # event loop) for the whole wait.
+                away = lost_once or not self._health.healthy
+                wait = self.AWAY_WAIT_SECONDS if away else self.WAIT_SECONDS
                 with self._pool.connection(timeout=wait) as db:
                     db.read_only, db.isolation_level = not write, self._isolation(write)
                     with db.transaction():
