@@ -99,6 +99,9 @@ def main() -> int:
     parser.add_argument("--dsn", help="a PostgreSQL database to write into (default: a throw-away server)")
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--settles", type=int, default=800, help="per scenario and lock")
+    parser.add_argument(
+        "--lock", choices=("row", "serializable"), action="append", help="only this lock (repeatable)"
+    )
     args = parser.parse_args()
     logging.getLogger("settlesim.server").setLevel(logging.CRITICAL)  # health flapping under SERIALIZABLE
     server = None
@@ -120,7 +123,7 @@ def main() -> int:
             f"{'scenario':<22}{'lock':<14}{'settles/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'retries/settle':>16}"
         )
         for scenario in ("one-person", "spread", "spread-institutions"):
-            for lock in ("row", "serializable"):
+            for lock in args.lock or ("row", "serializable"):
                 r = run(dsn, lock, scenario, args.threads, args.settles)
                 print(f"{scenario:<22}{lock:<14}{r['settles/s']:>10.0f}{r['p50 ms']:>9.1f}{r['p99 ms']:>9.1f}"
                       f"{r['retries/settle']:>16.2f}{r['refused']:>9}")  # fmt: skip
