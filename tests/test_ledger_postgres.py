@@ -604,3 +604,45 @@ def test_the_contract_is_what_the_postgresql_store_implements(postgres_dsn) -> N
         assert [n for n in LedgerStore.__annotations__ if not hasattr(ledger, n)] == []
     finally:
         ledger.close()
+
+
+def test_postgresql_failures_become_refusals_that_name_their_cause(postgres_server, postgres_dsn) -> None:
+    """Real errors, not made-up ones: a server that is not there, a connection the server
+    terminated (what a restart does to a pooled one), the pool giving up, a row the schema
+    refuses. Each is UNAVAILABLE / LEDGER_UNAVAILABLE with its cause, never a bare exception."""
+    from psycopg_pool import ConnectionPool, PoolTimeout
+    from settlesim.server.ledger.postgres.errors import storage_refusal
+
+    caught: dict[str, BaseException] = {}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"postgresql://postgres@127.0.0.1:{s.getsockname()[1]}/x"
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(nowhere, connect_timeout=2)
+    caught["connection_lost"] = refused.value
+    with (
+        psycopg.connect(postgres_dsn, autocommit=True) as victim,
+        psycopg.connect(postgres_dsn, autocommit=True) as admin,
+    ):
+        admin.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError) as refused:
+            victim.execute("SELECT 1")
+    caught["admin_shutdown"] = refused.value
+    with (
+        ConnectionPool(nowhere, min_size=0, max_size=1, timeout=0.2, open=True) as pool,
+        pytest.raises(PoolTimeout) as refused,
+        pool.connection(),
+    ):
+        pass
+    caught["unreachable"] = refused.value
+    PostgresLedger(postgres_dsn).close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as db, pytest.raises(psycopg.Error) as refused:
+        db.execute("INSERT INTO yearly_totals VALUES ('', 'P', 'D', 2025, -1, 0)")  # no negative totals
+    caught["constraint"] = refused.value
+    for cause, error in caught.items():
+        refusal = storage_refusal(error)
+        assert (refusal.reason.name, refusal.metadata["cause"]) == ("LEDGER_UNAVAILABLE", cause), (
+            cause,
+            error,
+        )
+        assert "send it again later with the same msgid" in refusal.message

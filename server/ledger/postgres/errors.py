@@ -28,18 +28,18 @@ _CAUSES = {
     "55P03": "busy",  # lock_not_available
     "57014": "timeout",  # statement_timeout, or cancelled
 }
-_CLASSES = {"08": "connection_lost", "53": "out_of_resources", "58": "io_error", "40": "serialization"}
+_CLASSES = {
+    "08": "connection_lost",
+    "53": "out_of_resources",
+    "58": "io_error",
+    "40": "serialization",
+    "23": "constraint",  # the schema refused a row: a store's bug, never the request's
+}
 _DAMAGE = {"XX001", "XX002"}  # data_corrupted, index_corrupted
 
 
 def is_damage(error: BaseException) -> bool:
     return isinstance(error, psycopg.Error) and error.sqlstate in _DAMAGE
-
-
-def is_storage_failure(error: BaseException) -> bool:
-    """An error of the database or the way to it, not of the request nor a bug."""
-    lost = psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout | PoolClosed | LedgerUnavailable
-    return isinstance(error, lost) or is_damage(error)
 
 
 def cause_of(error: BaseException) -> str:

@@ -89,8 +89,8 @@ CREATE TABLE yearly_totals (
     person_no       text NOT NULL,
     disease_code    text NOT NULL,
     year            integer NOT NULL,
-    deductible_used bigint NOT NULL,
-    fund_paid       bigint NOT NULL,
+    deductible_used bigint NOT NULL CHECK (deductible_used >= 0),
+    fund_paid       bigint NOT NULL CHECK (fund_paid >= 0),
     PRIMARY KEY (session, person_no, disease_code, year)
 );
 
@@ -122,7 +122,7 @@ CREATE TABLE institution_totals (
     session          text NOT NULL,
     institution_code text NOT NULL,
     year             integer NOT NULL,
-    total            bigint NOT NULL,
+    total            bigint NOT NULL CHECK (total >= 0),  -- the upper bound is the store's refusal
     PRIMARY KEY (session, institution_code, year)
 );
 

@@ -19,8 +19,8 @@ single SQLite process hold across replicas because the database gives them, not 
   lock, so it applies once.
 
 Storage failures (the server unreachable, a restart, a lost connection, serialization past the
-retries) leave as LEDGER_UNAVAILABLE with a `cause` (server/ledger_health.py); the write
-health goes NOT_SERVING and a probe every second brings it back once a write commits again.
+retries) leave as LEDGER_UNAVAILABLE with a `cause` (errors.py); the write health
+(server/ledger/health.py) goes NOT_SERVING and a probe every second brings it back once a write commits again.
 A connection lost mid-call is retried once on a fresh one: every write is keyed by its msgid,
 so a retry of a write that did commit answers it as a replay.
 """
@@ -31,7 +31,6 @@ import asyncio
 import functools
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +57,7 @@ from settlesim.server.ledger.contract import (
 )
 from settlesim.server.ledger.health import WriteHealth
 from settlesim.server.ledger.postgres import check, national, schema
-from settlesim.server.ledger.postgres.errors import first_line, is_damage, storage_refusal
+from settlesim.server.ledger.postgres.errors import first_line, storage_refusal
 from settlesim.server.ledger.postgres.rows import ITEM_COLUMNS, SETTLEMENT_COLUMNS, settlement_of
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
@@ -73,10 +72,6 @@ Connection = psycopg.Connection[Any]
 
 # Retried at once on a fresh snapshot: another replica's concurrent transaction won.
 _CONFLICTS = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
-
-
-def is_postgres_url(db: object) -> bool:
-    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
 
 def redacted(dsn: str) -> str:
@@ -140,7 +135,6 @@ class PostgresLedger:
         self._closed = False
         self.audit_head: Callable[[], tuple[str, AuditAnchor]] | None = None
         self.on_commit: Callable[[int, float], None] | None = None
-        self._anchor_lock = threading.Lock()
         self._in_flight = 0
         self.conflicts = 0  # transactions run again after a conflict (the benchmark's figure)
 
@@ -256,10 +250,8 @@ class PostgresLedger:
                 self._pool.check()  # drop every other dead connection at once
             except (PoolTimeout, psycopg.InterfaceError) as error:
                 raise self._storage_failed(error, maybe_stored=write and lost_once) from error
-            except psycopg.Error as error:
-                if is_damage(error):
-                    raise self._storage_failed(error) from error
-                raise
+            except psycopg.Error as error:  # anything else the database says: still a refusal
+                raise self._storage_failed(error) from error
         raise AssertionError("unreachable")
 
     def _isolation(self, write: bool) -> psycopg.IsolationLevel:
@@ -780,4 +772,4 @@ class PostgresLedger:
         return settlement_of(row)
 
 
-__all__ = ["PostgresLedger", "is_postgres_url", "redacted"]
+__all__ = ["PostgresLedger", "redacted"]
