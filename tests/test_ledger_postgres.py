@@ -646,3 +646,31 @@ def test_postgresql_failures_become_refusals_that_name_their_cause(postgres_serv
             error,
         )
         assert "send it again later with the same msgid" in refusal.message
+
+
+@pytest.mark.slow
+def test_an_idle_replica_says_not_serving_while_postgresql_is_down(
+    postgres_server, postgres_dsn, journal_home
+) -> None:
+    """No calls at all: the replica still notices the database going (health NOT_SERVING within
+    a few seconds, what a load balancer reads) and coming back (SERVING), without a restart."""
+    running = start(ServerConfig(port=0, db_path=postgres_dsn, max_workers=4))
+
+    def becomes(status: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if health_of(running.target) == status:
+                return True
+            time.sleep(0.1)
+        return False
+
+    try:
+        assert health_of(running.target) == "SERVING"
+        postgres_server.stop()
+        try:
+            assert becomes("NOT_SERVING", 8)
+        finally:
+            postgres_server.start()
+        assert becomes("SERVING", 8)
+    finally:
+        running.stop(grace=1)

@@ -31,6 +31,7 @@ import asyncio
 import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,7 @@ class PostgresLedger:
     CONNECT_SECONDS = 2
     CONFLICT_ATTEMPTS = 8  # serialization failures, deadlocks, msgid races retried this often
     STATEMENT_TIMEOUT_MS = 30_000
+    HEARTBEAT_SECONDS = 1.0
 
     def __init__(self, dsn: str, *, totals_lock: str = "row", pool_size: int | None = None) -> None:
         if totals_lock not in ("row", "serializable"):
@@ -137,6 +139,11 @@ class PostgresLedger:
         self.on_commit: Callable[[int, float], None] | None = None
         self._in_flight = 0
         self.conflicts = 0  # transactions run again after a conflict (the benchmark's figure)
+        # An idle replica must say NOT_SERVING too when the database goes away (a load balancer
+        # reads its health): a one-row read every HEARTBEAT_SECONDS while healthy.
+        self._stopping = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="ledger-pg-heartbeat", daemon=True)
+        self._heartbeat.start()
 
     def _connection_defaults(self, dsn: str) -> dict[str, Any]:
         """Settings every connection gets unless the DSN says otherwise: a bounded connect,
@@ -201,6 +208,8 @@ class PostgresLedger:
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
+        self._heartbeat.join()
         self._health.close()
         self._executor.shutdown(wait=True)
         self._pool.close()
@@ -291,6 +300,17 @@ class PostgresLedger:
     def _refuse_if_damaged(self) -> None:
         if self._health.damage is not None:
             raise self._health.damage
+
+    def _beat(self) -> None:
+        """While healthy, ask the database something every HEARTBEAT_SECONDS: a failure makes
+        the health NOT_SERVING (and starts the probe that brings it back)."""
+        while not self._stopping.wait(self.HEARTBEAT_SECONDS):
+            if not self._health.healthy:
+                continue  # the probe is at work
+            try:
+                self._transaction(lambda db: db.execute("SELECT 1").fetchone(), write=False)
+            except Refusal:  # the health has heard of it (_storage_failed)
+                continue
 
     def _probe(self) -> None:
         """The smallest write transaction, on a connection of its own (the pool's may all be
