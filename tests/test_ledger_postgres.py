@@ -674,3 +674,19 @@ def test_an_idle_replica_says_not_serving_while_postgresql_is_down(
         assert becomes("SERVING", 8)
     finally:
         running.stop(grace=1)
+
+
+def test_the_stores_connections_commit_synchronously_whatever_the_database_says(postgres_dsn) -> None:
+    """A database set to synchronous_commit=off (an operator's tuning) would acknowledge commits
+    not yet on disk; the store's connections set it on for themselves."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        name = db.info.dbname
+        db.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    with psycopg.connect(postgres_dsn) as db:
+        assert db.execute("SHOW synchronous_commit").fetchone() == ("off",)  # what others get
+    ledger = PostgresLedger(postgres_dsn)
+    try:
+        seen = ledger._transaction(lambda db: db.execute("SHOW synchronous_commit").fetchone())
+        assert seen == ("on",)
+    finally:
+        ledger.close()
