@@ -105,7 +105,13 @@ class PostgresServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._as_user = os.geteuid() == 0
         if self._as_user:  # the server refuses root: everything it touches belongs to `postgres`
-            user = pwd.getpwnam(USER)
+            try:
+                user = pwd.getpwnam(USER)
+            except KeyError:
+                why = f"as root the test PostgreSQL runs as user {USER!r}, which does not exist"
+                pytest.fail(
+                    f"{why}: apt-get install postgresql makes it (or run as another user)", pytrace=False
+                )
             os.chown(self.root, user.pw_uid, user.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
                   "--locale=C.UTF-8", "--no-sync")  # fmt: skip
