@@ -690,3 +690,17 @@ def test_the_stores_connections_commit_synchronously_whatever_the_database_says(
         assert seen == ("on",)
     finally:
         ledger.close()
+
+
+def test_serve_processes_2_on_postgresql_passes_the_conformance_suite(
+    server_process, postgres_dsn, journal_home
+):
+    """`settlesim serve --processes 2 --db postgresql://...`: the parent creates the schema and
+    closes its pool before it forks; each child opens its own; `settlesim conformance` passes."""
+    served = server_process(postgres_dsn, "--processes", "2")
+    result = settlesim("conformance", "--target", served.target)
+    cases = len(load_cases([SUITE]))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert f"{cases} cases: {cases} passed, 0 failed, 0 errors" in result.stdout
+    assert served.stop() == 0
+    assert_sound(postgres_dsn)
