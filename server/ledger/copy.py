@@ -18,20 +18,24 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# The tables of schema version 6 and their columns, named alike in both stores.
+# The tables of schema version 7 and their columns, named alike in both stores.
 TABLES: dict[str, tuple[str, ...]] = {
     "sessions": ("session", "institutions", "created_at"),
     "settlements": (
         "settlement_id", "session", "msgid", "institution_code", "person_no", "disease_code", "visit_date",
         "year", "status", "total", "fund_pays", "patient_pays", "deductible_applied", "undone_by_msgid",
         "created_at", "answer", "full_self_pay", "over_ceiling", "pre_self_pay", "in_scope", "ratio_bp",
+        "pooled_pays", "serious_threshold", "serious_pays", "assistance_pays", "account_pays",
     ),
     "settlement_items": (
         "settlement_id", "sequence_no", "catalog_code", "hospital_item_code", "unit_price", "quantity", "amount",
         "catalog_class", "self_pay_share_bp", "price_ceiling", "full_self_pay", "over_ceiling", "pre_self_pay",
         "in_scope",
     ),
-    "yearly_totals": ("session", "person_no", "disease_code", "year", "deductible_used", "fund_paid"),
+    "yearly_totals": (
+        "session", "person_no", "disease_code", "year", "deductible_used", "fund_paid", "serious_threshold_used",
+        "serious_paid", "assistance_paid", "account_paid",
+    ),
     "institution_totals": ("session", "institution_code", "year", "total"),
     "messages": ("session", "msgid", "kind", "institution_code", "request_hash", "settlement_id", "created_at"),
     "audit_anchors": ("audit_path", "records", "size", "head", "updated_at"),

@@ -53,32 +53,68 @@ def namespaces_of(db: Connection, has_sessions: bool = True) -> dict[str, Figure
     return figures
 
 
-def totals_problems(db: Connection) -> list[str]:
-    """Yearly totals equal the sum of the settlements in force, and are never negative."""
-    problems = []
+def totals_problems(db: Connection, funds: bool = True) -> list[str]:
+    """Yearly totals equal the sum of the settlements in force, and are never negative: the
+    deductible and the pooled fund, and (`funds`: version 7) each fund's and the account's
+    counters. Before version 7 the pooled fund was every fund (COALESCE(pooled_pays, fund_pays))."""
+    sums = (
+        "CAST(SUM(COALESCE(pooled_pays, fund_pays)) AS BIGINT), CAST(SUM(COALESCE(serious_threshold, 0)) AS BIGINT), "
+        "CAST(SUM(COALESCE(serious_pays, 0)) AS BIGINT), CAST(SUM(COALESCE(assistance_pays, 0)) AS BIGINT), "
+        "CAST(SUM(COALESCE(account_pays, 0)) AS BIGINT)"
+        if funds
+        else "CAST(SUM(fund_pays) AS BIGINT), 0, 0, 0, 0"
+    )
+    counters = (
+        "fund_paid, serious_threshold_used, serious_paid, assistance_paid, account_paid"
+        if funds
+        else "fund_paid, 0, 0, 0, 0"
+    )
     expected = {
-        (s, p, d, y): (ded, fund)
-        for s, p, d, y, ded, fund in db.execute(
-            "SELECT session, person_no, disease_code, year, CAST(SUM(deductible_applied) AS BIGINT), "
-            "CAST(SUM(fund_pays) AS BIGINT) "
+        (s, p, d, y): tuple(rest)
+        for s, p, d, y, *rest in db.execute(
+            f"SELECT session, person_no, disease_code, year, CAST(SUM(deductible_applied) AS BIGINT), {sums} "
             "FROM settlements WHERE status = 'settled' GROUP BY 1, 2, 3, 4"
         )
     }
     actual = {
-        (s, p, d, y): (ded, fund)
-        for s, p, d, y, ded, fund in db.execute(
-            "SELECT session, person_no, disease_code, year, deductible_used, fund_paid FROM yearly_totals"
+        (s, p, d, y): tuple(rest)
+        for s, p, d, y, *rest in db.execute(
+            f"SELECT session, person_no, disease_code, year, deductible_used, {counters} FROM yearly_totals"
         )
     }
+    problems = []
     for key in sorted(set(expected) | set(actual)):
-        want, have = expected.get(key, (0, 0)), actual.get(key, (0, 0))
-        if want != have:
+        want, have = expected.get(key, (0,) * 6), actual.get(key, (0,) * 6)
+        if want[:2] != have[:2]:
             problems.append(
-                f"yearly totals {key}: deductible/fund {have} but settlements in force sum to {want}"
+                f"yearly totals {key}: deductible/fund {have[:2]} but settlements in force sum to {want[:2]}"
+            )
+        if want[2:] != have[2:]:
+            problems.append(
+                f"yearly totals {key}: threshold/serious/assistance/account {have[2:]} but settlements in force "
+                f"sum to {want[2:]}"
             )
         if have[0] < 0 or have[1] < 0:
-            problems.append(f"yearly totals {key}: deductible/fund {have} is negative")
+            problems.append(f"yearly totals {key}: deductible/fund {have[:2]} is negative")
+        if min(have[2:]) < 0:
+            problems.append(
+                f"yearly totals {key}: threshold/serious/assistance/account {have[2:]} is negative"
+            )
     return problems
+
+
+def fund_problems(db: Connection) -> list[str]:
+    """(version 7) A settlement's funds add up to its fund_pays; the account pays part of the patient's."""
+    return [
+        f"settlement {settlement_id}: pooled {pooled} + serious {serious} + assistance {assistance} != fund "
+        f"{fund}, or account {account} outside 0..patient {patient}"
+        for settlement_id, fund, patient, pooled, serious, assistance, account in db.execute(
+            "SELECT settlement_id, fund_pays, patient_pays, pooled_pays, serious_pays, assistance_pays, "
+            "account_pays FROM settlements WHERE pooled_pays IS NOT NULL AND (pooled_pays + "
+            "serious_pays + assistance_pays != fund_pays OR pooled_pays < 0 OR serious_pays < 0 "
+            "OR assistance_pays < 0 OR account_pays < 0 OR account_pays > patient_pays)"
+        )
+    ]
 
 
 def institution_totals_problems(db: Connection) -> list[str]:

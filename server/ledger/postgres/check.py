@@ -16,6 +16,7 @@ import psycopg
 from settlesim.server.ledger.contract import AnswerCheck, CheckReport, LedgerFileError
 from settlesim.server.ledger.invariants import (
     counts,
+    fund_problems,
     institution_totals_problems,
     item_problems,
     message_problems,
@@ -34,7 +35,8 @@ Connection = psycopg.Connection[Any]
 _ANSWER_COLUMNS = (
     "answer", "settlement_id", "msgid", "institution_code", "person_no", "disease_code", "visit_date",
     "total", "fund_pays", "patient_pays", "deductible_applied", "full_self_pay", "over_ceiling",
-    "pre_self_pay", "in_scope", "ratio_bp",
+    "pre_self_pay", "in_scope", "ratio_bp", "pooled_pays", "serious_threshold", "serious_pays",
+    "assistance_pays", "account_pays",
 )  # fmt: skip
 
 
@@ -42,27 +44,36 @@ def owners(db: Connection) -> dict[str, str]:
     return dict(db.execute("SELECT session, institutions FROM sessions").fetchall())
 
 
-def problems_of(db: Connection, answer_check: AnswerCheck | None = None) -> list[str]:
-    """Every invariant of schema version 6 (PostgreSQL ledgers start there), then each answer."""
-    problems = totals_problems(db) + message_problems(db) + money_problems(db)
+_FUNDS = ("pooled_pays", "serious_threshold", "serious_pays", "assistance_pays", "account_pays")  # version 7
+
+
+def problems_of(
+    db: Connection, answer_check: AnswerCheck | None = None, version: int = schema.SCHEMA_VERSION
+) -> list[str]:
+    """Every invariant of the current schema version (a PostgreSQL ledger is migrated to it
+    before it serves), then each stored answer."""
+    funds = version >= 7  # a database not yet upgraded has no fund columns
+    problems = totals_problems(db, funds) + message_problems(db) + money_problems(db)
+    problems += fund_problems(db) if funds else []
     problems += session_problems(db, owners(db)) + item_problems(db) + institution_totals_problems(db)
     problems += national_visit_problems(db)
     if answer_check is not None:
-        problems += answer_problems(db, answer_check)
+        problems += answer_problems(db, answer_check, funds)
     return problems
 
 
-def answer_problems(db: Connection, check: AnswerCheck) -> list[str]:
-    columns = ", ".join(
-        "to_char(visit_date, 'YYYY-MM-DD')" if c == "visit_date" else c for c in _ANSWER_COLUMNS
-    )
+def answer_problems(db: Connection, check: AnswerCheck, funds: bool = True) -> list[str]:
+    names = [c for c in _ANSWER_COLUMNS if funds or c not in _FUNDS]
+    columns = ", ".join("to_char(visit_date, 'YYYY-MM-DD')" if c == "visit_date" else c for c in names)
     found: list[str] = []
     items = _items_by_settlement(db)
     pending = next(items, None)
     with db.cursor(name="answers") as settlements:  # server-side: one batch in memory at a time
         settlements.execute(f'SELECT {columns} FROM settlements ORDER BY settlement_id COLLATE "C"')
         for row in settlements:
-            settlement = dict(zip(_ANSWER_COLUMNS, row, strict=True))
+            settlement = dict(zip(names, row, strict=True))
+            for column in _FUNDS:  # absent before version 7: not compared
+                settlement.setdefault(column, None)
             settlement["answer"] = bytes(settlement["answer"])
             sid = settlement["settlement_id"]
             while pending is not None and pending[0] < sid:
@@ -93,7 +104,7 @@ def check_database(url: str, answer_check: AnswerCheck | None = None) -> CheckRe
             db.read_only, db.isolation_level = True, psycopg.IsolationLevel.REPEATABLE_READ
             with db.transaction():
                 version = schema.require_ledger(db, where)
-                problems = problems_of(db, answer_check)
+                problems = problems_of(db, answer_check, version)
                 return CheckReport(problems, counts(db), version, namespaces_of(db), owners(db))
     except psycopg.Error as error:
         raise LedgerFileError(f"{where}: cannot be checked: {first_line(error)}") from None

@@ -10,7 +10,8 @@ from settlesim.server.ledger.contract import StoredSettlement
 SETTLEMENT_COLUMNS = (
     "settlement_id, session, msgid, institution_code, person_no, disease_code, visit_date, year, status, "
     "total, fund_pays, patient_pays, deductible_applied, undone_by_msgid, created_at, answer, "
-    "full_self_pay, over_ceiling, pre_self_pay, in_scope, ratio_bp"
+    "full_self_pay, over_ceiling, pre_self_pay, in_scope, ratio_bp, "
+    "pooled_pays, serious_threshold, serious_pays, assistance_pays, account_pays"
 )
 ITEM_COLUMNS = (
     "settlement_id, sequence_no, catalog_code, hospital_item_code, unit_price, quantity, amount, "
@@ -23,6 +24,7 @@ def settlement_of(row: tuple[Any, ...]) -> StoredSettlement:
     (
         sid, session, msgid, inst, person, disease, visit, _year, status, total, fund, patient, ded, by, _at,
         doc, full_self_pay, over_ceiling, pre_self_pay, in_scope, ratio_bp,
+        pooled_pays, serious_threshold, serious_pays, assistance_pays, account_pays,
     ) = row  # fmt: skip
     return StoredSettlement(
         settlement_id=sid,
@@ -44,4 +46,9 @@ def settlement_of(row: tuple[Any, ...]) -> StoredSettlement:
         pre_self_pay=pre_self_pay,
         in_scope=in_scope,
         ratio_bp=ratio_bp,
+        pooled_pays=pooled_pays,
+        serious_threshold=serious_threshold,
+        serious_pays=serious_pays,
+        assistance_pays=assistance_pays,
+        account_pays=account_pays,
     )

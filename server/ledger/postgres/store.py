@@ -364,11 +364,16 @@ class PostgresLedger:
                 (session, msgid, institution_code, request_hash, stored.settlement_id, now),
             )
             db.execute(
-                "INSERT INTO yearly_totals VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (session, person_no, "
-                "disease_code, year) DO UPDATE SET deductible_used = excluded.deductible_used, "
-                "fund_paid = excluded.fund_paid",
-                (session, person_no, disease_code, year, after.deductible_used, after.fund_paid),
-            )
+                "INSERT INTO yearly_totals VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT "
+                "(session, person_no, disease_code, year) DO UPDATE SET deductible_used = excluded.deductible_used, "
+                "fund_paid = excluded.fund_paid, serious_threshold_used = excluded.serious_threshold_used, "
+                "serious_paid = excluded.serious_paid, assistance_paid = excluded.assistance_paid, "
+                "account_paid = excluded.account_paid",
+                (
+                    session, person_no, disease_code, year, after.deductible_used, after.fund_paid,
+                    after.serious_threshold_used, after.serious_paid, after.assistance_paid, after.account_paid,
+                ),
+            )  # fmt: skip
             if on_settled is not None:
                 on_settled(national.PostgresNationalWrites(db, session, institution_code), stored)
             # Last: the institution's yearly row is every settle of that institution's, so its lock
@@ -384,30 +389,50 @@ class PostgresLedger:
     def _lock_totals(
         self, db: Connection, session: str, person: str, disease: str, year: int
     ) -> YearlyTotals:
-        """This year's totals. Row lock: the upsert takes the row's lock (creating the row at 0
-        the first time) and returns what is committed, so concurrent settles of one person run
-        one after another. Serializable: a plain read; the database refuses the loser's commit."""
+        """This year's totals, with what the personal account paid that year for every disease
+        (the balance is the person's). First the person-year's advisory lock: settles of one
+        person and year, whatever the disease, run one after another, so two visits never spend
+        the same account balance. Row lock: the upsert takes the totals row's lock (creating it
+        at 0 the first time) and returns what is committed. Serializable: a plain read; the
+        database refuses the loser's commit."""
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{session}\x1f{person}\x1f{year}",)
+        )
+        counters = (
+            "deductible_used, fund_paid, serious_threshold_used, serious_paid, assistance_paid, account_paid"
+        )
         if self.totals_lock == "serializable":
             row = db.execute(
-                "SELECT deductible_used, fund_paid FROM yearly_totals "
+                f"SELECT {counters} FROM yearly_totals "
                 "WHERE session = %s AND person_no = %s AND disease_code = %s AND year = %s",
                 (session, person, disease, year),
             ).fetchone()
         else:
             row = db.execute(
-                "INSERT INTO yearly_totals VALUES (%s, %s, %s, %s, 0, 0) ON CONFLICT (session, person_no, "
-                "disease_code, year) DO UPDATE SET deductible_used = yearly_totals.deductible_used "
-                "RETURNING deductible_used, fund_paid",
+                "INSERT INTO yearly_totals (session, person_no, disease_code, year, deductible_used, fund_paid) "
+                "VALUES (%s, %s, %s, %s, 0, 0) ON CONFLICT (session, person_no, disease_code, year) "
+                f"DO UPDATE SET deductible_used = yearly_totals.deductible_used RETURNING {counters}",
                 (session, person, disease, year),
             ).fetchone()
-        return YearlyTotals(*row) if row else YearlyTotals()
+        (paid_year,) = db.execute(
+            "SELECT COALESCE(SUM(account_paid), 0) FROM yearly_totals WHERE session = %s AND person_no = %s "
+            "AND year = %s",
+            (session, person, year),
+        ).fetchone()
+        return (
+            YearlyTotals(*row, account_paid_year=int(paid_year))
+            if row
+            else YearlyTotals(account_paid_year=int(paid_year))
+        )
 
     def _add_to_institution_year(
         self, db: Connection, stored: StoredSettlement, year: int, after: YearlyTotals
     ) -> None:
         """Refuse a settlement past the person's or the institution's yearly limit
         (LEDGER_LIMIT_EXCEEDED); else add it to the institution's yearly total."""
-        if max(after.fund_paid, after.deductible_used) > self.MAX_PERSON_YEAR_FEN:
+        counters = (after.fund_paid, after.deductible_used, after.serious_threshold_used, after.serious_paid,
+                    after.assistance_paid, after.account_paid)  # fmt: skip
+        if max(counters) > self.MAX_PERSON_YEAR_FEN:
             raise Refusal(
                 Reason.LEDGER_LIMIT_EXCEEDED,
                 f"this settlement would take {stored.person_no}'s {year} fund for {stored.disease_code} "
@@ -435,12 +460,13 @@ class PostgresLedger:
     def _insert(db: Connection, s: StoredSettlement, year: int, created_at: datetime) -> None:
         db.execute(
             f"INSERT INTO settlements ({SETTLEMENT_COLUMNS}) VALUES "
-            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            f"({', '.join(['%s'] * 26)})",
             (
                 s.settlement_id, s.session, s.msgid, s.institution_code, s.person_no, s.disease_code,
                 s.visit_date, year, s.status, s.total, s.fund_pays, s.patient_pays, s.deductible_applied,
                 s.undone_by_msgid, created_at, s.answer, s.full_self_pay, s.over_ceiling, s.pre_self_pay,
-                s.in_scope, s.ratio_bp,
+                s.in_scope, s.ratio_bp, s.pooled_pays, s.serious_threshold, s.serious_pays, s.assistance_pays,
+                s.account_pays,
             ),
         )  # fmt: skip
         if s.items:
@@ -574,17 +600,16 @@ class PostgresLedger:
         )
         year = stored.visit_date.year
         db.execute(
-            "UPDATE yearly_totals SET deductible_used = deductible_used - %s, fund_paid = fund_paid - %s "
+            "UPDATE yearly_totals SET deductible_used = deductible_used - %s, fund_paid = fund_paid - %s, "
+            "serious_threshold_used = serious_threshold_used - %s, serious_paid = serious_paid - %s, "
+            "assistance_paid = assistance_paid - %s, account_paid = account_paid - %s "
             "WHERE session = %s AND person_no = %s AND disease_code = %s AND year = %s",
             (
-                stored.deductible_applied,
-                stored.fund_pays,
-                stored.session,
-                stored.person_no,
-                stored.disease_code,
-                year,
+                stored.deductible_applied, stored.pooled, stored.serious_threshold or 0, stored.serious_pays or 0,
+                stored.assistance_pays or 0, stored.account_pays or 0, stored.session, stored.person_no,
+                stored.disease_code, year,
             ),
-        )
+        )  # fmt: skip
         db.execute(
             "UPDATE institution_totals SET total = total - %s WHERE session = %s AND institution_code = %s "
             "AND year = %s",
