@@ -704,3 +704,38 @@ def test_serve_processes_2_on_postgresql_passes_the_conformance_suite(
     assert f"{cases} cases: {cases} passed, 0 failed, 0 errors" in result.stdout
     assert served.stop() == 0
     assert_sound(postgres_dsn)
+
+
+def test_a_version_6_postgresql_ledger_is_upgraded_to_7_in_place(pg_server, postgres_dsn) -> None:
+    """A ledger made before the fund breakdown (its fund columns and counters dropped, version
+    6) is upgraded by the next replica to open it: columns added (NULL: the pooled fund was every
+    fund; counters 0), its settlements kept, `ledger check` OK, and it settles again."""
+    settle_some(pg_server.target)
+    pg_server.stop(grace=1)
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        db.execute(
+            "ALTER TABLE settlements DROP CONSTRAINT funds_add_up, DROP COLUMN pooled_pays, "
+            "DROP COLUMN serious_threshold, DROP COLUMN serious_pays, DROP COLUMN assistance_pays, "
+            "DROP COLUMN account_pays"
+        )
+        db.execute(
+            "ALTER TABLE yearly_totals DROP COLUMN serious_threshold_used, DROP COLUMN serious_paid, "
+            "DROP COLUMN assistance_paid, DROP COLUMN account_paid"
+        )
+        db.execute("UPDATE schema_version SET version = 6")
+    ledger = PostgresLedger(postgres_dsn)
+    try:
+        assert ledger.upgraded_from == 6
+        assert ledger.counts() == {"settled": 2, "reversed": 1, "voided": 1}
+    finally:
+        ledger.close()
+    with psycopg.connect(postgres_dsn) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchone() == (POSTGRES_SCHEMA_VERSION,)
+        assert db.execute("SELECT count(*) FROM settlements WHERE pooled_pays IS NULL").fetchone() == (4,)
+    assert_sound(postgres_dsn)
+    again = start(ServerConfig(port=0, db_path=postgres_dsn, max_workers=4))
+    try:
+        settle_some(again.target, first_fund=17963)  # Qinghai's 2021 deductible is met already
+    finally:
+        again.stop(grace=1)
+    assert_sound(postgres_dsn)
