@@ -275,9 +275,7 @@ class LedgerStore(Protocol):
     def get(
         self, session: str, institution_code: str, settlement_id: str = "", msgid: str = ""
     ) -> StoredSettlement: ...
-    def find_message(
-        self, session: str, institution_code: str, msgid: str
-    ) -> tuple[str, str, str] | None: ...
+    def find_message(self, session: str, institution_code: str, msgid: str) -> tuple[str, str, str] | None: ...
     def reconcile(
         self, session: str, institution_code: str, start: date, end: date, with_entries: bool
     ) -> ReconcileSums: ...
@@ -285,7 +283,6 @@ class LedgerStore(Protocol):
     def yearly_totals(self, session: str, person_no: str, disease_code: str, year: int) -> YearlyTotals: ...
     def settlement_by_id(self, settlement_id: str) -> StoredSettlement | None:
         """Any session's settlement by id (the console's settlement page)."""
-
     def person_totals(self, session: str, person_no: str) -> list[tuple[str, int, int, int]]:
         """(disease, year, deductible used, fund paid) of a person, newest year first."""
 
@@ -301,7 +298,6 @@ class LedgerStore(Protocol):
     ) -> dict[str, Any]:  # fmt: skip
         """`work(writes)` once per visit-flow msgid, in one transaction with the answer it
         gave; a retry of the same request answers the kept output."""
-
     def national_visit(self, session: str, institution: str, mdtrt_id: str) -> Visit: ...
     def national_fee_lines(self, session: str, institution: str, mdtrt_id: str) -> list[FeeLine]: ...
 

@@ -25,7 +25,6 @@ from settlesim.server.rules.reasons import Reason, Refusal
 
 log = logging.getLogger("settlesim.server")
 
-
 class LedgerUnavailable(RuntimeError):
     """The writer has stopped: no write can commit any more."""
 

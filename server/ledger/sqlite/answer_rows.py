@@ -21,13 +21,7 @@ _FUNDS = ("pooled_pays", "serious_threshold", "serious_pays", "assistance_pays",
 def answer_problems(db: sqlite3.Connection, check: AnswerCheck) -> list[str]:
     present = {row[1] for row in db.execute("PRAGMA table_info(settlements)")}
     has_figures, has_funds = present >= {"ratio_bp"}, present >= set(_FUNDS)
-    columns = (
-        "answer",
-        *_HEADER,
-        *_MONEY,
-        *(_FIGURES if has_figures else ()),
-        *(_FUNDS if has_funds else ()),
-    )
+    columns = ("answer", *_HEADER, *_MONEY, *(_FIGURES if has_figures else ()), *(_FUNDS if has_funds else ()))
     settlements = db.execute(f"SELECT {', '.join(columns)} FROM settlements ORDER BY settlement_id")
     items = _items_by_settlement(db)
     found: list[str] = []
@@ -37,9 +31,7 @@ def answer_problems(db: sqlite3.Connection, check: AnswerCheck) -> list[str]:
         for column in (*_FIGURES, *_FUNDS):  # NULL, or absent before versions 2 and 7: not compared
             settlement.setdefault(column, None)
         sid = settlement["settlement_id"]
-        while (
-            pending is not None and pending[0] < sid
-        ):  # rows of a missing settlement: _item_problems says so
+        while pending is not None and pending[0] < sid:  # rows of a missing settlement: _item_problems says so
             pending = next(items, None)
         rows: list[dict[str, Any]] = []
         if pending is not None and pending[0] == sid:

@@ -40,3 +40,4 @@ def check_file(path: Path | str, answer_check: AnswerCheck | None = None) -> Che
         return CheckReport(problems, counts, version, namespaces, owners)
     finally:
         db.close()
+

@@ -79,3 +79,4 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
     db.execute("PRAGMA query_only=1")
     return db
+

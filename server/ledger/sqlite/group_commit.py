@@ -223,9 +223,7 @@ class LoopGroupCommit:
         the ledger's write health hears of it (server/ledger/health.py)."""
         return self.ledger._storage_failed(error) if is_storage_failure(error) else error
 
-    def _jobs_with_savepoints(
-        self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
-    ) -> list[Any]:
+    def _jobs_with_savepoints(self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> list[Any]:
         outcomes: list[Any] = []
         for work, _future in batch:
             db.execute("SAVEPOINT job")
@@ -256,9 +254,7 @@ class LoopGroupCommit:
             except sqlite3.Error:
                 log.exception("ROLLBACK failed")
 
-    def _committed(
-        self, batch: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Any], done: Any
-    ) -> None:
+    def _committed(self, batch: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Any], done: Any) -> None:
         error = done.exception()
         if error is None:
             self.ledger._health.committed()
@@ -294,3 +290,4 @@ class LoopGroupCommit:
             self._gather()
         else:
             self._busy = False
+

@@ -120,9 +120,7 @@ def _totals_problems(db: sqlite3.Connection) -> list[str]:
         if have[0] < 0 or have[1] < 0:
             problems.append(f"yearly totals {key}: deductible/fund {have[:2]} is negative")
         if min(have[2:]) < 0:
-            problems.append(
-                f"yearly totals {key}: threshold/serious/assistance/account {have[2:]} is negative"
-            )
+            problems.append(f"yearly totals {key}: threshold/serious/assistance/account {have[2:]} is negative")
     return problems
 
 
@@ -161,9 +159,7 @@ def _institution_totals_problems(db: sqlite3.Connection) -> list[str]:
     )
     actual = dict(
         ((s, i, y), total)
-        for s, i, y, total in db.execute(
-            "SELECT session, institution_code, year, total FROM institution_totals"
-        )
+        for s, i, y, total in db.execute("SELECT session, institution_code, year, total FROM institution_totals")
     )
     problems = []
     for key in sorted(set(expected) | set(actual)):
@@ -279,9 +275,7 @@ def _session_problems(db: sqlite3.Connection) -> list[str]:
     problems = []
     for session, institutions in sorted(used.items()):
         if session not in owned_by:
-            problems.append(
-                f"session {session} has no owner, yet holds messages of {', '.join(sorted(institutions))}"
-            )
+            problems.append(f"session {session} has no owner, yet holds messages of {', '.join(sorted(institutions))}")
         elif outsiders := institutions - set(owned_by[session].split(",")):
             problems.append(
                 f"session {session} belongs to {owned_by[session]} but holds messages of {', '.join(sorted(outsiders))}"
@@ -352,3 +346,4 @@ def _item_problems(db: sqlite3.Connection) -> list[str]:
         )
     ]
     return problems
+

@@ -95,3 +95,4 @@ def _own_used_sessions(db: sqlite3.Connection) -> None:
     db.executemany(
         "INSERT INTO sessions VALUES (?, ?, ?)", [(s, ",".join(g), now()) for s, g in groups.items()]
     )
+

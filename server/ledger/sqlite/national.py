@@ -73,15 +73,7 @@ def once_job(
         output = work(writes)
         db.execute(
             "INSERT INTO national_answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                session,
-                institution,
-                msgid,
-                infno,
-                request_hash,
-                simplejson.dumps(output, use_decimal=True),
-                now(),
-            ),
+            (session, institution, msgid, infno, request_hash, simplejson.dumps(output, use_decimal=True), now()),
         )
         return output
 

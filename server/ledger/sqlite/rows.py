@@ -97,9 +97,7 @@ def totals(db: sqlite3.Connection, session: str, person_no: str, disease: str, y
         "SELECT COALESCE(SUM(account_paid), 0) FROM yearly_totals WHERE session = ? AND person_no = ? AND year = ?",
         (session, person_no, year),
     ).fetchone()
-    return (
-        YearlyTotals(*row, account_paid_year=paid_year) if row else YearlyTotals(account_paid_year=paid_year)
-    )
+    return YearlyTotals(*row, account_paid_year=paid_year) if row else YearlyTotals(account_paid_year=paid_year)
 
 
 def put_totals(

@@ -279,3 +279,4 @@ def require_ledger(db: sqlite3.Connection, path: Path, version: int) -> None:
             f"version {present}: the header was changed or damaged; restore the file from a backup "
             f"(or, if you know its tables are sound, set PRAGMA user_version = {present})"
         )
+
