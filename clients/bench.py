@@ -8,6 +8,13 @@
 3. drives the reference server open-loop at a fraction (default 80 %) of the
    settle peak it just measured, to give the latency at that load.
 
+With `replicas` > 1 it starts that many `settlesim serve` processes on one ledger
+(a SQLite file on this host, or a PostgreSQL database: `db`) and the load
+generator spreads its calls over them with gRPC's round_robin, as a client of
+replicas would (clients/channels.py); the server CPU is all replicas' together.
+On PostgreSQL it also prints the database's own commits/s and rows/s
+(clients/db_figures.py).
+
 For each it prints requests/s, p50/p95/p99 latency and the servers' CPU time
 per request, then the ratio settle/noop against the faster noop design (both
 are printed). With `rounds` > 1 the whole sequence repeats, interleaved, and
@@ -30,7 +37,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,8 @@ from typing import Any
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from settlesim.clients import db_figures
+from settlesim.clients.channels import open_aio_channel
 from settlesim.clients.workload import Workload
 
 SETTLE = "/settlesim.v1.SettlementService/SettleVisit"
@@ -55,6 +64,7 @@ class Figures:
     load_cpu_seconds: float = 0.0  # the load generator's own CPU (same machine)
     machine_cpu_seconds: float = 0.0  # every process on the machine, to show what else ran
     failed: dict[str, int] = field(default_factory=dict)  # errors by gRPC status
+    database: str = ""  # the database's own figures over the run (PostgreSQL), a line of its own
 
     @property
     def rps(self) -> float:
@@ -147,6 +157,30 @@ class Server:
             return 0.0
 
 
+@dataclass
+class Replicas:
+    """Several servers of one platform, measured as one: the target lists them all
+    (spread over with round_robin) and the CPU is theirs together."""
+
+    servers: list[Server]
+
+    @property
+    def target(self) -> str:
+        return ",".join(s.target for s in self.servers)
+
+    def cpu_seconds(self) -> float:
+        return sum(s.cpu_seconds() for s in self.servers)
+
+
+@contextmanager
+def running_replicas(command: list[str], replicas: int) -> Iterator[Server | Replicas]:
+    """`replicas` servers started one after the other from one command (each on a
+    free port); one Server when `replicas` is 1."""
+    with ExitStack() as stack:
+        servers = [stack.enter_context(running(command)) for _ in range(replicas)]
+        yield servers[0] if replicas == 1 else Replicas(servers)
+
+
 @contextmanager
 def running(command: list[str], timeout: float = 600) -> Iterator[Server]:
     """Start a server that prints 'serving on HOST:PORT'; stop it with SIGTERM."""
@@ -191,10 +225,8 @@ def running(command: list[str], timeout: float = 600) -> Iterator[Server]:
 def _channels(target: str, count: int) -> list[grpc.aio.Channel]:
     # A local subchannel pool gives each channel its own connection, so several
     # server processes sharing the port (SO_REUSEPORT) all get connections.
-    return [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(count)
-    ]
+    # Several replicas in `target`: each channel spreads its calls over them (round_robin).
+    return [open_aio_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
 
 
 async def _closed_loop(
@@ -284,39 +316,53 @@ def _machine_cpu() -> float:
     return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
 
 
-def _measure(label: str, server: Server, load: Coroutine[Any, Any, Loop]) -> Figures:
+def _measure(
+    label: str, server: Server | Replicas, load: Coroutine[Any, Any, Loop], dsn: str | None = None
+) -> Figures:
+    """Run `load` and its figures; with `dsn` (a PostgreSQL ledger) the database's too."""
+    before = db_figures.snapshot(dsn) if dsn else None
     cpu, own, machine = server.cpu_seconds(), time.process_time(), _machine_cpu()
     n, errors, latencies, elapsed, failed = asyncio.run(load)
+    cpu_after, own_after, machine_after = server.cpu_seconds(), time.process_time(), _machine_cpu()
+    database = db_figures.describe(before, db_figures.snapshot(dsn), elapsed, n) if before and dsn else ""
     return Figures(
         label,
         n,
         errors,
         elapsed,
         latencies,
-        cpu_seconds=server.cpu_seconds() - cpu,
-        load_cpu_seconds=time.process_time() - own,
-        machine_cpu_seconds=_machine_cpu() - machine,
+        cpu_seconds=cpu_after - cpu,
+        load_cpu_seconds=own_after - own,
+        machine_cpu_seconds=machine_after - machine,
         failed=failed,
+        database=database,
     )
 
 
 def measure_closed(
     label: str,
-    server: Server,
+    server: Server | Replicas,
     requests: Requests,
     concurrency: int,
     seconds: float,
     warmup: float,
     channels: int,
+    dsn: str | None = None,
 ) -> Figures:
     asyncio.run(_closed_loop(server.target, requests, concurrency, warmup, channels))
-    return _measure(label, server, _closed_loop(server.target, requests, concurrency, seconds, channels))
+    return _measure(label, server, _closed_loop(server.target, requests, concurrency, seconds, channels), dsn)
 
 
 def measure_open(
-    label: str, server: Server, requests: Requests, rate: float, seconds: float, channels: int
+    label: str,
+    server: Server | Replicas,
+    requests: Requests,
+    rate: float,
+    seconds: float,
+    channels: int,
+    dsn: str | None = None,
 ) -> Figures:
-    return _measure(label, server, _open_loop(server.target, requests, rate, seconds, channels))
+    return _measure(label, server, _open_loop(server.target, requests, rate, seconds, channels), dsn)
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -334,6 +380,8 @@ class BenchConfig:
     load_fraction: float = 0.8
     server_args: tuple[str, ...] = ()  # extra `settlesim serve` arguments, e.g. ("--processes", "2")
     rounds: int = 1  # interleaved rounds (noop sync, noop aio, settle, settle at load); medians when > 1
+    replicas: int = 1  # `settlesim serve` processes on one ledger, called round_robin
+    db: str | None = None  # the ledger: a SQLite path or postgresql://...; None: a new SQLite file per round
 
 
 NOOP_DESIGNS = ("sync", "aio")  # server/noop.py: thread pool, and grpc.aio + uvloop
@@ -354,7 +402,7 @@ class Round:
         return self.settle.rps / self.fastest_noop.rps if self.fastest_noop.rps else float("nan")
 
 
-def _round(config: BenchConfig, world: Path, db: Path, persons: int, requests: Requests, out: Any) -> Round:
+def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, requests: Requests, out: Any) -> Round:
     noops: dict[str, Figures] = {}
     for design in NOOP_DESIGNS:
         noop_cmd = [sys.executable, "-m", "settlesim.server.noop", "--port", "0", "--design", design]
@@ -368,8 +416,10 @@ def _round(config: BenchConfig, world: Path, db: Path, persons: int, requests: R
         "--db", str(db), "--log-level", "warning", *config.server_args,
     ]  # fmt: skip
     started = time.perf_counter()
-    with running(serve_cmd) as reference:
-        out(f"(reference server loaded {persons} people and started in {time.perf_counter() - started:.1f} s)")
+    dsn = str(db) if db_figures.is_postgres(str(db)) else None
+    with running_replicas(serve_cmd, config.replicas) as reference:
+        servers = f"{config.replicas} reference servers" if config.replicas > 1 else "reference server"
+        out(f"({servers} loaded {persons} people and started in {time.perf_counter() - started:.1f} s)")
         settle = measure_closed(
             f"settle ({persons} people)",
             reference,
@@ -378,8 +428,11 @@ def _round(config: BenchConfig, world: Path, db: Path, persons: int, requests: R
             config.seconds,
             config.warmup,
             config.channels,
+            dsn,
         )
         out(settle.row())
+        if settle.database:
+            out(settle.database)
         rate = settle.rps * config.load_fraction
         at_load = measure_open(
             f"settle at {config.load_fraction:.0%} = {rate:.0f}/s",
@@ -388,8 +441,11 @@ def _round(config: BenchConfig, world: Path, db: Path, persons: int, requests: R
             rate,
             config.seconds,
             config.channels,
+            dsn,
         )
         out(at_load.row())
+        if at_load.database:
+            out(at_load.database)
     check = subprocess.run(
         [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(db)], capture_output=True, text=True
     )
@@ -447,12 +503,27 @@ def run(config: BenchConfig, out=print) -> list[Round]:
             f"{config.seconds:g} s after {config.warmup:g} s warm-up; SettleVisit on {persons} people; "
             f"{os.cpu_count()} CPUs shared by servers and load generator"
         )
+        if config.replicas > 1 or config.db:
+            where = _describe_db(config.db)
+            out(f"reference: {config.replicas} replica(s) of settlesim serve on {where}, called round_robin")
         out(HEADER)
         rounds = [
-            _round(config, world, scratch / f"ledger-{n}.db", persons, requests, out) for n in range(config.rounds)
+            _round(config, world, config.db or scratch / f"ledger-{n}.db", persons, requests, out)
+            for n in range(config.rounds)
         ]
         if len(rounds) > 1:
             _medians(rounds, out)
         return rounds
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _describe_db(db: str | None) -> str:
+    if db is None:
+        return "a new SQLite file per round (one host)"
+    if db_figures.is_postgres(db):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(db)
+        return f"PostgreSQL {parts.hostname}:{parts.port or 5432}{parts.path}"  # never the password
+    return f"the SQLite file {db} (one host)"

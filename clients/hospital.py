@@ -21,6 +21,7 @@ from datetime import date, datetime
 from typing import ClassVar, TypeVar
 
 import grpc
+from settlesim.clients.channels import open_channel
 from settlesim.clients.rejections import rejection_of
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
@@ -157,6 +158,7 @@ class MessageTooLarge(TransportRefused):
 
 
 _SIZE = re.compile(r"(SERVER|CLIENT): (Received|Sent) message larger than max \((\d+) vs\. (\d+)\)")
+_NO_CONNECTION = re.compile(r"failed to connect to all addresses|connections to all backends failing")
 _PEER = re.compile(r"last error: \w+: ([^ ]+): ")
 
 
@@ -185,7 +187,9 @@ def transport_refusal(error: grpc.RpcError, *, tls: bool = False) -> TransportRe
             error,
             ran=False,
         )
-    if tls and code == grpc.StatusCode.UNAVAILABLE and "failed to connect to all addresses" in details:
+    # pick_first says "failed to connect to all addresses", round_robin (replicas, clients/channels.py)
+    # "connections to all backends failing".
+    if tls and code == grpc.StatusCode.UNAVAILABLE and _NO_CONNECTION.search(details):
         peer = _PEER.search(details)
         at = peer.group(1).removeprefix("ipv4:").removeprefix("ipv6:") if peer else "the server"
         if "Socket closed" in details or "Connection reset" in details:
@@ -282,7 +286,9 @@ class Hospital:
 
     @classmethod
     def connect(cls, target: str, institution_code: str, **kwargs: object) -> Hospital:
-        return cls(grpc.insecure_channel(target), institution_code, **kwargs)  # type: ignore[arg-type]
+        """Plain gRPC to `target`: HOST:PORT, or replicas (`a:1,b:2`, `dns:///name:port`)
+        spread over with round_robin (clients/channels.py)."""
+        return cls(open_channel(target), institution_code, **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.channel.close()

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import yaml
+from settlesim.clients.channels import open_channel
 from settlesim.clients.hospital import Hospital
 
 AUTHORIZATION = "authorization"
@@ -83,12 +84,11 @@ def connect(
 ) -> Hospital:
     """A Hospital on a TLS channel when `ca` is given (plain otherwise, which
     only a loopback `--auth token` server accepts), sending `token` as
-    `authorization: Bearer <token>` on every call when given."""
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    if ca is not None:
-        channel = grpc.secure_channel(target, channel_credentials(ca, cert, key), options=options)
-    else:
-        channel = grpc.insecure_channel(target)
+    `authorization: Bearer <token>` on every call when given. `target` may name
+    several replicas (clients/channels.py); `server_name` is the name their TLS
+    certificate carries when it is not the first target's host."""
+    credentials = channel_credentials(ca, cert, key) if ca is not None else None
+    channel = open_channel(target, credentials, server_name=server_name)
     metadata = tuple(kwargs.pop("metadata", ()))  # type: ignore[arg-type]
     if token is not None:
         metadata += (bearer(token),)

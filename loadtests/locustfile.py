@@ -4,6 +4,10 @@ against a settlesim server, validating EVERY answer.
     locust -f loadtests/locustfile.py --host 127.0.0.1:50051 --world /tmp/world-100k \\
         --headless -u 50 -r 50 -t 30s --csv /tmp/lt --html /tmp/lt.html
 
+`--host` may name several replicas of one platform, `10.0.0.1:50051,10.0.0.2:50051` or
+`dns:///replicas.example:50051`: each user's channel spreads its calls over them with
+gRPC's round_robin (clients/channels.py, docs/scaling.md).
+
 A flow is one visit's life at the HIS: verify (registration check), pre-settle
 (2206), settle (2207), sometimes a retry of the same msgid, a reversal (2208)
 or a void (2601). A wrong answer is reported as a Locust failure of request
@@ -40,6 +44,7 @@ grpc_gevent.init_gevent()  # before any channel exists: gRPC must yield to geven
 
 import grpc  # noqa: E402
 from locust import User, events, task  # noqa: E402
+from settlesim.clients.channels import open_channel  # noqa: E402
 from settlesim.clients.rejections import rejection_of  # noqa: E402
 from settlesim.clients.workload import Workload, institution_tokens  # noqa: E402
 from settlesim.v1 import settlement_service_pb2 as pb  # noqa: E402
@@ -135,7 +140,7 @@ class SettlementClient:
     ) -> None:
         """`session`: the prefix of this user's sandboxes ("-" + the institution is appended);
         "" for the real ledger."""
-        self.channel = grpc.insecure_channel(target)
+        self.channel = open_channel(target)  # one server, or replicas round_robin (a:1,b:2; dns:///...)
         self.stub = pb_grpc.SettlementServiceStub(self.channel)
         self.session = session
         self.tokens = tokens or {}  # institution -> bearer token (serve --auth token)

@@ -47,9 +47,8 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def target_address(text: str) -> str:
-    """HOST:PORT of a server to call (IPv6 as [::1]:PORT), as gRPC takes it: no scheme."""
-    example = "e.g. 127.0.0.1:50051"
+def _host_port(text: str, example: str) -> str:
+    """One HOST:PORT (IPv6 as [::1]:PORT), as gRPC takes it: no scheme."""
     if "://" in text:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give HOST:PORT with no scheme ({text.split('://')[0]}://), {example}"
@@ -65,3 +64,25 @@ def target_address(text: str) -> str:
     if not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: the port {port} is not a port number 1-65535")
     return text
+
+
+GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:")  # gRPC target URIs balanced over (clients/channels.py)
+
+
+def target_address(text: str) -> str:
+    """The server(s) to call: HOST:PORT (IPv6 as [::1]:PORT); several replicas as
+    HOST:PORT,HOST:PORT; or a gRPC target URI dns:///HOST:PORT, ipv4:A:P,A:P, ipv6:[A]:P,..."""
+    example = "e.g. 127.0.0.1:50051 or 10.0.0.1:50051,10.0.0.2:50051"
+    if text.startswith(GRPC_SCHEMES):
+        scheme, _, rest = text.partition(":")
+        if scheme == "dns":
+            name = rest.removeprefix("//").split("/", 1)[-1] if rest.startswith("//") else rest
+            _host_port(name, "e.g. dns:///replicas.example:50051")
+        else:
+            for part in rest.split(","):
+                _host_port(part, f"e.g. {scheme}:10.0.0.1:50051,10.0.0.2:50051")
+        return text
+    parts = text.split(",")
+    if len(parts) > 1 and not all(p.strip() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty entry in the list, {example}")
+    return ",".join(_host_port(part.strip(), example) for part in parts)

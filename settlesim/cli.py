@@ -534,6 +534,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
             "settlesim bench --world /tmp/world-1m --seconds 20  # a world made by `world generate`",
             "settlesim bench --world /tmp/world-1m --processes 2",
             "settlesim bench --persons 1000 --rounds 3           # three interleaved rounds, medians",
+            "settlesim bench --replicas 2 --db postgresql://bench@db.example/bench   # 2 replicas, one database",
+            "settlesim bench --replicas 2                        # 2 replicas sharing one SQLite file",
         ),
     )
     p.add_argument("--world", type=Path, help="a generated world (default: generate --persons into a temp dir)")
@@ -545,6 +547,15 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--connections", type=int, default=4, help="HTTP/2 connections (default 4)")
     p.add_argument("--load", type=float, default=0.8, help="open-loop rate as a share of the peak (default 0.8)")
     p.add_argument("--processes", type=int, default=1, help="reference server processes (default 1)")
+    p.add_argument(
+        "--replicas", type=at_least_one, default=1, help="`settlesim serve` replicas on one ledger, each on its own "
+        "port, the load spread over them round_robin (default 1; docs/scaling.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--db", help="the ledger the reference servers share: postgresql://... (a throw-away database: the run "
+        "writes to it; prints its commits/s and rows/s too) or a SQLite path on this host "
+        "(default: a new SQLite file per round)",
+    )  # fmt: skip
     p.add_argument("--no-journal", action="store_true", help="serve without the call journal (to measure its cost)")
     p.add_argument("--no-metrics", action="store_true", help="serve without metrics (to measure their cost)")
     p.add_argument("--rounds", type=at_least_one, default=1, help="interleaved rounds, then their medians (default 1)")
@@ -571,6 +582,8 @@ def run_bench(args: argparse.Namespace) -> int:
         + (("--no-journal",) if args.no_journal else ())
         + (("--no-metrics",) if args.no_metrics else ()),
         rounds=args.rounds,
+        replicas=args.replicas,
+        db=args.db or None,
     )
     run(config)
     return 0
@@ -584,7 +597,8 @@ def _replay_options(p: argparse.ArgumentParser) -> None:
         "--target",
         type=target_address,
         metavar="HOST:PORT",
-        help="the server to test (any implementation of the protos), e.g. 127.0.0.1:50051",
+        help="the server to test (any implementation of the protos), e.g. 127.0.0.1:50051; replicas of one "
+        "platform as a:50051,b:50051 or dns:///name:50051, called round_robin (docs/scaling.md)",
     )
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write a JSON report")
@@ -620,6 +634,10 @@ def _replay_options(p: argparse.ArgumentParser) -> None:
         "not given its own in --tokens; needs --ca and --key",
     )  # fmt: skip
     secured.add_argument("--key", type=Path, metavar="FILE", help="the private key (PEM) of --cert")
+    secured.add_argument(
+        "--server-name", metavar="NAME", help="the name the servers' TLS certificate carries "
+        "(default: the host of the first --target; for replicas sharing one certificate)",
+    )  # fmt: skip
     secured.add_argument(
         "--tokens", type=Path, metavar="FILE", help="YAML/JSON map: institution code -> bearer token, or -> "
         "{token, cert, key} (PEM paths relative to the file); cases acting for an institution the target "
@@ -660,6 +678,7 @@ def add_conformance(sub: argparse._SubParsersAction) -> None:
             "settlesim conformance --list",
             "settlesim conformance --target 127.0.0.1:50051 --tokens tokens.yaml   # serve --auth token",
             "settlesim conformance --target localhost:50443 --ca ca.pem --tokens creds.yaml  # TLS, per-hospital",
+            "settlesim conformance --target 10.0.0.1:50051,10.0.0.2:50051   # two replicas, round_robin",
         ),
     )
     _replay_options(p)
@@ -686,6 +705,7 @@ def _run_replay(paths: list[Path], args: argparse.Namespace, serve: bool = False
         cert=args.cert,
         key=args.key,
         tokens=args.tokens,
+        server_name=args.server_name,
         any_world=args.any_world,
         door=args.door,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from settlesim.clients.channels import SCHEMES, split_host_port
 from settlesim.clients.replay import reports
 from settlesim.clients.replay.cases import Case, CaseError, load_cases
 from settlesim.clients.replay.national_door import DOORS, NATIONAL
@@ -45,6 +46,7 @@ class ReplayOptions:
     cert: Path | None = None
     key: Path | None = None
     tokens: Path | None = None
+    server_name: str | None = None  # the name on the replicas' TLS certificate (default: the first host)
     # Run cases whose `world:` the target does not serve (they are refused otherwise).
     any_world: bool = False
     # grpc, or national: the same cases through the national JSON door (national_door.py).
@@ -82,7 +84,16 @@ def credentials_of(options: ReplayOptions) -> Credentials | None:
 
 
 def _loopback(target: str) -> bool:
-    host = target.rsplit(":", 1)[0].strip("[]") if ":" in target else target
+    """Every server `target` names is on this machine (a list: all of them)."""
+    if target.startswith(SCHEMES):
+        scheme, _, rest = target.partition(":")
+        parts = [rest.removeprefix("//").split("/", 1)[-1]] if scheme == "dns" else rest.split(",")
+    else:
+        parts = target.split(",")
+    return all(_loopback_host(split_host_port(part)[0] if ":" in part else part) for part in parts)
+
+
+def _loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -206,6 +217,7 @@ def _run(
             any_world=options.any_world,
             on_world=world,
             door=options.door,
+            server_name=options.server_name,
         )
     except TargetError as e:
         raise ReplayError(str(e)) from None

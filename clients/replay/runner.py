@@ -303,6 +303,7 @@ def run_cases(
     any_world: bool = False,
     on_world: Callable[[TargetWorld | None, str | None], None] | None = None,
     door: str = national_door.GRPC,
+    server_name: str | None = None,
 ) -> RunResult:
     """Run every case (in parallel, each in its own fresh session) and collect results
     in the order given. Raises TargetError before running when the target is unusable.
@@ -324,7 +325,7 @@ def run_cases(
             cases, target, _run_all, credentials, jobs, deadline, connect_timeout, on_case, on_start, on_skip,
             on_world,
         )  # fmt: skip
-    connections = Connections(target, credentials, channel)
+    connections = Connections(target, credentials, channel, server_name)
     run_id = secrets.token_hex(6)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()

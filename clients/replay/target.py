@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from settlesim.clients.channels import TargetListError, open_channel
 from settlesim.clients.hospital import SESSION_HEADER, Hospital, TlsHandshakeRefused, transport_refusal
 from settlesim.clients.rejections import rejection_of
 from settlesim.clients.secure import Identity, bearer, channel_credentials
@@ -61,9 +62,16 @@ class Connections:
     institution's metadata (its bearer token)."""
 
     def __init__(
-        self, target: str, credentials: Credentials | None = None, channel: grpc.Channel | None = None
+        self,
+        target: str,
+        credentials: Credentials | None = None,
+        channel: grpc.Channel | None = None,
+        server_name: str | None = None,
     ) -> None:
+        """`target`: one server or several replicas (clients/channels.py); `server_name`:
+        the name their TLS certificate carries, when not the first target's host."""
         self.target = target
+        self.server_name = server_name
         self.credentials = credentials or Credentials()
         self.tls = self.credentials.ca is not None
         self._given = channel
@@ -77,11 +85,13 @@ class Connections:
         key = (identity.cert, identity.key)
         with self._lock:
             if key not in self._channels:
-                if self.credentials.ca is None:
-                    self._channels[key] = grpc.insecure_channel(self.target)
-                else:
+                creds = None
+                if self.credentials.ca is not None:
                     creds = channel_credentials(self.credentials.ca, identity.cert, identity.key)
-                    self._channels[key] = grpc.secure_channel(self.target, creds)
+                try:
+                    self._channels[key] = open_channel(self.target, creds, server_name=self.server_name)
+                except TargetListError as e:
+                    raise TargetError(f"cannot reach {self.target}: {e}") from None
             return self._channels[key]
 
     def metadata(self, institution: str) -> tuple[tuple[str, str], ...]:
