@@ -419,6 +419,7 @@ def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, reque
     dsn = str(db) if db_figures.is_postgres(str(db)) else None
     with running_replicas(serve_cmd, config.replicas) as reference:
         servers = f"{config.replicas} reference servers" if config.replicas > 1 else "reference server"
+        idle = [s.cpu_seconds() for s in reference.servers] if isinstance(reference, Replicas) else []
         out(f"({servers} loaded {persons} people and started in {time.perf_counter() - started:.1f} s)")
         settle = measure_closed(
             f"settle ({persons} people)",
@@ -446,6 +447,9 @@ def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, reque
         out(at_load.row())
         if at_load.database:
             out(at_load.database)
+        if isinstance(reference, Replicas):  # each replica's share of the work, to see the spread
+            shares = ", ".join(f"{s.cpu_seconds() - c:.1f}" for s, c in zip(reference.servers, idle, strict=True))
+            out(f"(CPU seconds of each replica during the runs: {shares})")
     check = subprocess.run(
         [sys.executable, "-m", "settlesim", "ledger", "check", "--db", str(db)], capture_output=True, text=True
     )

@@ -10,6 +10,7 @@ replica's own /metrics, not assumed."""
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import threading
 import time
@@ -344,3 +345,27 @@ def test_the_locust_kit_spreads_its_validated_load_over_two_replicas(replicas, t
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_validated_load(prefix)
     assert min(r.calls_reach(5) for r in (one, two)) >= 5
+
+
+# --- settlesim bench --replicas ------------------------------------------------------------------------
+
+
+def test_bench_runs_two_replicas_on_one_ledger_and_prints_its_table(ledger_db):
+    """A short run of `settlesim bench --replicas 2 --db LEDGER`: the usual table, both
+    replicas busy, the ledger sound afterwards; on PostgreSQL the database's own figures.
+    (It measures; nothing here times it.)"""
+    done = settlesim(
+        "bench", "--persons", "100", "--seconds", "1", "--warmup", "0.3", "--replicas", "2", "--db", ledger_db,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "2 reference servers loaded 100 people" in out and "2 replica(s) of settlesim serve" in out
+    rows = {line.split("  ")[0]: line.split() for line in out.splitlines() if line.startswith(("noop", "settle"))}
+    assert {"noop sync", "noop aio", "settle (100 people)"} <= set(rows), out
+    assert rows["settle (100 people)"][-1] == "0"  # no errors
+    shares = re.search(r"CPU seconds of each replica during the runs: ([\d.]+), ([\d.]+)", out)
+    assert shares and min(float(shares[1]), float(shares[2])) > 0.2, out  # both replicas worked
+    assert re.search(r"ledger .*: OK; \d+ settled", out), out
+    if ledger_db.startswith("postgresql://"):
+        assert re.search(r"postgresql: \d+ commits/s, \d+ rollbacks/s, \d+ rows/s", out), out
