@@ -81,3 +81,21 @@ def test_conformance_names_a_replica_that_does_not_resolve():
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot resolve 'no-such-host.invalid'" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "refused"),
+    [("127.0.0.1:1,localhost:2", False), ("dns:///localhost:1", False), ("ipv4:127.0.0.1:1,127.0.0.2:2", False),
+     ("127.0.0.1:1,his-test.example:2", True), ("dns:///his-test.example:1", True)],
+)  # fmt: skip
+def test_tokens_go_in_clear_text_only_when_every_replica_is_on_this_machine(tmp_path, target, refused):
+    from settlesim.clients.replay.command import ReplayError, ReplayOptions, credentials_of
+
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("H11010500001: dev-token\n")
+    options = ReplayOptions(target=target, tokens=tokens)
+    if refused:
+        with pytest.raises(ReplayError, match="clear text"):
+            credentials_of(options)
+    else:
+        assert credentials_of(options) is not None
