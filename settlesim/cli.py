@@ -906,6 +906,12 @@ def _connection(args: argparse.Namespace, target: str | None = None):  # type: i
     target = target or args.target
     if not target:
         raise CliError("give --target HOST:PORT (or --serve)")
+    if "," in target or target.startswith(("dns:", "ipv4:", "ipv6:")):
+        # A check run's faults are armed in one server and its journal is that server's.
+        raise CliError(
+            f"--target {target}: his-check grades one server (its faults and its journal): give one "
+            "replica's HOST:PORT, not a list (docs/scaling.md)"
+        )
     if (args.cert is None) != (args.key is None):
         raise CliError("--cert and --key go together")
     if args.cert is not None and args.ca is None:

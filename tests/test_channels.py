@@ -99,3 +99,11 @@ def test_tokens_go_in_clear_text_only_when_every_replica_is_on_this_machine(tmp_
             credentials_of(options)
     else:
         assert credentials_of(options) is not None
+
+
+def test_his_check_refuses_a_list_of_replicas():
+    """A check run arms faults in one server and grades that server's journal (docs/scaling.md)."""
+    done = settlesim("his-check", "finish", "20261201090115-5f32aa40", "--target", "127.0.0.1:1,127.0.0.1:2")
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "grades one server" in lines[0] and "127.0.0.1:1,127.0.0.1:2" in lines[0], lines
