@@ -87,6 +87,8 @@ def ledger_db_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """One ledger for the replicas of a test: a SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return str(tmp_path / "ledger.db")
+    # A PostgreSQL ledger's call journal lives in the user data dir: here, the test's own.
+    request.getfixturevalue("monkeypatch").setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     return request.getfixturevalue("postgres_dsn")
 
 
