@@ -271,15 +271,16 @@ class Hospital(User):
         return None
 
     def _cap_problems(self, s: pb.Settlement) -> list[str]:
-        """The cap left never goes negative and falls by exactly the fund's share."""
+        """The cap left never goes negative and falls by exactly what the pooled fund paid
+        (统筹基金: the cap bounds it; serious-illness, large-amount and assistance funds pay above it)."""
         if not s.totals.HasField("cap_remaining_fen"):
             return []
         key = (s.institution_code, s.person_no, s.disease_code, s.visit_date[:4])
         left, before = s.totals.cap_remaining_fen, self.caps.get(key)
         self.caps[key] = left
         problems = [] if left >= 0 else [f"cap exceeded: {left} fen left"]
-        if before is not None and before - s.totals.fund_pays_fen != left:
-            problems.append(f"cap left {before} - fund {s.totals.fund_pays_fen} != {left}")
+        if before is not None and before - s.totals.pooled_fund_fen != left:
+            problems.append(f"cap left {before} - pooled fund {s.totals.pooled_fund_fen} != {left}")
         return problems
 
     def flow_retry(self) -> None:
