@@ -20,7 +20,7 @@ import pytest
 from conftest import ServerProcess
 from prometheus_client.parser import text_string_to_metric_families
 
-STORES = ["sqlite"]
+STORES = ["sqlite", "postgresql"]
 
 
 class Replica(ServerProcess):
