@@ -739,3 +739,18 @@ def test_a_version_6_postgresql_ledger_is_upgraded_to_7_in_place(pg_server, post
     finally:
         again.stop(grace=1)
     assert_sound(postgres_dsn)
+
+
+def test_a_sandbox_belongs_to_the_institutions_that_opened_it_first(postgres_dsn) -> None:
+    """The store's own sessions table: the first group to open a sandbox keeps it, a later group
+    is told whose it is (it once split a frozenset here, and the first write of a sandbox was
+    answered UNKNOWN)."""
+    ledger = open_ledger(postgres_dsn)
+    try:
+        first = frozenset({"H1", "H2"})
+        assert ledger.session_group("sandbox-a") is None
+        assert ledger.open_session("sandbox-a", first) == first
+        assert ledger.open_session("sandbox-a", frozenset({"H3"})) == first
+        assert ledger.session_group("sandbox-a") == first
+    finally:
+        ledger.close()

@@ -333,13 +333,9 @@ def test_kill_9_of_one_replica_mid_load_the_other_serves_on_and_nothing_is_lost(
 # --- the Locust kit over two replicas ------------------------------------------------------------------
 
 
-def test_the_locust_kit_spreads_its_validated_load_over_two_replicas(replicas, ledger_db, tmp_path, request):
+def test_the_locust_kit_spreads_its_validated_load_over_two_replicas(replicas, ledger_db, tmp_path):
     """`locust --host A,B`: every user's channel goes round_robin over both replicas;
     every answer validated (money adds up, settle = pre-settle, caps, retries, voids)."""
-    if ledger_db.startswith("postgresql://"):
-        # Known defect of the PostgreSQL store (server/ledger/postgres/store.py open_session splits
-        # a frozenset): a sandbox's first write is answered UNKNOWN. Strict: passes -> remove this.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="PostgreSQL open_session answers UNKNOWN"))
     from test_loadtests import LOCUST, TIMEOUT_S, _assert_validated_load, _env
 
     one, two = replicas(2, "--log-level", "warning")

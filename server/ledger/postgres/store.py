@@ -497,7 +497,7 @@ class PostgresLedger:
             (group,) = db.execute(
                 "SELECT institutions FROM sessions WHERE session = %s", (session,)
             ).fetchone()
-            return frozenset(group.split(","))
+            return group
 
         return frozenset(self._transaction(job).split(","))
 
