@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import httpx
 from settlesim.clients.hospital import Fee, Hospital
 from settlesim.server.app import ServerConfig, start
@@ -96,13 +97,14 @@ def main() -> int:
     print(f"server with {len(running.world.people):,} people started in {time.perf_counter() - began:.1f} s")
     try:
         settled = []
+        refusals: dict[str, int] = {}
         for v in sample[: args.settles]:
             his = Hospital.connect(running.target, v["institution_code"])
             try:
                 answer = his.settle(v["psn_no"], v["disease_code"], "2025-03-01", [Fee("A-CONSULT-001", 5000)])
                 settled.append(answer.settlement)
-            except Exception:
-                pass
+            except grpc.RpcError as refused:  # a sampled visit may be refused (capped, say): counted
+                refusals[refused.code().name] = refusals.get(refused.code().name, 0) + 1
             finally:
                 his.close()
         running.journal.flush()
@@ -126,7 +128,8 @@ def main() -> int:
             "a catalog": f"/world/catalogs/{next(iter(running.world.catalogs))}",
             "metrics": "/metrics",
         }
-        print(f"{len(settled)} of {args.settles} visits settled; pages (ms, median / worst of {args.repeat}):")
+        print(f"{len(settled)} of {args.settles} visits settled, refused by status: {refusals or 'none'}")
+        print(f"pages (ms, median / worst of {args.repeat}):")
         with httpx.Client(base_url=running.console.url, timeout=60) as client:
             for name, url in pages.items():
                 median, worst, status = timed(client, url, args.repeat)
