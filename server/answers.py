@@ -28,6 +28,7 @@ COVERAGE = {
     Coverage.GENERAL_OUTPATIENT: pb.COVERAGE_GENERAL_OUTPATIENT,
     Coverage.NONE: pb.COVERAGE_NONE,
 }
+INSURANCE_TYPE = {t: int(t.value) for t in InsuranceType}  # 310, 390: the proto enum's numbers
 STATUS = {
     "settled": pb.SETTLEMENT_STATUS_SETTLED,
     "reversed": pb.SETTLEMENT_STATUS_REVERSED,
@@ -58,27 +59,28 @@ def add_trace(into: Any, entries: tuple[TraceEntry, ...]) -> None:
         add(figure=e.figure, rule=e.rule, source=e.source, detail=e.detail)
 
 
-def figures(result: SettlementResult) -> pb.SettlementTotals:
+def fill_figures(totals: Any, result: SettlementResult) -> None:
+    """The visit's totals written into a Settlement's `totals` (made in place: no message
+    built and copied in). Present even when every figure is 0, as before."""
     f = result.figures
-    totals = pb.SettlementTotals(
-        total_fen=f.total,
-        full_self_pay_fen=f.full_self_pay,
-        over_ceiling_self_pay_fen=f.over_ceiling,
-        pre_self_pay_fen=f.pre_self_pay,
-        in_scope_fen=f.in_scope,
-        deductible_applied_fen=f.deductible_applied,
-        fund_pays_fen=f.fund_pays,
-        ratio_bp=f.ratio_bp,
-        patient_pays_fen=f.patient_pays,
-        deductible_remaining_fen=f.deductible_remaining,
-    )
+    totals.SetInParent()
+    totals.total_fen = f.total
+    totals.full_self_pay_fen = f.full_self_pay
+    totals.over_ceiling_self_pay_fen = f.over_ceiling
+    totals.pre_self_pay_fen = f.pre_self_pay
+    totals.in_scope_fen = f.in_scope
+    totals.deductible_applied_fen = f.deductible_applied
+    totals.fund_pays_fen = f.fund_pays
+    totals.ratio_bp = f.ratio_bp
+    totals.patient_pays_fen = f.patient_pays
+    totals.deductible_remaining_fen = f.deductible_remaining
     if f.cap_remaining is not None:
         totals.cap_remaining_fen = f.cap_remaining
     m = result.funds
     if m is None:  # the pooled fund alone: it is every fund, and the patient pays cash
         totals.pooled_fund_fen = f.fund_pays
         totals.cash_pays_fen = f.patient_pays
-        return totals
+        return
     totals.pooled_fund_fen = m.pooled
     totals.serious_threshold_applied_fen = m.serious_threshold_applied
     if m.insurance_type is InsuranceType.EMPLOYEE:
@@ -90,24 +92,15 @@ def figures(result: SettlementResult) -> pb.SettlementTotals:
     totals.cash_pays_fen = m.cash_pays
     if m.account_balance is not None:
         totals.account_balance_fen = m.account_balance
-    return totals
 
 
-def funds(result: SettlementResult) -> list[pb.FundPayment]:
-    """2207 setldetail: one row per fund that pays."""
+def add_funds(into: Any, result: SettlementResult) -> None:
+    """2207 setldetail, one row per fund that pays, appended to a Settlement's `funds`."""
     if result.funds is None:
-        return []
-    return [
-        pb.FundPayment(
-            fund_type=p.fund_type,
-            name=p.name,
-            base_fen=p.base,
-            limit_fen=p.limit,
-            paid_fen=p.paid,
-            detail=p.detail,
-        )
-        for p in result.funds.payments
-    ]
+        return
+    add = into.add
+    for p in result.funds.payments:
+        add(fund_type=p.fund_type, name=p.name, base_fen=p.base, limit_fen=p.limit, paid_fen=p.paid, detail=p.detail)
 
 
 def add_items(into: Any, result: SettlementResult) -> None:

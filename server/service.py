@@ -13,7 +13,6 @@ import hashlib
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -198,7 +197,9 @@ class SettlementCore:
         totals = self.ledger.yearly_totals(
             session, plan.person_no, plan.visit.disease_code, plan.visit.visit_date.year
         )
-        return pb.PreSettleVisitResponse(settlement=plan.answer(plan.compute(totals), "", "", session))
+        response = pb.PreSettleVisitResponse()
+        plan.fill_answer(response.settlement, plan.compute(totals), "", "", session)
+        return response
 
     async def settle_visit(
         self,
@@ -219,52 +220,17 @@ class SettlementCore:
                 raise
             return seen
         session = await self.session_for(caller, plan.visit.institution_code, writes=True)
-        built: list[pb.Settlement] = []  # the answer made in the transaction, if it was new
+        built: list[pb.SettleVisitResponse] = []  # the answer made in the transaction, if it was new
 
         def settle(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
             result = plan.compute(totals)
-            answer = plan.answer(result, IDS.next("S"), IDS.next("V"), session)
-            built.append(answer)
-            f = result.figures
-            stored = StoredSettlement(
-                settlement_id=answer.settlement_id,
-                session=session,
-                msgid=plan.msgid,
-                institution_code=plan.visit.institution_code,
-                person_no=plan.person_no,
-                disease_code=plan.visit.disease_code,
-                visit_date=plan.visit.visit_date,
-                total=f.total,
-                fund_pays=f.fund_pays,
-                patient_pays=f.patient_pays,
-                deductible_applied=f.deductible_applied,
-                answer=answer.SerializeToString(),
-                full_self_pay=f.full_self_pay,
-                over_ceiling=f.over_ceiling,
-                pre_self_pay=f.pre_self_pay,
-                in_scope=f.in_scope,
-                ratio_bp=f.ratio_bp,
-                items=tuple(
-                    StoredItem(
-                        line.sequence_no,
-                        line.catalog_code,
-                        line.hospital_item_code,
-                        line.unit_price,
-                        line.quantity,
-                        item.amount,
-                        item.catalog_class.value,
-                        item.b_share_bp,
-                        item.price_ceiling,
-                        item.full_self_pay,
-                        item.over_ceiling,
-                        item.pre_self_pay,
-                        item.in_scope,
-                    )
-                    for line, item in zip(plan.given.lines, result.items, strict=True)
-                ),
-                **_fund_columns(result),
-            )
-            return stored, result.totals_after
+            # The answer is made inside its response (no copy of it into one) and encoded once
+            # for the ledger; a batch run again (group_commit.py) makes it again.
+            response = pb.SettleVisitResponse()
+            answer = response.settlement
+            plan.fill_answer(answer, result, IDS.next("S"), IDS.next("V"), session)
+            built.append(response)
+            return plan.stored(result, answer, session), result.totals_after
 
         stored, replayed = await self.ledger.settle_async(
             session,
@@ -298,8 +264,9 @@ class SettlementCore:
             )
         # A new settlement answers with the message it stored (no decode of the
         # bytes just encoded); a replay answers the stored bytes with today's status.
-        fresh = built[-1] if built and not replayed else settlement_answer(stored)
-        return pb.SettleVisitResponse(settlement=fresh, replayed=replayed)
+        if built and not replayed:
+            return built[-1]
+        return pb.SettleVisitResponse(settlement=settlement_answer(stored), replayed=replayed)
 
     async def reverse_settlement(self, caller: Caller, request: pb.ReverseSettlementRequest):
         validation.required_codes(
@@ -519,27 +486,20 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         return await self.core.reconcile(await self.caller(context, request.institution_code), request)
 
 
-@dataclass(frozen=True, slots=True)
 class SettlementPlan:
-    """A validated, eligible visit, ready to be priced against yearly totals."""
+    """A validated, eligible visit, ready to be priced against yearly totals. Made once per
+    settle and read only (a plain class: a frozen dataclass costs a setattr call per field)."""
 
-    world: World
-    given: validation.SettlementInput
-    eligibility: Eligibility
-    catalog: Any
+    __slots__ = ("catalog", "eligibility", "given", "msgid", "person_no", "visit", "world")
 
-    @property
-    def msgid(self) -> str:
-        return self.given.msgid
-
-    @property
-    def visit(self) -> VisitKey:
-        return self.given.visit
-
-    @property
-    def person_no(self) -> str:
-        assert self.eligibility.person is not None
-        return self.eligibility.person.person_no
+    def __init__(
+        self, world: World, given: validation.SettlementInput, eligibility: Eligibility, catalog: Any
+    ) -> None:
+        assert eligibility.person is not None
+        self.world, self.given, self.eligibility, self.catalog = world, given, eligibility, catalog
+        self.msgid: str = given.msgid
+        self.visit: VisitKey = given.visit
+        self.person_no: str = eligibility.person.person_no
 
     def compute(self, totals: YearlyTotals) -> SettlementResult:
         e = self.eligibility
@@ -552,42 +512,74 @@ class SettlementPlan:
         )  # fmt: skip
 
     def answer(self, result: SettlementResult, settlement_id: str, visit_id: str, sandbox: str) -> pb.Settlement:
+        answer = pb.Settlement()
+        self.fill_answer(answer, result, settlement_id, visit_id, sandbox)
+        return answer
+
+    def fill_answer(
+        self, answer: pb.Settlement, result: SettlementResult, settlement_id: str, visit_id: str, sandbox: str
+    ) -> None:
+        """The answer written into `answer` (an empty Settlement, e.g. a response's own field)."""
         e = self.eligibility
-        assert e.person is not None and e.institution is not None
-        answer = pb.Settlement(
-            settlement_id=settlement_id,
-            visit_id=visit_id,
-            msgid=self.msgid,
-            status=pb.SETTLEMENT_STATUS_SETTLED if settlement_id else pb.SETTLEMENT_STATUS_UNSPECIFIED,
-            institution_code=e.institution.code,
-            person_no=e.person.person_no,
-            insured_region=e.person.insured_region,
-            treatment_region=e.institution.region,
-            disease_code=self.visit.disease_code,
-            visit_date=self.visit.visit_date.isoformat(),
-            insurance_type=int(e.person.insurance_type.value),  # type: ignore[arg-type]
-            totals=answers.figures(result),
-            funds=answers.funds(result),
-            sandbox=sandbox,
-        )
+        person, institution = e.person, e.institution
+        assert person is not None and institution is not None
+        answer.settlement_id = settlement_id
+        answer.visit_id = visit_id
+        answer.msgid = self.msgid
+        answer.status = pb.SETTLEMENT_STATUS_SETTLED if settlement_id else pb.SETTLEMENT_STATUS_UNSPECIFIED
+        answer.institution_code = institution.code
+        answer.person_no = person.person_no
+        answer.insured_region = person.insured_region
+        answer.treatment_region = institution.region
+        answer.disease_code = self.visit.disease_code
+        answer.visit_date = self.visit.visit_date.isoformat()
+        answer.insurance_type = answers.INSURANCE_TYPE[person.insurance_type]
+        answers.fill_figures(answer.totals, result)
+        answers.add_funds(answer.funds, result)
+        answer.sandbox = sandbox
         answers.add_items(answer.items, result)
         answers.add_trace(answer.trace, e.trace)
         answers.add_trace(answer.trace, result.trace)
-        return answer
 
-
-def _fund_columns(result: SettlementResult) -> dict[str, int]:
-    """The ledger's columns of the funds after the pooled one and the personal account."""
-    m = result.funds
-    if m is None:
-        return {}
-    return {
-        "pooled_pays": m.pooled,
-        "serious_threshold": m.serious_threshold_applied,
-        "serious_pays": m.serious_pays,
-        "assistance_pays": m.assistance_pays,
-        "account_pays": m.account_pays,
-    }
+    def stored(self, result: SettlementResult, answer: pb.Settlement, session: str) -> StoredSettlement:
+        """The ledger's row of this settlement: its figures, items and encoded answer."""
+        f = result.figures
+        visit = self.visit
+        m = result.funds
+        return StoredSettlement(
+            settlement_id=answer.settlement_id,
+            session=session,
+            msgid=self.msgid,
+            institution_code=visit.institution_code,
+            person_no=self.person_no,
+            disease_code=visit.disease_code,
+            visit_date=visit.visit_date,
+            total=f.total,
+            fund_pays=f.fund_pays,
+            patient_pays=f.patient_pays,
+            deductible_applied=f.deductible_applied,
+            answer=answer.SerializeToString(),
+            full_self_pay=f.full_self_pay,
+            over_ceiling=f.over_ceiling,
+            pre_self_pay=f.pre_self_pay,
+            in_scope=f.in_scope,
+            ratio_bp=f.ratio_bp,
+            items=tuple(
+                StoredItem(
+                    line.sequence_no, line.catalog_code, line.hospital_item_code, line.unit_price,
+                    line.quantity, item.amount, item.catalog_class.value, item.b_share_bp,
+                    item.price_ceiling, item.full_self_pay, item.over_ceiling, item.pre_self_pay,
+                    item.in_scope,
+                )
+                for line, item in zip(self.given.lines, result.items, strict=True)
+            ),
+            # the funds after the pooled one and the personal account; None: the pooled fund alone
+            pooled_pays=None if m is None else m.pooled,
+            serious_threshold=None if m is None else m.serious_threshold_applied,
+            serious_pays=None if m is None else m.serious_pays,
+            assistance_pays=None if m is None else m.assistance_pays,
+            account_pays=None if m is None else m.account_pays,
+        )
 
 
 def settlement_answer(stored: StoredSettlement) -> pb.Settlement:
