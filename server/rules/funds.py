@@ -21,8 +21,9 @@ Pure functions over plain data; money in fen, rounding half up once per fund and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
 from settlesim.server.model import (
     Catalog,
@@ -68,8 +69,7 @@ class FundInput:
     use_account: bool  # acct_used_flag
 
 
-@dataclass(frozen=True, slots=True)
-class FundPayment:
+class FundPayment(NamedTuple):
     """One setldetail row: what one fund worked on and paid."""
 
     fund_type: str  # fund_pay_type
@@ -80,8 +80,7 @@ class FundPayment:
     detail: str  # setl_proc_info: the arithmetic, as the trace says it
 
 
-@dataclass(frozen=True, slots=True)
-class FundFigures:
+class FundFigures(NamedTuple):
     insurance_type: InsuranceType  # which fund serious_pays is: hifmi_pay (390) or hifob_pay (310)
     pooled: int  # hifp_pay: the basic pooled fund
     serious_threshold_applied: int  # 大病/大额 起付线 met by this visit
@@ -270,5 +269,5 @@ def compute_visit(
     pooled = pooled_payment(given.insurance_type, f.in_scope, f.fund_pays, cap_left, pooled_detail)
     # the pooled fund's counters are already in totals_after; the funds above read only their own
     funds, trace, after = compute_funds(f.total, f.in_scope, pooled, given, result.totals_after)
-    figures = replace(f, fund_pays=funds.fund_pay_sum, patient_pays=funds.patient_part)
+    figures = f._replace(fund_pays=funds.fund_pay_sum, patient_pays=funds.patient_part)
     return SettlementResult(figures, result.items, result.trace + trace, after, funds)

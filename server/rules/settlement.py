@@ -7,9 +7,8 @@ class-B share and once per visit for the ratio."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from settlesim.server.model import (
     BASIS_POINTS,
@@ -36,17 +35,27 @@ def share_of(amount_fen: int, share_bp: int) -> int:
     return round_half_up(amount_fen * share_bp, BASIS_POINTS)
 
 
+_FEN: dict[int, str] = {}  # fen's answers: deductibles, caps, 0 and common prices recur
+_FEN_KEPT = 100_000  # at most this many (a few MB): past it, amounts are formatted each time
+
+
 def fen(amount: int) -> str:
     """A fen amount as yuan for people, e.g. 17963 -> '179.63'."""
-    # A settle's trace writes about 17 of these: one divmod, no abs() twice.
-    yuan, cents = divmod(amount, 100) if amount >= 0 else divmod(-amount, 100)
-    return f"{yuan}.{cents:02d}" if amount >= 0 else f"-{yuan}.{cents:02d}"
+    # A settle's trace writes 25-35 of these: remembered, each made once.
+    text = _FEN.get(amount)
+    if text is None:
+        yuan, cents = divmod(amount, 100) if amount >= 0 else divmod(-amount, 100)
+        text = f"{yuan}.{cents:02d}" if amount >= 0 else f"-{yuan}.{cents:02d}"
+        if len(_FEN) < _FEN_KEPT:
+            _FEN[amount] = text
+    return text
 
 
-@dataclass(frozen=True, slots=True)
-class ItemResult:
+class ItemResult(NamedTuple):
     """One fee line split into full self-pay, over-ceiling, B pre-self-pay and
-    in-scope; the four add up to `amount`."""
+    in-scope; the four add up to `amount`. (The results of a settle are named tuples: made
+    for every settle, and a tuple is made in one step where a frozen dataclass sets each
+    field by a call.)"""
 
     sequence_no: str
     catalog_code: str
@@ -60,8 +69,7 @@ class ItemResult:
     in_scope: int  # 符合政策范围 inscp_scp_amt
 
 
-@dataclass(frozen=True, slots=True)
-class Figures:
+class Figures(NamedTuple):
     """The visit's totals (2207 setlinfo)."""
 
     total: int  # medfee_sumamt
@@ -77,8 +85,7 @@ class Figures:
     deductible_remaining: int
 
 
-@dataclass(frozen=True, slots=True)
-class SettlementResult:
+class SettlementResult(NamedTuple):
     figures: Figures
     items: tuple[ItemResult, ...]
     trace: tuple[TraceEntry, ...]
