@@ -335,18 +335,33 @@ class World:
     # SHA-256 of the files it was loaded from (world_loader.WorldDigest): which world a server serves.
     digest: str = ""
 
+    # Each region's policy and catalog as found along its lineage, remembered on first use (a
+    # settle asks for both; keyed by the world's own region codes, so bounded by them). Not
+    # fields of the world's value: `replace(world, ...)` starts with empty ones.
+    _policy_of: dict[str, RegionPolicy | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _catalog_of: dict[str, Catalog | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+
     def policy_for(self, region: str) -> RegionPolicy | None:
-        return next((self.policies[r] for r in region_lineage(region) if r in self.policies), None)
+        try:
+            return self._policy_of[region]
+        except KeyError:
+            found = next((self.policies[r] for r in region_lineage(region) if r in self.policies), None)
+            self._policy_of[region] = found
+            return found
 
     def catalog_for(self, region: str) -> Catalog | None:
-        return next((self.catalogs[r] for r in region_lineage(region) if r in self.catalogs), None)
+        try:
+            return self._catalog_of[region]
+        except KeyError:
+            found = next((self.catalogs[r] for r in region_lineage(region) if r in self.catalogs), None)
+            self._catalog_of[region] = found
+            return found
 
 
 # --- a visit, as the rules see it ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class FeeLine:
+class FeeLine(NamedTuple):
     """2204 费用明细: amount = unit price × quantity, all fen."""
 
     sequence_no: str
@@ -360,8 +375,7 @@ class FeeLine:
         return self.unit_price * self.quantity
 
 
-@dataclass(frozen=True, slots=True)
-class VisitKey:
+class VisitKey(NamedTuple):
     """What the registration check needs to know about a visit."""
 
     institution_code: str

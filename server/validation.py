@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
 from settlesim.server.model import FeeLine, InsuranceType, VisitKey, World
 from settlesim.server.rules.reasons import Reason, Refusal, Violation
@@ -36,8 +36,7 @@ _INSURANCE_TYPES = {int(t.value): t for t in InsuranceType}
 _MEDICAL_TYPES = {pb.MEDICAL_TYPE_UNSPECIFIED, pb.MEDICAL_TYPE_CHRONIC_SPECIAL_OUTPATIENT}
 
 
-@dataclass(frozen=True, slots=True)
-class SettlementInput:
+class SettlementInput(NamedTuple):
     """A validated settle or pre-settle request."""
 
     msgid: str
@@ -49,6 +48,23 @@ class SettlementInput:
 def is_code(value: str) -> bool:
     """A well-formed code or id (msgid, institution, person, disease, ...)."""
     return 0 < len(value) <= MAX_CODE_LENGTH and CODE.match(value) is not None
+
+
+_RECURRING_CODES: set[str] = set()  # well-formed codes seen before (institutions, diseases, items)
+_RECURRING_KEPT = 100_000  # at most this many (a few MB): past it, new ones are matched each time
+
+
+def is_recurring_code(value: str) -> bool:
+    """is_code for the codes every request repeats (institution, disease, catalog and hospital
+    item codes, sequence numbers): a set lookup instead of a regular expression once seen.
+    Not for msgids, which are new each time."""
+    if value in _RECURRING_CODES:
+        return True
+    if not is_code(value):
+        return False
+    if len(_RECURRING_CODES) < _RECURRING_KEPT:
+        _RECURRING_CODES.add(value)
+    return True
 
 
 def quoted(value: str) -> str:
@@ -111,13 +127,13 @@ def _valid_visit(visit: pb.Visit, world: World) -> VisitKey | None:
     """The visit when every check of `_visit` passes (no field names made), else None."""
     institution, person, disease = visit.institution_code, visit.person, visit.disease_code
     if not (
-        is_code(institution)
+        is_recurring_code(institution)
         and institution in world.institutions
         and (not person.person_no or is_code(person.person_no))
-        and (not person.certificate_type or is_code(person.certificate_type))
+        and (not person.certificate_type or is_recurring_code(person.certificate_type))
         and (not person.certificate_no or is_code(person.certificate_no))
         and (person.person_no or person.certificate_no)
-        and is_code(disease)
+        and is_recurring_code(disease)
         and disease in world.diseases
         and visit.medical_type in _MEDICAL_TYPES
         and DAY.fullmatch(visit.visit_date)
@@ -198,10 +214,10 @@ def _lines(check: _Checker, items: Iterable[pb.FeeItem], count: int, prefix: str
         sequence_no, catalog_code, hospital_code = item.sequence_no, item.catalog_code, item.hospital_item_code
         unit_price, quantity = item.unit_price_fen, item.quantity
         if (
-            is_code(sequence_no)
+            is_recurring_code(sequence_no)
             and sequence_no not in seen
-            and is_code(catalog_code)
-            and (not hospital_code or is_code(hospital_code))
+            and is_recurring_code(catalog_code)
+            and (not hospital_code or is_recurring_code(hospital_code))
             and 0 <= unit_price <= MAX_UNIT_PRICE_FEN
             and 0 < quantity <= MAX_QUANTITY
             and item.amount_fen == unit_price * quantity

@@ -4,8 +4,8 @@ registration. The first failing step gives the one reason."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
 from settlesim.server.model import (
     Coverage,
@@ -27,8 +27,7 @@ from settlesim.server.model import (
 from settlesim.server.rules.reasons import Reason
 
 
-@dataclass(frozen=True, slots=True)
-class Eligibility:
+class Eligibility(NamedTuple):
     """The answer of the registration check. When `reason` is None the visit may
     settle and `person`, `policy`, `terms` and `registration` are all set."""
 
@@ -122,7 +121,10 @@ def choose_registration(
     """Step 6: the registration that covers the visit; else the closest one and
     why it fails. Registrations that name the institution explain best (expired,
     revoked, ...), then ones valid today but elsewhere."""
-    newest_first = sorted(person.registrations, key=lambda r: r.valid.start, reverse=True)
+    registrations = person.registrations
+    newest_first = (
+        registrations if len(registrations) < 2 else sorted(registrations, key=lambda r: r.valid.start, reverse=True)
+    )
     for registration in newest_first:
         if (
             registration_state(registration, day) is None
@@ -149,16 +151,15 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
     if person is None:
         assert reason is not None
         return Eligibility(reason, f"no insured person matches {_who(visit)}", institution=institution)
-    partial = {"person": person, "institution": institution}
     if not any(p.contains(day) for p in person.insured):
         return Eligibility(
-            Reason.PERSON_NOT_INSURED, f"{person.person_no} is not insured on {day}", **partial
+            Reason.PERSON_NOT_INSURED, f"{person.person_no} is not insured on {day}", **_known(person, institution)
         )
     if visit.insurance_type is not None and visit.insurance_type != person.insurance_type:
         return Eligibility(
             Reason.INSURANCE_TYPE_MISMATCH,
             f"{person.person_no} is insured as {person.insurance_type}, not {visit.insurance_type}",
-            **partial,
+            **_known(person, institution),
         )
 
     # 2. cross-province, unless the insured region's policy allows settling at home
@@ -178,16 +179,15 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
             Reason.NOT_CROSS_PROVINCE,
             f"{institution.code} ({institution.region}) is in the insured province of "
             f"{person.insured_region}; this is not a cross-province visit",
-            **partial,
+            **_known(person, institution),
         )
     if policy is None or scheme_on is None:
         return Eligibility(
             Reason.DISEASE_NOT_COVERED,
             f"insured region {person.insured_region} has no policy in force on {day}",
-            **partial,
+            **_known(person, institution),
         )
     scheme_since, scheme = scheme_on
-    partial |= {"policy": policy, "scheme": scheme}
 
     # 3. the disease is chronic/special under the insured region's policy
     dated = policy.terms.get((person.insurance_type, visit.disease_code))
@@ -197,16 +197,15 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
             Reason.DISEASE_NOT_COVERED,
             f"{person.insured_region} does not cover {visit.disease_code} for insurance type "
             f"{person.insurance_type} on {day}",
-            **partial,
+            **_known(person, institution, policy, scheme),
         )
     terms_since, terms = terms_on
-    partial |= {"terms": terms, "terms_since": terms_since, "coverage": terms.coverage}
     if terms.coverage is Coverage.GENERAL_OUTPATIENT:
         return Eligibility(
             Reason.GENERAL_OUTPATIENT_DISEASE,
             f"{person.insured_region} covers {visit.disease_code} under general outpatient "
             "(普通门诊), not as a chronic/special disease",
-            **partial,
+            **_known(person, institution, policy, scheme, terms, terms_since),
         )
 
     # 4. a qualification for the disease valid on the visit date
@@ -215,38 +214,44 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
         return Eligibility(
             Reason.QUALIFICATION_NOT_FOUND,
             f"{person.person_no} holds no qualification for {visit.disease_code}",
-            **partial,
+            **_known(person, institution, policy, scheme, terms, terms_since),
         )
     if not any(q.valid.contains(day) for q in held):
         return Eligibility(
             Reason.QUALIFICATION_NOT_VALID,
             f"{person.person_no}'s qualification for {visit.disease_code} is not valid on {day}",
-            **partial,
+            **_known(person, institution, policy, scheme, terms, terms_since),
         )
 
     # 5. the institution: designated, connected, disease opened
     if not institution.designated:
         return Eligibility(
-            Reason.INSTITUTION_NOT_DESIGNATED, f"{institution.code} is not designated", **partial
+            Reason.INSTITUTION_NOT_DESIGNATED,
+            f"{institution.code} is not designated",
+            **_known(person, institution, policy, scheme, terms, terms_since),
         )
     if not institution.connected:
         return Eligibility(
             Reason.INSTITUTION_NOT_CONNECTED,
             f"{institution.code} is not connected to the national platform",
-            **partial,
+            **_known(person, institution, policy, scheme, terms, terms_since),
         )
     if visit.disease_code not in institution.opened_diseases:
         return Eligibility(
             Reason.DISEASE_NOT_OPENED,
             f"{institution.code} has not opened {visit.disease_code} for cross-province settlement",
-            **partial,
+            **_known(person, institution, policy, scheme, terms, terms_since),
         )
 
     # 6. a registration valid on the visit date that reaches the institution
     registration, reason = choose_registration(person, institution, scheme, day, at_home)
-    partial["registration"] = registration
     if reason is not None:
-        return Eligibility(reason, _registration_message(reason, registration, institution, day), **partial)
+        return Eligibility(
+            reason,
+            _registration_message(reason, registration, institution, day),
+            **_known(person, institution, policy, scheme, terms, terms_since),
+            registration=registration,
+        )
 
     trace = (
         TraceEntry(
@@ -257,7 +262,27 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
             f"..{registration.valid.end or 'open'} reaches {institution.code}",
         ),
     )
-    return Eligibility(None, "eligible", trace=trace, **partial)
+    return Eligibility(
+        None, "eligible", person=person, institution=institution, policy=policy, terms=terms,
+        terms_since=terms_since, scheme=scheme, coverage=terms.coverage, registration=registration, trace=trace,
+    )  # fmt: skip
+
+
+def _known(
+    person: Person,
+    institution: Institution,
+    policy: RegionPolicy | None = None,
+    scheme: Scheme | None = None,
+    terms: DiseaseTerms | None = None,
+    terms_since: date | None = None,
+) -> dict[str, object]:
+    """What a refusal after the person was found carries of what the check found so far."""
+    known: dict[str, object] = {"person": person, "institution": institution}
+    if policy is not None:
+        known |= {"policy": policy, "scheme": scheme}
+    if terms is not None:
+        known |= {"terms": terms, "terms_since": terms_since, "coverage": terms.coverage}
+    return known
 
 
 def _who(visit: VisitKey) -> str:
