@@ -37,12 +37,14 @@ from settlesim.server.model import (
     YearlyTotals,
 )
 from settlesim.server.rules.settlement import (
+    Figures,
     SettlementResult,
     apply_deductible,
     apply_ratio,
     cap_fund_payment,
-    compute_settlement,
     fen,
+    percent,
+    pooled_fund,
 )
 
 # fund_pay_type 基金支付类型 and its name, as setldetail carries them.
@@ -131,9 +133,11 @@ def compute_funds(
     pooled: FundPayment,
     given: FundInput,
     totals: YearlyTotals,
-) -> tuple[FundFigures, tuple[TraceEntry, ...], YearlyTotals]:
+    deductible_applied: int,
+) -> tuple[FundFigures, list[TraceEntry], YearlyTotals]:
     """The funds after the pooled one and the personal account, with their trace and the
-    yearly counters they leave (the pooled fund's are the caller's)."""
+    yearly counters the visit leaves: the pooled fund's (its deductible met and `pooled`'s
+    payment added to the year's `totals`) and the funds'."""
     trace: list[TraceEntry] = []
     payments = [pooled]
     share = in_scope - pooled.paid  # 合规自付: what the patient bears of the in-scope cost
@@ -171,15 +175,15 @@ def compute_funds(
         payments=tuple(payments),
     )
     after = YearlyTotals(
-        deductible_used=totals.deductible_used,
-        fund_paid=totals.fund_paid,
+        deductible_used=totals.deductible_used + deductible_applied,
+        fund_paid=totals.fund_paid + pooled.paid,
         serious_threshold_used=totals.serious_threshold_used + serious_threshold_applied,
         serious_paid=totals.serious_paid + serious_pays,
         assistance_paid=totals.assistance_paid + assistance_pays,
         account_paid=totals.account_paid + account_pays,
         account_paid_year=totals.account_paid_year + account_pays,
     )
-    return figures, tuple(trace), after
+    return figures, trace, after
 
 
 def _serious_illness(
@@ -195,7 +199,7 @@ def _serious_illness(
     detail = (
         f"in-scope share {fen(in_scope)} − pooled {fen(pooled)} = {fen(share)}; threshold "
         f"min({fen(share)}, {fen(serious.threshold)} − used {fen(totals.serious_threshold_used)}) = {fen(applied)}; "
-        f"round(({fen(share)} − {fen(applied)}) × {serious.ratio_bp / 100:g}%) = {fen(before_cap)}"
+        f"round(({fen(share)} − {fen(applied)}) × {percent(serious.ratio_bp)}) = {fen(before_cap)}"
     )
     if serious.annual_cap is not None:
         cap, paid = fen(serious.annual_cap), fen(totals.serious_paid)
@@ -217,7 +221,7 @@ def _assistance(left: int, given: FundInput, totals: YearlyTotals) -> tuple[int,
         return 0, TraceEntry("medical_assistance_fen", "medical_assistance", given.source, why), None
     before_cap = apply_ratio(left, assistance.ratio_bp)
     pays, _ = cap_fund_payment(before_cap, assistance.annual_cap, totals.assistance_paid)
-    ratio = f"{assistance.ratio_bp / 100:g}%"
+    ratio = percent(assistance.ratio_bp)
     detail = f"assisted person; share left {fen(left)}; round({fen(left)} × {ratio}) = {fen(before_cap)}"
     if assistance.annual_cap is not None:
         cap, paid = fen(assistance.annual_cap), fen(totals.assistance_paid)
@@ -260,14 +264,21 @@ def compute_visit(
     """结算 with every fund: the pooled fund (compute_settlement), then the funds above it and
     the personal account. `figures.fund_pays` is then every fund (fund_pay_sumamt; the pooled
     fund alone is `funds.pooled`) and `figures.patient_pays` psn_part_amt (total − every fund)."""
-    result = compute_settlement(lines, catalog, terms, terms_source, totals, day)
-    f = result.figures
+    f, items, trace, pooled_detail = pooled_fund(lines, catalog, terms, terms_source, totals, day)
     cap_left = None if terms.annual_cap is None else max(0, terms.annual_cap - totals.fund_paid)
-    pooled_detail = "; ".join(
-        e.detail for e in result.trace if e.figure in ("deductible_applied_fen", "fund_pays_fen")
-    )
     pooled = pooled_payment(given.insurance_type, f.in_scope, f.fund_pays, cap_left, pooled_detail)
-    # the pooled fund's counters are already in totals_after; the funds above read only their own
-    funds, trace, after = compute_funds(f.total, f.in_scope, pooled, given, result.totals_after)
-    figures = f._replace(fund_pays=funds.fund_pay_sum, patient_pays=funds.patient_part)
-    return SettlementResult(figures, result.items, result.trace + trace, after, funds)
+    funds, fund_trace, after = compute_funds(f.total, f.in_scope, pooled, given, totals, f.deductible_applied)
+    figures = Figures(
+        total=f.total,
+        full_self_pay=f.full_self_pay,
+        over_ceiling=f.over_ceiling,
+        pre_self_pay=f.pre_self_pay,
+        in_scope=f.in_scope,
+        deductible_applied=f.deductible_applied,
+        fund_pays=funds.fund_pay_sum,
+        ratio_bp=f.ratio_bp,
+        patient_pays=funds.patient_part,
+        cap_remaining=f.cap_remaining,
+        deductible_remaining=f.deductible_remaining,
+    )
+    return SettlementResult(figures, items, (*trace, *fund_trace), after, funds)

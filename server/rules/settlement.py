@@ -51,6 +51,19 @@ def fen(amount: int) -> str:
     return text
 
 
+_PERCENT: dict[int, str] = {}  # basis points as the trace says them: the world's few ratios
+
+
+def percent(bp: int) -> str:
+    """Basis points as a percentage for people, e.g. 7500 -> '75%', 1250 -> '12.5%'."""
+    text = _PERCENT.get(bp)
+    if text is None:
+        text = f"{bp / 100:g}%"
+        if len(_PERCENT) < _FEN_KEPT:
+            _PERCENT[bp] = text
+    return text
+
+
 class ItemResult(NamedTuple):
     """One fee line split into full self-pay, over-ceiling, B pre-self-pay and
     in-scope; the four add up to `amount`. (The results of a settle are named tuples: made
@@ -150,7 +163,7 @@ def price_item(line: FeeLine, catalog: Catalog, day: date) -> tuple[ItemResult, 
         ceiling = fen(terms.price_ceiling or 0)
         detail += f"; over ceiling ({fen(line.unit_price)}-{ceiling})×{line.quantity}={fen(over)}"
     if pre:
-        detail += f"; B share {terms.b_share_bp / 100:g}% of {fen(remaining)} = {fen(pre)}"
+        detail += f"; B share {percent(terms.b_share_bp)} of {fen(remaining)} = {fen(pre)}"
     detail += f"; in scope {fen(result.in_scope)}"
     return result, TraceEntry(f"items[{line.sequence_no}]", "price_item", f"{where} since {since}", detail)
 
@@ -197,6 +210,29 @@ def compute_settlement(
 ) -> SettlementResult:
     """结算: price every line with the treatment region's catalog, then apply the
     insured region's deductible, ratio and cap against this year's totals."""
+    figures, items, trace, _ = pooled_fund(lines, catalog, terms, terms_source, totals, day)
+    after = YearlyTotals(  # the funds' counters (rules/funds.py) pass through unchanged
+        totals.deductible_used + figures.deductible_applied,
+        totals.fund_paid + figures.fund_pays,
+        totals.serious_threshold_used,
+        totals.serious_paid,
+        totals.assistance_paid,
+        totals.account_paid,
+        totals.account_paid_year,
+    )
+    return SettlementResult(figures, items, tuple(trace), after)
+
+
+def pooled_fund(
+    lines: Sequence[FeeLine],
+    catalog: Catalog,
+    terms: DiseaseTerms,
+    terms_source: str,
+    totals: YearlyTotals,
+    day: date,
+) -> tuple[Figures, tuple[ItemResult, ...], list[TraceEntry], str]:
+    """compute_settlement's work: the figures with the pooled fund alone, the items, the trace
+    and the pooled fund's arithmetic as its setldetail row says it (its trace entries' details)."""
     items_: list[ItemResult] = []
     trace: list[TraceEntry] = []
     total = full_self_pay = over_ceiling = pre_self_pay = in_scope = 0
@@ -211,37 +247,25 @@ def compute_settlement(
         in_scope += item.in_scope
     items = tuple(items_)
     deductible_applied = apply_deductible(in_scope, terms.deductible, totals.deductible_used)
-    trace.append(
-        TraceEntry(
-            "deductible_applied_fen",
-            "apply_deductible",
-            terms_source,
-            f"min(in scope {fen(in_scope)}, deductible {fen(terms.deductible)} − used "
-            f"{fen(totals.deductible_used)}) = {fen(deductible_applied)}",
-        )
+    deductible_detail = (
+        f"min(in scope {fen(in_scope)}, deductible {fen(terms.deductible)} − used "
+        f"{fen(totals.deductible_used)}) = {fen(deductible_applied)}"
     )
+    trace.append(TraceEntry("deductible_applied_fen", "apply_deductible", terms_source, deductible_detail))
     before_cap = apply_ratio(in_scope - deductible_applied, terms.ratio_bp)
-    trace.append(
-        TraceEntry(
-            "fund_pays_fen",
-            "apply_ratio",
-            terms_source,
-            f"round(({fen(in_scope)} − {fen(deductible_applied)}) × {terms.ratio_bp / 100:g}%) "
-            f"= {fen(before_cap)}",
-        )
+    ratio_detail = (
+        f"round(({fen(in_scope)} − {fen(deductible_applied)}) × {percent(terms.ratio_bp)}) = {fen(before_cap)}"
     )
+    trace.append(TraceEntry("fund_pays_fen", "apply_ratio", terms_source, ratio_detail))
+    pooled_detail = f"{deductible_detail}; {ratio_detail}"
     fund_pays, cap_remaining = cap_fund_payment(before_cap, terms.annual_cap, totals.fund_paid)
     if terms.annual_cap is not None:
-        trace.append(
-            TraceEntry(
-                "fund_pays_fen",
-                "cap_fund_payment",
-                terms_source,
-                f"min({fen(before_cap)}, cap {fen(terms.annual_cap)} − paid {fen(totals.fund_paid)}) "
-                f"= {fen(fund_pays)}; cap left {fen(cap_remaining or 0)}",
-            )
+        cap_detail = (
+            f"min({fen(before_cap)}, cap {fen(terms.annual_cap)} − paid {fen(totals.fund_paid)}) "
+            f"= {fen(fund_pays)}; cap left {fen(cap_remaining or 0)}"
         )
-    deductible_used = totals.deductible_used + deductible_applied
+        trace.append(TraceEntry("fund_pays_fen", "cap_fund_payment", terms_source, cap_detail))
+        pooled_detail = f"{pooled_detail}; {cap_detail}"
     figures = Figures(
         total=total,
         full_self_pay=full_self_pay,
@@ -253,15 +277,6 @@ def compute_settlement(
         ratio_bp=terms.ratio_bp,
         patient_pays=total - fund_pays,
         cap_remaining=cap_remaining,
-        deductible_remaining=max(0, terms.deductible - deductible_used),
+        deductible_remaining=max(0, terms.deductible - totals.deductible_used - deductible_applied),
     )
-    after = YearlyTotals(  # the funds' counters (rules/funds.py) pass through unchanged
-        deductible_used,
-        totals.fund_paid + fund_pays,
-        totals.serious_threshold_used,
-        totals.serious_paid,
-        totals.assistance_paid,
-        totals.account_paid,
-        totals.account_paid_year,
-    )
-    return SettlementResult(figures, items, tuple(trace), after)
+    return figures, items, trace, pooled_detail
