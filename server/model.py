@@ -313,11 +313,15 @@ class Person:
     account_openings: tuple[tuple[int, int], ...] = ()
 
     def assisted_on(self, day: date) -> bool:
-        return any(p.contains(day) for p in self.assisted)
+        # most people are never assisted: no generator made for them on every settle
+        return bool(self.assisted) and any(p.contains(day) for p in self.assisted)
 
     def account_opening(self, year: int) -> int | None:
         """The personal account's balance at the start of `year`, or None without one."""
-        return next((balance for y, balance in self.account_openings if y == year), None)
+        for y, balance in self.account_openings:
+            if y == year:
+                return balance
+        return None
 
 
 @dataclass(frozen=True, slots=True)

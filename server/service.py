@@ -504,10 +504,10 @@ class SettlementPlan:
     def compute(self, totals: YearlyTotals) -> SettlementResult:
         e = self.eligibility
         assert e.terms is not None and e.policy is not None and e.person is not None
-        key = f"{e.policy.region}/{e.person.insurance_type}/{self.visit.disease_code}"
-        source = f"policy {key} since {e.terms_since}"
         return compute_visit(
-            self.given.lines, self.catalog, e.terms, source, totals, self.visit.visit_date,
+            self.given.lines, self.catalog, e.terms,
+            _terms_source(e.policy.region, e.person.insurance_type, self.visit.disease_code, e.terms_since),
+            totals, self.visit.visit_date,
             fund_input(e.policy, e.person, self.visit.visit_date, self.given.use_account),
         )  # fmt: skip
 
@@ -580,6 +580,18 @@ class SettlementPlan:
             assistance_pays=None if m is None else m.assistance_pays,
             account_pays=None if m is None else m.account_pays,
         )
+
+
+_TERMS_SOURCES: dict[tuple[str, str, str, Any], str] = {}  # one per policy term: bounded by the world
+
+
+def _terms_source(region: str, insurance_type: str, disease: str, since: Any) -> str:
+    """Where the deductible, ratio and cap come from, as the trace says it (made once per term)."""
+    key = (region, insurance_type, disease, since)
+    source = _TERMS_SOURCES.get(key)
+    if source is None:
+        source = _TERMS_SOURCES[key] = f"policy {region}/{insurance_type}/{disease} since {since}"
+    return source
 
 
 def settlement_answer(stored: StoredSettlement) -> pb.Settlement:
