@@ -324,6 +324,9 @@ class Person:
         return None
 
 
+REMEMBERED_REGIONS = 100_000  # World.policy_for / catalog_for: regions remembered, at most
+
+
 @dataclass(frozen=True, slots=True)
 class World:
     name: str
@@ -340,8 +343,9 @@ class World:
     digest: str = ""
 
     # Each region's policy and catalog as found along its lineage, remembered on first use (a
-    # settle asks for both; keyed by the world's own region codes, so bounded by them). Not
-    # fields of the world's value: `replace(world, ...)` starts with empty ones.
+    # settle asks for both; the regions are the world's people's and institutions', and at most
+    # REMEMBERED_REGIONS are kept). Not fields of the world's value: `replace(world, ...)`
+    # starts with empty ones.
     _policy_of: dict[str, RegionPolicy | None] = field(default_factory=dict, init=False, repr=False, compare=False)
     _catalog_of: dict[str, Catalog | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -350,7 +354,8 @@ class World:
             return self._policy_of[region]
         except KeyError:
             found = next((self.policies[r] for r in region_lineage(region) if r in self.policies), None)
-            self._policy_of[region] = found
+            if len(self._policy_of) < REMEMBERED_REGIONS:
+                self._policy_of[region] = found
             return found
 
     def catalog_for(self, region: str) -> Catalog | None:
@@ -358,7 +363,8 @@ class World:
             return self._catalog_of[region]
         except KeyError:
             found = next((self.catalogs[r] for r in region_lineage(region) if r in self.catalogs), None)
-            self._catalog_of[region] = found
+            if len(self._catalog_of) < REMEMBERED_REGIONS:
+                self._catalog_of[region] = found
             return found
 
 
