@@ -35,18 +35,6 @@ MAX_CONCURRENT_CALLS = 2000  # settlement calls worked on at once
 REQUEST_BODY_SECONDS = 10.0  # from a call's opening to its request message
 
 
-class _Timer:
-    __slots__ = ("fired",)
-
-    def __init__(self) -> None:
-        self.fired = False
-
-
-def _cancel(task: asyncio.Task[Any], timer: _Timer) -> None:
-    timer.fired = True
-    task.cancel()
-
-
 async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
     log.warning(
         "call refused at the door: %s %s",
@@ -66,6 +54,12 @@ class CallLimits(grpc.aio.ServerInterceptor):
     ) -> None:
         self.max_calls, self.body_seconds = max_calls, body_seconds
         self.in_flight = 0
+        # Calls still waiting for their request message, by the loop time their body is due.
+        # One sweep a tick refuses the late ones: a timer per call cost more than the call's door.
+        self._awaiting: dict[asyncio.Task[Any], float] = {}
+        self._late: set[asyncio.Task[Any]] = set()
+        self._sweep_every = min(1.0, max(0.05, body_seconds / 10))
+        self._sweeping = False
         # The door of each method's handler, while the inner handler stays the same
         # object (it does without per-call interceptors): no new closure per call.
         self._doors: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -86,20 +80,38 @@ class CallLimits(grpc.aio.ServerInterceptor):
         self._doors[method] = (handler, door)
         return door
 
+    def _sweep(self) -> None:
+        """Cancel the read of every call whose request message is overdue."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, due in list(self._awaiting.items()):
+            if due <= now:
+                del self._awaiting[task]
+                self._late.add(task)
+                task.cancel()
+        if self._awaiting:
+            loop.call_later(self._sweep_every, self._sweep)
+        else:
+            self._sweeping = False
+
     def _door(self, behavior: Any) -> Any:
         async def door(_requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            timer = _Timer()
-            deadline = asyncio.get_running_loop().call_later(
-                self.body_seconds, _cancel, asyncio.current_task(), timer
-            )
+            task = asyncio.current_task()
+            assert task is not None
+            loop = asyncio.get_running_loop()
+            self._awaiting[task] = loop.time() + self.body_seconds
+            if not self._sweeping:
+                self._sweeping = True
+                loop.call_later(self._sweep_every, self._sweep)
             try:
                 request = await context.read()
             except asyncio.CancelledError:
-                if not timer.fired:
+                if task not in self._late:
                     raise  # the client went away
+                self._late.discard(task)
                 request = None
             finally:
-                deadline.cancel()
+                self._awaiting.pop(task, None)
             if request is None:
                 await _refuse(
                     context,
