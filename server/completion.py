@@ -15,6 +15,7 @@ the status goes to the client once, when the call has ended, if it is still ther
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -76,10 +77,18 @@ class DetachedContext:
         raise DetachedAbort(details)
 
 
-def _consume(task: asyncio.Task[Any]) -> None:
-    """Nobody awaits a call whose client has gone: take its outcome so asyncio does not warn."""
-    if not task.cancelled():
-        task.exception()
+def _pass_on(waiter: asyncio.Future[Any], task: asyncio.Task[Any]) -> None:
+    """The call's outcome to the client's waiter, if the client still waits; else take it
+    (nobody awaits a call whose client has gone) so asyncio does not warn."""
+    if waiter.cancelled():
+        if not task.cancelled():
+            task.exception()
+    elif task.cancelled():
+        waiter.cancel()
+    elif (error := task.exception()) is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(task.result())
 
 
 async def to_completion(
@@ -89,10 +98,14 @@ async def to_completion(
     if isinstance(context, DetachedContext):  # an outer interceptor detached it already
         return await call(request, context)
     detached = DetachedContext(context)
-    task = asyncio.ensure_future(call(request, detached))
-    task.add_done_callback(_consume)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(call(request, detached))
+    # What asyncio.shield does, with one callback: cancelling this call (the client left)
+    # cancels only the waiter, never the task. It is on every journaled call's path.
+    waiter: asyncio.Future[T] = loop.create_future()
+    task.add_done_callback(functools.partial(_pass_on, waiter))
     try:
-        return await asyncio.shield(task)
+        return await waiter
     except asyncio.CancelledError:
         detached.keep()  # before the call is freed
         detached.gone = True
