@@ -378,7 +378,8 @@ class BenchConfig:
     concurrency: int = 32
     channels: int = 4
     load_fraction: float = 0.8
-    server_args: tuple[str, ...] = ()  # extra `settlesim serve` arguments, e.g. ("--processes", "2")
+    processes: int = 1  # processes of each server, the noop ones and the reference one (`serve --processes N`)
+    server_args: tuple[str, ...] = ()  # extra `settlesim serve` arguments, e.g. ("--no-journal",)
     rounds: int = 1  # interleaved rounds (noop sync, noop aio, settle, settle at load); medians when > 1
     replicas: int = 1  # `settlesim serve` processes on one ledger, called round_robin
     db: str | None = None  # the ledger: a SQLite path or postgresql://...; None: a new SQLite file per round
@@ -405,7 +406,8 @@ class Round:
 def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, requests: Requests, out: Any) -> Round:
     noops: dict[str, Figures] = {}
     for design in NOOP_DESIGNS:
-        noop_cmd = [sys.executable, "-m", "settlesim.server.noop", "--port", "0", "--design", design]
+        noop_cmd = [sys.executable, "-m", "settlesim.server.noop", "--port", "0", "--design", design,
+                    "--processes", str(config.processes)]  # fmt: skip
         with running(noop_cmd) as noop:
             noops[design] = measure_closed(
                 f"noop {design}", noop, requests, config.concurrency, config.seconds, config.warmup, config.channels
@@ -414,6 +416,7 @@ def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, reque
     serve_cmd = [
         sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(world),
         "--db", str(db), "--log-level", "warning", *config.server_args,
+        *(("--processes", str(config.processes)) if config.processes > 1 else ()),
     ]  # fmt: skip
     started = time.perf_counter()
     dsn = str(db) if db_figures.is_postgres(str(db)) else None
@@ -507,6 +510,8 @@ def run(config: BenchConfig, out=print) -> list[Round]:
             f"{config.seconds:g} s after {config.warmup:g} s warm-up; SettleVisit on {persons} people; "
             f"{os.cpu_count()} CPUs shared by servers and load generator"
         )
+        if config.processes > 1:
+            out(f"every server (noop sync, noop aio, reference) runs {config.processes} processes on one port")
         if config.replicas > 1 or config.db:
             where = _describe_db(config.db)
             out(f"reference: {config.replicas} replica(s) of settlesim serve on {where}, called round_robin")

@@ -10,6 +10,11 @@ design `settlesim serve` had before it moved to one event loop) and `aio`
 
     python -m settlesim.server.noop --port 0              # "settlesim noop serving on HOST:PORT"
     python -m settlesim.server.noop --port 0 --design aio
+    python -m settlesim.server.noop --port 0 --design aio --processes 2   # as `serve --processes 2`
+
+With `--processes N` it runs N noop servers on one port (SO_REUSEPORT: the kernel
+spreads the connections over them), so `settlesim bench --processes N` holds N
+reference server processes to N noop ones, not to one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -92,10 +99,12 @@ class AioNoopService(pb_grpc.SettlementServiceServicer):
         return pb.ReconcileResponse(matched=True)
 
 
-async def serve_aio_noop(host: str, port: int, ready: Callable[[int], None]) -> None:
+async def serve_aio_noop(
+    host: str, port: int, ready: Callable[[int], None], reuse_port: bool = False
+) -> None:
     """Started like app.start: one event loop, the same options, handlers and
     health service; runs until SIGTERM or SIGINT."""
-    server = grpc.aio.server(options=server_options())
+    server = grpc.aio.server(options=server_options(reuse_port))
     add_to_server(AioNoopService(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -111,11 +120,13 @@ async def serve_aio_noop(host: str, port: int, ready: Callable[[int], None]) -> 
     await server.stop(1)
 
 
-def start_noop(host: str = "127.0.0.1", port: int = 0, max_workers: int = 16) -> tuple[grpc.Server, int]:
+def start_noop(
+    host: str = "127.0.0.1", port: int = 0, max_workers: int = 16, reuse_port: bool = False
+) -> tuple[grpc.Server, int]:
     """The sync design: a thread pool, the same message limits, health service."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="noop"),
-        options=server_options(),
+        options=server_options(reuse_port),
     )
     add_to_server(NoopService(), server)  # the reference server's handlers and deserializers
     health_servicer = health.HealthServicer()
@@ -126,18 +137,53 @@ def start_noop(host: str = "127.0.0.1", port: int = 0, max_workers: int = 16) ->
     return server, bound
 
 
+def serve_processes(args: argparse.Namespace) -> int:
+    """`args.processes` noop servers on one port, each its own process (started, not forked:
+    nothing of gRPC crosses a fork); stops them all on SIGTERM or SIGINT."""
+    from settlesim.server.processes import _reserve
+
+    reserved = _reserve(args.host, args.port)  # fixes the port, even port 0, for the children
+    port = reserved.getsockname()[1]
+    command = [sys.executable, "-m", "settlesim.server.noop", "--host", args.host, "--port", str(port),
+               "--design", args.design, "--workers", str(args.workers), "--reuse-port"]  # fmt: skip
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    try:
+        for child in children:  # each says "serving on" once it listens
+            assert child.stdout is not None
+            if "serving on" not in child.stdout.readline():
+                raise RuntimeError(f"a noop server process exited with {child.wait()}")
+        reserved.close()
+        print(f"settlesim noop serving on {args.host}:{port} ({args.processes} processes)", flush=True)
+        while not stopped.wait(0.5):
+            if any(child.poll() is not None for child in children):
+                return 1
+        return 0
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m settlesim.server.noop", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=16, help="request threads of the sync design")
     parser.add_argument("--design", choices=("sync", "aio"), default="sync")
+    parser.add_argument("--processes", type=int, default=1, help="noop servers sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # one of --processes N
     args = parser.parse_args(argv)
+    if args.processes > 1:
+        return serve_processes(args)
     if args.design == "aio":
         announce = lambda bound: print(f"settlesim noop serving on {args.host}:{bound}", flush=True)  # noqa: E731
-        run_loop(serve_aio_noop(args.host, args.port, announce))
+        run_loop(serve_aio_noop(args.host, args.port, announce, args.reuse_port))
         return 0
-    server, port = start_noop(args.host, args.port, args.workers)
+    server, port = start_noop(args.host, args.port, args.workers, args.reuse_port)
     print(f"settlesim noop serving on {args.host}:{port}", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -546,7 +546,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=32, help="calls in flight, closed loop (default 32)")
     p.add_argument("--connections", type=int, default=4, help="HTTP/2 connections (default 4)")
     p.add_argument("--load", type=float, default=0.8, help="open-loop rate as a share of the peak (default 0.8)")
-    p.add_argument("--processes", type=int, default=1, help="reference server processes (default 1)")
+    p.add_argument(
+        "--processes", type=int, default=1, help="processes of the reference server and of each noop one (default 1)"
+    )
     p.add_argument(
         "--replicas", type=at_least_one, default=1, help="`settlesim serve` replicas on one ledger, each on its own "
         "port, the load spread over them round_robin (default 1; docs/scaling.md)",
@@ -578,8 +580,8 @@ def run_bench(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         channels=args.connections,
         load_fraction=args.load,
-        server_args=(("--processes", str(args.processes)) if args.processes > 1 else ())
-        + (("--no-journal",) if args.no_journal else ())
+        processes=args.processes,
+        server_args=(("--no-journal",) if args.no_journal else ())
         + (("--no-metrics",) if args.no_metrics else ()),
         rounds=args.rounds,
         replicas=args.replicas,
