@@ -55,7 +55,7 @@ def test_noop_processes_share_the_port_and_stop_together(design: str) -> None:
             channel.close()
         noop.send_signal(signal.SIGTERM)
         assert noop.wait(30) == 0
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, alive
     finally:
         if noop.poll() is None:
