@@ -21,7 +21,7 @@ import sys
 import threading
 from dataclasses import replace
 
-from settlesim.server.app import INTEGRITY_CHECK_SKIPPED, ServerConfig, default_db_path, start
+from settlesim.server.app import INTEGRITY_CHECK_SKIPPED, ServerConfig, default_db_path, start, tune_gc
 from settlesim.server.auth import check_combination
 from settlesim.server.ledger import open_ledger
 from settlesim.server.world_loader import load_world
@@ -56,6 +56,7 @@ def _child(config: ServerConfig, world: object, ready: int, parent: int) -> None
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it forwards SIGTERM
         threading.Thread(target=_watch_parent, args=(parent, stopped), daemon=True).start()
         running = start(config, world)  # type: ignore[arg-type]
+        tune_gc()
         os.write(ready, b"1")
         os.close(ready)
         stopped.wait()
