@@ -50,14 +50,14 @@ def is_code(value: str) -> bool:
     return 0 < len(value) <= MAX_CODE_LENGTH and CODE.match(value) is not None
 
 
-_RECURRING_CODES: set[str] = set()  # well-formed codes seen before (institutions, diseases, items)
-_RECURRING_KEPT = 100_000  # at most this many (a few MB): past it, new ones are matched each time
+_RECURRING_CODES: set[str] = set()  # well-formed codes seen before (institutions, diseases, catalog items)
+_RECURRING_KEPT = 100_000  # at most this many (~15 MB of 64-character codes): past it, new ones are matched each time
 
 
 def is_recurring_code(value: str) -> bool:
-    """is_code for the codes every request repeats (institution, disease, catalog and hospital
-    item codes, sequence numbers): a set lookup instead of a regular expression once seen.
-    Not for msgids, which are new each time."""
+    """is_code for the codes every request repeats (the world's institutions and diseases, catalog
+    item codes): a set lookup instead of a regular expression once seen. Not for what a client
+    makes new each time (msgids, sequence numbers, its own item codes), which would only fill it."""
     if value in _RECURRING_CODES:
         return True
     if not is_code(value):
@@ -127,14 +127,14 @@ def _valid_visit(visit: pb.Visit, world: World) -> VisitKey | None:
     """The visit when every check of `_visit` passes (no field names made), else None."""
     institution, person, disease = visit.institution_code, visit.person, visit.disease_code
     if not (
-        is_recurring_code(institution)
-        and institution in world.institutions
+        institution in world.institutions  # the world's codes only are remembered as well-formed
+        and is_recurring_code(institution)
         and (not person.person_no or is_code(person.person_no))
-        and (not person.certificate_type or is_recurring_code(person.certificate_type))
+        and (not person.certificate_type or is_code(person.certificate_type))
         and (not person.certificate_no or is_code(person.certificate_no))
         and (person.person_no or person.certificate_no)
-        and is_recurring_code(disease)
         and disease in world.diseases
+        and is_recurring_code(disease)
         and visit.medical_type in _MEDICAL_TYPES
         and DAY.fullmatch(visit.visit_date)
     ):
@@ -214,10 +214,10 @@ def _lines(check: _Checker, items: Iterable[pb.FeeItem], count: int, prefix: str
         sequence_no, catalog_code, hospital_code = item.sequence_no, item.catalog_code, item.hospital_item_code
         unit_price, quantity = item.unit_price_fen, item.quantity
         if (
-            is_recurring_code(sequence_no)
+            is_code(sequence_no)
             and sequence_no not in seen
             and is_recurring_code(catalog_code)
-            and (not hospital_code or is_recurring_code(hospital_code))
+            and (not hospital_code or is_code(hospital_code))
             and 0 <= unit_price <= MAX_UNIT_PRICE_FEN
             and 0 < quantity <= MAX_QUANTITY
             and item.amount_fen == unit_price * quantity

@@ -36,7 +36,7 @@ def share_of(amount_fen: int, share_bp: int) -> int:
 
 
 _FEN: dict[int, str] = {}  # fen's answers: deductibles, caps, 0 and common prices recur
-_FEN_KEPT = 100_000  # at most this many (a few MB): past it, amounts are formatted each time
+_FEN_KEPT = 100_000  # at most this many (~14 MB): past it, amounts are formatted each time
 
 
 def fen(amount: int) -> str:
