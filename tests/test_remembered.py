@@ -115,3 +115,15 @@ def test_remembered_regions_stop_at_their_cap(monkeypatch: pytest.MonkeyPatch) -
     assert len(fresh._catalog_of) == 2
     # a region past the cap is still looked up along its lineage: Xining's district -> Qinghai's policy
     assert fresh.policy_for("630104") is fresh.policies["630000"]
+
+
+def test_the_answer_takes_trace_and_fund_rows_field_by_field_in_the_contract_order() -> None:
+    """answers.add_trace and add_funds unpack each named tuple into the message's fields in
+    order (the cheap way): a field added or two swapped in either must fail here, not
+    silently put one figure in another's field."""
+    from settlesim.server.rules.funds import FundPayment
+    from settlesim.server.rules.settlement import TraceEntry
+
+    assert TraceEntry._fields == tuple(f.name for f in pb.TraceEntry.DESCRIPTOR.fields)
+    # the contract says which fields hold fen; the rules' names leave the unit out
+    assert tuple(f.name.removesuffix("_fen") for f in pb.FundPayment.DESCRIPTOR.fields) == FundPayment._fields
