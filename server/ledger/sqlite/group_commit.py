@@ -27,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from settlesim.server.ledger.sqlite.errors import is_storage_failure
@@ -40,6 +41,44 @@ if TYPE_CHECKING:
 log = logging.getLogger("settlesim.server.ledger")
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
+Done = Callable[[BaseException | None], None]
+
+
+class CommitThread:
+    """The helper thread: runs `task()` and hands `done(error)` to the loop with one
+    `call_soon_threadsafe`. Measured against a ThreadPoolExecutor's future chain
+    (submit, a concurrent Future wrapped in an asyncio one, two done-callbacks a batch):
+    see docs/performance.md."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._tasks: queue.SimpleQueue[tuple[Callable[[], None], Done] | None] = queue.SimpleQueue()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._serve, name="ledger-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, task: Callable[[], None], done: Done) -> None:
+        if self._stopped:
+            raise RuntimeError("the ledger's commit thread has stopped")
+        self._tasks.put((task, done))
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._tasks.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (item := self._tasks.get()) is not None:
+            task, done = item
+            try:
+                task()
+                error: BaseException | None = None
+            except BaseException as failure:  # the loop answers every caller of the batch with it
+                error = failure
+            try:
+                self.loop.call_soon_threadsafe(done, error)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                log.warning("ledger commit finished after its event loop closed")
 
 
 class LoopGroupCommit:
@@ -63,7 +102,7 @@ class LoopGroupCommit:
         self.ledger, self.loop = ledger, loop
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._busy = False  # a batch is being collected, run or committed
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
+        self._helper = CommitThread(loop)
         self.batches = 0  # figures for the benchmark's notes
         self.writes = 0
         self.largest = 0
@@ -105,7 +144,7 @@ class LoopGroupCommit:
         return len(self._pending)
 
     def close(self) -> None:
-        self._helper.shutdown(wait=True)
+        self._helper.stop()
         if self.batches:
             log.debug(
                 "group commit: %d writes in %d transactions (%.1f per transaction, at most %d)",
@@ -124,17 +163,14 @@ class LoopGroupCommit:
         try:
             locked = self._lock_here()
             if not locked:
-                waited = self.loop.run_in_executor(self._helper, self._lock_waiting)
+                self._helper.submit(self._lock_waiting, lambda error: self._locked(batch, error))
         except BaseException as error:  # e.g. BEGIN failed for another reason than a busy file
             self._answer(batch, [], error)
             return
         if locked:
             self._run(batch)
-        else:
-            waited.add_done_callback(lambda done: self._locked(batch, done))
 
-    def _locked(self, batch: list[tuple[Work, asyncio.Future[Any]]], done: asyncio.Future[None]) -> None:
-        error = done.exception()
+    def _locked(self, batch: list[tuple[Work, asyncio.Future[Any]]], error: BaseException | None) -> None:
         if error is not None:  # e.g. another process held the write lock past BEGIN's timeout
             self._answer(batch, [], error)
             return
@@ -194,13 +230,13 @@ class LoopGroupCommit:
         finally:
             self.ledger._batch_now = None
         try:
-            committing = self.loop.run_in_executor(self._helper, self._commit, db)
-        except BaseException as error:  # e.g. the helper was shut down: roll back here
+            self._helper.submit(
+                lambda: self._commit(db), lambda error: self._committed(batch, outcomes, error)
+            )
+        except BaseException as error:  # e.g. the helper was stopped: roll back here
             self._rollback(db)
             self._unlock()
             self._answer(batch, [], error)
-            return
-        committing.add_done_callback(lambda done: self._committed(batch, outcomes, done))
 
     def _jobs(self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> list[Any]:
         """Each job's (ok, value), without SAVEPOINTs unless a job failed after writing."""
@@ -223,7 +259,9 @@ class LoopGroupCommit:
         the ledger's write health hears of it (server/ledger/health.py)."""
         return self.ledger._storage_failed(error) if is_storage_failure(error) else error
 
-    def _jobs_with_savepoints(self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> list[Any]:
+    def _jobs_with_savepoints(
+        self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
+    ) -> list[Any]:
         outcomes: list[Any] = []
         for work, _future in batch:
             db.execute("SAVEPOINT job")
@@ -254,8 +292,9 @@ class LoopGroupCommit:
             except sqlite3.Error:
                 log.exception("ROLLBACK failed")
 
-    def _committed(self, batch: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Any], done: Any) -> None:
-        error = done.exception()
+    def _committed(
+        self, batch: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Any], error: BaseException | None
+    ) -> None:
         if error is None:
             self.ledger._health.committed()
         if self.ledger.on_commit is not None:
@@ -290,4 +329,3 @@ class LoopGroupCommit:
             self._gather()
         else:
             self._busy = False
-
