@@ -88,16 +88,18 @@ def totals(db: sqlite3.Connection, session: str, person_no: str, disease: str, y
     """The person's totals for the disease and year, with what the personal account paid that
     year for every disease (the balance is the person's). Read in the settlement's own write
     transaction, so concurrent visits never spend the same balance twice."""
-    row = db.execute(
-        "SELECT deductible_used, fund_paid, serious_threshold_used, serious_paid, assistance_paid, account_paid "
-        "FROM yearly_totals WHERE session = ? AND person_no = ? AND disease_code = ? AND year = ?",
-        (session, person_no, disease, year),
-    ).fetchone()
-    (paid_year,) = db.execute(
-        "SELECT COALESCE(SUM(account_paid), 0) FROM yearly_totals WHERE session = ? AND person_no = ? AND year = ?",
+    # One statement: the person's rows of the year (the key's prefix, then the year), whose
+    # account_paid add up to the year's and one of which is this disease's.
+    found = db.execute(
+        "SELECT disease_code, deductible_used, fund_paid, serious_threshold_used, serious_paid, assistance_paid, "
+        "account_paid FROM yearly_totals WHERE session = ? AND person_no = ? AND year = ?",
         (session, person_no, year),
-    ).fetchone()
-    return YearlyTotals(*row, account_paid_year=paid_year) if row else YearlyTotals(account_paid_year=paid_year)
+    ).fetchall()
+    paid_year = sum(row[6] for row in found)
+    for row in found:
+        if row[0] == disease:
+            return YearlyTotals(*row[1:], account_paid_year=paid_year)
+    return YearlyTotals(account_paid_year=paid_year)
 
 
 def put_totals(
