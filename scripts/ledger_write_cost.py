@@ -1,8 +1,8 @@
 """What the SQLite ledger's write path costs per settle, in process: CPU of each thread per
-settle while `--in-flight` settles run at once through `SqliteLedger.settle_async` on uvloop
+settle while `--in-flight` settles run at once (each batch takes all of them) through `SqliteLedger.settle_async` on uvloop
 (the server's group commit, real SQLite, synchronous=FULL), and WAL frames per COMMIT.
 
-    python scripts/ledger_write_cost.py --persons 1000 --settles 6000 --in-flight 32 [--rounds 3]
+    python scripts/ledger_write_cost.py --persons 1000 --settles 12000 --in-flight 8 [--rounds 3]
 
 `--path ledger` (default): each settle's pricing is a prepared settlement of the bench's own
 requests (made once with the real rules), so the loop's CPU is the ledger's (SQL, group commit,
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -50,10 +49,10 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def wal_frames(path: Path) -> int:
-    """Frames in the WAL since it last started over (PRAGMA wal_checkpoint's second figure)."""
-    with sqlite3.connect(path) as db:
-        return db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+def wal_frames(ledger: SqliteLedger) -> int:
+    """Frames in the WAL since it last started over (PRAGMA wal_checkpoint's second figure), on
+    the ledger's write connection while no batch is under way."""
+    return ledger._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
 
 
 class Prepared:
@@ -99,7 +98,7 @@ async def drive(
         nonlocal refused
         request = pb.SettleVisitRequest()
         request.CopyFrom(requests[i % len(requests)])
-        request.request.msgid = f"M{tag}{i:08d}"
+        request.request.msgid = f"{request.request.visit.institution_code}{tag}{i:08d}"  # as the bench's
         try:
             await core.settle_visit(caller, request)
         except Exception:
@@ -108,7 +107,7 @@ async def drive(
     async def one_ledger(i: int) -> None:
         nonlocal refused
         source, stored, after = prepared.items[i % len(prepared.items)]
-        msgid = f"M{tag}{i:08d}"
+        msgid = f"{stored.institution_code}{tag}{i:08d}"  # the institution's code first, as the bench's
         fresh = replace(stored, settlement_id=IDS.next("S"), msgid=msgid)
 
         def compute(totals: YearlyTotals) -> tuple[object, YearlyTotals]:
@@ -147,7 +146,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=1000)
     parser.add_argument("--settles", type=int, default=6000)
-    parser.add_argument("--in-flight", type=int, default=32)
+    # In process every settle in flight joins the next batch: 8 makes the batches of 7-8 that
+    # `settlesim serve` commits under the bench's closed loop (32 in flight over the network).
+    parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--path", choices=("ledger", "core"), default="ledger")
     parser.add_argument("--world", type=Path, help="a generated world (default: one made of --persons)")
@@ -180,7 +181,7 @@ def main() -> None:
         committer = ledger._loop_committer
         batches, writes = committer.batches, committer.writes
         loop.run_until_complete(drive(ledger, core, requests, prepared, 1500, args.in_flight))
-        frames = wal_frames(db)
+        frames = wal_frames(ledger)
         frame_batches, frame_writes = committer.batches - batches, committer.writes - writes
         ledger._db.execute("PRAGMA wal_autocheckpoint=10000")  # as connect() sets it
         batches, writes = committer.batches, committer.writes

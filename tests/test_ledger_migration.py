@@ -161,7 +161,7 @@ def rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def layout(path: Path) -> tuple[int, list[str], list[str]]:
-    """(user_version, messages' key columns in order, settlements_by_msgid's columns)."""
+    """(user_version, messages' key columns in order, settlements_by_msgid's columns: none from 8)."""
     with closing(read_only(path)) as db:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         key = [
@@ -212,11 +212,8 @@ def test_upgrade_keeps_every_row_and_rekeys_messages(tmp_path):
                 "AND pre_self_pay IS NULL AND in_scope IS NULL AND ratio_bp IS NULL"
             ).fetchone() == (len(SETTLEMENTS),)
             assert db.execute("SELECT COUNT(*) FROM settlement_items").fetchone() == (0,)
-        assert layout(old) == (
-            SCHEMA_VERSION,
-            ["session", "institution_code", "msgid"],
-            ["session", "msgid", "institution_code"],
-        )
+        # Version 8 has no index on settlements by msgid: the messages' key finds them.
+        assert layout(old) == (SCHEMA_VERSION, ["session", "institution_code", "msgid"], [])
         assert ledger.check() == []
         # The old messages still answer as before, each in its sender's namespace now.
         assert settle(ledger, "M1", CANCER_HOSPITAL, "unused") == (
@@ -433,10 +430,65 @@ def test_a_version_5_ledger_gains_the_national_visit_tables_and_keeps_every_row(
     before = rows(path)
     ledger = Ledger(path)
     try:
-        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 7
+        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 8
         assert rows(path) == before and ledger.check() == []
         with closing(sqlite3.connect(path)) as db:  # beside the open ledger (WAL)
             for table in VERSION_6_TABLES:
                 assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,)
     finally:
         ledger.close()
+
+
+def version_7_of(path: Path) -> None:
+    """Make a current ledger what version 7 left: its index of settlements by msgid."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("CREATE INDEX settlements_by_msgid ON settlements (session, msgid, institution_code)")
+        db.execute("PRAGMA user_version = 7")
+
+
+def test_a_version_7_ledger_loses_the_msgid_index_and_finds_settlements_by_msgid_as_before(tmp_path):
+    """Version 7 -> 8 drops settlements_by_msgid (a random index page written by every settle):
+    every row stays, and a settlement is found by its msgid through its settle message, voided
+    ones too, while a blocked msgid (voided before it settled) still finds none."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    settle(ledger, "M1", CANCER_HOSPITAL, "S1")
+    settle(ledger, "M2", FUWAI, "S2")
+    ledger.void("", "V1", FUWAI, "h-V1", "M2")
+    ledger.void("", "V2", CANCER_HOSPITAL, "h-V2", "NEVER-SENT")
+    ledger.close()
+    version_7_of(path)
+    before = rows(path)
+    assert layout(path) == (7, ["session", "institution_code", "msgid"], ["session", "msgid", "institution_code"])
+    ledger = Ledger(path)
+    try:
+        assert ledger.upgraded_from == 7
+        assert layout(path) == (SCHEMA_VERSION, ["session", "institution_code", "msgid"], [])
+        assert rows(path) == before and ledger.check() == []
+        assert ledger.get("", CANCER_HOSPITAL, msgid="M1").settlement_id == "S1"
+        voided = ledger.get("", FUWAI, msgid="M2")
+        assert (voided.settlement_id, voided.status) == ("S2", "voided")
+        for institution, msgid in ((CANCER_HOSPITAL, "NEVER-SENT"), (FUWAI, "M1"), (CANCER_HOSPITAL, "V2")):
+            with pytest.raises(Refusal) as refused:  # blocked, another's msgid, a void's own msgid
+                ledger.get("", institution, msgid=msgid)
+            assert refused.value.reason == Reason.SETTLEMENT_NOT_FOUND
+    finally:
+        ledger.close()
+
+
+def test_the_msgid_index_tells_versions_7_and_8_apart(tmp_path):
+    """A header that says 8 on version 7's tables, or 7 on version 8's, is refused naming both."""
+    seven, eight = tmp_path / "seven.db", tmp_path / "eight.db"
+    for path in (seven, eight):
+        ledger = Ledger(path)
+        settle(ledger, "M1", CANCER_HOSPITAL, "S1")
+        ledger.close()
+    version_7_of(seven)
+    with closing(sqlite3.connect(seven, isolation_level=None)) as db:
+        db.execute("PRAGMA user_version = 8")
+    with closing(sqlite3.connect(eight, isolation_level=None)) as db:
+        db.execute("PRAGMA user_version = 7")
+    for path, header, tables in ((seven, 8, 7), (eight, 7, 8)):
+        with pytest.raises(LedgerFileError) as refused:
+            Ledger(path)
+        assert f"user_version {header} but its tables are those of version {tables}" in str(refused.value)

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# The tables of schema version 7 and their columns, named alike in both stores.
+# The tables of schema version 7 and 8 (8 only drops a SQLite index) and their columns, named alike in both stores.
 TABLES: dict[str, tuple[str, ...]] = {
     "sessions": ("session", "institutions", "created_at"),
     "settlements": (

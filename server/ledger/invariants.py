@@ -158,8 +158,12 @@ def national_visit_problems(db: Connection) -> list[str]:
         f"national visit {mdtrt_id} ({session!r}, {institution}): its settlement msgid {msgid} is "
         + ("not a settlement" if person is None else f"person {person}'s, the visit is {psn_no}'s")
         for session, institution, mdtrt_id, msgid, psn_no, person in db.execute(
+            # The settlements some visit names, gathered in one pass: SQLite's ledger has no index
+            # on settlements by msgid (schema 8), and a probe per visit would scan its institution's.
+            "WITH linked AS MATERIALIZED (SELECT session, institution_code, msgid, person_no FROM settlements "
+            "WHERE msgid IN (SELECT settle_msgid FROM national_visits)) "
             "SELECT v.session, v.institution_code, v.mdtrt_id, v.settle_msgid, v.psn_no, s.person_no "
-            "FROM national_visits v LEFT JOIN settlements s ON s.session = v.session "
+            "FROM national_visits v LEFT JOIN linked s ON s.session = v.session "
             "AND s.institution_code = v.institution_code AND s.msgid = v.settle_msgid "
             "WHERE v.settle_msgid != '' AND (s.person_no IS NULL OR s.person_no != v.psn_no)"
         )

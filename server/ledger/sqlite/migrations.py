@@ -46,6 +46,8 @@ def upgrade(db: sqlite3.Connection, path: Path) -> int | None:
         db.execute(INSTITUTION_TOTALS_FROM_SETTLEMENTS)
     if version < 5:
         _own_used_sessions(db)
+    if version < 8:  # a settlement is found by its msgid through messages' key
+        db.execute("DROP INDEX IF EXISTS settlements_by_msgid")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return version
 
@@ -81,8 +83,6 @@ def _rekey_messages(db: sqlite3.Connection) -> None:
         raise LedgerFileError(f"re-keying messages copied {after} of {before} rows; nothing was changed")
     db.execute("DROP TABLE messages")
     db.execute("ALTER TABLE messages_rekeyed RENAME TO messages")
-    # (session, msgid): the upgrade makes it again with the institution
-    db.execute("DROP INDEX IF EXISTS settlements_by_msgid")
 
 
 def _own_used_sessions(db: sqlite3.Connection) -> None:

@@ -18,10 +18,11 @@ from settlesim.server.rules.reasons import Reason, Refusal
 
 _VISIT = (
     "SELECT v.institution_code, v.mdtrt_id, v.psn_no, v.insutype, v.begntime, v.status, v.med_type, "
-    "v.dise_codg, v.settle_msgid, COALESCE(s.status, '') FROM national_visits v LEFT JOIN settlements s "
-    "ON s.session = v.session AND s.institution_code = v.institution_code AND s.msgid = v.settle_msgid "
-    "AND v.settle_msgid != '' WHERE v.session = ? AND v.institution_code = ? AND v.mdtrt_id = ?"
-)
+    "v.dise_codg, v.settle_msgid, COALESCE(s.status, '') FROM national_visits v LEFT JOIN messages m "
+    "ON m.session = v.session AND m.institution_code = v.institution_code AND m.msgid = v.settle_msgid "
+    "AND m.kind = 'settle' AND v.settle_msgid != '' LEFT JOIN settlements s ON s.settlement_id = m.settlement_id "
+    "WHERE v.session = ? AND v.institution_code = ? AND v.mdtrt_id = ?"
+)  # the settlement through its settle message's key (schema 8 has no index on settlements by msgid)
 
 
 def visit(db: sqlite3.Connection, session: str, institution: str, mdtrt_id: str) -> Visit:

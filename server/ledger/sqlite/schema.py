@@ -18,7 +18,9 @@ from settlesim.server.ledger.contract import LedgerFileError
 # 6: the national door's visit flow (national_visits, national_fee_lines, national_answers).
 # 7: the fund breakdown and the personal account: five settlement columns (FUND_COLUMNS, NULL
 #    before) and four yearly counters (COUNTER_COLUMNS, 0 before).
-SCHEMA_VERSION = 7
+# 8: no index settlements_by_msgid: a settlement is found by its msgid through messages' key,
+#    which every settle writes anyway (the index cost a random page a settle in every COMMIT).
+SCHEMA_VERSION = 8
 
 # Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
 # original msgid voided before it ever settled. A msgid is its sender's message id
@@ -35,11 +37,6 @@ CREATE TABLE IF NOT EXISTS {table} (
     created_at       TEXT NOT NULL,
     PRIMARY KEY (session, institution_code, msgid)
 ) WITHOUT ROWID"""
-
-# A settlement by its sender's msgid: (session, institution, msgid), all equalities.
-_SETTLEMENTS_BY_MSGID = (
-    "CREATE INDEX IF NOT EXISTS settlements_by_msgid ON settlements (session, msgid, institution_code)"
-)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS settlements (
@@ -74,7 +71,6 @@ CREATE TABLE IF NOT EXISTS settlements (
 );
 CREATE INDEX IF NOT EXISTS settlements_by_institution
     ON settlements (session, institution_code, visit_date);
-{_SETTLEMENTS_BY_MSGID};
 
 CREATE TABLE IF NOT EXISTS yearly_totals (
     session         TEXT NOT NULL,
@@ -216,6 +212,10 @@ def table_exists(db: sqlite3.Connection, name: str) -> bool:
     return row is not None
 
 
+def index_exists(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone() is not None
+
+
 def tables_version(db: sqlite3.Connection) -> int | None:
     """The schema version the ledger's tables are, whatever user_version says;
     None when none of them exists."""
@@ -223,7 +223,9 @@ def tables_version(db: sqlite3.Connection) -> int | None:
         return None
     if table_exists(db, "national_visits"):
         settlement_columns = {row[1] for row in db.execute("PRAGMA table_info(settlements)")}
-        return 7 if "pooled_pays" in settlement_columns else 6
+        if "pooled_pays" not in settlement_columns:
+            return 6
+        return 7 if index_exists(db, "settlements_by_msgid") else 8
     if table_exists(db, "sessions"):
         return 5
     if table_exists(db, "institution_totals"):

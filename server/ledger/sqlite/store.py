@@ -403,10 +403,12 @@ class SqliteLedger(WriterThread):
     ) -> StoredSettlement:
         with self._read() as db:
             if not settlement_id:
+                # The msgid's settle message names its settlement (schema 8: no index on
+                # settlements by msgid; `ledger check` holds the two to agree).
                 row = db.execute(
-                    "SELECT settlement_id FROM settlements "
-                    "WHERE session = ? AND msgid = ? AND institution_code = ?",
-                    (session, msgid, institution_code),
+                    "SELECT settlement_id FROM messages "
+                    "WHERE session = ? AND institution_code = ? AND msgid = ? AND kind = 'settle'",
+                    (session, institution_code, msgid),
                 ).fetchone()
                 if row is None:
                     raise Refusal(
