@@ -1,6 +1,7 @@
 """What the SQLite ledger's write path costs per settle, in process: CPU of each thread per
-settle while `--in-flight` settles run at once (each batch takes all of them) through `SqliteLedger.settle_async` on uvloop
-(the server's group commit, real SQLite, synchronous=FULL), and WAL frames per COMMIT.
+settle while `--in-flight` settles run at once (each batch takes all of them) through
+`SqliteLedger.settle_async` on uvloop (the server's group commit, real SQLite,
+synchronous=FULL), and WAL frames per COMMIT.
 
     python scripts/ledger_write_cost.py --persons 1000 --settles 12000 --in-flight 8 [--rounds 3]
 
