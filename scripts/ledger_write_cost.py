@@ -7,8 +7,9 @@ synchronous=FULL), and WAL frames per COMMIT.
 
 `--path ledger` (default): each settle's pricing is a prepared settlement of the bench's own
 requests (made once with the real rules), so the loop's CPU is the ledger's (SQL, group commit,
-answering) plus this script's small driver; `--path core` runs `SettlementCore.settle_visit`
-(validation, rules, answer and ledger) as the server does without gRPC.
+answering) plus this script's small driver, whose own cost `--path driver` prints (the same
+loop without the ledger); `--path core` runs `SettlementCore.settle_visit` (validation, rules,
+answer and ledger) as the server does without gRPC.
 Prints figures, asserts nothing. Run it from two checkouts, interleaved, to compare them.
 """
 
@@ -87,7 +88,7 @@ class Prepared:
 
 async def drive(
     ledger: SqliteLedger, core: SettlementCore, requests: list[pb.SettleVisitRequest],
-    prepared: Prepared | None, count: int, in_flight: int,
+    prepared: Prepared | None, count: int, in_flight: int, null: bool = False,
 ) -> int:  # fmt: skip
     """`count` settles, `in_flight` at once; the settles that were refused."""
     caller = Caller("", "")
@@ -122,6 +123,11 @@ async def drive(
             )
 
         visit = source.visit
+        if null:  # the driver alone: what `--path ledger` spends besides the ledger
+            compute(YearlyTotals())
+            request_hash(source)
+            await asyncio.sleep(0)
+            return
         try:
             await ledger.settle_async(
                 "", msgid, visit.institution_code, request_hash(source), visit.person.person_no,
@@ -151,7 +157,7 @@ def main() -> None:
     # `settlesim serve` commits under the bench's closed loop (32 in flight over the network).
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--path", choices=("ledger", "core"), default="ledger")
+    parser.add_argument("--path", choices=("ledger", "core", "driver"), default="ledger")
     parser.add_argument("--world", type=Path, help="a generated world (default: one made of --persons)")
     args = parser.parse_args()
     import uvloop
@@ -172,8 +178,20 @@ def main() -> None:
         db = scratch / f"ledger-{r}.db"
         ledger = SqliteLedger(db)
         core = SettlementCore(world, ledger)
-        prepared = Prepared(core, requests) if args.path == "ledger" else None
+        prepared = Prepared(core, requests) if args.path != "core" else None
         loop = uvloop.new_event_loop()
+        if args.path == "driver":
+            loop.run_until_complete(drive(ledger, core, requests, prepared, 1000, args.in_flight, null=True))
+            before = thread_cpu()
+            loop.run_until_complete(
+                drive(ledger, core, requests, prepared, args.settles, args.in_flight, null=True)
+            )
+            driver = (thread_cpu()["loop"] - before["loop"]) / args.settles * 1e6
+            print(f"round {r + 1}: the driver alone, loop us {driver:.1f}")
+            figures.setdefault("driver loop us", []).append(driver)
+            ledger.close()
+            loop.close()
+            continue
         # Warm-up (caches, the group commit's helper thread), then WAL frames per COMMIT with
         # no checkpoint in between, then the timed run as served.
         loop.run_until_complete(drive(ledger, core, requests, prepared, 1000, args.in_flight))
