@@ -80,9 +80,7 @@ def timed(client: httpx.Client, url: str, repeat: int) -> tuple[float, float, in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("world", type=Path, help="a world made by `settlesim world generate`")
     parser.add_argument("--journal-calls", type=int, default=1_000_000)
     parser.add_argument("--settles", type=int, default=200, help="visits settled through gRPC first")
@@ -103,9 +101,7 @@ def main() -> int:
         for v in sample[: args.settles]:
             his = Hospital.connect(running.target, v["institution_code"])
             try:
-                answer = his.settle(
-                    v["psn_no"], v["disease_code"], "2025-03-01", [Fee("A-CONSULT-001", 5000)]
-                )
+                answer = his.settle(v["psn_no"], v["disease_code"], "2025-03-01", [Fee("A-CONSULT-001", 5000)])
                 settled.append(answer.settlement)
             except grpc.RpcError as refused:  # a sampled visit may be refused (capped, say): counted
                 refusals[refused.code().name] = refusals.get(refused.code().name, 0) + 1

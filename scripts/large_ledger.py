@@ -64,9 +64,7 @@ SETTLEMENT_COLUMNS = (
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path)
     parser.add_argument("--settlements", type=int, default=1_000_000)
     args = parser.parse_args()
@@ -96,9 +94,7 @@ def main() -> int:
             )  # fmt: skip
             item_rows += [(sid, *item[1:]) for item in items]
             messages.append(("", msgid, "settle", INSTITUTION, f"h{n}", sid, "2026-01-01T00:00:00+00:00"))
-        db.executemany(
-            f"INSERT INTO settlements ({SETTLEMENT_COLUMNS}) VALUES ({', '.join('?' * 21)})", settlements
-        )
+        db.executemany(f"INSERT INTO settlements ({SETTLEMENT_COLUMNS}) VALUES ({', '.join('?' * 21)})", settlements)
         db.executemany(f"INSERT INTO settlement_items VALUES ({', '.join('?' * 14)})", item_rows)
         db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", messages)
     db.execute(
@@ -114,9 +110,7 @@ def main() -> int:
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     size = args.path.stat().st_size
-    print(
-        f"{args.path}: {args.settlements} settlements, {size / 2**20:.0f} MiB, {time.monotonic() - started:.0f} s"
-    )
+    print(f"{args.path}: {args.settlements} settlements, {size / 2**20:.0f} MiB, {time.monotonic() - started:.0f} s")
     return 0
 
 
