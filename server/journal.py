@@ -274,6 +274,7 @@ class Journal:
 
     def _write_batches(self) -> None:
         stop = False
+        clock = _Clock()
         while not stop:
             batch: list[CallNote] = []
             waiting: list[threading.Event] = []
@@ -298,7 +299,7 @@ class Journal:
                     break
             if batch:
                 try:
-                    rows = [entry_of(note) for note in batch]
+                    rows = [entry_of(note, clock) for note in batch]
                     self._store(rows)
                 except Exception:  # a journal that cannot write must not stop the platform
                     log.exception("journal write failed; %d entries lost", len(batch))
@@ -369,11 +370,22 @@ def query(
     if limit:
         sql += f" LIMIT {int(limit)}"
     for row in db.execute(sql, args):
-        data = dict(zip(COLUMNS, row, strict=True))
-        data["request"] = _decoded(data["rpc"], "input", data["request"]) or {"undecodable": True}
-        data["undelivered"] = bool(data["undelivered"])
-        data["answer"] = _decoded(data["rpc"], "output", data["answer"])
-        yield JournalEntry(**data)
+        yield entry_of_row(row)
+
+
+def entry_of_row(row: tuple[Any, ...]) -> JournalEntry:
+    """A stored row (COLUMNS) as the entry readers see: request and answer decoded,
+    the request hash worked out from the request bytes where the writer left it to
+    the reader ("": it is computed when read, off the settle path)."""
+    data = dict(zip(COLUMNS, row, strict=True))
+    rpc, raw = data["rpc"], data["request"]
+    request = _message(rpc, "input", raw)
+    if not data["request_hash"]:
+        data["request_hash"] = _request_hash(rpc, request, raw)
+    data["request"] = (_as_dict(request) if request is not None else None) or {"undecodable": True}
+    data["answer"] = _decoded(rpc, "output", data["answer"])
+    data["undelivered"] = bool(data["undelivered"])
+    return JournalEntry(**data)
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
@@ -389,15 +401,56 @@ def open_read_only(path: Path) -> sqlite3.Connection:
 _METHODS = pb.DESCRIPTOR.services_by_name["SettlementService"].methods_by_name
 
 
-def _decoded(rpc: str, side: str, blob: bytes | None) -> dict[str, Any] | None:
-    """Stored protobuf bytes as protobuf JSON (read side: grading, show, export)."""
+def _message(rpc: str, side: str, blob: bytes | None) -> Any:
+    """Stored protobuf bytes as the message they were (None for none, or an unknown RPC)."""
     if blob is None or rpc not in _METHODS:
         return None
     method = _METHODS[rpc]
-    message = getattr(pb, (method.input_type if side == "input" else method.output_type).name).FromString(
-        blob
-    )
+    return getattr(pb, (method.input_type if side == "input" else method.output_type).name).FromString(blob)
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _decoded(rpc: str, side: str, blob: bytes | None) -> dict[str, Any] | None:
+    """Stored protobuf bytes as protobuf JSON (read side: grading, show, export)."""
+    message = _message(rpc, side, blob)
+    return None if message is None else _as_dict(message)
+
+
+def _request_hash(rpc: str, request: Any, raw: bytes | None) -> str:
+    """SHA-256 of the request bytes, of the SettlementRequest for 2206/2207: what a retry
+    with the same msgid must repeat. The stored bytes are the request serialized, so
+    parsing and serializing them again gives the bytes the call carried."""
+    if request is None:
+        return hashlib.sha256(raw).hexdigest() if raw is not None else ""
+    hashed = request.request.SerializeToString() if rpc in _SETTLING else raw
+    return hashlib.sha256(hashed).hexdigest()
+
+
+_SETTLING = ("PreSettleVisit", "SettleVisit")  # their requests wrap a SettlementRequest
+
+
+class _Clock:
+    """UTC ISO 8601 of a time.time(), as datetime.isoformat(timespec="microseconds") writes
+    it, with the part down to the second made once per second (the writer's rows
+    arrive in order, so nearly every row reuses it)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second, self._prefix = -1, ""
+
+    def iso(self, when: float) -> str:
+        second = int(when)
+        micro = round((when - second) * 1e6)  # as datetime rounds: the fraction, half to even
+        if micro == 1_000_000:
+            second, micro = second + 1, 0
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{micro:06d}+00:00"
 
 
 def _outcome(code: grpc.StatusCode | None, trailers: Any) -> tuple[str, str, str]:
@@ -414,42 +467,42 @@ def _outcome(code: grpc.StatusCode | None, trailers: Any) -> tuple[str, str, str
     return (code.name if code is not None else "UNKNOWN"), reason, fault
 
 
-def entry_of(note: CallNote) -> tuple[Any, ...]:
-    """The row of a finished call (column order of COLUMNS[1:])."""
+def entry_of(note: CallNote, clock: _Clock | None = None) -> tuple[Any, ...]:
+    """The row of a finished call (column order of COLUMNS[1:]). Only what must be
+    indexed or cannot be known later is worked out here, in the writer thread that
+    shares the GIL with the loop: the request hash is left to the reader ("")."""
     # Bytes, not JSON: serializing is C code, MessageToDict is Python and would cost
     # the settle path its share of the GIL; entries are decoded when read.
     request = note.request
-    decodable = hasattr(request, "SerializeToString")
-    raw = request.SerializeToString() if decodable else None
-    inner = request.request if note.rpc in ("PreSettleVisit", "SettleVisit") and decodable else request
-    msgid = getattr(inner, "msgid", "") if decodable else ""
-    hashed = inner.SerializeToString() if inner is not request else raw
-    digest = hashlib.sha256(hashed).hexdigest() if hashed is not None else ""
+    if hasattr(request, "SerializeToString"):
+        raw = request.SerializeToString()
+        msgid = getattr(request.request if note.rpc in _SETTLING else request, "msgid", "")
+    else:
+        raw, msgid = None, ""
     if note.code is None:
         code, reason, fault = "OK", "", ""
     else:
         code, reason, fault = _outcome(note.code, note.trailers)
-    answer = note.response.SerializeToString() if note.response is not None else None
-    when = datetime.fromtimestamp(note.arrived, UTC).isoformat(timespec="microseconds")
-    run_id = note.run.run_id if note.run is not None else ""
+    response = note.response
+    run = note.run
     return (
-        when,
+        (clock or _Clock()).iso(note.arrived),
         note.door,
         note.rpc,
         note.identity,
         note.institution,
         note.session,
-        run_id,
+        run.run_id if run is not None else "",
         note.actor,
         msgid,
-        digest,
+        "",  # request_hash: computed when read (entry_of_row)
         code,
         reason,
         note.fault or fault,
         round(note.latency_ms, 3),
         int(note.undelivered),
         raw,
-        answer,
+        response.SerializeToString() if response is not None else None,
     )
 
 

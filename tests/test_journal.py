@@ -5,10 +5,11 @@ institution or session header, persisted across a restart, ended by a timeout.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -18,10 +19,13 @@ from settlesim.clients.hischeck.command import Connection, HisCheckError, start
 from settlesim.clients.hospital import Fee, Hospital, SettlementUncertain
 from settlesim.server.app import ServerConfig
 from settlesim.server.app import start as start_server
+from settlesim.server.console import reads
+from settlesim.server.console.reads import read_only
 from settlesim.server.faults import plan_from_flags
-from settlesim.server.journal import journal_path
+from settlesim.server.journal import Journal, _Clock, journal_path
 from settlesim.v1 import his_check_pb2 as hc
 from settlesim.v1 import his_check_pb2_grpc as hc_grpc
+from settlesim.v1 import settlement_service_pb2 as pb
 
 QINGHAI = "63000000000000000001"
 FEES = [Fee("A-CONSULT-001", 5000), Fee("A-CHEMO-001", 12963)]  # fund 12963, patient 5000 (seed 002)
@@ -56,6 +60,43 @@ def test_every_call_is_journaled_with_who_what_outcome_and_latency(server, hospi
     assert first.answer["settlement"]["totals"]["fund_pays_fen"] == "12963"  # protobuf JSON: int64 as text
     assert first.latency_ms > 0 and first.time.startswith("20") and first.undelivered is False
     assert entries[1].answer is None
+
+
+def test_the_request_hash_is_of_the_bytes_the_his_sent(server, hospital):
+    """The writer leaves the hash to the reader; read, it is SHA-256 of the bytes the call
+    carried: of the SettlementRequest for a settle, of the whole request otherwise."""
+    his = hospital(CANCER_HOSPITAL)
+    request = his.settlement_request(QINGHAI, "M00503", "2021-12-09", FEES)
+    settled = his.settle_request(request)
+    his.get(settled.settlement.settlement_id)
+    settle, get = journal_of(server)
+    assert settle.request_hash == hashlib.sha256(request.SerializeToString()).hexdigest()
+    asked = pb.GetSettlementRequest(
+        institution_code=CANCER_HOSPITAL, settlement_id=settled.settlement.settlement_id
+    )
+    assert get.request_hash == hashlib.sha256(asked.SerializeToString()).hexdigest()
+    with read_only(server.journal.path) as db:  # the console reads it the same way
+        assert reads.journal_entry(db, settle.seq).request_hash == settle.request_hash
+
+
+def test_a_row_written_with_its_hash_is_read_with_that_hash(tmp_path):
+    """Journals written before the hash was left to the reader keep theirs."""
+    journal = Journal(tmp_path / "j.db")
+    try:
+        asked = pb.GetSettlementRequest(msgid="m").SerializeToString()
+        row = ("2026-12-01T08:00:00.000000+00:00", "grpc", "GetSettlement", "", "H1", "", "", "his", "m",
+               "stored-hash", "OK", "", "", 1.0, 0, asked, None)  # fmt: skip
+        journal._store([row])
+        [entry] = journal.entries()
+        assert entry.request_hash == "stored-hash" and entry.request == {"msgid": "m"}
+    finally:
+        journal.close()
+
+
+def test_the_writers_clock_writes_what_datetime_writes():
+    clock, start = _Clock(), time.time()
+    for when in [start + n * 0.0000007 for n in range(20_000)] + [start + n / 3 for n in range(200)]:
+        assert clock.iso(when) == datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
 
 
 def test_injected_global_faults_are_journaled(tmp_path):

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from settlesim.server.journal import COLUMNS, JournalEntry, _decoded, query
+from settlesim.server.journal import COLUMNS, JournalEntry, entry_of_row, query
 from settlesim.server.ledger import LedgerStore, StoredSettlement
 from settlesim.server.runs import Run, _run_of
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -92,22 +92,14 @@ def journal_page(db: sqlite3.Connection | None, f: JournalFilter, before: int = 
     if db is None:
         return []
     sql, args = journal_sql(f, before)
-    return [_entry(dict(zip(COLUMNS, row, strict=True))) for row in db.execute(sql, args)]
-
-
-def _entry(data: dict[str, Any]) -> JournalEntry:
-    """A stored row as journal.query makes it: request and answer decoded."""
-    data["request"] = _decoded(data["rpc"], "input", data["request"]) or {"undecodable": True}
-    data["answer"] = _decoded(data["rpc"], "output", data["answer"])
-    data["undelivered"] = bool(data["undelivered"])
-    return JournalEntry(**data)
+    return [entry_of_row(row) for row in db.execute(sql, args)]
 
 
 def journal_entry(db: sqlite3.Connection | None, seq: int) -> JournalEntry | None:
     if db is None:
         return None
     row = db.execute(f"SELECT {', '.join(COLUMNS)} FROM journal WHERE seq = ?", (seq,)).fetchone()
-    return _entry(dict(zip(COLUMNS, row, strict=True))) if row else None
+    return entry_of_row(row) if row else None
 
 
 def run_entries(db: sqlite3.Connection | None, run_id: str) -> list[JournalEntry]:
