@@ -71,13 +71,20 @@ CREATE TABLE IF NOT EXISTS journal (
     request      BLOB,
     answer       BLOB
 );
-CREATE INDEX IF NOT EXISTS journal_by_run ON journal (run_id, seq);
-CREATE INDEX IF NOT EXISTS journal_by_institution ON journal (institution, time);
+-- One index per filter a reader has (the console's pages, server/console/reads.py; his-check's
+-- run; `journal show`): equality, then seq, so a page reads its rows newest first. Every index
+-- costs each stored call a B-tree insert and each batch its rewritten pages, so there are no
+-- others. Most calls have no check run and the default session: those two indexes hold only
+-- the calls that have one (a query says `run_id != ''` / `session != ''` to use them).
 CREATE INDEX IF NOT EXISTS journal_by_msgid ON journal (msgid);
--- The console's newest-first pages per filter (server/console/reads.py): equality, then seq.
 CREATE INDEX IF NOT EXISTS journal_by_institution_seq ON journal (institution, seq);
 CREATE INDEX IF NOT EXISTS journal_by_rpc_seq ON journal (rpc, seq);
-CREATE INDEX IF NOT EXISTS journal_by_session_seq ON journal (session, seq);
+CREATE INDEX IF NOT EXISTS journal_of_runs ON journal (run_id, seq) WHERE run_id != '';
+CREATE INDEX IF NOT EXISTS journal_of_sessions ON journal (session, seq) WHERE session != '';
+-- A journal written before 2026-12-01's session 10 had these as well (every call in each):
+DROP INDEX IF EXISTS journal_by_run;
+DROP INDEX IF EXISTS journal_by_institution;
+DROP INDEX IF EXISTS journal_by_session_seq;
 """
 COLUMNS = (
     "seq",
@@ -357,6 +364,8 @@ def query(
         if value:
             where.append(f"{column} = ?")
             args.append(value)
+    if run_id:
+        where.append("run_id != ''")  # the index of calls that have a run (SCHEMA)
     if since:
         where.append("time >= ?")
         args.append(since)

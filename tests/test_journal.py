@@ -93,6 +93,37 @@ def test_a_row_written_with_its_hash_is_read_with_that_hash(tmp_path):
         journal.close()
 
 
+OLD_INDEXES = """
+CREATE INDEX journal_by_run ON journal (run_id, seq);
+CREATE INDEX journal_by_institution ON journal (institution, time);
+CREATE INDEX journal_by_session_seq ON journal (session, seq);
+"""  # what a journal written before session 10 had besides the indexes kept
+
+
+def test_a_journal_written_with_the_old_indexes_is_opened_with_the_lean_ones(tmp_path):
+    path = tmp_path / "old.journal.db"
+    journal = Journal(path)
+    row = ("2026-12-01T08:00:00.000000+00:00", "grpc", "GetSettlement", "", "H1", "s1", "r1", "his", "m",
+           "", "OK", "", "", 1.0, 0, pb.GetSettlementRequest(msgid="m").SerializeToString(), None)  # fmt: skip
+    journal._store([row, (*row[:5], "", "", *row[7:])])
+    journal.connection.executescript(OLD_INDEXES)
+    journal.close()
+    journal = Journal(path)
+    try:
+        names = {
+            name
+            for (name,) in journal.connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert names == {"journal_by_msgid", "journal_by_institution_seq", "journal_by_rpc_seq",
+                         "journal_of_runs", "journal_of_sessions"}  # fmt: skip
+        assert [e.seq for e in journal.entries(run_id="r1")] == [1]
+        assert [e.seq for e in journal.entries(institution="H1")] == [1, 2]
+        with read_only(path) as db:
+            assert [e.seq for e in reads.journal_page(db, reads.JournalFilter(session="s1"))] == [1]
+    finally:
+        journal.close()
+
+
 def test_the_writers_clock_writes_what_datetime_writes():
     clock, start = _Clock(), time.time()
     for when in [start + n * 0.0000007 for n in range(20_000)] + [start + n / 3 for n in range(200)]:

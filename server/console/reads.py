@@ -57,6 +57,8 @@ class JournalFilter:
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)
+                if column in ("session", "run_id"):  # their indexes hold only the calls that have one
+                    where.append(f"{column} != ''")
         if self.outcome == "refused":
             where.append("code != 'OK'")
         elif self.outcome:  # a status name or a reason: they never share a spelling
