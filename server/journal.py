@@ -186,6 +186,7 @@ class CallNote:
     fault: str = ""  # a targeted fault applied (server/faults.py)
     targeted: Any = None  # the runs.TargetedFault that acts on the answer
     response: Any = None
+    answer: bytes | None = None  # the response as gRPC serialized it to send (JournalInterceptor)
     code: grpc.StatusCode | None = None
     trailers: Any = None
     latency_ms: float = 0.0
@@ -225,6 +226,9 @@ class Journal:
         # Entries the writer could not store (disk full, I/O error), per run ("" for none):
         # a run graded on an incomplete record would pass or fail on calls nobody saw.
         self._lost: dict[str, int] = {}
+        # Answers returned but not yet serialized by gRPC, by id(response): the serializer
+        # hands their bytes to the note, so the writer need not serialize them again.
+        self.unsent: dict[int, CallNote] = {}
         self._writer = threading.Thread(target=self._write_batches, name="journal-writer", daemon=True)
         self._writer.start()
 
@@ -306,6 +310,10 @@ class Journal:
                     break
             if batch:
                 try:
+                    for note in batch:  # the answers gRPC never serialized (a fault dropped them)
+                        key = id(note.response)
+                        if self.unsent.get(key) is note:
+                            self.unsent.pop(key, None)
                     rows = [entry_of(note, clock) for note in batch]
                     self._store(rows)
                 except Exception:  # a journal that cannot write must not stop the platform
@@ -492,7 +500,9 @@ def entry_of(note: CallNote, clock: _Clock | None = None) -> tuple[Any, ...]:
         code, reason, fault = "OK", "", ""
     else:
         code, reason, fault = _outcome(note.code, note.trailers)
-    response = note.response
+    response, answer = note.response, note.answer
+    if answer is None and response is not None:
+        answer = response.SerializeToString()
     run = note.run
     return (
         (clock or _Clock()).iso(note.arrived),
@@ -511,7 +521,7 @@ def entry_of(note: CallNote, clock: _Clock | None = None) -> tuple[Any, ...]:
         round(note.latency_ms, 3),
         int(note.undelivered),
         raw,
-        response.SerializeToString() if response is not None else None,
+        answer,
     )
 
 
@@ -546,6 +556,15 @@ class JournalInterceptor(grpc.aio.ServerInterceptor):
 
     def _journaled(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
+        serialize, unsent = handler.response_serializer, self.journal.unsent
+
+        def serialized(response: Any) -> bytes:
+            """gRPC's serializing of the answer, its bytes kept for the journal's row."""
+            raw = serialize(response)
+            note = unsent.pop(id(response), None)
+            if note is not None and note.response is response:
+                note.answer = raw
+            return raw
 
         async def noted(request: Any, context: Any) -> Any:
             return await journaled_call(self.journal, rpc, behavior, request, context, self.after_call)
@@ -556,7 +575,7 @@ class JournalInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             journaled,
             request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            response_serializer=serialized if serialize is not None else None,
         )
 
 
@@ -572,6 +591,7 @@ async def journaled_call(
             response = await after_call(note, response, context)
             note.response = response
         note.undelivered = not context.is_active()  # the caller's deadline passed while it ran
+        journal.unsent[id(response)] = note  # (before submit: the writer takes it off if never sent)
         return response
     except BaseException:
         note.code, note.trailers = context.code(), context.trailing_metadata()

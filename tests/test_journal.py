@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import CANCER_HOSPITAL, FUWAI, refused, settlesim
+from google.protobuf import json_format
 from settlesim.clients.hischeck.command import Connection, HisCheckError, start
 from settlesim.clients.hospital import Fee, Hospital, SettlementUncertain
 from settlesim.server.app import ServerConfig
@@ -70,6 +71,7 @@ def test_the_request_hash_is_of_the_bytes_the_his_sent(server, hospital):
     settled = his.settle_request(request)
     his.get(settled.settlement.settlement_id)
     settle, get = journal_of(server)
+    assert settle.answer == json_format.MessageToDict(settled, preserving_proto_field_name=True)  # the bytes sent
     assert settle.request_hash == hashlib.sha256(request.SerializeToString()).hexdigest()
     asked = pb.GetSettlementRequest(
         institution_code=CANCER_HOSPITAL, settlement_id=settled.settlement.settlement_id
