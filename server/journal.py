@@ -9,15 +9,18 @@ answer), the server's latency and any injected fault. Requests and answers are
 protobuf JSON (field names as in the protos, int64 as strings, defaults left
 out), so a journal entry reads like what crossed the wire.
 
-The settle path pays for none of this: the interceptor only notes the objects
-of the call (`CallNote`) and puts the note on a queue; one writer thread turns
-notes into entries (protobuf JSON, request hash, the reason out of the status
-trailers) and inserts them in batches, one commit per batch. The journal is a
-SQLite file of its own beside the ledger (`settlesim.db` -> `settlesim.journal.db`),
-WAL with synchronous=NORMAL: a crash may lose the last batch of the journal,
-never a settlement (the ledger is the record of money; the journal is the
-record of conversation). `flush()` waits until every call noted so far is
-stored; a check run calls it before it grades.
+The settle path pays little for this: the interceptor only notes the objects of
+the call (`CallNote`, with the answer's bytes as gRPC serialized them to send)
+and puts the note on a queue; one writer thread turns notes into rows (the
+request's bytes, the msgid, the reason out of the status trailers) and inserts
+them in batches, gathered for GATHER_SECONDS, one commit per batch. What a row
+need not hold to be found is worked out when it is read: the protobuf JSON and
+the request hash. The journal is a SQLite file of its own beside the ledger
+(`settlesim.db` -> `settlesim.journal.db`), WAL with synchronous=NORMAL: a crash
+may lose the calls of the batch being gathered or written (at most the last
+GATHER_SECONDS, more while the writer lags), never a settlement (the ledger is
+the record of money; the journal is the record of conversation). `flush()` waits
+until every call noted so far is stored; a check run calls it before it grades.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ log = logging.getLogger("settlesim.server.journal")
 SERVICE_PREFIX = "/settlesim.v1.SettlementService/"
 _STATUS_KEY = "grpc-status-details-bin"
 _BATCH = 500
-GATHER_SECONDS = 0.02  # the writer waits this long after a call for more to batch with it
+GATHER_SECONDS = 0.1  # the writer waits this long after a call for more to batch with it
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -222,6 +225,7 @@ class Journal:
         except sqlite3.DatabaseError as error:  # "file is not a database", damage
             raise damaged_journal(self.path, error) from None
         self._queue: queue.SimpleQueue[CallNote | threading.Event | None] = queue.SimpleQueue()
+        self._hurry = threading.Event()  # flush() and close() cut the writer's gathering short
         self._lock = threading.Lock()  # one connection, shared by the writer and the readers
         # Entries the writer could not store (disk full, I/O error), per run ("" for none):
         # a run graded on an incomplete record would pass or fail on calls nobody saw.
@@ -236,6 +240,10 @@ class Journal:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint every 10,000 pages (~40 MB of WAL), not 1,000: each batch rewrites the hot
+        # pages of the table's and the indexes' right edges, copied into the file once where
+        # they were copied ten times (the ledger does the same: docs/performance.md).
+        db.execute("PRAGMA wal_autocheckpoint=10000")
         return db
 
     @property
@@ -273,10 +281,12 @@ class Journal:
         """Wait until every call submitted so far is stored."""
         done = threading.Event()
         self._queue.put(done)
+        self._hurry.set()
         done.wait(timeout)
 
     def close(self) -> None:
         self._queue.put(None)
+        self._hurry.set()
         self._writer.join(30)
         with self._lock:
             self._db.close()
@@ -290,11 +300,13 @@ class Journal:
             batch: list[CallNote] = []
             waiting: list[threading.Event] = []
             item = self._queue.get()
-            if isinstance(item, CallNote):
+            if isinstance(item, CallNote) and self._queue.qsize() < _BATCH:
                 # Let the calls of the next moments join this one: each commit rewrites the
                 # hot pages of the table and its indexes, so a few large batches cost far
-                # less than many small ones (flush() waits at most this much longer).
-                time.sleep(GATHER_SECONDS)
+                # less than many small ones. A writer that lags (a full batch waiting) does
+                # not wait; flush() and close() end the wait at once.
+                self._hurry.wait(GATHER_SECONDS)
+                self._hurry.clear()
             while True:
                 if item is None:
                     stop = True

@@ -18,12 +18,13 @@ from conftest import CANCER_HOSPITAL, FUWAI, refused, settlesim
 from google.protobuf import json_format
 from settlesim.clients.hischeck.command import Connection, HisCheckError, start
 from settlesim.clients.hospital import Fee, Hospital, SettlementUncertain
+from settlesim.server import journal as journal_module
 from settlesim.server.app import ServerConfig
 from settlesim.server.app import start as start_server
 from settlesim.server.console import reads
 from settlesim.server.console.reads import read_only
 from settlesim.server.faults import plan_from_flags
-from settlesim.server.journal import Journal, _Clock, journal_path
+from settlesim.server.journal import CallNote, Journal, _Clock, journal_path
 from settlesim.v1 import his_check_pb2 as hc
 from settlesim.v1 import his_check_pb2_grpc as hc_grpc
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -124,6 +125,26 @@ def test_a_journal_written_with_the_old_indexes_is_opened_with_the_lean_ones(tmp
             assert [e.seq for e in reads.journal_page(db, reads.JournalFilter(session="s1"))] == [1]
     finally:
         journal.close()
+
+
+def test_flush_ends_the_writers_gathering(tmp_path, monkeypatch):
+    """The writer waits GATHER_SECONDS after a call for others to batch with it; a grader's
+    flush (and close) does not wait that out."""
+    monkeypatch.setattr(journal_module, "GATHER_SECONDS", 5.0)
+    journal = Journal(tmp_path / "j.db")
+    try:
+        journal.submit(CallNote("GetSettlement", pb.GetSettlementRequest(msgid="m")))
+        time.sleep(0.2)  # the writer has the note and gathers
+        began = time.monotonic()
+        journal.flush()
+        assert time.monotonic() - began < 2.5
+        assert [e.msgid for e in journal.entries()] == ["m"]
+        journal.submit(CallNote("GetSettlement", pb.GetSettlementRequest(msgid="n")))
+        time.sleep(0.2)
+    finally:
+        began = time.monotonic()
+        journal.close()
+    assert time.monotonic() - began < 2.5
 
 
 def test_the_writers_clock_writes_what_datetime_writes():
