@@ -350,22 +350,22 @@ class World:
     _catalog_of: dict[str, Catalog | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def policy_for(self, region: str) -> RegionPolicy | None:
-        try:
-            return self._policy_of[region]
-        except KeyError:
-            found = next((self.policies[r] for r in region_lineage(region) if r in self.policies), None)
-            if len(self._policy_of) < REMEMBERED_REGIONS:
-                self._policy_of[region] = found
-            return found
+        return _along_lineage(self._policy_of, self.policies, region)
 
     def catalog_for(self, region: str) -> Catalog | None:
-        try:
-            return self._catalog_of[region]
-        except KeyError:
-            found = next((self.catalogs[r] for r in region_lineage(region) if r in self.catalogs), None)
-            if len(self._catalog_of) < REMEMBERED_REGIONS:
-                self._catalog_of[region] = found
-            return found
+        return _along_lineage(self._catalog_of, self.catalogs, region)
+
+
+def _along_lineage(remembered: dict[str, T | None], table: Mapping[str, T], region: str) -> T | None:
+    """The entry of `table` for `region` or its nearest ancestor (city, then province), as
+    `remembered` has it or else found and remembered (at most REMEMBERED_REGIONS of them)."""
+    try:
+        return remembered[region]
+    except KeyError:
+        found = next((table[r] for r in region_lineage(region) if r in table), None)
+        if len(remembered) < REMEMBERED_REGIONS:
+            remembered[region] = found
+        return found
 
 
 # --- a visit, as the rules see it ---------------------------------------------------------
