@@ -7,7 +7,11 @@ inside one IMMEDIATE transaction; its COMMIT (the
 fsync, synchronous=FULL) runs in one helper thread, and each caller is answered
 only after that COMMIT. While one batch commits, the loop goes on validating and
 pricing the next requests, whose writes gather for the next batch (batches are
-pipelined: the loop never waits for the disk).
+pipelined: the loop never waits for the disk). The next batch's gathering, its
+wait for company included, runs while the previous COMMIT does: its SQL starts the
+moment that COMMIT returns, if the gathering is over by then (measured: a serial
+gather, SQL, COMMIT made a cycle of about 6.7 ms for 12 writes, 3 ms of it the wait
+for company; docs/performance.md).
 
 A refused or failing write must not spoil the others. A write refuses before
 it changes anything (the ledger's jobs check, then write), so a batch runs
@@ -97,14 +101,19 @@ class LoopGroupCommit:
     # Measured (closed loop, 4 interleaved rounds): 4 and 2 ms against none: 1,244 -> 1,459
     # settles/s, 746 -> 648 us CPU a settle; open loop at 1,000/s: p50 11.9 -> 9.5 ms, p99 141 ->
     # 54 ms. 12 and 3 ms against 4 and 2 (3 interleaved rounds): 8.4 -> 12.0 writes a COMMIT, the
-    # COMMIT thread 74 -> 56 us and the loop 466 -> 418 us a settle (docs/performance.md).
-    SMALL_BATCH = 12
-    COMPANY_SECONDS = 0.003
+    # COMMIT thread 74 -> 56 us and the loop 466 -> 418 us a settle. Once the gathering overlapped
+    # the COMMIT, 12 and 3 ms made batches of 8; 32 and 5 ms make 20 (3 interleaved rounds): the
+    # COMMIT thread 81-90 -> 65-67 us, the loop 435-460 -> 410-434 us a settle: the fsync alone
+    # costs this disk ~0.6 ms of CPU, whatever the batch carries (docs/performance.md).
+    SMALL_BATCH = 32
+    COMPANY_SECONDS = 0.005  # = MAX_WAIT_SECONDS
 
     def __init__(self, ledger: SqliteLedger, loop: asyncio.AbstractEventLoop) -> None:
         self.ledger, self.loop = ledger, loop
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
-        self._busy = False  # a batch is being collected, run or committed
+        self._gathering_now = False  # the next batch's writes are being gathered
+        self._ready = False  # gathered: the next batch starts when the running one ends
+        self._in_progress = False  # a batch is taken: waiting for the locks, running or committing
         self._helper = CommitThread(loop)
         self.batches = 0  # figures for the benchmark's notes
         self.writes = 0
@@ -116,13 +125,14 @@ class LoopGroupCommit:
         self.ledger._refuse_if_damaged()
         future: asyncio.Future[T] = self.loop.create_future()
         self._pending.append((work, future))
-        if not self._busy:
-            self._busy = True
+        if not (self._gathering_now or self._ready):
             self._gather()
         return await future
 
     def _gather(self) -> None:
-        """Wait for the writes the loop is still working towards, then start the batch."""
+        """Wait for the writes the loop is still working towards, then start the batch
+        (or, while a batch is still committing, be ready to start it when it has)."""
+        self._gathering_now = True
         self._since, self._seen, self._quiet = self.loop.time(), len(self._pending), 0
         self.loop.call_soon(self._gathering)
 
@@ -132,15 +142,30 @@ class LoopGroupCommit:
         self._seen = count
         waited = self.loop.time() - self._since
         if count >= self.MAX_BATCH or waited >= self.MAX_WAIT_SECONDS:
-            self._next_batch()
+            self._gathered()
         elif self._quiet >= self.QUIET_TURNS:
             if count < self.SMALL_BATCH and waited < self.COMPANY_SECONDS:
                 # Few writes: wait (a timer, not spinning) for company to share the COMMIT with.
                 self.loop.call_later(self.COMPANY_SECONDS - waited, self._gathering)
             else:
-                self._next_batch()
+                self._gathered()
         else:
             self.loop.call_soon(self._gathering)
+
+    def _gathered(self) -> None:
+        self._gathering_now = False
+        if self._in_progress:
+            self._ready = True  # the running batch's end starts this one (_then)
+        else:
+            self._next_batch()
+
+    def _then(self) -> None:
+        """A batch has ended (answered): start the next one if gathered, else gather it."""
+        self._in_progress = False
+        if self._ready:
+            self._next_batch()
+        elif self._pending and not self._gathering_now:
+            self._gather()
 
     @property
     def queue_depth(self) -> int:
@@ -157,12 +182,13 @@ class LoopGroupCommit:
     # --- one batch: locks, jobs, COMMIT -------------------------------------------------------
 
     def _next_batch(self) -> None:
+        self._ready = False
         # A caller that has gone (cancelled: the client gave up) has nothing to commit.
         pending = [(w, f) for w, f in self._pending if not f.done()]
         batch, self._pending = pending[: self.MAX_BATCH], pending[self.MAX_BATCH :]
         if not batch:
-            self._busy = False
             return
+        self._in_progress = True
         try:
             locked = self._lock_here()
             if not locked:
@@ -240,6 +266,9 @@ class LoopGroupCommit:
             self._rollback(db)
             self._unlock()
             self._answer(batch, [], error)
+            return
+        if self._pending and not self._gathering_now:  # more than one batch's worth waited
+            self._gather()
 
     def _jobs(self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> list[Any]:
         """Each job's (ok, value), without SAVEPOINTs unless a job failed after writing."""
@@ -327,8 +356,4 @@ class LoopGroupCommit:
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        # Writes that arrived during this batch's COMMIT go next, with those still on their way.
-        if self._pending:
-            self._gather()
-        else:
-            self._busy = False
+        self._then()
