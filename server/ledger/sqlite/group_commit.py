@@ -1,9 +1,8 @@
 """The ledger's group commit on the server's event loop (`settlesim serve`).
 
 Writes (settle, reverse, void) that arrive together (until the loop has gone a
-turn without a new one, and at least 3 ms after the first while they are fewer than
-12; at most 5 ms) are run one after another on the loop
-inside one IMMEDIATE transaction; its COMMIT (the
+turn without a new one, and while they are fewer than 32 until 5 ms after the first)
+are run one after another on the loop inside one IMMEDIATE transaction; its COMMIT (the
 fsync, synchronous=FULL) runs in one helper thread, and each caller is answered
 only after that COMMIT. While one batch commits, the loop goes on validating and
 pricing the next requests, whose writes gather for the next batch (batches are
