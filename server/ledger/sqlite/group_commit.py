@@ -1,8 +1,9 @@
 """The ledger's group commit on the server's event loop (`settlesim serve`).
 
 Writes (settle, reverse, void) that arrive together (until the loop has gone a
-turn without a new one, and while they are fewer than 32 until 5 ms after the first)
-are run one after another on the loop inside one IMMEDIATE transaction; its COMMIT (the
+turn without a new one; when nothing is committing, while they are fewer than 12 until
+3 ms after the first) are run one after another on the loop inside one IMMEDIATE
+transaction; its COMMIT (the
 fsync, synchronous=FULL) runs in one helper thread, and each caller is answered
 only after that COMMIT. While one batch commits, the loop goes on validating and
 pricing the next requests, whose writes gather for the next batch (batches are
@@ -100,12 +101,12 @@ class LoopGroupCommit:
     # Measured (closed loop, 4 interleaved rounds): 4 and 2 ms against none: 1,244 -> 1,459
     # settles/s, 746 -> 648 us CPU a settle; open loop at 1,000/s: p50 11.9 -> 9.5 ms, p99 141 ->
     # 54 ms. 12 and 3 ms against 4 and 2 (3 interleaved rounds): 8.4 -> 12.0 writes a COMMIT, the
-    # COMMIT thread 74 -> 56 us and the loop 466 -> 418 us a settle. Once the gathering overlapped
-    # the COMMIT, 12 and 3 ms made batches of 8; 32 and 5 ms make 20 (3 interleaved rounds): the
-    # COMMIT thread 81-90 -> 65-67 us, the loop 435-460 -> 410-434 us a settle: the fsync alone
-    # costs this disk ~0.6 ms of CPU, whatever the batch carries (docs/performance.md).
-    SMALL_BATCH = 32
-    COMPANY_SECONDS = 0.005  # = MAX_WAIT_SECONDS
+    # COMMIT thread 74 -> 56 us and the loop 466 -> 418 us a settle (docs/performance.md).
+    # The wait is for a ledger with nothing committing: a batch gathered while a COMMIT ran has
+    # had its wait and goes the moment that COMMIT ends (scripts/commit_chain.py: waiting for
+    # company after it too made "next" 23 % of every cycle, 2.2 ms, with 32 writes / 5 ms).
+    SMALL_BATCH = 12
+    COMPANY_SECONDS = 0.003
 
     def __init__(self, ledger: SqliteLedger, loop: asyncio.AbstractEventLoop) -> None:
         self.ledger, self.loop = ledger, loop
@@ -113,6 +114,7 @@ class LoopGroupCommit:
         self._gathering_now = False  # the next batch's writes are being gathered
         self._ready = False  # gathered: the next batch starts when the running one ends
         self._in_progress = False  # a batch is taken: waiting for the locks, running or committing
+        self._overlapped = False
         self._helper = CommitThread(loop)
         self.batches = 0  # figures for the benchmark's notes
         self.writes = 0
@@ -132,6 +134,7 @@ class LoopGroupCommit:
         """Wait for the writes the loop is still working towards, then start the batch
         (or, while a batch is still committing, be ready to start it when it has)."""
         self._gathering_now = True
+        self._overlapped = self._in_progress  # gathered (partly) while a batch committed
         self._since, self._seen, self._quiet = self.loop.time(), len(self._pending), 0
         self.loop.call_soon(self._gathering)
 
@@ -139,11 +142,13 @@ class LoopGroupCommit:
         count = len(self._pending)
         self._quiet = self._quiet + 1 if count == self._seen else 0
         self._seen = count
+        self._overlapped = self._overlapped or self._in_progress
         waited = self.loop.time() - self._since
         if count >= self.MAX_BATCH or waited >= self.MAX_WAIT_SECONDS:
             self._gathered()
         elif self._quiet >= self.QUIET_TURNS:
-            if count < self.SMALL_BATCH and waited < self.COMPANY_SECONDS:
+            # A batch gathered during a COMMIT has had its wait: it goes when that COMMIT ends.
+            if count < self.SMALL_BATCH and waited < self.COMPANY_SECONDS and not self._overlapped:
                 # Few writes: wait (a timer, not spinning) for company to share the COMMIT with.
                 self.loop.call_later(self.COMPANY_SECONDS - waited, self._gathering)
             else:
