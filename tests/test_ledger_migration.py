@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import CANCER_HOSPITAL, FUWAI
 from settlesim.server.ledger import AuditAnchor, LedgerFileError, StoredItem, StoredSettlement
-from settlesim.server.ledger.sqlite import SCHEMA_VERSION, check_file, migrations, read_audit_anchors
+from settlesim.server.ledger.sqlite import SCHEMA_VERSION, check_file, migrations, read_audit_anchors, schema
 from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.model import YearlyTotals
 from settlesim.server.rules.reasons import Reason, Refusal
@@ -430,7 +430,7 @@ def test_a_version_5_ledger_gains_the_national_visit_tables_and_keeps_every_row(
     before = rows(path)
     ledger = Ledger(path)
     try:
-        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 8
+        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 9
         assert rows(path) == before and ledger.check() == []
         with closing(sqlite3.connect(path)) as db:  # beside the open ledger (WAL)
             for table in VERSION_6_TABLES:
@@ -457,6 +457,7 @@ def test_a_version_7_ledger_loses_the_msgid_index_and_finds_settlements_by_msgid
     ledger.void("", "V1", FUWAI, "h-V1", "M2")
     ledger.void("", "V2", CANCER_HOSPITAL, "h-V2", "NEVER-SENT")
     ledger.close()
+    version_8_of(path)
     version_7_of(path)
     before = rows(path)
     assert layout(path) == (7, ["session", "institution_code", "msgid"], ["session", "msgid", "institution_code"])
@@ -483,12 +484,135 @@ def test_the_msgid_index_tells_versions_7_and_8_apart(tmp_path):
         ledger = Ledger(path)
         settle(ledger, "M1", CANCER_HOSPITAL, "S1")
         ledger.close()
+        version_8_of(path)  # the tables of version 8 (version 9 changed two of them)
     version_7_of(seven)
     with closing(sqlite3.connect(seven, isolation_level=None)) as db:
         db.execute("PRAGMA user_version = 8")
     with closing(sqlite3.connect(eight, isolation_level=None)) as db:
         db.execute("PRAGMA user_version = 7")
     for path, header, tables in ((seven, 8, 7), (eight, 7, 8)):
+        with pytest.raises(LedgerFileError) as refused:
+            Ledger(path)
+        assert f"user_version {header} but its tables are those of version {tables}" in str(refused.value)
+
+
+# Version 8's two WITHOUT ROWID tables that version 9 makes rowid tables (server/ledger/sqlite/
+# schema.py at af410c5), verbatim.
+VERSION_8_TABLES = {
+    "messages": """
+CREATE TABLE {table} (
+    session          TEXT NOT NULL,
+    msgid            TEXT NOT NULL,
+    kind             TEXT NOT NULL CHECK (kind IN ('settle', 'reverse', 'void', 'blocked')),
+    institution_code TEXT NOT NULL,
+    request_hash     TEXT NOT NULL,
+    settlement_id    TEXT NOT NULL DEFAULT '',
+    created_at       TEXT NOT NULL,
+    PRIMARY KEY (session, institution_code, msgid)
+) WITHOUT ROWID""",
+    "settlement_items": """
+CREATE TABLE {table} (
+    settlement_id      TEXT NOT NULL,
+    sequence_no        TEXT NOT NULL,
+    catalog_code       TEXT NOT NULL,
+    hospital_item_code TEXT NOT NULL,
+    unit_price         INTEGER NOT NULL,
+    quantity           INTEGER NOT NULL,
+    amount             INTEGER NOT NULL,
+    catalog_class      TEXT NOT NULL,
+    self_pay_share_bp  INTEGER NOT NULL,
+    price_ceiling      INTEGER,
+    full_self_pay      INTEGER NOT NULL,
+    over_ceiling       INTEGER NOT NULL,
+    pre_self_pay       INTEGER NOT NULL,
+    in_scope           INTEGER NOT NULL,
+    PRIMARY KEY (settlement_id, sequence_no)
+) WITHOUT ROWID""",
+}
+
+
+def version_8_of(path: Path) -> None:
+    """Make a current ledger what version 8 left: messages and settlement_items WITHOUT ROWID."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        for table, layout_8 in VERSION_8_TABLES.items():
+            db.execute(layout_8.format(table=f"{table}_8"))
+            db.execute(f"INSERT INTO {table}_8 SELECT * FROM {table}")
+            db.execute(f"DROP TABLE {table}")
+            db.execute(f"ALTER TABLE {table}_8 RENAME TO {table}")
+        db.execute("PRAGMA user_version = 8")
+        db.execute("COMMIT")
+
+
+def settle_with_lines(ledger: Ledger, msgid: str, settlement_id: str) -> tuple[StoredSettlement, bool]:
+    """A 1000-fen visit of two class-A lines (400 + 600), all of it the fund's."""
+    lines = tuple(
+        StoredItem(no, "A-CONSULT-001", f"HIS-{no}", fen, 1, fen, "A", 0, None, 0, 0, 0, fen)
+        for no, fen in (("0001", 400), ("0002", 600))
+    )
+
+    def compute(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
+        stored = StoredSettlement(
+            settlement_id, "", msgid, CANCER_HOSPITAL, QINGHAI, TUMOUR, date(2024, 6, 1), 1000, 1000, 0, 0,
+            b"new", full_self_pay=0, over_ceiling=0, pre_self_pay=0, in_scope=1000, ratio_bp=10000, items=lines,
+        )  # fmt: skip
+        return stored, YearlyTotals(totals.deductible_used, totals.fund_paid + 1000)
+
+    return ledger.settle("", msgid, CANCER_HOSPITAL, f"h-{msgid}", QINGHAI, TUMOUR, 2024, compute)
+
+
+def item_rows(path: Path) -> list[tuple[Any, ...]]:
+    with closing(read_only(path)) as db:
+        return sorted(db.execute("SELECT * FROM settlement_items").fetchall())
+
+
+def test_a_version_8_ledger_gets_rowid_messages_and_items_and_keeps_every_row(tmp_path):
+    """Version 8 -> 9 makes messages and settlement_items rowid tables: every row stays (the
+    settlements' lines too), messages keep their key (a msgid is still once per institution:
+    the same settle again is its replay, a second row with the key is refused by SQLite), and
+    the ledger's check passes."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    settle_with_lines(ledger, "M1", "S1")
+    settle_with_lines(ledger, "M2", "S2")
+    ledger.void("", "V1", CANCER_HOSPITAL, "h-V1", "M2")
+    ledger.close()
+    version_8_of(path)
+    before, lines = rows(path), item_rows(path)
+    assert layout(path) == (8, ["session", "institution_code", "msgid"], []) and len(lines) == 4
+    with closing(read_only(path)) as db:
+        assert [schema.without_rowid(db, t) for t in VERSION_8_TABLES] == [True, True]
+        assert schema.tables_version(db) == 8
+    ledger = Ledger(path)
+    try:
+        assert ledger.upgraded_from == 8
+        assert layout(path) == (SCHEMA_VERSION, ["session", "institution_code", "msgid"], [])
+        assert rows(path) == before and item_rows(path) == lines and ledger.check() == []
+        with closing(read_only(path)) as db:
+            assert [schema.without_rowid(db, t) for t in VERSION_8_TABLES] == [False, False]
+            assert schema.tables_version(db) == 9
+        assert settle_with_lines(ledger, "M1", "S-AGAIN") == (ledger.get("", CANCER_HOSPITAL, "S1"), True)
+        assert settle_with_lines(ledger, "M3", "S3")[1] is False
+        assert ledger.get("", CANCER_HOSPITAL, msgid="M3").settlement_id == "S3"
+        with closing(sqlite3.connect(path)) as db, pytest.raises(sqlite3.IntegrityError):
+            db.execute("INSERT INTO messages VALUES ('', 'M3', 'settle', ?, 'h', 'S9', 'now')", (CANCER_HOSPITAL,))
+        assert ledger.check() == [] and len(item_rows(path)) == 6
+    finally:
+        ledger.close()
+
+
+def test_the_tables_layout_tells_versions_8_and_9_apart(tmp_path):
+    """A header that says 9 on version 8's tables, or 8 on version 9's, is refused naming both."""
+    eight, nine = tmp_path / "eight.db", tmp_path / "nine.db"
+    for path in (eight, nine):
+        ledger = Ledger(path)
+        settle_with_lines(ledger, "M1", "S1")
+        ledger.close()
+    version_8_of(eight)
+    for path, header in ((eight, 9), (nine, 8)):
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute(f"PRAGMA user_version = {header}")
+    for path, header, tables in ((eight, 9, 8), (nine, 8, 9)):
         with pytest.raises(LedgerFileError) as refused:
             Ledger(path)
         assert f"user_version {header} but its tables are those of version {tables}" in str(refused.value)

@@ -16,7 +16,7 @@ from typing import Any
 
 from settlesim.server.ledger.contract import LedgerFileError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # pg_advisory_xact_lock key of the migration ("settlesim" in ASCII, folded into a bigint).
 MIGRATION_LOCK = 0x736574746C6573
@@ -208,6 +208,9 @@ ALTER TABLE yearly_totals
     # 7 -> 8: the SQLite ledger's version 8 drops an index of its own (settlements_by_msgid);
     # the tables and their facts are the same in both stores, so nothing changes here.
     7: "SELECT 1",
+    # 8 -> 9: the SQLite ledger's version 9 makes two of its tables rowid tables (the pages a
+    # settle dirties); the tables and their facts are the same in both stores: nothing changes.
+    8: "SELECT 1",
 }
 
 # The tables a database must have before it is called a settlesim ledger.

@@ -16,9 +16,11 @@ from settlesim.server.ledger.sqlite.schema import (
     MESSAGES,
     SCHEMA,
     SCHEMA_VERSION,
+    SETTLEMENT_ITEMS,
     statements,
     table_exists,
     user_version,
+    without_rowid,
 )
 
 
@@ -40,6 +42,10 @@ def upgrade(db: sqlite3.Connection, path: Path) -> int | None:
             db.execute(f"ALTER TABLE settlements ADD COLUMN {column} INTEGER")
     if version < 7:
         _add_fund_columns(db)
+    if version < 9:  # rowid tables: a settle's rows append beside its batch's
+        for table, layout in (("messages", MESSAGES), ("settlement_items", SETTLEMENT_ITEMS)):
+            if without_rowid(db, table):
+                _rebuild(db, table, layout)
     for statement in statements(SCHEMA):  # what is missing; CREATE ... IF NOT EXISTS
         db.execute(statement)
     if version < 4:  # the running totals of the settlements already there
@@ -83,6 +89,21 @@ def _rekey_messages(db: sqlite3.Connection) -> None:
         raise LedgerFileError(f"re-keying messages copied {after} of {before} rows; nothing was changed")
     db.execute("DROP TABLE messages")
     db.execute("ALTER TABLE messages_rekeyed RENAME TO messages")
+
+
+def _rebuild(db: sqlite3.Connection, table: str, layout: str) -> None:
+    """Version 8 -> 9: `table` made again as `layout` says (a rowid table), every row copied
+    in the order of its old key; the counts are compared before the old table goes. Inside
+    the upgrade's write transaction: a failure anywhere rolls all of it back."""
+    columns = ", ".join(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+    db.execute(layout.format(table=f"{table}_v9").replace(" IF NOT EXISTS", ""))
+    db.execute(f"INSERT INTO {table}_v9 ({columns}) SELECT {columns} FROM {table}")
+    (before,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    (after,) = db.execute(f"SELECT COUNT(*) FROM {table}_v9").fetchone()
+    if before != after:  # cannot happen; never drop a row if it somehow did
+        raise LedgerFileError(f"rebuilding {table} copied {after} of {before} rows; nothing was changed")
+    db.execute(f"DROP TABLE {table}")
+    db.execute(f"ALTER TABLE {table}_v9 RENAME TO {table}")
 
 
 def _own_used_sessions(db: sqlite3.Connection) -> None:

@@ -20,12 +20,20 @@ from settlesim.server.ledger.contract import LedgerFileError
 #    before) and four yearly counters (COUNTER_COLUMNS, 0 before).
 # 8: no index settlements_by_msgid: a settlement is found by its msgid through messages' key,
 #    which every settle writes anyway (the index cost a random page a settle in every COMMIT).
-SCHEMA_VERSION = 8
+# 9: messages and settlement_items are rowid tables (they were WITHOUT ROWID), and
+#    settlement_items has no key: a settle's rows append where the batch's other rows go,
+#    and messages' random page a settle is a narrow index entry instead of the whole row
+#    (the frames a COMMIT writes: docs/performance.md, "The ledger's write path (session 11)").
+SCHEMA_VERSION = 9
 
 # Every msgid the platform has seen: settle, reverse, void, and 'blocked' for an
 # original msgid voided before it ever settled. A msgid is its sender's message id
 # (报文ID): each institution has its own namespace of them. The columns keep the
-# order of version 0, only the key changed.
+# order of version 0, only the key changed. From version 9 a rowid table: the rows
+# append in the order they come (a batch's share pages) and the key is an index of its
+# own (sqlite_autoindex_messages_1), whose entries are a third of a row's width, so the
+# random leaf each settle dirties there splits a third as often (WITHOUT ROWID kept the
+# whole row in the key's b-tree, its interior pages too).
 MESSAGES = """
 CREATE TABLE IF NOT EXISTS {table} (
     session          TEXT NOT NULL,
@@ -36,7 +44,31 @@ CREATE TABLE IF NOT EXISTS {table} (
     settlement_id    TEXT NOT NULL DEFAULT '',
     created_at       TEXT NOT NULL,
     PRIMARY KEY (session, institution_code, msgid)
-) WITHOUT ROWID"""
+)"""
+
+# 费用明细 as settled (version 2): the fee line and the parts the rules gave it, fen. From
+# version 9 a rowid table without a key: a settle's lines append after the batch's others
+# (a WITHOUT ROWID key of (settlement_id, sequence_no) split its right edge over three
+# pages every few batches). Nothing looks a settlement's lines up (answers are stored
+# whole); `ledger check` and `ledger copy` read them all, sorted, and validation refuses
+# a request that repeats a sequence number (validation.py), so none is stored twice.
+SETTLEMENT_ITEMS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    settlement_id      TEXT NOT NULL,
+    sequence_no        TEXT NOT NULL,
+    catalog_code       TEXT NOT NULL,
+    hospital_item_code TEXT NOT NULL,
+    unit_price         INTEGER NOT NULL,
+    quantity           INTEGER NOT NULL,
+    amount             INTEGER NOT NULL,
+    catalog_class      TEXT NOT NULL,
+    self_pay_share_bp  INTEGER NOT NULL,
+    price_ceiling      INTEGER,
+    full_self_pay      INTEGER NOT NULL,
+    over_ceiling       INTEGER NOT NULL,
+    pre_self_pay       INTEGER NOT NULL,
+    in_scope           INTEGER NOT NULL
+)"""
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS settlements (
@@ -88,24 +120,7 @@ CREATE TABLE IF NOT EXISTS yearly_totals (
 ) WITHOUT ROWID;
 {MESSAGES.format(table="messages")};
 
--- 费用明细 as settled (version 2): the fee line and the parts the rules gave it, fen.
-CREATE TABLE IF NOT EXISTS settlement_items (
-    settlement_id      TEXT NOT NULL,
-    sequence_no        TEXT NOT NULL,
-    catalog_code       TEXT NOT NULL,
-    hospital_item_code TEXT NOT NULL,
-    unit_price         INTEGER NOT NULL,
-    quantity           INTEGER NOT NULL,
-    amount             INTEGER NOT NULL,
-    catalog_class      TEXT NOT NULL,
-    self_pay_share_bp  INTEGER NOT NULL,
-    price_ceiling      INTEGER,
-    full_self_pay      INTEGER NOT NULL,
-    over_ceiling       INTEGER NOT NULL,
-    pre_self_pay       INTEGER NOT NULL,
-    in_scope           INTEGER NOT NULL,
-    PRIMARY KEY (settlement_id, sequence_no)
-) WITHOUT ROWID;
+{SETTLEMENT_ITEMS.format(table="settlement_items")};
 
 -- The audit log's head as of the last commit (version 3, server/audit.py): records,
 -- bytes and the digest of its last record. audit_path is the file's absolute path,
@@ -216,6 +231,12 @@ def index_exists(db: sqlite3.Connection, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone() is not None
 
 
+def without_rowid(db: sqlite3.Connection, table: str) -> bool:
+    """Whether `table` was made WITHOUT ROWID (messages and settlement_items before version 9)."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return row is not None and "WITHOUT ROWID" in row[0].upper()
+
+
 def tables_version(db: sqlite3.Connection) -> int | None:
     """The schema version the ledger's tables are, whatever user_version says;
     None when none of them exists."""
@@ -225,7 +246,9 @@ def tables_version(db: sqlite3.Connection) -> int | None:
         settlement_columns = {row[1] for row in db.execute("PRAGMA table_info(settlements)")}
         if "pooled_pays" not in settlement_columns:
             return 6
-        return 7 if index_exists(db, "settlements_by_msgid") else 8
+        if index_exists(db, "settlements_by_msgid"):
+            return 7
+        return 8 if without_rowid(db, "messages") else 9
     if table_exists(db, "sessions"):
         return 5
     if table_exists(db, "institution_totals"):
