@@ -4,6 +4,7 @@ settle while `--in-flight` settles run at once (each batch takes all of them) th
 synchronous=FULL), and WAL frames per COMMIT.
 
     python scripts/ledger_write_cost.py --persons 1000 --settles 12000 --in-flight 12 [--rounds 3]
+    python scripts/ledger_write_cost.py --pages     # also the WAL frames a settle, by b-tree
 
 `--path ledger` (default): each settle's pricing is a prepared settlement of the bench's own
 requests (made once with the real rules), so the loop's CPU is the ledger's (SQL, group commit,
@@ -18,11 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import statistics
+import struct
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,6 +54,17 @@ def thread_cpu() -> dict[str, float]:
             continue
         out["loop" if int(tid) == threading.get_native_id() else "other"] += ns / 1e9
     return out
+
+
+def frames_by_btree(path: Path) -> Counter[str]:
+    """WAL frames by the b-tree their page belongs to (the frame headers' page numbers against
+    the dbstat table), of the -wal file as it stands: read before any checkpoint."""
+    wal = Path(f"{path}-wal").read_bytes()
+    page_size = struct.unpack(">I", wal[8:12])[0]
+    pages = [struct.unpack(">I", wal[at : at + 4])[0] for at in range(32, len(wal) - page_size, 24 + page_size)]
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        names = dict(db.execute("SELECT pageno, name FROM dbstat"))
+    return Counter(names.get(page, "(new page)") for page in pages)
 
 
 def wal_frames(ledger: SqliteLedger) -> int:
@@ -160,6 +176,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--path", choices=("ledger", "core", "driver"), default="ledger")
     parser.add_argument("--world", type=Path, help="a generated world (default: one made of --persons)")
+    parser.add_argument("--pages", action="store_true", help="also the WAL frames a settle by b-tree")
     args = parser.parse_args()
     import uvloop
 
@@ -203,6 +220,11 @@ def main() -> None:
         loop.run_until_complete(drive(ledger, core, requests, prepared, 1500, args.in_flight))
         frames = wal_frames(ledger)
         frame_batches, frame_writes = committer.batches - batches, committer.writes - writes
+        if args.pages:
+            by_btree = frames_by_btree(db)
+            print(f"round {r + 1}: WAL frames a settle by b-tree: " + ", ".join(
+                f"{name} {n / frame_writes:.2f}" for name, n in by_btree.most_common()
+            ))  # fmt: skip
         ledger._db.execute("PRAGMA wal_autocheckpoint=10000")  # as connect() sets it
         batches, writes = committer.batches, committer.writes
         before, wall = thread_cpu(), time.perf_counter()
