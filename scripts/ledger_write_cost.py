@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sqlite3
 import statistics
 import struct
 import sys
@@ -27,7 +26,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,14 +54,14 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def frames_by_btree(path: Path) -> Counter[str]:
-    """WAL frames by the b-tree their page belongs to (the frame headers' page numbers against
-    the dbstat table), of the -wal file as it stands: read before any checkpoint."""
-    wal = Path(f"{path}-wal").read_bytes()
+def frames_by_btree(ledger: SqliteLedger) -> Counter[str]:
+    """WAL frames by the b-tree their page belongs to: the -wal file's frame headers (page
+    numbers) against the dbstat table read on the ledger's write connection, before any
+    checkpoint."""
+    wal = Path(f"{ledger.path}-wal").read_bytes()
     page_size = struct.unpack(">I", wal[8:12])[0]
     pages = [struct.unpack(">I", wal[at : at + 4])[0] for at in range(32, len(wal) - page_size, 24 + page_size)]
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        names = dict(db.execute("SELECT pageno, name FROM dbstat"))
+    names = dict(ledger._db.execute("SELECT pageno, name FROM dbstat"))
     return Counter(names.get(page, "(new page)") for page in pages)
 
 
@@ -221,7 +219,7 @@ def main() -> None:
         frames = wal_frames(ledger)
         frame_batches, frame_writes = committer.batches - batches, committer.writes - writes
         if args.pages:
-            by_btree = frames_by_btree(db)
+            by_btree = frames_by_btree(ledger)
             print(f"round {r + 1}: WAL frames a settle by b-tree: " + ", ".join(
                 f"{name} {n / frame_writes:.2f}" for name, n in by_btree.most_common()
             ))  # fmt: skip
