@@ -50,8 +50,8 @@ CREATE TABLE IF NOT EXISTS {table} (
 # version 9 a rowid table without a key: a settle's lines append after the batch's others
 # (a WITHOUT ROWID key of (settlement_id, sequence_no) split its right edge over three
 # pages every few batches). Nothing looks a settlement's lines up (answers are stored
-# whole); `ledger check` and `ledger copy` read them all, sorted, and validation refuses
-# a request that repeats a sequence number (validation.py), so none is stored twice.
+# whole); `ledger check` reads them all, sorted, and `ledger copy` all of them; validation
+# refuses a request that repeats a sequence number (validation.py), so none is stored twice.
 SETTLEMENT_ITEMS = """
 CREATE TABLE IF NOT EXISTS {table} (
     settlement_id      TEXT NOT NULL,
