@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from settlesim.server import auth, platform, reflection_v1
 from settlesim.server.audit import AuditInterceptor, AuditLog, open_audit_log
+from settlesim.server.door import settlement_handlers
 from settlesim.server.faults import FaultInterceptor, FaultPlan, after_call
 from settlesim.server.his_check_service import HisCheckService
 from settlesim.server.http_server import HttpServer, start_http
@@ -34,7 +35,7 @@ from settlesim.server.national.app import PATH as NATIONAL_PATH
 from settlesim.server.national.app import create_app as create_national_app
 from settlesim.server.national.client_certs import ClientCertificateProtocol
 from settlesim.server.runs import RunRegistry
-from settlesim.server.service import SettlementService, add_to_server
+from settlesim.server.service import SettlementService, register
 from settlesim.server.world_loader import load_world
 from settlesim.v1 import his_check_pb2, his_check_pb2_grpc
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -301,23 +302,20 @@ async def _start_on_loop(
         world, ledger, allow_sessions=sessions_allowed(config), authenticate=authenticate, runs=runs
     )
     # The door (limits) always; audit, journal and faults only when asked for: an idle
-    # feature costs the hot path nothing.
-    interceptors: list[grpc.aio.ServerInterceptor] = [
-        CallLimits(config.max_concurrent_calls, config.request_body_seconds)
-    ]
-    if audit is not None:
-        interceptors.append(AuditInterceptor(audit, service.call_settings))  # sees injected faults
-    if journal is not None:
-        interceptors.append(JournalInterceptor(journal, after_call))  # sees injected faults too
-    if config.faults is not None and config.faults.active:
-        interceptors.append(FaultInterceptor(config.faults))
+    # feature costs the hot path nothing. Built once per method (server/door.py).
+    handlers = settlement_handlers(
+        service,
+        CallLimits(config.max_concurrent_calls, config.request_body_seconds),
+        audit=AuditInterceptor(audit, service.call_settings) if audit is not None else None,
+        journal=JournalInterceptor(journal, after_call) if journal is not None else None,
+        faults=FaultInterceptor(config.faults) if config.faults is not None and config.faults.active else None,
+    )
     server = grpc.aio.server(
         # The synchronous handlers (check runs, platform, reflection) run in these threads.
         migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin"),
         options=server_options(config.reuse_port),
-        interceptors=interceptors,
     )
-    add_to_server(service, server)
+    register(handlers, server)
     if journal is not None and runs is not None:
         admin = HisCheckService(world, ledger, journal, runs, service.call_settings)
         his_check_pb2_grpc.add_HisCheckServiceServicer_to_server(admin, server)

@@ -53,7 +53,6 @@ from settlesim.server.ledger import AuditAnchor, LedgerStore, read_audit_anchors
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.status import to_status
 
-SERVICE_PREFIX = "/settlesim.v1.SettlementService/"
 log = logging.getLogger("settlesim.server")
 GENESIS = "0" * 64
 EMPTY = AuditAnchor(0, 0, GENESIS)
@@ -444,20 +443,18 @@ def write_record(audit: AuditLog, entry: dict[str, Any], started: float) -> Refu
         return refusal
 
 
-class AuditInterceptor(grpc.aio.ServerInterceptor):
+class AuditInterceptor:
     """Records every SettlementService call (health and reflection are not
-    audited). Outermost interceptor: it records what the caller actually got,
+    audited). Outermost wrapper but the door's limits: it records what the caller actually got,
     injected faults included. The decisions are the plain functions above."""
 
     def __init__(self, log: AuditLog, settings: calls.CallSettings) -> None:
         self.log, self.settings = log, settings
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
-            return handler
-        rpc, behavior = method.removeprefix(SERVICE_PREFIX), handler.unary_unary
+    def wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of SettlementService's `rpc`, audited; made once per method when the
+        server starts (server/door.py)."""
+        behavior = handler.unary_unary
 
         async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             # Recorded as the server ended it, even when the client gave up first.

@@ -48,7 +48,6 @@ from settlesim.v1 import settlement_service_pb2 as pb
 
 log = logging.getLogger("settlesim.server.faults")
 
-SERVICE_PREFIX = "/settlesim.v1.SettlementService/"
 RPCS = tuple(pb.DESCRIPTOR.services_by_name["SettlementService"].methods_by_name)
 WRITES = ("SettleVisit", "ReverseSettlement", "VoidByMessageId")
 ERROR_CODES = {
@@ -204,7 +203,7 @@ def plan_from_flags(
     return validate(FaultPlan(rpcs, seed))
 
 
-class FaultInterceptor(grpc.aio.ServerInterceptor):
+class FaultInterceptor:
     """Applies a FaultPlan to SettlementService calls; other services (health,
     reflection) are never disturbed."""
 
@@ -216,12 +215,9 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
     def _draw(self) -> float:
         return self._random.random()
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
-            return handler
-        rpc = method.removeprefix(SERVICE_PREFIX)
+    def wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of SettlementService's `rpc` with its faults (itself when it has none);
+        made once per method when the server starts (server/door.py)."""
         faults = self.faults.get(rpc)
         if faults is None or not faults.active:
             return handler

@@ -16,19 +16,22 @@ gRPC core settings: `app.server_options`.
 To read the body under a deadline the door takes the call as a client-streaming
 handler (the wire is the same for a unary call) and reads its one message
 itself; everything inside it (audit, faults, the servicer) sees a unary call.
+The door is made once per method when the server starts (server/door.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from asyncio import current_task
 from typing import Any
 
 import grpc
+from settlesim.server.completion import to_completion
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.status import to_status
 
-SERVICE_PREFIX = "/settlesim.v1.SettlementService/"
 log = logging.getLogger("settlesim.server")
 
 MAX_CONCURRENT_CALLS = 2000  # settlement calls worked on at once
@@ -46,8 +49,8 @@ async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-class CallLimits(grpc.aio.ServerInterceptor):
-    """Outermost interceptor: the body deadline and the cap on concurrent calls."""
+class CallLimits:
+    """The body deadline and the cap on concurrent calls: `door` wraps a method's handler in them."""
 
     def __init__(
         self, max_calls: int = MAX_CONCURRENT_CALLS, body_seconds: float = REQUEST_BODY_SECONDS
@@ -60,25 +63,6 @@ class CallLimits(grpc.aio.ServerInterceptor):
         self._late: set[asyncio.Task[Any]] = set()
         self._sweep_every = min(1.0, max(0.05, body_seconds / 10))
         self._sweeping = False
-        # The door of each method's handler, while the inner handler stays the same
-        # object (it does without per-call interceptors): no new closure per call.
-        self._doors: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
-            return handler
-        known = self._doors.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        door = grpc.stream_unary_rpc_method_handler(
-            self._door(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._doors[method] = (handler, door)
-        return door
 
     def _sweep(self) -> None:
         """Cancel the read of every call whose request message is overdue."""
@@ -94,30 +78,39 @@ class CallLimits(grpc.aio.ServerInterceptor):
         else:
             self._sweeping = False
 
-    def _door(self, behavior: Any) -> Any:
+    def door(self, handler: grpc.RpcMethodHandler, *, detach: bool = False) -> grpc.RpcMethodHandler:
+        """`handler` (a unary one) behind the door, as a client-streaming handler whose one
+        message the door reads itself. `detach`: the call runs to its end even when the client
+        leaves (server/completion.py), for the wrappers that must see how it ended."""
+        behavior = handler.unary_unary
+        if detach:
+            behavior = functools.partial(to_completion, behavior)
+        body_seconds, awaiting, late = self.body_seconds, self._awaiting, self._late
+        loop = asyncio.get_running_loop()  # the handlers are made on the server's loop
+        time = loop.time
+
         async def door(_requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            task = asyncio.current_task()
+            task = current_task(loop)
             assert task is not None
-            loop = asyncio.get_running_loop()
-            self._awaiting[task] = loop.time() + self.body_seconds
+            awaiting[task] = time() + body_seconds
             if not self._sweeping:
                 self._sweeping = True
                 loop.call_later(self._sweep_every, self._sweep)
             try:
                 request = await context.read()
             except asyncio.CancelledError:
-                if task not in self._late:
+                if task not in late:
                     raise  # the client went away
-                self._late.discard(task)
+                late.discard(task)
                 request = None
             finally:
-                self._awaiting.pop(task, None)
+                awaiting.pop(task, None)
             if request is None:
                 await _refuse(
                     context,
                     Refusal(
                         Reason.REQUEST_BODY_TIMEOUT,
-                        f"no request message within {self.body_seconds:g} s of the call's start",
+                        f"no request message within {body_seconds:g} s of the call's start",
                     ),
                 )
             if request is grpc.aio.EOF:
@@ -136,4 +129,6 @@ class CallLimits(grpc.aio.ServerInterceptor):
             finally:
                 self.in_flight -= 1
 
-        return door
+        return grpc.stream_unary_rpc_method_handler(
+            door, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

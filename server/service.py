@@ -61,11 +61,14 @@ def tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Server | grpc.aio.Server) -> None:
-    """What the generated add_SettlementServiceServicer_to_server does, with
-    tolerant request deserializers."""
+SERVICE = pb.DESCRIPTOR.services_by_name["SettlementService"]
+
+
+def method_handlers(servicer: pb_grpc.SettlementServiceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The servicer's unary handler of each method, by method name, with tolerant request
+    deserializers."""
     handlers = {}
-    for method in pb.DESCRIPTOR.services_by_name["SettlementService"].methods:
+    for method in SERVICE.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
@@ -73,9 +76,19 @@ def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Serv
             request_deserializer=tolerant(request_type.FromString),
             response_serializer=response_type.SerializeToString,
         )
-    name = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-    server.add_registered_method_handlers(name, handlers)
+    return handlers
+
+
+def register(handlers: dict[str, grpc.RpcMethodHandler], server: grpc.Server | grpc.aio.Server) -> None:
+    """SettlementService's handlers (by method name) on `server`."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Server | grpc.aio.Server) -> None:
+    """What the generated add_SettlementServiceServicer_to_server does, with
+    tolerant request deserializers."""
+    register(method_handlers(servicer), server)
 
 
 def _log_refusal(name: str, refusal: Refusal) -> None:
