@@ -35,7 +35,7 @@ from settlesim.server.national.app import PATH as NATIONAL_PATH
 from settlesim.server.national.app import create_app as create_national_app
 from settlesim.server.national.client_certs import ClientCertificateProtocol
 from settlesim.server.runs import RunRegistry
-from settlesim.server.service import SettlementService, register
+from settlesim.server.service import GenericOnly, SettlementService, register
 from settlesim.server.world_loader import load_world
 from settlesim.v1 import his_check_pb2, his_check_pb2_grpc
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -315,15 +315,16 @@ async def _start_on_loop(
         migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin"),
         options=server_options(config.reuse_port),
     )
-    register(handlers, server)
+    adding = GenericOnly(server)  # SettlementService first: the generic handlers are asked in order
+    register(handlers, adding)
     if journal is not None and runs is not None:
         admin = HisCheckService(world, ledger, journal, runs, service.call_settings)
-        his_check_pb2_grpc.add_HisCheckServiceServicer_to_server(admin, server)
+        his_check_pb2_grpc.add_HisCheckServiceServicer_to_server(admin, adding)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, adding)
     his_check = his_check_pb2.DESCRIPTOR.services_by_name["HisCheckService"].full_name
-    described = platform.add_to_server(world, server)  # which world this is (docs/cases.md)
-    reflection_v1.enable_server_reflection((SERVICE_NAME, his_check, described, health.SERVICE_NAME), server)
+    described = platform.add_to_server(world, adding)  # which world this is (docs/cases.md)
+    reflection_v1.enable_server_reflection((SERVICE_NAME, his_check, described, health.SERVICE_NAME), adding)
     try:
         address = f"{config.host}:{config.port}"
         if config.tls_cert is not None and config.tls_key is not None:

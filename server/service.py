@@ -79,10 +79,27 @@ def method_handlers(servicer: pb_grpc.SettlementServiceServicer) -> dict[str, gr
     return handlers
 
 
-def register(handlers: dict[str, grpc.RpcMethodHandler], server: grpc.Server | grpc.aio.Server) -> None:
+def register(handlers: dict[str, grpc.RpcMethodHandler], server: grpc.Server | grpc.aio.Server | GenericOnly) -> None:
     """SettlementService's handlers (by method name) on `server`."""
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+class GenericOnly:
+    """A grpc.aio server as the code that adds services to it sees it: every method is added as
+    a generic one. grpc.aio keeps one pending request per registered method and waits on all of
+    them (asyncio.wait, Python code over every future) each time it accepts a call, so every
+    registered method cost every call about a microsecond; the generic methods share one request.
+    (The generated add_*_to_server functions add each service both ways; the generic way stays.)"""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, _name: str, _handlers: Any) -> None:
+        """Nothing: the service's generic handler answers its methods."""
 
 
 def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Server | grpc.aio.Server) -> None:
