@@ -31,7 +31,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from settlesim.server.app import run_loop, server_options
-from settlesim.server.service import add_to_server
+from settlesim.server.service import GenericOnly, add_to_server
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 
@@ -105,9 +105,10 @@ async def serve_aio_noop(
     """Started like app.start: one event loop, the same options, handlers and
     health service; runs until SIGTERM or SIGINT."""
     server = grpc.aio.server(options=server_options(reuse_port))
-    add_to_server(AioNoopService(), server)
+    adding = GenericOnly(server)  # as app.start adds its services
+    add_to_server(AioNoopService(), adding)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, adding)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
