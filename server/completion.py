@@ -3,19 +3,20 @@ synchronous server: a client that gives up (deadline, cancel) does not stop a
 settle that is already under way, so its commit may land late — the case the
 national void (2601) and a retry with the same msgid exist for.
 
-Only the fault and audit interceptors ask for it (a slow platform, and a record
-of what the server did). Once the client has gone, gRPC frees the call, and
-touching its context would touch freed memory: the call runs with a
-`DetachedContext` that holds what the servicer reads (metadata, peer, TLS
-identity). An abort inside only records its status (the last one wins, as the
-audit log's fail-closed refusal must replace a refusal whose record failed);
-the status goes to the client once, when the call has ended, if it is still there.
+The door asks for it when a wrapper that must see how a call ended is on (the journal,
+the audit log, faults: server/door.py). When the client leaves, gRPC cancels the task
+of the call's handler, and a cancellation reaches whatever that task awaits: the call
+runs in a task of its own that refuses to be cancelled (`Shielded`), so gRPC's cancel
+only marks the client as gone, and the handler wakes when the call has ended. The call
+and its context stay alive until then (gRPC frees a call when its handler's task ends).
+Inside, the call sees a `DetachedContext`: an abort only records its status (the last
+one wins, as the audit log's fail-closed refusal must replace a refusal whose record
+failed); the status goes to the client once, when the call has ended, if it is still there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -29,15 +30,14 @@ class DetachedAbort(Exception):
 
 
 class DetachedContext:
-    """The parts of grpc.aio.ServicerContext a settlement call uses, valid after the client left."""
+    """The parts of grpc.aio.ServicerContext a settlement call uses, and whether its client left."""
 
     _UNREAD: Any = object()
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self._context = context
-        self._metadata = context.invocation_metadata()
-        # Peer and auth context are read when first asked for, or at the latest when the client
-        # leaves (`keep`, while the call is still alive): most calls never ask.
+        # Read from the live call when first asked for (it lives until the call has ended).
+        self._metadata: Any = self._UNREAD
         self._peer: Any = self._UNREAD
         self._auth: Any = self._UNREAD
         self.gone = False  # the client left before the call ended
@@ -45,12 +45,9 @@ class DetachedContext:
         self._details = ""
         self._trailing: Any = ()
 
-    def keep(self) -> None:
-        """Read what is still unread from the live call: the client is leaving."""
-        self.peer()
-        self.auth_context()
-
     def invocation_metadata(self) -> Any:
+        if self._metadata is self._UNREAD:
+            self._metadata = self._context.invocation_metadata()
         return self._metadata
 
     def peer(self) -> str:
@@ -77,38 +74,36 @@ class DetachedContext:
         raise DetachedAbort(details)
 
 
-def _pass_on(waiter: asyncio.Future[Any], task: asyncio.Task[Any]) -> None:
-    """The call's outcome to the client's waiter, if the client still waits; else take it
-    (nobody awaits a call whose client has gone) so asyncio does not warn."""
-    if waiter.cancelled():
-        if not task.cancelled():
-            task.exception()
-    elif task.cancelled():
-        waiter.cancel()
-    elif (error := task.exception()) is not None:
-        waiter.set_exception(error)
-    else:
-        waiter.set_result(task.result())
+class Shielded(asyncio.Task):  # type: ignore[type-arg]
+    """The task a detached call runs in. Cancelling it is refused: gRPC cancels the handler's
+    task when the client leaves, which cancels the task it awaits, this one; the call runs on
+    and the handler's task is woken (with its CancelledError) once the call has ended. One
+    task a call, and no future or callback of its own between the two (asyncio.shield's)."""
+
+    __slots__ = ("detached",)
+    detached: DetachedContext
+
+    def cancel(self, msg: Any = None) -> bool:
+        self.detached.gone = True
+        return False
 
 
 async def to_completion(
     call: Callable[[Any, Any], Coroutine[Any, Any, T]], request: Any, context: grpc.aio.ServicerContext
 ) -> T:
     """`await call(request, context)`; if the client goes meanwhile, the call still runs to its end."""
-    if isinstance(context, DetachedContext):  # an outer interceptor detached it already
+    if isinstance(context, DetachedContext):  # an outer wrapper detached it already
         return await call(request, context)
     detached = DetachedContext(context)
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(call(request, detached))
-    # What asyncio.shield does, with one callback: cancelling this call (the client left)
-    # cancels only the waiter, never the task. It is on every journaled call's path.
-    waiter: asyncio.Future[T] = loop.create_future()
-    task.add_done_callback(functools.partial(_pass_on, waiter))
+    task = Shielded(call(request, detached), loop=asyncio.get_running_loop())
+    task.detached = detached
     try:
-        return await waiter
+        return await task
     except asyncio.CancelledError:
-        detached.keep()  # before the call is freed
-        detached.gone = True
+        # The client left, and the call has ended (its task cannot be cancelled); nobody
+        # awaits its outcome: take it, so asyncio does not warn.
+        if task.done() and not task.cancelled():
+            task.exception()
         raise
     except DetachedAbort:
         assert detached._code is not None
