@@ -12,7 +12,7 @@ asks here, and within one call they all get the same `Caller`:
   request, as the insecure stub does), the session, and the first refusal, if any.
 - `resolved` holds the result for the rest of the call (a contextvar, so it works the same for
   grpc's thread pool and for grpc.aio tasks); `caller_of` reads it, or resolves when nothing
-  holds one (a server without the audit interceptor resolves in the servicer).
+  holds one (a server without the audit log resolves in the servicer).
 
 Which sandbox a call may use is decided later, once the request names its institution
 (`server/sandboxes.py`); see docs/sessions.md.
@@ -178,14 +178,6 @@ class resolved:
     def __exit__(self, *_exc: object) -> None:
         if self.token is not None:
             _current.reset(self.token)
-
-
-def hold(context: Any, caller: Caller) -> None:
-    """Replace the Caller held for this call (a check run took it into its session): the rest of
-    the call sees the new one. Outside `resolved` for this call it does nothing."""
-    held = _current.get()
-    if held is not None and held[0] is context:
-        _current.set((context, caller))
 
 
 def caller_of(context: Any, settings: CallSettings) -> Caller:

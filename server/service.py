@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -118,43 +117,12 @@ def _log_refusal(name: str, refusal: Refusal) -> None:
     )
 
 
-def refusals_as_status(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a Refusal into its gRPC status; anything else is a bug and is
-    logged with its traceback before gRPC answers INTERNAL. For coroutine
-    methods (the settlement calls on the loop) and plain ones (the check-run
-    service, which the aio server runs in its thread pool) alike."""
-    if not inspect.iscoroutinefunction(method):
-        return _refusals_as_status_in_thread(method)
+def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
+    """For the plain methods of the check-run service (the aio server runs them in its thread
+    pool): the caller resolved once for the call, a Refusal turned into its gRPC status;
+    anything else is a bug and is logged with its traceback before gRPC answers INTERNAL.
+    The settlement calls on the loop are `served`."""
 
-    @functools.wraps(method)
-    async def wrapper(self: SettlementService, request: Any, context: grpc.aio.ServicerContext) -> R:
-        # One resolution of the caller per call (reused if an interceptor made it already); a
-        # contextvar, so it holds across the awaits of this call's task.
-        with calls.resolved(context, self.call_settings):
-            try:
-                if type(request) is Undecodable:
-                    raise Refusal(Reason.MALFORMED_MESSAGE, f"the request does not parse: {request.error}")
-                return await method(self, request, context)
-            except Refusal as refusal:
-                _mark_sandbox(refusal, calls.caller_of(context, self.call_settings))
-                _log_refusal(method.__name__, refusal)
-                status = to_status(refusal)
-                await context.abort(status.code, status.details, status.trailing_metadata)
-                raise  # abort raises; this keeps type checkers honest
-            except Exception:
-                log.exception("%s failed", method.__name__)
-                raise
-
-    return wrapper
-
-
-def _mark_sandbox(refusal: Refusal, caller: Caller) -> None:
-    """A sandbox's refusal says so (the caller as routed to a check run, if it was)."""
-    if caller.session and caller.refusal is None and refusal.reason != Reason.SESSION_NOT_YOURS:
-        refusal.metadata.setdefault("sandbox", caller.session)
-
-
-def _refusals_as_status_in_thread(method: Callable[..., R]) -> Callable[..., R]:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         with calls.resolved(context, self.call_settings):
@@ -176,6 +144,49 @@ def _refusals_as_status_in_thread(method: Callable[..., R]) -> Callable[..., R]:
             raise
 
     return wrapper
+
+
+def served(claimed: Callable[[Any], str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A SettlementService call, `call(self, caller, request)`, as the gRPC method
+    `(self, request, context)`: the caller resolved once (server/calls.py: an outer wrapper's
+    resolution, the audit log's, is reused) and routed to its check run (`claimed(request)`:
+    the institution the request names); a refusal becomes its status, as refusals_as_status
+    does. One coroutine around the call, made when the class is."""
+
+    def decorate(call: Callable[..., Any]) -> Callable[..., Any]:
+        name = call.__name__
+
+        @functools.wraps(call)
+        async def method(self: SettlementService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            caller = None
+            try:
+                if type(request) is Undecodable:
+                    raise Refusal(Reason.MALFORMED_MESSAGE, f"the request does not parse: {request.error}")
+                caller = self.routed(context, calls.caller_of(context, self.call_settings).require(), claimed(request))
+                note = current_note()
+                if note is not None and note.delay_seconds:  # a check run's targeted delay (server/faults.py)
+                    await asyncio.sleep(note.delay_seconds)
+                return await call(self, caller, request)
+            except Refusal as refusal:
+                # a sandbox's refusal says so: the caller as routed, if it got that far
+                _mark_sandbox(refusal, caller if caller is not None else calls.caller_of(context, self.call_settings))
+                _log_refusal(name, refusal)
+                status = to_status(refusal)
+                await context.abort(status.code, status.details, status.trailing_metadata)
+                raise  # abort raises; this keeps type checkers honest
+            except Exception:
+                log.exception("%s failed", name)
+                raise
+
+        return method
+
+    return decorate
+
+
+def _mark_sandbox(refusal: Refusal, caller: Caller) -> None:
+    """A sandbox's refusal says so (the caller as routed to a check run, if it was)."""
+    if caller.session and caller.refusal is None and refusal.reason != Reason.SESSION_NOT_YOURS:
+        refusal.metadata.setdefault("sandbox", caller.session)
 
 
 def request_hash(message: Any) -> str:
@@ -463,57 +474,47 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
 
     # --- who is calling ---------------------------------------------------------------------
 
-    async def caller(self, context: grpc.aio.ServicerContext, claimed: str = "") -> Caller:
-        """The caller as resolved once for this call (server/calls.py), or its refusal.
-        `claimed`: the institution the request names (an open check run of the
-        institution the call acts for takes the call: server/runs.py)."""
-        caller = calls.caller_of(context, self.call_settings).require()
-        session = self.route(context, caller.session, caller.institution, claimed)
-        if session != caller.session:  # a check run's session: the run's institution alone
-            caller = caller._replace(session=session, members=frozenset())
-            calls.hold(context, caller)  # the rest of the call (its refusals' sandbox mark) sees it
-        note = current_note()
-        if note is not None and note.delay_seconds:  # a check run's targeted delay (server/faults.py)
-            await asyncio.sleep(note.delay_seconds)
-        return caller
-
-    def route(self, context: grpc.ServicerContext, session: str, identity: str, claimed: str) -> str:
-        """The session the call uses: its check run's when it belongs to one."""
+    def routed(self, context: grpc.aio.ServicerContext, caller: Caller, claimed: str) -> Caller:
+        """The caller as the call goes on: in its check run's session when it belongs to one.
+        `claimed`: the institution the request names (an open check run of the institution
+        the call acts for takes the call: server/runs.py)."""
         note = current_note()
         if note is None and self.runs is None:
-            return session
-        return route_call(self.runs, context, session, identity, claimed, note)
+            return caller
+        session = route_call(self.runs, context, caller.session, caller.institution, claimed, note)
+        if session != caller.session:  # a check run's session: the run's institution alone
+            caller = caller._replace(session=session, members=frozenset())
+        return caller
 
     # --- the calls ----------------------------------------------------------------------------
 
-    @refusals_as_status
-    async def VerifyRegistration(self, request: pb.VerifyRegistrationRequest, context: grpc.aio.ServicerContext):
-        return await self.core.verify_registration(await self.caller(context, request.visit.institution_code), request)
+    @served(lambda request: request.visit.institution_code)
+    async def VerifyRegistration(self, caller: Caller, request: pb.VerifyRegistrationRequest):
+        return await self.core.verify_registration(caller, request)
 
-    @refusals_as_status
-    async def PreSettleVisit(self, request: pb.PreSettleVisitRequest, context: grpc.aio.ServicerContext):
-        caller = await self.caller(context, request.request.visit.institution_code)
+    @served(lambda request: request.request.visit.institution_code)
+    async def PreSettleVisit(self, caller: Caller, request: pb.PreSettleVisitRequest):
         return await self.core.pre_settle_visit(caller, request)
 
-    @refusals_as_status
-    async def SettleVisit(self, request: pb.SettleVisitRequest, context: grpc.aio.ServicerContext):
-        return await self.core.settle_visit(await self.caller(context, request.request.visit.institution_code), request)
+    @served(lambda request: request.request.visit.institution_code)
+    async def SettleVisit(self, caller: Caller, request: pb.SettleVisitRequest):
+        return await self.core.settle_visit(caller, request)
 
-    @refusals_as_status
-    async def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: grpc.aio.ServicerContext):
-        return await self.core.reverse_settlement(await self.caller(context, request.institution_code), request)
+    @served(lambda request: request.institution_code)
+    async def ReverseSettlement(self, caller: Caller, request: pb.ReverseSettlementRequest):
+        return await self.core.reverse_settlement(caller, request)
 
-    @refusals_as_status
-    async def VoidByMessageId(self, request: pb.VoidByMessageIdRequest, context: grpc.aio.ServicerContext):
-        return await self.core.void_by_message_id(await self.caller(context, request.institution_code), request)
+    @served(lambda request: request.institution_code)
+    async def VoidByMessageId(self, caller: Caller, request: pb.VoidByMessageIdRequest):
+        return await self.core.void_by_message_id(caller, request)
 
-    @refusals_as_status
-    async def GetSettlement(self, request: pb.GetSettlementRequest, context: grpc.aio.ServicerContext):
-        return await self.core.get_settlement(await self.caller(context, request.institution_code), request)
+    @served(lambda request: request.institution_code)
+    async def GetSettlement(self, caller: Caller, request: pb.GetSettlementRequest):
+        return await self.core.get_settlement(caller, request)
 
-    @refusals_as_status
-    async def Reconcile(self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext):
-        return await self.core.reconcile(await self.caller(context, request.institution_code), request)
+    @served(lambda request: request.institution_code)
+    async def Reconcile(self, caller: Caller, request: pb.ReconcileRequest):
+        return await self.core.reconcile(caller, request)
 
 
 class SettlementPlan:
