@@ -36,7 +36,7 @@ def settlement_handlers(
         if faults is not None:
             handler = faults.wrap(rpc, handler)
         if journal is not None:
-            handler = journal._journaled(rpc, handler)
+            handler = journal.wrap(rpc, handler)
         if audit is not None:
             handler = audit.wrap(rpc, handler)  # sees the injected faults and the journal's view
         handlers[rpc] = limits.door(handler, detach=any(w is not None for w in (audit, journal, faults)))

@@ -562,11 +562,11 @@ class JournalInterceptor(grpc.aio.ServerInterceptor):
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        wrapped = self._journaled(method.removeprefix(SERVICE_PREFIX), handler)
+        wrapped = self.wrap(method.removeprefix(SERVICE_PREFIX), handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _journaled(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
         serialize, unsent = handler.response_serializer, self.journal.unsent
 
