@@ -32,6 +32,7 @@ class DetachedAbort(Exception):
 class DetachedContext:
     """The parts of grpc.aio.ServicerContext a settlement call uses, and whether its client left."""
 
+    __slots__ = ("_auth", "_code", "_context", "_details", "_metadata", "_peer", "_trailing", "gone")
     _UNREAD: Any = object()
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:

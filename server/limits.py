@@ -33,6 +33,7 @@ from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.status import to_status
 
 log = logging.getLogger("settlesim.server")
+EOF = grpc.aio.EOF
 
 MAX_CONCURRENT_CALLS = 2000  # settlement calls worked on at once
 REQUEST_BODY_SECONDS = 10.0  # from a call's opening to its request message
@@ -113,7 +114,7 @@ class CallLimits:
                         f"no request message within {body_seconds:g} s of the call's start",
                     ),
                 )
-            if request is grpc.aio.EOF:
+            if request is EOF:
                 await _refuse(context, Refusal(Reason.MALFORMED_MESSAGE, "the call ended without a request message"))
             if self.in_flight >= self.max_calls:
                 await _refuse(

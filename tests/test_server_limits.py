@@ -23,7 +23,7 @@ import pytest
 from conftest import CANCER_HOSPITAL, refused
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pki import PlatformPki
-from settlesim.clients.hospital import Fee
+from settlesim.clients.hospital import Fee, SettlementUncertain
 from settlesim.clients.rejections import rejection_of
 from settlesim.clients.secure import channel_credentials, connect
 from settlesim.server.app import ServerConfig, start
@@ -151,6 +151,36 @@ def test_a_busy_server_refuses_at_once_with_server_busy(tmp_path: Path):
         assert len(outcome) == 1 and outcome[0].settlement.totals.total_fen == 500
         first.close()
         second.close()
+    finally:
+        running.stop(grace=1)
+
+
+def test_a_client_that_gives_up_keeps_its_place_in_the_cap_until_its_call_has_ended(tmp_path: Path):
+    """A call runs to its end once the platform has its request (server/completion.py), so it
+    is still being worked on after its client gave up: with a cap of 1 and a settle that sleeps
+    600 ms (injected), a client whose deadline passes at 100 ms does not free the place; a
+    second settle meanwhile is refused SERVER_BUSY. (Counting only until the client left, a
+    client that gives up at once could start any number of calls past the cap.) Once the
+    abandoned settle has ended (and committed: a retry replays it), the place is free."""
+    plan = FaultPlan({"SettleVisit": RpcFaults(latency_ms=600)})
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db", faults=plan, max_concurrent_calls=1))
+    try:
+        impatient = connect(running.target, CANCER_HOSPITAL, retries=0, deadline=0.1)
+        other = connect(running.target, CANCER_HOSPITAL, retries=0)
+        request = impatient.settlement_request(QINGHAI, TUMOUR, "2021-12-09", [Fee("A-CONSULT-001", 500)])
+        with pytest.raises(SettlementUncertain) as given_up:
+            impatient.settle_request(request)
+        assert given_up.value.last_error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        busy = refused(lambda: other.settle(QINGHAI, TUMOUR, "2021-12-10", [Fee("A-CONSULT-001", 700)]))
+        assert (busy.code, busy.reason) == ("RESOURCE_EXHAUSTED", "SERVER_BUSY")
+        time.sleep(0.8)  # the abandoned settle wakes, commits and ends
+        impatient.deadline = 10
+        again = impatient.settle_request(request)
+        assert again.replayed and again.settlement.totals.total_fen == 500
+        later = other.settle(QINGHAI, TUMOUR, "2021-12-10", [Fee("A-CONSULT-001", 700)])
+        assert later.settlement.totals.total_fen == 700
+        impatient.close()
+        other.close()
     finally:
         running.stop(grace=1)
 
