@@ -158,8 +158,8 @@ def _resolve_context(context: Any, settings: CallSettings) -> Caller:
 
 
 class resolved:
-    """Resolve the caller of the call `context` belongs to, once: everything run inside (an
-    interceptor's continuation, the servicer) gets the same Caller from `caller_of`. (A class, not
+    """Resolve the caller of the call `context` belongs to, once: everything run inside (the
+    audit log's wrapped handler, the servicer) gets the same Caller from `caller_of`. (A class, not
     @contextmanager: it runs on every call, and a generator costs a few microseconds more.)"""
 
     __slots__ = ("caller", "token")

@@ -6,7 +6,8 @@ hurting the others (docs/errors.md#server-limits).
   REQUEST_BODY_TIMEOUT and its stream freed: a client cannot hold streams open
   forever by sending headers and nothing else.
 - **Concurrent calls.** At most `max_calls` settlement calls are worked on at
-  once (counted from the arrival of their request to their answer); one more is
+  once (counted from the arrival of their request until the call has ended, also when its
+  client has left: server/completion.py); one more is
   refused RESOURCE_EXHAUSTED / SERVER_BUSY at once instead of queueing without
   bound. Health and reflection are never counted or refused.
 
