@@ -307,7 +307,9 @@ async def _start_on_loop(
         service,
         CallLimits(config.max_concurrent_calls, config.request_body_seconds),
         audit=AuditInterceptor(audit, service.call_settings) if audit is not None else None,
-        journal=JournalInterceptor(journal, after_call) if journal is not None else None,
+        # The journal hands gRPC the answer's bytes (serialized once) unless the audit log outside it
+        # reads the message.
+        journal=JournalInterceptor(journal, after_call, answers_as_bytes=audit is None) if journal is not None else None,
         faults=FaultInterceptor(config.faults) if config.faults is not None and config.faults.active else None,
     )
     server = grpc.aio.server(
@@ -348,16 +350,7 @@ async def _start_on_loop(
 
 def _counting(metrics: Metrics | None):  # type: ignore[no-untyped-def]
     """The journal writer's observer that counts stored calls (server/metrics.py)."""
-    if metrics is None:
-        return None
-
-    def observe(notes: list, rows: list, lag: float) -> None:  # type: ignore[type-arg]
-        # rows are journal.entry_of's: code and reason are columns 10 and 11
-        metrics.record_calls(
-            [(n.rpc, row[10], row[11], n.latency_ms, n.response) for n, row in zip(notes, rows, strict=True)], lag
-        )
-
-    return observe
+    return metrics.record_calls if metrics is not None else None
 
 
 def _start_console(

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import logging
-import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,8 @@ COLUMNS = (
     "answer",
 )
 
+_INSERT = f"INSERT INTO journal ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+
 
 class JournalFileError(Exception):
     """A journal file SQLite cannot use (not a database, damaged): one line naming
@@ -171,31 +173,39 @@ class JournalEntry:
         return cls(**{name: data[name] for name in COLUMNS})
 
 
-@dataclass(slots=True)
 class CallNote:
-    """What the interceptor and the service know of a call while it runs; the
-    writer thread makes a JournalEntry of it."""
+    """What the interceptor and the service know of a call while it runs; it becomes
+    the call's row when the call ends (`Journal.add`). What most calls never set is
+    a class attribute, so a note made per call stores only its RPC, request and clocks."""
 
-    rpc: str
-    request: Any
-    door: str = "grpc"  # the door the call came through; the national JSON door notes "national"
-    arrived: float = field(default_factory=time.time)
-    started: float = field(default_factory=time.perf_counter)
-    identity: str = ""
-    institution: str = ""
-    session: str = ""
+    door = "grpc"  # the door the call came through; the national JSON door notes "national"
+    identity = ""
+    institution = ""
+    session = ""
     run: Any = None  # the runs.Run the call belongs to
-    actor: str = "his"
-    fault: str = ""  # a targeted fault applied (server/faults.py)
+    actor = "his"
+    fault = ""  # a targeted fault applied (server/faults.py)
     targeted: Any = None  # the runs.TargetedFault that acts on the answer
     response: Any = None
-    answer: bytes | None = None  # the response as gRPC serialized it to send (JournalInterceptor)
+    answer: bytes | None = None  # the response serialized (by the journaled handler: the bytes sent)
     code: grpc.StatusCode | None = None
     trailers: Any = None
-    latency_ms: float = 0.0
-    undelivered: bool = False
+    latency_ms = 0.0
+    undelivered = False
     done: Any = None  # called when the call has finished (runs count a run's calls in flight)
-    delay_seconds: float = 0.0  # a targeted delay, slept before the call runs (server/faults.py)
+    delay_seconds = 0.0  # a targeted delay, slept before the call runs (server/faults.py)
+
+    def __init__(
+        self, rpc: str, request: Any, door: str = "grpc", institution: str = "", session: str = ""
+    ) -> None:
+        self.rpc, self.request = rpc, request
+        self.arrived, self.started = time.time(), time.perf_counter()
+        if door != "grpc":
+            self.door = door
+        if institution:
+            self.institution = institution
+        if session:
+            self.session = session
 
 
 _CURRENT: contextvars.ContextVar[CallNote | None] = contextvars.ContextVar("settlesim_call", default=None)
@@ -206,33 +216,49 @@ def current_note() -> CallNote | None:
     return _CURRENT.get()
 
 
+# The row a call becomes (Journal.add): the columns COLUMNS[1:] in order, made on the loop from
+# what it has at hand, with three of them finished by the writer (`_finish`): `time` is the
+# arrival's time.time() until the writer writes it as text, `code` the StatusCode of a refusal
+# and `reason` its trailers until the writer reads them; one more item after the columns is
+# what the metrics count of it (the fund paid by a new settlement, or None), taken off the row
+# before it is stored.
+_TIME, _RPC, _RUN, _CODE, _REASON, _FAULT, _LATENCY = 0, 2, 6, 10, 11, 12, 13
+_ROW_LENGTH = len(COLUMNS) - 1
+
+
 class Journal:
     """The journal store and its writer thread."""
 
     def __init__(
         self,
         path: Path | str,
-        on_stored: Callable[[list[CallNote], list[tuple[Any, ...]], float], None] | None = None,
+        on_stored: Callable[[list[tuple[Any, ...]], list[int | None], float], None] | None = None,
     ) -> None:
-        """`on_stored(notes, rows, lag_seconds)` is called by the writer thread after
-        each stored batch (the metrics count calls there, off the settle path)."""
+        """`on_stored(rows, funds, lag_seconds)` is called by the writer thread after each
+        stored batch (the metrics count calls there, off the settle path): the rows as
+        stored (COLUMNS[1:]) and, per row, the fund paid by the new settlement it made
+        (None for any other call)."""
         self.path = Path(path)
         self.on_stored = on_stored
+        self.counting = on_stored is not None  # the loop notes a new settlement's fund for the metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = self._connect()
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:  # "file is not a database", damage
             raise damaged_journal(self.path, error) from None
-        self._queue: queue.SimpleQueue[CallNote | threading.Event | None] = queue.SimpleQueue()
+        # Rows of finished calls not yet taken by the writer: the loop appends (one list
+        # append a call, no lock: the GIL orders it), the writer takes the whole list at once.
+        self._pending: list[list[Any]] = []
+        self._flushes: list[threading.Event] = []  # flush() calls waiting for the next batch
+        self._wake = threading.Event()  # a row in an empty list, a flush or close wakes the writer
         self._hurry = threading.Event()  # flush() and close() cut the writer's gathering short
+        self._closing = False
+        self._writing = 0  # rows taken by the writer, not yet stored
         self._lock = threading.Lock()  # one connection, shared by the writer and the readers
         # Entries the writer could not store (disk full, I/O error), per run ("" for none):
         # a run graded on an incomplete record would pass or fail on calls nobody saw.
         self._lost: dict[str, int] = {}
-        # Answers returned but not yet serialized by gRPC, by id(response): the serializer
-        # hands their bytes to the note, so the writer need not serialize them again.
-        self.unsent: dict[int, CallNote] = {}
         self._writer = threading.Thread(target=self._write_batches, name="journal-writer", daemon=True)
         self._writer.start()
 
@@ -267,26 +293,37 @@ class Journal:
             except sqlite3.Error as error:
                 raise storage_refusal(error, store=f"the call journal {self.path}") from error
 
-    # --- the hot path: note, submit -----------------------------------------------------------
+    # --- the hot path: a finished call's row ----------------------------------------------------
+
+    def add(self, row: list[Any]) -> None:
+        """A finished call's row (see _TIME ...): appended for the writer, which is woken
+        only by the first row of a batch."""
+        pending = self._pending
+        if not pending:
+            self._wake.set()
+        pending.append(row)
 
     def submit(self, note: CallNote) -> None:
+        """A finished call noted by other means than the interceptor (the national door)."""
         note.latency_ms = (time.perf_counter() - note.started) * 1000
-        self._queue.put(note)
+        self.add(row_of(note, self.counting))
 
     def queue_depth(self) -> int:
-        """Calls noted but not yet stored (approximate, as SimpleQueue.qsize is)."""
-        return self._queue.qsize()
+        """Calls finished but not yet stored."""
+        return len(self._pending) + self._writing
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every call submitted so far is stored."""
+        """Wait until every call finished so far is stored."""
         done = threading.Event()
-        self._queue.put(done)
+        self._flushes.append(done)
         self._hurry.set()
+        self._wake.set()
         done.wait(timeout)
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._closing = True
         self._hurry.set()
+        self._wake.set()
         self._writer.join(30)
         with self._lock:
             self._db.close()
@@ -294,63 +331,51 @@ class Journal:
     # --- the writer thread --------------------------------------------------------------------
 
     def _write_batches(self) -> None:
-        stop = False
         clock = _Clock()
-        while not stop:
-            batch: list[CallNote] = []
-            waiting: list[threading.Event] = []
-            item = self._queue.get()
-            if isinstance(item, CallNote) and self._queue.qsize() < _BATCH:
+        while True:
+            self._wake.wait()
+            if not self._closing and len(self._pending) < _BATCH:
                 # Let the calls of the next moments join this one: each commit rewrites the
                 # hot pages of the table and its indexes, so a few large batches cost far
                 # less than many small ones. A writer that lags (a full batch waiting) does
                 # not wait; flush() and close() end the wait at once.
                 self._hurry.wait(GATHER_SECONDS)
-                self._hurry.clear()
-            while True:
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiting.append(item)
-                else:
-                    batch.append(item)
-                if stop or len(batch) >= _BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                try:
-                    for note in batch:  # the answers gRPC never serialized (a fault dropped them)
-                        key = id(note.response)
-                        if self.unsent.get(key) is note:
-                            self.unsent.pop(key, None)
-                    rows = [entry_of(note, clock) for note in batch]
-                    self._store(rows)
-                except Exception:  # a journal that cannot write must not stop the platform
-                    log.exception("journal write failed; %d entries lost", len(batch))
-                    with self._lock:
-                        for note in batch:
-                            run_id = note.run.run_id if note.run is not None else ""
-                            self._lost[run_id] = self._lost.get(run_id, 0) + 1
-                else:
-                    if self.on_stored is not None:
-                        lag = time.time() - min(note.arrived for note in batch)
-                        try:
-                            self.on_stored(batch, rows, lag)
-                        except Exception:  # metrics must never stop the journal
-                            log.exception("journal observer failed")
-            for event in waiting:
+            self._hurry.clear()
+            self._wake.clear()
+            stop = self._closing
+            # The flushes first: every row finished before a flush asked is in the list taken next.
+            flushes, self._flushes = self._flushes, []
+            rows, self._pending = self._pending, []
+            self._writing = len(rows)
+            for start in range(0, len(rows), _BATCH):
+                self._write(rows[start : start + _BATCH], clock)
+            self._writing = 0
+            for event in flushes:
                 event.set()
+            if stop:
+                return
 
-    def _store(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, rows: list[list[Any]], clock: _Clock) -> None:
+        try:
+            oldest = min(row[_TIME] for row in rows)
+            funds = [_finish(row, clock) for row in rows]
+            self._store(rows)
+        except Exception:  # a journal that cannot write must not stop the platform
+            log.exception("journal write failed; %d entries lost", len(rows))
+            with self._lock:
+                for row in rows:
+                    self._lost[row[_RUN]] = self._lost.get(row[_RUN], 0) + 1
+            return
+        if self.on_stored is not None:
+            try:
+                self.on_stored(rows, funds, time.time() - oldest)
+            except Exception:  # metrics must never stop the journal
+                log.exception("journal observer failed")
+
+    def _store(self, rows: list[Any]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT INTO journal ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})",
-                rows,
-            )
+            self._db.executemany(_INSERT, rows)
             self._db.execute("COMMIT")
 
     def lost(self, run_id: str | None = None) -> int:
@@ -496,28 +521,29 @@ def _outcome(code: grpc.StatusCode | None, trailers: Any) -> tuple[str, str, str
     return (code.name if code is not None else "UNKNOWN"), reason, fault
 
 
-def entry_of(note: CallNote, clock: _Clock | None = None) -> tuple[Any, ...]:
-    """The row of a finished call (column order of COLUMNS[1:]). Only what must be
-    indexed or cannot be known later is worked out here, in the writer thread that
-    shares the GIL with the loop: the request hash is left to the reader ("")."""
-    # Bytes, not JSON: serializing is C code, MessageToDict is Python and would cost
-    # the settle path its share of the GIL; entries are decoded when read.
+def row_of(note: CallNote, counting: bool = False) -> list[Any]:
+    """The row (see _TIME ...) of a call noted outside the interceptor (the national door),
+    from its objects: the request and the response serialized here."""
     request = note.request
     if hasattr(request, "SerializeToString"):
         raw = request.SerializeToString()
         msgid = getattr(request.request if note.rpc in _SETTLING else request, "msgid", "")
     else:
         raw, msgid = None, ""
-    if note.code is None:
-        code, reason, fault = "OK", "", ""
-    else:
-        code, reason, fault = _outcome(note.code, note.trailers)
     response, answer = note.response, note.answer
     if answer is None and response is not None:
         answer = response.SerializeToString()
+    code = "OK" if note.code is None else note.code
+    fund = _new_settlement_fund(note.rpc, response) if counting and code == "OK" else None
+    return _row(note, msgid, code, note.trailers, raw, answer, fund)
+
+
+def _row(
+    note: CallNote, msgid: str, code: Any, trailers: Any, raw: bytes | None, answer: bytes | None, fund: Any
+) -> list[Any]:
     run = note.run
-    return (
-        (clock or _Clock()).iso(note.arrived),
+    return [
+        note.arrived,  # written as text by the writer (_finish)
         note.door,
         note.rpc,
         note.identity,
@@ -527,14 +553,36 @@ def entry_of(note: CallNote, clock: _Clock | None = None) -> tuple[Any, ...]:
         note.actor,
         msgid,
         "",  # request_hash: computed when read (entry_of_row)
-        code,
-        reason,
-        note.fault or fault,
-        round(note.latency_ms, 3),
-        int(note.undelivered),
+        code,  # "OK", or the StatusCode the writer names (_finish)
+        trailers,  # the writer reads the reason (and a fault) out of the trailers (_finish)
+        note.fault,
+        note.latency_ms,
+        note.undelivered,
         raw,
         answer,
-    )
+        fund,  # for the metrics, taken off before the row is stored (_finish)
+    ]
+
+
+def _new_settlement_fund(rpc: str, response: Any) -> int | None:
+    """The fund a SettleVisit answered OK paid, unless it replayed an earlier settle: what
+    the metrics count (server/metrics.py)."""
+    if rpc != "SettleVisit" or response is None or response.replayed:
+        return None
+    return response.settlement.totals.fund_pays_fen
+
+
+def _finish(row: list[Any], clock: _Clock) -> int | None:
+    """The writer's part of a row: the arrival as text, a refusal's code name and reason
+    out of its trailers, the latency to the microsecond; returns what the metrics count."""
+    row[_TIME] = clock.iso(row[_TIME])
+    if row[_CODE] == "OK":
+        row[_REASON] = ""
+    else:
+        row[_CODE], row[_REASON], fault = _outcome(row[_CODE], row[_REASON])
+        row[_FAULT] = row[_FAULT] or fault
+    row[_LATENCY] = round(row[_LATENCY], 3)
+    return row.pop()
 
 
 # --- the interceptor ---------------------------------------------------------------------------
@@ -543,13 +591,16 @@ def entry_of(note: CallNote, clock: _Clock | None = None) -> tuple[Any, ...]:
 class JournalInterceptor(grpc.aio.ServerInterceptor):
     """Notes every SettlementService call for the journal. Outermost but for
     the audit log: it records what the caller got, injected faults included.
-    The logic is in `journaled_call`; with it a call runs to its end even when
+    The logic is in `_JournaledMethod`; with it a call runs to its end even when
     the caller has gone (server/completion.py), so a late answer is noted."""
 
-    def __init__(self, journal: Journal, after_call: Any = None) -> None:
+    def __init__(self, journal: Journal, after_call: Any = None, answers_as_bytes: bool = False) -> None:
         """`after_call(note, response, context)`: the targeted faults that act
-        on an answer (server/faults.py), applied inside the journal's view."""
-        self.journal, self.after_call = journal, after_call
+        on an answer (server/faults.py), applied inside the journal's view.
+        `answers_as_bytes`: the journaled handler returns the answer serialized (the
+        bytes it journals are then the bytes gRPC sends, serialized once), for a server
+        with no interceptor outside the journal that reads the answer (the audit log does)."""
+        self.journal, self.after_call, self.answers_as_bytes = journal, after_call, answers_as_bytes
         # The journaled handler of each method, while the inner handler stays the same object
         # (as server/limits.py does): no closures and handler made per call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -567,51 +618,76 @@ class JournalInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        behavior = handler.unary_unary
-        serialize, unsent = handler.response_serializer, self.journal.unsent
-
-        def serialized(response: Any) -> bytes:
-            """gRPC's serializing of the answer, its bytes kept for the journal's row."""
-            raw = serialize(response)
-            note = unsent.pop(id(response), None)
-            if note is not None and note.response is response:
-                note.answer = raw
-            return raw
-
-        async def noted(request: Any, context: Any) -> Any:
-            return await journaled_call(self.journal, rpc, behavior, request, context, self.after_call)
-
-        async def journaled(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await to_completion(noted, request, context)
-
+        """`handler` journaled (server/door.py composes it once per method at start-up)."""
+        journaled = _JournaledMethod(self, rpc, handler)
         return grpc.unary_unary_rpc_method_handler(
-            journaled,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=serialized if serialize is not None else None,
+            functools.partial(to_completion, journaled.call),
+            request_deserializer=journaled.deserialize,
+            response_serializer=None if self.answers_as_bytes else handler.response_serializer,
         )
 
 
-async def journaled_call(
-    journal: Journal, rpc: str, behavior: Any, request: Any, context: Any, after_call: Any
-) -> Any:
-    note = CallNote(rpc, request)
-    token = _CURRENT.set(note)
-    try:
-        response = await behavior(request, context)
-        note.response = response
-        if note.run is not None and after_call is not None:
-            response = await after_call(note, response, context)
-            note.response = response
-        note.undelivered = not context.is_active()  # the caller's deadline passed while it ran
-        journal.unsent[id(response)] = note  # (before submit: the writer takes it off if never sent)
-        return response
-    except BaseException:
-        note.code, note.trailers = context.code(), context.trailing_metadata()
-        if note.code is None:
-            note.code = grpc.StatusCode.UNKNOWN
-        raise
-    finally:
-        _CURRENT.reset(token)
-        journal.submit(note)
-        if note.done is not None:
-            note.done()
+class _JournaledMethod:
+    """One method's journaled call. On the loop it keeps only what it has at hand: the
+    request's bytes as they arrived (its deserializer keeps them), the answer's bytes as
+    serialized once, a few scalars; the writer thread does the rest (_finish)."""
+
+    __slots__ = (
+        "after_call", "as_bytes", "behavior", "has_msgid", "journal", "parse", "raw", "request",
+        "request_type", "rpc", "serialize", "wraps",
+    )  # fmt: skip
+
+    def __init__(self, interceptor: JournalInterceptor, rpc: str, handler: grpc.RpcMethodHandler) -> None:
+        self.journal, self.after_call = interceptor.journal, interceptor.after_call
+        self.as_bytes = interceptor.answers_as_bytes
+        self.rpc, self.behavior = rpc, handler.unary_unary
+        self.parse, self.serialize = handler.request_deserializer, handler.response_serializer
+        method = _METHODS.get(rpc)
+        self.request_type = getattr(pb, method.input_type.name) if method is not None else None
+        self.wraps = rpc in _SETTLING  # the msgid is the wrapped SettlementRequest's
+        fields = (pb.SettlementRequest if self.wraps else self.request_type or pb.SettlementRequest).DESCRIPTOR
+        self.has_msgid = method is not None and "msgid" in fields.fields_by_name
+        self.request: Any = None  # the last request parsed, and the bytes it came from
+        self.raw: bytes | None = None
+
+    def deserialize(self, raw: bytes) -> Any:
+        """The request parsed, its bytes kept: gRPC calls this right before the handler,
+        and the handler takes them when its request is this one (else it serializes it)."""
+        request = self.parse(raw) if self.parse is not None else raw
+        self.request, self.raw = request, raw
+        return request
+
+    async def call(self, request: Any, context: Any) -> Any:
+        journal = self.journal
+        note = CallNote(self.rpc, request)
+        token = _CURRENT.set(note)
+        code: Any = "OK"
+        answer = fund = None
+        try:
+            response = await self.behavior(request, context)
+            if note.run is not None and self.after_call is not None:
+                note.response = response
+                response = await self.after_call(note, response, context)
+            note.undelivered = not context.is_active()  # the caller's deadline passed while it ran
+            answer = self.serialize(response) if self.serialize is not None else response
+            if journal.counting and self.wraps:
+                fund = _new_settlement_fund(self.rpc, response)
+            return answer if self.as_bytes else response
+        except BaseException:
+            code, note.trailers = context.code(), context.trailing_metadata()
+            if code is None:
+                code = grpc.StatusCode.UNKNOWN
+            if note.response is not None:  # the answer made, then dropped by a fault
+                answer = note.response.SerializeToString()
+            raise
+        finally:
+            _CURRENT.reset(token)
+            note.latency_ms = (time.perf_counter() - note.started) * 1000
+            if type(request) is self.request_type:
+                raw = self.raw if self.request is request else request.SerializeToString()
+                msgid = (request.request if self.wraps else request).msgid if self.has_msgid else ""
+            else:  # undecodable bytes (service.Undecodable): the reader shows them as such
+                raw, msgid = None, ""
+            journal.add(_row(note, msgid, code, note.trailers, raw, answer, fund))
+            if note.done is not None:
+                note.done()

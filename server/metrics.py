@@ -14,16 +14,64 @@ never add up each other's counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import collections
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+# Where server/journal.py's rows (its COLUMNS[1:]) hold what the call metrics count.
+_RPC, _CODE, _REASON, _LATENCY_MS = 2, 10, 11, 13
+
+
+class _LatencyHistogram(Collector):
+    """The call latency histogram by RPC, counted a batch at a time: prometheus_client's
+    Histogram takes one observation per call (a lock and a walk over its buckets, the
+    most of the journal's counting), this one a batch's bucket counts at once and
+    answers a scrape with the same histogram (a custom collector of the library)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = list(buckets)  # seconds
+        self._counts: dict[str, list[int]] = {}  # per RPC: one count per bucket, then +Inf
+        self._sums: dict[str, float] = {}  # per RPC, seconds
+        self._lock = threading.Lock()
+
+    def record(self, calls: Iterable[tuple[str, float]]) -> None:
+        """(rpc, latency ms) of each call of a batch."""
+        with self._lock:
+            counts, sums, bounds = self._counts, self._sums, self.bounds
+            for rpc, ms in calls:
+                of_rpc = counts.get(rpc)
+                if of_rpc is None:
+                    of_rpc = counts[rpc] = [0] * (len(bounds) + 1)
+                    sums[rpc] = 0.0
+                seconds = ms / 1000
+                of_rpc[bisect_left(bounds, seconds)] += 1  # the first bucket whose bound is >= it
+                sums[rpc] += seconds
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=("rpc",))
+        with self._lock:
+            snapshot = [(rpc, list(counts), self._sums[rpc]) for rpc, counts in self._counts.items()]
+        for rpc, counts, total in snapshot:
+            cumulative = list(accumulate(counts))
+            buckets = [(floatToGoString(b), n) for b, n in zip(self.bounds, cumulative, strict=False)]
+            family.add_metric((rpc,), [*buckets, ("+Inf", cumulative[-1])], total)
+        yield family
 
 
 class Metrics:
@@ -39,10 +87,10 @@ class Metrics:
         self.refusals = Counter(
             "settlesim_refusals", "Refused calls by RPC and ErrorInfo reason", ("rpc", "reason"), registry=r
         )
-        self.latency = Histogram(
-            "settlesim_call_latency_seconds", "Server-side latency of a call, by RPC", ("rpc",),
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        self.latency = _LatencyHistogram(
+            "settlesim_call_latency_seconds", "Server-side latency of a call, by RPC", _LATENCY_BUCKETS
+        )
+        r.register(self.latency)
         self.settlements = Counter(
             "settlesim_settlements",
             "Settlements committed (SettleVisit answered OK, not a replay)",
@@ -72,7 +120,6 @@ class Metrics:
             "Age of the oldest call in the last journal batch when it was stored",
             registry=r,
         )
-        self._latency_of: dict[str, Any] = {}  # the latency histogram's child of each RPC
 
     # --- gauges read at scrape time -----------------------------------------------------------
 
@@ -88,32 +135,22 @@ class Metrics:
         self.commit_batch.observe(batch_size)
         self.commit_latency.observe(seconds)
 
-    def record_calls(self, calls: Sequence[tuple[str, str, str, float, Any]], lag_seconds: float) -> None:
-        """Stored journal entries: (rpc, code, reason, latency ms, answer message or None).
-        Counted per batch: each counter is increased once by its batch's count (a labelled
-        child is looked up under a lock, which per call was most of the cost)."""
-        counted: dict[tuple[str, str], int] = {}
-        refused: dict[tuple[str, str], int] = {}
-        settled = fund_paid = 0
-        latency = self._latency_of
-        for rpc, code, reason, latency_ms, answer in calls:
-            counted[rpc, code] = counted.get((rpc, code), 0) + 1
-            if reason:
-                refused[rpc, reason] = refused.get((rpc, reason), 0) + 1
-            child = latency.get(rpc)
-            if child is None:
-                child = latency[rpc] = self.latency.labels(rpc)
-            child.observe(latency_ms / 1000)
-            if rpc == "SettleVisit" and code == "OK" and answer is not None and not answer.replayed:
-                settled += 1
-                fund_paid += answer.settlement.totals.fund_pays_fen
+    def record_calls(self, rows: Sequence[Sequence[Any]], funds: Sequence[int | None], lag_seconds: float) -> None:
+        """A stored journal batch: its rows (server/journal.py COLUMNS[1:]: rpc, code, reason
+        and latency ms at 2, 10, 11, 13) and, per row, the fund a new
+        settlement paid (None for any other call). Counted per batch: each counter is
+        increased once by its batch's count (a labelled child is looked up under a lock)."""
+        counted = collections.Counter((row[_RPC], row[_CODE]) for row in rows)
+        refused = collections.Counter((row[_RPC], row[_REASON]) for row in rows if row[_REASON])
+        self.latency.record((row[_RPC], row[_LATENCY_MS]) for row in rows)
         for labels, n in counted.items():
             self.calls.labels(*labels).inc(n)
         for labels, n in refused.items():
             self.refusals.labels(*labels).inc(n)
-        if settled:
-            self.settlements.inc(settled)
-            self.fund_paid.inc(fund_paid)
+        paid = [fund for fund in funds if fund is not None]
+        if paid:
+            self.settlements.inc(len(paid))
+            self.fund_paid.inc(sum(paid))
         self.journal_lag.set(lag_seconds)
 
     def exposition(self) -> bytes:
