@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,15 @@ COLUMNS = (
     "answer",
 )
 
-_INSERT = f"INSERT INTO journal ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+_ROWS_PER_INSERT = 64  # 64 x 17 parameters, under SQLite's 32,766
+
+
+def _insert_of(rows: int) -> str:
+    values = "(" + ", ".join("?" * (len(COLUMNS) - 1)) + ")"
+    return f"INSERT INTO journal ({', '.join(COLUMNS[1:])}) VALUES " + ", ".join([values] * rows)
+
+
+_INSERTS = {size: _insert_of(size) for size in (1, 2, 4, 8, 16, 32, 64)}
 
 
 class JournalFileError(Exception):
@@ -373,9 +382,19 @@ class Journal:
                 log.exception("journal observer failed")
 
     def _store(self, rows: list[Any]) -> None:
+        """One transaction; the rows go in by INSERTs of up to _ROWS_PER_INSERT rows each
+        (sizes halving down to 1, so a few statements serve every batch from the statement
+        cache): sqlite3 gives up the GIL around each statement's step, and executemany steps
+        once a row. Taking the GIL back from the busy loop, once a row, cost the writer
+        most of its CPU and the loop a share of its own (docs/performance.md)."""
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany(_INSERT, rows)
+            start, size = 0, _ROWS_PER_INSERT
+            while start < len(rows):
+                while size > len(rows) - start:
+                    size //= 2
+                self._db.execute(_INSERTS[size], list(chain.from_iterable(rows[start : start + size])))
+                start += size
             self._db.execute("COMMIT")
 
     def lost(self, run_id: str | None = None) -> int:

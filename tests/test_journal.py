@@ -306,3 +306,16 @@ def test_targeted_faults_hit_exactly_the_calls_they_name(server, hospital):
             outcomes.append(error.code().name)
     assert outcomes == ["OK", "UNAVAILABLE", "OK", "UNAVAILABLE", "OK"]
     assert [e.fault for e in journal_of(server)] == ["", "unavailable", "", "unavailable", ""]
+
+
+@pytest.mark.parametrize("calls", [1, 3, 64, 65, 127, 500])
+def test_a_batch_of_any_size_is_stored_whole_and_in_order(tmp_path, calls):
+    """The writer inserts a batch by statements of 64, 32, ... 1 rows (Journal._store)."""
+    journal = Journal(tmp_path / "j.db")
+    try:
+        row = ("2026-12-01T08:00:00.000000+00:00", "grpc", "GetSettlement", "", "H1", "", "", "his", "m",
+               "", "OK", "", "", 1.0, 0, pb.GetSettlementRequest(msgid="m").SerializeToString(), None)  # fmt: skip
+        journal._store([(*row[:8], f"m{n}", *row[9:]) for n in range(calls)])
+        assert [(e.seq, e.msgid) for e in journal.entries()] == [(n + 1, f"m{n}") for n in range(calls)]
+    finally:
+        journal.close()
