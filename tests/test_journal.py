@@ -319,3 +319,26 @@ def test_a_batch_of_any_size_is_stored_whole_and_in_order(tmp_path, calls):
         assert [(e.seq, e.msgid) for e in journal.entries()] == [(n + 1, f"m{n}") for n in range(calls)]
     finally:
         journal.close()
+
+
+@pytest.mark.parametrize("audited", [False, True], ids=["answer-as-bytes", "audit-log-reads-the-message"])
+def test_the_journal_keeps_the_bytes_sent_whether_or_not_an_audit_log_reads_the_answer(tmp_path, audited):
+    """Without an audit log the journaled handler hands gRPC the answer's bytes it journals; with
+    one (it reads the message outside the journal) it hands on the message: either way the
+    journal keeps what the HIS got, and the request's bytes are those the HIS sent."""
+    audit = tmp_path / "audit.jsonl" if audited else None
+    running = start_server(ServerConfig(port=0, db_path=tmp_path / "l.db", audit_log=audit, max_workers=2))
+    try:
+        his = Hospital.connect(running.target, CANCER_HOSPITAL, retries=0)
+        request = his.settlement_request(QINGHAI, "M00503", "2021-12-09", FEES)
+        settled = his.settle_request(request)
+        his.close()
+        [entry] = journal_of(running)
+        assert entry.answer == json_format.MessageToDict(settled, preserving_proto_field_name=True)
+        assert entry.request == json_format.MessageToDict(
+            pb.SettleVisitRequest(request=request), preserving_proto_field_name=True
+        )
+        if audited:
+            assert settled.settlement.settlement_id in audit.read_text()
+    finally:
+        running.stop(grace=1)
