@@ -9,11 +9,13 @@ answer), the server's latency and any injected fault. Requests and answers are
 protobuf JSON (field names as in the protos, int64 as strings, defaults left
 out), so a journal entry reads like what crossed the wire.
 
-The settle path pays little for this: the interceptor only notes the objects of
-the call (`CallNote`, with the answer's bytes as gRPC serialized them to send)
-and puts the note on a queue; one writer thread turns notes into rows (the
-request's bytes, the msgid, the reason out of the status trailers) and inserts
-them in batches, gathered for GATHER_SECONDS, one commit per batch. What a row
+The settle path pays little for this: on the loop the journaled method keeps only
+what it has at hand when the call ends (the request's bytes as they arrived, the
+answer's bytes as serialized once to send, the msgid, a few scalars) and appends
+them as one row to a list; one writer thread takes the list, gathered for
+GATHER_SECONDS, finishes the rows (the arrival as text, a refusal's reason out of
+its status trailers) and inserts them, a few INSERTs of many rows and one commit
+per batch. What a row
 need not hold to be found is worked out when it is read: the protobuf JSON and
 the request hash. The journal is a SQLite file of its own beside the ledger
 (`settlesim.db` -> `settlesim.journal.db`), WAL with synchronous=NORMAL: a crash
