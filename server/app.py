@@ -309,7 +309,9 @@ async def _start_on_loop(
         audit=AuditInterceptor(audit, service.call_settings) if audit is not None else None,
         # The journal hands gRPC the answer's bytes (serialized once) unless the audit log outside it
         # reads the message.
-        journal=JournalInterceptor(journal, after_call, answers_as_bytes=audit is None) if journal is not None else None,
+        journal=(
+            JournalInterceptor(journal, after_call, answers_as_bytes=audit is None) if journal is not None else None
+        ),
         faults=FaultInterceptor(config.faults) if config.faults is not None and config.faults.active else None,
     )
     server = grpc.aio.server(
