@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -217,6 +217,10 @@ class RegionPolicy:
     source: str = ""
     # insurance type -> the funds beyond the pooled one over time (absent: none pay)
     funds: Mapping[InsuranceType, Dated[FundTerms]] = field(default_factory=dict)
+    # Where each of its terms comes from, as the trace says it (rules/funds.py terms_source,
+    # fund_input), made on first use: one per term and version of the policy's own. Not a field
+    # of the policy's value: `replace(policy, ...)` starts with an empty one.
+    sources: dict[tuple[Any, ...], str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +247,12 @@ class Catalog:
     region: str
     items: Mapping[str, CatalogItem]
     source: str = ""
+    # What the rules say of each listed item's versions (rules/settlement.py ItemWords), made on
+    # first use, keyed by the catalog's own item codes. Not a field of the catalog's value:
+    # `replace(catalog, ...)` starts with an empty one.
+    words: dict[str, tuple[tuple[date, ...], tuple[Any, ...]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from settlesim.server.journal import current_note
 from settlesim.server.ledger import LedgerStore, NationalWrites, StoredItem, StoredSettlement
 from settlesim.server.model import VisitKey, World, YearlyTotals
 from settlesim.server.rules.eligibility import Eligibility, check_registration
-from settlesim.server.rules.funds import compute_visit, fund_input
+from settlesim.server.rules.funds import compute_visit, fund_input, terms_source
 from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.rules.settlement import SettlementResult
 from settlesim.server.runs import route_call
@@ -537,7 +537,7 @@ class SettlementPlan:
         assert e.terms is not None and e.policy is not None and e.person is not None
         return compute_visit(
             self.given.lines, self.catalog, e.terms,
-            _terms_source(e.policy.region, e.person.insurance_type, self.visit.disease_code, e.terms_since),
+            terms_source(e.policy, e.person.insurance_type, self.visit.disease_code, e.terms_since),
             totals, self.visit.visit_date,
             fund_input(e.policy, e.person, self.visit.visit_date, self.given.use_account),
         )  # fmt: skip
@@ -611,18 +611,6 @@ class SettlementPlan:
             assistance_pays=None if m is None else m.assistance_pays,
             account_pays=None if m is None else m.account_pays,
         )
-
-
-_TERMS_SOURCES: dict[tuple[str, str, str, Any], str] = {}  # one per policy term: bounded by the world
-
-
-def _terms_source(region: str, insurance_type: str, disease: str, since: Any) -> str:
-    """Where the deductible, ratio and cap come from, as the trace says it (made once per term)."""
-    key = (region, insurance_type, disease, since)
-    source = _TERMS_SOURCES.get(key)
-    if source is None:
-        source = _TERMS_SOURCES[key] = f"policy {region}/{insurance_type}/{disease} since {since}"
-    return source
 
 
 def settlement_answer(stored: StoredSettlement) -> pb.Settlement:

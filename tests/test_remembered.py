@@ -80,14 +80,15 @@ def test_what_a_client_makes_up_is_not_remembered(world: World, empty_codes: set
     assert empty_codes == {CANCER_HOSPITAL, TUMOUR, "A-CONSULT-001"}
 
 
-def test_fen_stops_remembering_at_its_cap_and_formats_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    kept: dict[int, str] = {}
-    monkeypatch.setattr(settlement, "_FEN", kept)
-    monkeypatch.setattr(settlement, "_FEN_KEPT", 3)
+def test_fen_stops_remembering_at_its_cap_and_formats_on() -> None:
+    assert settlement.fen == settlement.FEN_TEXTS.__getitem__  # what the rules call: the kept texts
+    texts = settlement.Remembered(settlement.yuan, 3)
+    fen = texts.__getitem__
     # 17963 fen = 179 yuan 63 fen; -5 fen = minus 0 yuan 05 fen; 0 = 0.00; 100 = 1.00; 12963 = 129.63
-    assert [settlement.fen(a) for a in (17963, -5, 0, 100, 12963)] == ["179.63", "-0.05", "0.00", "1.00", "129.63"]
-    assert kept == {17963: "179.63", -5: "-0.05", 0: "0.00"}
-    assert settlement.fen(12963) == "129.63"  # past the cap: formatted again, still right
+    assert [fen(a) for a in (17963, -5, 0, 100, 12963)] == ["179.63", "-0.05", "0.00", "1.00", "129.63"]
+    assert texts == {17963: "179.63", -5: "-0.05", 0: "0.00"}
+    assert fen(12963) == "129.63"  # past the cap: formatted again, still right
+    assert len(texts) == 3
 
 
 def test_a_changed_copy_of_the_world_does_not_inherit_remembered_policies(world: World) -> None:

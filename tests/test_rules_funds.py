@@ -55,7 +55,7 @@ def settle(
     assert catalog is not None
     given = fund_input(e.policy, e.person, day, use_account)
     if funds is not None:
-        given = replace(given, terms=funds)
+        given = given._replace(terms=funds)
     return compute_visit(lines, catalog, e.terms, "policy", totals, day, given)
 
 

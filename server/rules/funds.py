@@ -21,11 +21,11 @@ Pure functions over plain data; money in fen, rounding half up once per fund and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date
 from typing import NamedTuple
 
 from settlesim.server.model import (
+    AssistanceTerms,
     Catalog,
     DiseaseTerms,
     FeeLine,
@@ -33,6 +33,7 @@ from settlesim.server.model import (
     InsuranceType,
     Person,
     RegionPolicy,
+    SeriousIllnessTerms,
     TraceEntry,
     YearlyTotals,
 )
@@ -59,8 +60,7 @@ SERIOUS = {
 ASSISTANCE = ("610100", "医疗救助基金")
 
 
-@dataclass(frozen=True, slots=True)
-class FundInput:
+class FundInput(NamedTuple):
     """What the funds after the pooled one need to know about the visit and the person."""
 
     insurance_type: InsuranceType
@@ -99,18 +99,26 @@ class FundFigures(NamedTuple):
 def fund_input(policy: RegionPolicy, person: Person, day: date, use_account: bool) -> FundInput:
     """The insured region's fund terms for the person's insurance type on `day`, and the person's
     assistance and account, as compute_funds needs them."""
-    dated = policy.funds.get(person.insurance_type)
+    insurance_type = person.insurance_type
+    dated = policy.funds.get(insurance_type)
     found = dated.on(day) if dated is not None else None
-    terms = found[1] if found else None
-    since = f" since {found[0]}" if found else ": none in force"
+    since, terms = found if found else (None, None)
+    source = policy.sources.get((insurance_type, since))
+    if source is None:
+        words = f" since {since}" if found else ": none in force"
+        source = policy.sources[(insurance_type, since)] = f"policy {policy.region}/{insurance_type} funds{words}"
     return FundInput(
-        insurance_type=person.insurance_type,
-        terms=terms,
-        source=f"policy {policy.region}/{person.insurance_type} funds{since}",
-        assisted=person.assisted_on(day),
-        account_opening=person.account_opening(day.year),
-        use_account=use_account,
+        insurance_type, terms, source, person.assisted_on(day), person.account_opening(day.year), use_account
     )
+
+
+def terms_source(policy: RegionPolicy, insurance_type: InsuranceType, disease: str, since: date) -> str:
+    """Where the deductible, ratio and cap come from, as the trace says it (made once per term)."""
+    key = (insurance_type, disease, since)
+    source = policy.sources.get(key)
+    if source is None:
+        source = policy.sources[key] = f"policy {policy.region}/{insurance_type}/{disease} since {since}"
+    return source
 
 
 def pooled_payment(
@@ -138,14 +146,24 @@ def compute_funds(
     """The funds after the pooled one and the personal account, with their trace and the
     yearly counters the visit leaves: the pooled fund's (its deductible met and `pooled`'s
     payment added to the year's `totals`) and the funds'."""
-    trace: list[TraceEntry] = []
-    payments = [pooled]
     share = in_scope - pooled.paid  # 合规自付: what the patient bears of the in-scope cost
-
-    serious_threshold_applied, serious_pays, entry, row = _serious_illness(share, pooled.paid, in_scope, given, totals)
-    assistance_pays, assistance_entry, assistance_row = _assistance(share - serious_pays, given, totals)
-    trace += [e for e in (entry, assistance_entry) if e is not None]
-    payments += [r for r in (row, assistance_row) if r is not None]  # setldetail: the funds that pay
+    trace: list[TraceEntry] = []
+    payments = [pooled]  # setldetail: the funds that pay, the pooled one first
+    fund_terms = given.terms
+    serious_threshold_applied = serious_pays = assistance_pays = 0
+    if fund_terms is not None:
+        if fund_terms.serious_illness is not None:
+            serious_threshold_applied, serious_pays, entry, row = _serious_illness(
+                fund_terms.serious_illness, share, pooled.paid, in_scope, given, totals
+            )
+            trace.append(entry)
+            if row is not None:
+                payments.append(row)
+        if fund_terms.assistance is not None:
+            assistance_pays, entry, row = _assistance(fund_terms.assistance, share - serious_pays, given, totals)
+            trace.append(entry)
+            if row is not None:
+                payments.append(row)
 
     fund_pay_sum = pooled.paid + serious_pays + assistance_pays
     patient_part = total - fund_pay_sum
@@ -161,38 +179,26 @@ def compute_funds(
     )
     account_pays, balance, account_trace = pay_from_account(patient_part, given, totals.account_paid_year)
     trace.append(account_trace)
-    figures = FundFigures(
-        insurance_type=given.insurance_type,
-        pooled=pooled.paid,
-        serious_threshold_applied=serious_threshold_applied,
-        serious_pays=serious_pays,
-        assistance_pays=assistance_pays,
-        fund_pay_sum=fund_pay_sum,
-        patient_part=patient_part,
-        account_pays=account_pays,
-        cash_pays=patient_part - account_pays,
-        account_balance=balance,
-        payments=tuple(payments),
-    )
-    after = YearlyTotals(
-        deductible_used=totals.deductible_used + deductible_applied,
-        fund_paid=totals.fund_paid + pooled.paid,
-        serious_threshold_used=totals.serious_threshold_used + serious_threshold_applied,
-        serious_paid=totals.serious_paid + serious_pays,
-        assistance_paid=totals.assistance_paid + assistance_pays,
-        account_paid=totals.account_paid + account_pays,
-        account_paid_year=totals.account_paid_year + account_pays,
+    figures = FundFigures(  # positional, in the order of its fields: a named tuple made per settle
+        given.insurance_type, pooled.paid, serious_threshold_applied, serious_pays, assistance_pays, fund_pay_sum,
+        patient_part, account_pays, patient_part - account_pays, balance, tuple(payments),
+    )  # fmt: skip
+    after = YearlyTotals(  # deductible used, fund paid, serious threshold used, serious paid, ...
+        totals.deductible_used + deductible_applied,
+        totals.fund_paid + pooled.paid,
+        totals.serious_threshold_used + serious_threshold_applied,
+        totals.serious_paid + serious_pays,
+        totals.assistance_paid + assistance_pays,
+        totals.account_paid + account_pays,
+        totals.account_paid_year + account_pays,
     )
     return figures, trace, after
 
 
 def _serious_illness(
-    share: int, pooled: int, in_scope: int, given: FundInput, totals: YearlyTotals
-) -> tuple[int, int, TraceEntry | None, FundPayment | None]:
+    serious: SeriousIllnessTerms, share: int, pooled: int, in_scope: int, given: FundInput, totals: YearlyTotals
+) -> tuple[int, int, TraceEntry, FundPayment | None]:
     """大病保险 / 大额医疗补助: (threshold applied, pays, trace, setldetail row when it pays)."""
-    serious = (given.terms or FundTerms()).serious_illness
-    if serious is None:
-        return 0, 0, None, None
     applied = apply_deductible(share, serious.threshold, totals.serious_threshold_used)
     before_cap = apply_ratio(share - applied, serious.ratio_bp)
     pays, _ = cap_fund_payment(before_cap, serious.annual_cap, totals.serious_paid)
@@ -211,11 +217,10 @@ def _serious_illness(
     return applied, pays, TraceEntry(figure, "serious_illness_fund", given.source, detail), row
 
 
-def _assistance(left: int, given: FundInput, totals: YearlyTotals) -> tuple[int, TraceEntry | None, FundPayment | None]:
+def _assistance(
+    assistance: AssistanceTerms, left: int, given: FundInput, totals: YearlyTotals
+) -> tuple[int, TraceEntry, FundPayment | None]:
     """医疗救助 for an assisted person, of the share the funds above left: (pays, trace, row)."""
-    assistance = (given.terms or FundTerms()).assistance
-    if assistance is None:
-        return 0, None, None
     if not given.assisted:
         why = "not an assisted person on the visit date: 0.00"
         return 0, TraceEntry("medical_assistance_fen", "medical_assistance", given.source, why), None
@@ -231,14 +236,19 @@ def _assistance(left: int, given: FundInput, totals: YearlyTotals) -> tuple[int,
     return pays, TraceEntry("medical_assistance_fen", "medical_assistance", given.source, detail), row
 
 
+_NO_ACCOUNT = TraceEntry(
+    "account_pays_fen", "personal_account", "person",
+    "no personal account for the visit's year (residents have none): 0.00",
+)  # fmt: skip
+
+
 def pay_from_account(
     patient_part: int, given: FundInput, paid_this_year: int
 ) -> tuple[int, int | None, TraceEntry]:
     """个人账户: (acct_pay, balc after, its trace). The account pays the patient's part first,
     at most the balance left this year; without an account or the HIS's flag it pays 0."""
     if given.account_opening is None:
-        why = "no personal account for the visit's year (residents have none): 0.00"
-        return 0, None, TraceEntry("account_pays_fen", "personal_account", "person", why)
+        return 0, None, _NO_ACCOUNT
     balance = max(0, given.account_opening - paid_this_year)
     where = "person's account opening balance"
     if not given.use_account:
@@ -268,17 +278,9 @@ def compute_visit(
     cap_left = None if terms.annual_cap is None else max(0, terms.annual_cap - totals.fund_paid)
     pooled = pooled_payment(given.insurance_type, f.in_scope, f.fund_pays, cap_left, pooled_detail)
     funds, fund_trace, after = compute_funds(f.total, f.in_scope, pooled, given, totals, f.deductible_applied)
-    figures = Figures(
-        total=f.total,
-        full_self_pay=f.full_self_pay,
-        over_ceiling=f.over_ceiling,
-        pre_self_pay=f.pre_self_pay,
-        in_scope=f.in_scope,
-        deductible_applied=f.deductible_applied,
-        fund_pays=funds.fund_pay_sum,
-        ratio_bp=f.ratio_bp,
-        patient_pays=funds.patient_part,
-        cap_remaining=f.cap_remaining,
-        deductible_remaining=f.deductible_remaining,
-    )
-    return SettlementResult(figures, items, (*trace, *fund_trace), after, funds)
+    figures = Figures(  # the pooled fund's figures with every fund's sum and the patient's part
+        f.total, f.full_self_pay, f.over_ceiling, f.pre_self_pay, f.in_scope, f.deductible_applied,
+        funds.fund_pay_sum, f.ratio_bp, funds.patient_part, f.cap_remaining, f.deductible_remaining,
+    )  # fmt: skip
+    trace += fund_trace
+    return SettlementResult(figures, items, tuple(trace), after, funds)

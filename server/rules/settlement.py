@@ -6,7 +6,8 @@ class-B share and once per visit for the ratio."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -35,33 +36,39 @@ def share_of(amount_fen: int, share_bp: int) -> int:
     return round_half_up(amount_fen * share_bp, BASIS_POINTS)
 
 
-_FEN: dict[int, str] = {}  # fen's answers: deductibles, caps, 0 and common prices recur
-_FEN_KEPT = 100_000  # at most this many (~14 MB): past it, amounts are formatted each time
+class Remembered(dict[int, str]):
+    """Texts of numbers the trace repeats (deductibles, caps, 0, common prices, the world's few
+    ratios), each made once: a remembered one is the dict's own lookup, no call of Python. At
+    most `kept` are remembered; past it, a number is formatted each time."""
+
+    __slots__ = ("kept", "make")
+
+    def __init__(self, make: Callable[[int], str], kept: int) -> None:
+        super().__init__()
+        self.make, self.kept = make, kept
+
+    def __missing__(self, number: int) -> str:
+        text = self.make(number)
+        if len(self) < self.kept:
+            self[number] = text
+        return text
 
 
-def fen(amount: int) -> str:
+def yuan(amount: int) -> str:
     """A fen amount as yuan for people, e.g. 17963 -> '179.63'."""
-    # A settle's trace writes 25-35 of these: remembered, each made once.
-    text = _FEN.get(amount)
-    if text is None:
-        yuan, cents = divmod(amount, 100) if amount >= 0 else divmod(-amount, 100)
-        text = f"{yuan}.{cents:02d}" if amount >= 0 else f"-{yuan}.{cents:02d}"
-        if len(_FEN) < _FEN_KEPT:
-            _FEN[amount] = text
-    return text
+    whole, cents = divmod(amount, 100) if amount >= 0 else divmod(-amount, 100)
+    return f"{whole}.{cents:02d}" if amount >= 0 else f"-{whole}.{cents:02d}"
 
 
-_PERCENT: dict[int, str] = {}  # basis points as the trace says them: the world's few ratios
-
-
-def percent(bp: int) -> str:
+def percentage(bp: int) -> str:
     """Basis points as a percentage for people, e.g. 7500 -> '75%', 1250 -> '12.5%'."""
-    text = _PERCENT.get(bp)
-    if text is None:
-        text = f"{bp / 100:g}%"
-        if len(_PERCENT) < _FEN_KEPT:
-            _PERCENT[bp] = text
-    return text
+    return f"{bp / 100:g}%"
+
+
+FEN_TEXTS = Remembered(yuan, 100_000)  # at most ~14 MB
+PERCENT_TEXTS = Remembered(percentage, 100_000)
+fen = FEN_TEXTS.__getitem__  # yuan(amount), remembered: a settle's trace writes 25-35 of them
+percent = PERCENT_TEXTS.__getitem__  # percentage(bp), remembered
 
 
 class ItemResult(NamedTuple):
@@ -111,61 +118,90 @@ class SettlementResult(NamedTuple):
 def classify_item(line: FeeLine, catalog: Catalog, day: date) -> tuple[CatalogTerms | None, date | None]:
     """Rule 1 (就医地目录): the catalog terms in force for the item, or None when
     the item is not listed on that day."""
-    item = catalog.items.get(line.catalog_code)
-    found = item.terms.on(day) if item else None
-    if found is None:
+    words = item_words(catalog, line.catalog_code, day)
+    if words is None:
         return None, None
-    since, terms = found
-    return terms, since
+    return words.terms, words.since
+
+
+REMEMBERED_ITEMS = 1_000_000  # Catalog.words: a catalog's items whose words are kept, at most
+
+
+class ItemWords(NamedTuple):
+    """One version of a catalog item as its trace entry says it: made once per catalog and
+    version (Catalog.words), not for every fee line that names the item."""
+
+    terms: CatalogTerms
+    since: date
+    source: str  # "catalog 110000 item X since 2021-01-01"; class C: "catalog 110000 item X"
+    head: str  # "class B since 2021-01-01; amount "; class C: "class C since 2021-01-01: full self-pay "
+    ceiling: str  # "-81.00)×": the ceiling in "over ceiling (price-ceiling)×quantity"
+    b_share: str  # "; B share 30% of "
+
+
+def item_words(catalog: Catalog, code: str, day: date) -> ItemWords | None:
+    """The words of the catalog item's version in force on `day`, or None when the item is not
+    listed that day. Only the catalog's own codes are remembered (at most REMEMBERED_ITEMS)."""
+    remembered = catalog.words.get(code)
+    if remembered is None:
+        item = catalog.items.get(code)
+        if item is None:
+            return None
+        remembered = item.terms.starts, tuple(
+            None if terms is None else _words(catalog.region, code, since, terms)
+            for since, terms in zip(item.terms.starts, item.terms.values, strict=True)
+        )
+        if len(catalog.words) < REMEMBERED_ITEMS:
+            catalog.words[code] = remembered
+    starts, versions = remembered
+    i = bisect_right(starts, day) - 1
+    return versions[i] if i >= 0 else None
+
+
+def _words(region: str, code: str, since: date, terms: CatalogTerms) -> ItemWords:
+    where = f"catalog {region} item {code}"
+    if terms.catalog_class is CatalogClass.C:
+        return ItemWords(terms, since, where, f"class C since {since}: full self-pay ", "", "")
+    ceiling = f"-{fen(terms.price_ceiling or 0)})×"
+    b_share = f"; B share {percent(terms.b_share_bp)} of "
+    return ItemWords(terms, since, f"{where} since {since}", f"class {terms.catalog_class} since {since}; amount ",
+                     ceiling, b_share)  # fmt: skip
 
 
 def price_item(line: FeeLine, catalog: Catalog, day: date) -> tuple[ItemResult, TraceEntry]:
     """Rules 1-4 for one fee line: full self-pay, over-ceiling self-pay,
     B-class pre-self-pay (先行自付), in scope (符合范围)."""
-    amount = line.amount
-    terms, since = classify_item(line, catalog, day)
-    where = f"catalog {catalog.region} item {line.catalog_code}"
-    if terms is None or terms.catalog_class is CatalogClass.C:
-        klass = CatalogClass.NOT_LISTED if terms is None else CatalogClass.C
-        result = ItemResult(
-            line.sequence_no,
-            line.catalog_code,
-            klass,
-            0,
-            terms.price_ceiling if terms else None,
-            amount,
-            amount,
-            0,
-            0,
-            0,
-        )
-        why = "not listed on " + str(day) if terms is None else f"class C since {since}"
-        return result, TraceEntry(
-            f"items[{line.sequence_no}]", "full_self_pay", where, f"{why}: full self-pay {fen(amount)}"
-        )
-    over = split_over_ceiling(line, terms.price_ceiling)
+    sequence_no, code, unit_price, quantity = line.sequence_no, line.catalog_code, line.unit_price, line.quantity
+    amount = unit_price * quantity
+    words = item_words(catalog, code, day)
+    if words is None:
+        result = ItemResult(sequence_no, code, CatalogClass.NOT_LISTED, 0, None, amount, amount, 0, 0, 0)
+        detail = f"not listed on {day}: full self-pay {fen(amount)}"
+        return result, TraceEntry(f"items[{sequence_no}]", "full_self_pay", f"catalog {catalog.region} item {code}",
+                                  detail)  # fmt: skip
+    terms = words.terms
+    klass, ceiling = terms.catalog_class, terms.price_ceiling
+    if klass is CatalogClass.C:
+        result = ItemResult(sequence_no, code, klass, 0, ceiling, amount, amount, 0, 0, 0)
+        return result, TraceEntry(f"items[{sequence_no}]", "full_self_pay", words.source,
+                                  words.head + fen(amount))  # fmt: skip
+    # rule 2 (限价): (price − ceiling) × quantity is the patient's
+    over = 0 if ceiling is None or unit_price <= ceiling else (unit_price - ceiling) * quantity
     remaining = amount - over
-    pre = apply_b_share(remaining, terms) if terms.catalog_class is CatalogClass.B else 0
-    result = ItemResult(
-        line.sequence_no,
-        line.catalog_code,
-        terms.catalog_class,
-        terms.b_share_bp if terms.catalog_class is CatalogClass.B else 0,
-        terms.price_ceiling,
-        amount,
-        0,
-        over,
-        pre,
-        remaining - pre,
-    )
-    detail = f"class {terms.catalog_class} since {since}; amount {fen(amount)}"
+    if klass is CatalogClass.B:
+        b_share_bp = terms.b_share_bp
+        pre = share_of(remaining, b_share_bp)  # rule 3 (乙类先行自付), apply_b_share
+    else:
+        b_share_bp = pre = 0
+    in_scope = remaining - pre
+    result = ItemResult(sequence_no, code, klass, b_share_bp, ceiling, amount, 0, over, pre, in_scope)
+    detail = words.head + fen(amount)
     if over:
-        ceiling = fen(terms.price_ceiling or 0)
-        detail += f"; over ceiling ({fen(line.unit_price)}-{ceiling})×{line.quantity}={fen(over)}"
+        detail += f"; over ceiling ({fen(unit_price)}{words.ceiling}{quantity}={fen(over)}"
     if pre:
-        detail += f"; B share {percent(terms.b_share_bp)} of {fen(remaining)} = {fen(pre)}"
-    detail += f"; in scope {fen(result.in_scope)}"
-    return result, TraceEntry(f"items[{line.sequence_no}]", "price_item", f"{where} since {since}", detail)
+        detail += f"{words.b_share}{fen(remaining)} = {fen(pre)}"
+    detail = f"{detail}; in scope {fen(in_scope)}"
+    return result, TraceEntry(f"items[{sequence_no}]", "price_item", words.source, detail)
 
 
 def split_over_ceiling(line: FeeLine, price_ceiling: int | None) -> int:
@@ -246,37 +282,29 @@ def pooled_fund(
         pre_self_pay += item.pre_self_pay
         in_scope += item.in_scope
     items = tuple(items_)
-    deductible_applied = apply_deductible(in_scope, terms.deductible, totals.deductible_used)
-    deductible_detail = (
-        f"min(in scope {fen(in_scope)}, deductible {fen(terms.deductible)} − used "
-        f"{fen(totals.deductible_used)}) = {fen(deductible_applied)}"
-    )
-    trace.append(TraceEntry("deductible_applied_fen", "apply_deductible", terms_source, deductible_detail))
+    deductible, annual_cap = terms.deductible, terms.annual_cap
+    used, fund_paid = totals.deductible_used, totals.fund_paid
+    deductible_applied = apply_deductible(in_scope, deductible, used)
     before_cap = apply_ratio(in_scope - deductible_applied, terms.ratio_bp)
-    ratio_detail = (
-        f"round(({fen(in_scope)} − {fen(deductible_applied)}) × {percent(terms.ratio_bp)}) = {fen(before_cap)}"
+    fund_pays, cap_remaining = cap_fund_payment(before_cap, annual_cap, fund_paid)
+    in_scope_text, applied_text, before_cap_text = fen(in_scope), fen(deductible_applied), fen(before_cap)
+    deductible_detail = (
+        f"min(in scope {in_scope_text}, deductible {fen(deductible)} − used {fen(used)}) = {applied_text}"
     )
+    ratio_detail = f"round(({in_scope_text} − {applied_text}) × {percent(terms.ratio_bp)}) = {before_cap_text}"
+    trace.append(TraceEntry("deductible_applied_fen", "apply_deductible", terms_source, deductible_detail))
     trace.append(TraceEntry("fund_pays_fen", "apply_ratio", terms_source, ratio_detail))
-    pooled_detail = f"{deductible_detail}; {ratio_detail}"
-    fund_pays, cap_remaining = cap_fund_payment(before_cap, terms.annual_cap, totals.fund_paid)
-    if terms.annual_cap is not None:
+    if annual_cap is None:
+        pooled_detail = f"{deductible_detail}; {ratio_detail}"
+    else:
         cap_detail = (
-            f"min({fen(before_cap)}, cap {fen(terms.annual_cap)} − paid {fen(totals.fund_paid)}) "
+            f"min({before_cap_text}, cap {fen(annual_cap)} − paid {fen(fund_paid)}) "
             f"= {fen(fund_pays)}; cap left {fen(cap_remaining or 0)}"
         )
         trace.append(TraceEntry("fund_pays_fen", "cap_fund_payment", terms_source, cap_detail))
-        pooled_detail = f"{pooled_detail}; {cap_detail}"
-    figures = Figures(
-        total=total,
-        full_self_pay=full_self_pay,
-        over_ceiling=over_ceiling,
-        pre_self_pay=pre_self_pay,
-        in_scope=in_scope,
-        deductible_applied=deductible_applied,
-        fund_pays=fund_pays,
-        ratio_bp=terms.ratio_bp,
-        patient_pays=total - fund_pays,
-        cap_remaining=cap_remaining,
-        deductible_remaining=max(0, terms.deductible - totals.deductible_used - deductible_applied),
-    )
+        pooled_detail = f"{deductible_detail}; {ratio_detail}; {cap_detail}"
+    figures = Figures(  # positional, in the order of its fields: a named tuple made per settle
+        total, full_self_pay, over_ceiling, pre_self_pay, in_scope, deductible_applied, fund_pays, terms.ratio_bp,
+        total - fund_pays, cap_remaining, max(0, deductible - used - deductible_applied),
+    )  # fmt: skip
     return figures, items, trace, pooled_detail
