@@ -14,7 +14,7 @@ import pytest
 from conftest import CANCER_HOSPITAL
 from settlesim.server import validation
 from settlesim.server.model import World
-from settlesim.server.rules import settlement
+from settlesim.server.rules import settlement, words
 from settlesim.server.world_loader import load_world
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -81,8 +81,8 @@ def test_what_a_client_makes_up_is_not_remembered(world: World, empty_codes: set
 
 
 def test_fen_stops_remembering_at_its_cap_and_formats_on() -> None:
-    assert settlement.fen == settlement.FEN_TEXTS.__getitem__  # what the rules call: the kept texts
-    texts = settlement.Remembered(settlement.yuan, 3)
+    assert settlement.fen == words.FEN_TEXTS.__getitem__  # what the rules call: the kept texts
+    texts = words.Remembered(words.yuan, 3)
     fen = texts.__getitem__
     # 17963 fen = 179 yuan 63 fen; -5 fen = minus 0 yuan 05 fen; 0 = 0.00; 100 = 1.00; 12963 = 129.63
     assert [fen(a) for a in (17963, -5, 0, 100, 12963)] == ["179.63", "-0.05", "0.00", "1.00", "129.63"]

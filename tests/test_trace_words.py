@@ -22,10 +22,13 @@ from settlesim.server.model import (
     CatalogTerms,
     Dated,
     FeeLine,
+    Period,
+    VisitKey,
     World,
     YearlyTotals,
 )
 from settlesim.server.rules import settlement
+from settlesim.server.rules.eligibility import check_registration
 from settlesim.server.rules.funds import fund_input, terms_source
 from settlesim.server.rules.settlement import compute_settlement, price_item
 from settlesim.server.world_loader import load_world
@@ -162,3 +165,23 @@ def test_a_changed_policy_inherits_no_sources(world: World) -> None:
         "policy 639900/390/M00503 since 2021-01-01"
     )
     assert fund_input(changed, person, DAY, False).source.startswith("policy 639900/390 funds")
+
+
+def test_the_registration_check_names_the_scheme_and_the_registration(world: World) -> None:
+    qinghai = VisitKey("H11010500001", "M00503", date(2021, 12, 9), person_no="63000000000000000001")
+    assert tuple(check_registration(world, qinghai).trace[0]) == (
+        "eligibility", "check_registration", "policy 630000 scheme since 2021-01-01; registration QH-R-0001",
+        "city scheme; registration QH-R-0001 valid 2021-11-01..2027-12-31 reaches H11010500001",
+    )  # fmt: skip
+    beijing = VisitKey("H46020000001", "M00503", date(2025, 6, 1), person_no="11000000000000000001")
+    assert tuple(check_registration(world, beijing).trace[0])[2:] == (
+        "policy 110000 scheme since 2021-01-01; registration BJ-R-0001",
+        "institution scheme; registration BJ-R-0001 valid 2025-01-01..2027-12-31 reaches H46020000001",
+    )
+    # a registration without an end says so
+    person = world.people["63000000000000000001"]
+    open_ended = replace(person.registrations[0], valid=Period(date(2021, 11, 1)))
+    changed = replace(world, people={**world.people, person.person_no: replace(person, registrations=(open_ended,))})
+    assert check_registration(changed, qinghai).trace[0].detail == (
+        "city scheme; registration QH-R-0001 valid 2021-11-01..open reaches H11010500001"
+    )

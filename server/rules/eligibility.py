@@ -11,6 +11,7 @@ from settlesim.server.model import (
     Coverage,
     DiseaseTerms,
     Institution,
+    Period,
     Person,
     RegionPolicy,
     Registration,
@@ -25,6 +26,7 @@ from settlesim.server.model import (
     region_covers,
 )
 from settlesim.server.rules.reasons import Reason
+from settlesim.server.rules.words import day_text
 
 
 class Eligibility(NamedTuple):
@@ -151,7 +153,7 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
     if person is None:
         assert reason is not None
         return Eligibility(reason, f"no insured person matches {_who(visit)}", institution=institution)
-    if not any(p.contains(day) for p in person.insured):
+    if not _on_any(person.insured, day):
         return Eligibility(
             Reason.PERSON_NOT_INSURED, f"{person.person_no} is not insured on {day}", **_known(person, institution)
         )
@@ -209,14 +211,14 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
         )
 
     # 4. a qualification for the disease valid on the visit date
-    held = [q for q in person.qualifications if q.disease == visit.disease_code]
-    if not held:
+    held = _qualification(person, visit.disease_code, day)
+    if held is None:
         return Eligibility(
             Reason.QUALIFICATION_NOT_FOUND,
             f"{person.person_no} holds no qualification for {visit.disease_code}",
             **_known(person, institution, policy, scheme, terms, terms_since),
         )
-    if not any(q.valid.contains(day) for q in held):
+    if not held:
         return Eligibility(
             Reason.QUALIFICATION_NOT_VALID,
             f"{person.person_no}'s qualification for {visit.disease_code} is not valid on {day}",
@@ -253,18 +255,46 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
             registration=registration,
         )
 
-    trace = (
-        TraceEntry(
-            "eligibility",
-            "check_registration",
-            f"policy {policy.region} scheme since {scheme_since}; registration {registration.id}",
-            f"{scheme.scope} scheme; registration {registration.id} valid {registration.valid.start}"
-            f"..{registration.valid.end or 'open'} reaches {institution.code}",
-        ),
-    )
-    return Eligibility(
-        None, "eligible", person=person, institution=institution, policy=policy, terms=terms,
-        terms_since=terms_since, scheme=scheme, coverage=terms.coverage, registration=registration, trace=trace,
+    trace = (_eligible_entry(policy, scheme_since, scheme, registration, institution),)
+    return Eligibility(  # positional, in the order of its fields: made for every settle
+        None, "eligible", person, institution, policy, terms, terms_since, scheme, terms.coverage, registration, trace
+    )  # fmt: skip
+
+
+def _on_any(periods: tuple[Period, ...], day: date) -> bool:
+    """Whether one of `periods` contains `day` (Period.contains, without a call per period)."""
+    for p in periods:  # noqa: SIM110 - a loop: any() would make a generator per check
+        if p.start <= day and (p.end is None or day <= p.end):
+            return True
+    return False
+
+
+def _qualification(person: Person, disease: str, day: date) -> bool | None:
+    """Step 4: whether a qualification the person holds for `disease` is valid on `day`; None when
+    the person holds none for it."""
+    held = None
+    for q in person.qualifications:
+        if q.disease == disease:
+            if _on_any((q.valid,), day):
+                return True
+            held = False
+    return held
+
+
+def _eligible_entry(
+    policy: RegionPolicy, scheme_since: date, scheme: Scheme, registration: Registration, institution: Institution
+) -> TraceEntry:
+    """The trace's first entry: the scheme and the registration that let the visit settle. The
+    scheme's words are made once per policy version (RegionPolicy.sources); dates are days' texts."""
+    key = ("scheme", scheme_since)
+    words = policy.sources.get(key)
+    if words is None:
+        words = policy.sources[key] = f"policy {policy.region} scheme since {scheme_since}; registration "
+    rid, valid = registration.id, registration.valid
+    end = "open" if valid.end is None else day_text(valid.end)
+    return TraceEntry(
+        "eligibility", "check_registration", words + rid,
+        f"{scheme.scope} scheme; registration {rid} valid {day_text(valid.start)}..{end} reaches {institution.code}",
     )  # fmt: skip
 
 

@@ -103,10 +103,11 @@ def fund_input(policy: RegionPolicy, person: Person, day: date, use_account: boo
     dated = policy.funds.get(insurance_type)
     found = dated.on(day) if dated is not None else None
     since, terms = found if found else (None, None)
-    source = policy.sources.get((insurance_type, since))
+    key = ("funds", insurance_type, since)
+    source = policy.sources.get(key)
     if source is None:
         words = f" since {since}" if found else ": none in force"
-        source = policy.sources[(insurance_type, since)] = f"policy {policy.region}/{insurance_type} funds{words}"
+        source = policy.sources[key] = f"policy {policy.region}/{insurance_type} funds{words}"
     return FundInput(
         insurance_type, terms, source, person.assisted_on(day), person.account_opening(day.year), use_account
     )
@@ -114,7 +115,7 @@ def fund_input(policy: RegionPolicy, person: Person, day: date, use_account: boo
 
 def terms_source(policy: RegionPolicy, insurance_type: InsuranceType, disease: str, since: date) -> str:
     """Where the deductible, ratio and cap come from, as the trace says it (made once per term)."""
-    key = (insurance_type, disease, since)
+    key = ("terms", insurance_type, disease, since)
     source = policy.sources.get(key)
     if source is None:
         source = policy.sources[key] = f"policy {policy.region}/{insurance_type}/{disease} since {since}"

@@ -7,7 +7,7 @@ class-B share and once per visit for the ratio."""
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -21,6 +21,7 @@ from settlesim.server.model import (
     TraceEntry,
     YearlyTotals,
 )
+from settlesim.server.rules.words import fen, percent
 
 if TYPE_CHECKING:
     from settlesim.server.rules.funds import FundFigures
@@ -34,41 +35,6 @@ def round_half_up(numerator: int, denominator: int) -> int:
 def share_of(amount_fen: int, share_bp: int) -> int:
     """round(amount × share) half up to the fen."""
     return round_half_up(amount_fen * share_bp, BASIS_POINTS)
-
-
-class Remembered(dict[int, str]):
-    """Texts of numbers the trace repeats (deductibles, caps, 0, common prices, the world's few
-    ratios), each made once: a remembered one is the dict's own lookup, no call of Python. At
-    most `kept` are remembered; past it, a number is formatted each time."""
-
-    __slots__ = ("kept", "make")
-
-    def __init__(self, make: Callable[[int], str], kept: int) -> None:
-        super().__init__()
-        self.make, self.kept = make, kept
-
-    def __missing__(self, number: int) -> str:
-        text = self.make(number)
-        if len(self) < self.kept:
-            self[number] = text
-        return text
-
-
-def yuan(amount: int) -> str:
-    """A fen amount as yuan for people, e.g. 17963 -> '179.63'."""
-    whole, cents = divmod(amount, 100) if amount >= 0 else divmod(-amount, 100)
-    return f"{whole}.{cents:02d}" if amount >= 0 else f"-{whole}.{cents:02d}"
-
-
-def percentage(bp: int) -> str:
-    """Basis points as a percentage for people, e.g. 7500 -> '75%', 1250 -> '12.5%'."""
-    return f"{bp / 100:g}%"
-
-
-FEN_TEXTS = Remembered(yuan, 100_000)  # at most ~14 MB
-PERCENT_TEXTS = Remembered(percentage, 100_000)
-fen = FEN_TEXTS.__getitem__  # yuan(amount), remembered: a settle's trace writes 25-35 of them
-percent = PERCENT_TEXTS.__getitem__  # percentage(bp), remembered
 
 
 class ItemResult(NamedTuple):
