@@ -424,13 +424,12 @@ class SettlementCore:
         given = validation.settlement_input(request, self.world)
         self.acting_for(caller, given.visit.institution_code)
         eligibility = check_registration(self.world, given.visit)
-        if not eligibility.eligible:
-            assert eligibility.reason is not None
+        if eligibility.reason is not None:
             raise Refusal(
                 eligibility.reason, eligibility.message, **_refusal_metadata(given.visit, eligibility)
             )
-        institution = self.world.institutions[given.visit.institution_code]
-        catalog = self.world.catalog_for(institution.region)
+        assert eligibility.institution is not None
+        catalog = self.world.catalog_for(eligibility.institution.region)
         assert catalog is not None  # the world loader refuses a settling institution without one
         return SettlementPlan(self.world, given, eligibility, catalog)
 

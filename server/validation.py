@@ -7,7 +7,7 @@ Limits (documented in docs/errors.md) keep absurd input from reaching the rules.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import NamedTuple
 
@@ -47,6 +47,8 @@ class SettlementInput(NamedTuple):
 
 def is_code(value: str) -> bool:
     """A well-formed code or id (msgid, institution, person, disease, ...)."""
+    if value.isascii() and value.isalnum():  # letters and digits alone, the common code: no regex
+        return len(value) <= MAX_CODE_LENGTH
     return 0 < len(value) <= MAX_CODE_LENGTH and CODE.match(value) is not None
 
 
@@ -150,15 +152,49 @@ def _valid_visit(visit: pb.Visit, world: World) -> VisitKey | None:
         return None
     if not MIN_YEAR <= day.year <= MAX_YEAR:
         return None
-    return VisitKey(
-        institution_code=institution,
-        disease_code=disease,
-        visit_date=day,
-        person_no=person.person_no,
-        certificate_type=person.certificate_type,
-        certificate_no=person.certificate_no,
-        insurance_type=insurance_type,
+    return VisitKey(  # institution, disease, day, person_no, certificate type and number, insurance type
+        institution, disease, day, person.person_no, person.certificate_type, person.certificate_no, insurance_type
     )
+
+
+def _valid_lines(items: Sequence[pb.FeeItem]) -> tuple[FeeLine, ...] | None:
+    """The fee lines when every check of `_lines` passes (no field names made), else None."""
+    if not 0 < len(items) <= MAX_ITEMS:
+        return None
+    lines, seen, total = [], set(), 0
+    for item in items:
+        sequence_no, catalog_code, hospital_code = item.sequence_no, item.catalog_code, item.hospital_item_code
+        unit_price, quantity = item.unit_price_fen, item.quantity
+        amount = unit_price * quantity
+        if not (
+            is_code(sequence_no)
+            and sequence_no not in seen
+            and is_recurring_code(catalog_code)
+            and (not hospital_code or is_code(hospital_code))
+            and 0 <= unit_price <= MAX_UNIT_PRICE_FEN
+            and 0 < quantity <= MAX_QUANTITY
+            and item.amount_fen == amount
+        ):
+            return None
+        seen.add(sequence_no)
+        total += amount
+        lines.append(FeeLine(sequence_no, catalog_code, unit_price, quantity, hospital_code))
+    return tuple(lines) if total <= MAX_VISIT_TOTAL_FEN else None
+
+
+def _valid_input(request: pb.SettlementRequest, world: World) -> SettlementInput | None:
+    """The request as plain data when every check of `settlement_input` passes, else None: the
+    valid path makes no checker and no field names."""
+    msgid = request.msgid
+    if not is_code(msgid) or len(request.operator) > MAX_CODE_LENGTH:
+        return None
+    visit = _valid_visit(request.visit, world)
+    if visit is None:
+        return None
+    lines = _valid_lines(request.items)
+    if lines is None:
+        return None
+    return SettlementInput(msgid, visit, lines, request.use_personal_account)
 
 
 def _visit(check: _Checker, visit: pb.Visit, world: World, prefix: str) -> VisitKey | None:
@@ -284,6 +320,12 @@ def visit_key(visit: pb.Visit, world: World) -> VisitKey:
 
 
 def settlement_input(request: pb.SettlementRequest, world: World) -> SettlementInput:
+    valid = _valid_input(request, world)
+    return valid if valid is not None else _checked_input(request, world)
+
+
+def _checked_input(request: pb.SettlementRequest, world: World) -> SettlementInput:
+    """settlement_input the careful way: every check by field, each problem named."""
     check = _Checker()
     msgid = check.code("request.msgid", request.msgid)
     check.text("request.operator", request.operator)
