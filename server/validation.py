@@ -126,35 +126,35 @@ class _Checker:
 
 
 def _valid_visit(visit: pb.Visit, world: World) -> VisitKey | None:
-    """The visit when every check of `_visit` passes (no field names made), else None."""
-    institution, person, disease = visit.institution_code, visit.person, visit.disease_code
+    """The visit when every check of `_visit` passes (no field names made), else None. Each field
+    is read once: a message's field is looked up by name and made a Python object on every read."""
+    institution, person, disease, day_text = visit.institution_code, visit.person, visit.disease_code, visit.visit_date
+    person_no, certificate_type, certificate_no = person.person_no, person.certificate_type, person.certificate_no
     if not (
         institution in world.institutions  # the world's codes only are remembered as well-formed
         and is_recurring_code(institution)
-        and (not person.person_no or is_code(person.person_no))
-        and (not person.certificate_type or is_code(person.certificate_type))
-        and (not person.certificate_no or is_code(person.certificate_no))
-        and (person.person_no or person.certificate_no)
+        and (not person_no or is_code(person_no))
+        and (not certificate_type or is_code(certificate_type))
+        and (not certificate_no or is_code(certificate_no))
+        and (person_no or certificate_no)
         and disease in world.diseases
         and is_recurring_code(disease)
         and visit.medical_type in _MEDICAL_TYPES
-        and DAY.fullmatch(visit.visit_date)
+        and DAY.fullmatch(day_text)
     ):
         return None
-    insurance_type = None
-    if visit.insurance_type != pb.INSURANCE_TYPE_UNSPECIFIED:
-        insurance_type = _INSURANCE_TYPES.get(visit.insurance_type)
+    insurance_type, given_type = None, visit.insurance_type
+    if given_type != pb.INSURANCE_TYPE_UNSPECIFIED:
+        insurance_type = _INSURANCE_TYPES.get(given_type)
         if insurance_type is None:
             return None
     try:
-        day = date.fromisoformat(visit.visit_date)
+        day = date.fromisoformat(day_text)
     except ValueError:
         return None
     if not MIN_YEAR <= day.year <= MAX_YEAR:
         return None
-    return VisitKey(  # institution, disease, day, person_no, certificate type and number, insurance type
-        institution, disease, day, person.person_no, person.certificate_type, person.certificate_no, insurance_type
-    )
+    return VisitKey(institution, disease, day, person_no, certificate_type, certificate_no, insurance_type)
 
 
 def _valid_lines(items: Sequence[pb.FeeItem]) -> tuple[FeeLine, ...] | None:
