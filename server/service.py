@@ -21,11 +21,11 @@ from settlesim.server.calls import Caller
 from settlesim.server.ids import IDS
 from settlesim.server.journal import current_note
 from settlesim.server.ledger import LedgerStore, NationalWrites, StoredItem, StoredSettlement
-from settlesim.server.model import VisitKey, World, YearlyTotals
+from settlesim.server.model import CatalogClass, FeeLine, VisitKey, World, YearlyTotals
 from settlesim.server.rules.eligibility import Eligibility, check_registration
 from settlesim.server.rules.funds import compute_visit, fund_input, terms_source
 from settlesim.server.rules.reasons import Reason, Refusal
-from settlesim.server.rules.settlement import SettlementResult
+from settlesim.server.rules.settlement import ItemResult, SettlementResult
 from settlesim.server.runs import route_call
 from settlesim.server.sandboxes import Sandboxes
 from settlesim.server.status import to_status
@@ -250,17 +250,19 @@ class SettlementCore:
     ) -> pb.SettleVisitResponse:
         """`on_settled(writes, stored)` runs in the settlement's own transaction (the
         national door links its visit there), not for a replay."""
+        given = request.request
         try:
-            plan = self._plan(caller, request.request)
+            plan = self._plan(caller, given)
         except Refusal:
             # A msgid the platform has seen is answered as what it was (a retry
             # replays even if the world changed since; a voided or reused msgid
             # says so) rather than judged again. Only refused requests pay this.
-            seen = await self._seen_settle(caller, request.request)
+            seen = await self._seen_settle(caller, given)
             if seen is None:
                 raise
             return seen
-        session = await self.session_for(caller, plan.visit.institution_code, writes=True)
+        # without a session, no sandbox to enter (and no coroutine to make for it)
+        session = caller.session and await self.session_for(caller, plan.visit.institution_code, writes=True)
         built: list[pb.SettleVisitResponse] = []  # the answer made in the transaction, if it was new
 
         def settle(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
@@ -277,7 +279,7 @@ class SettlementCore:
             session,
             plan.msgid,
             plan.visit.institution_code,
-            request_hash(request.request),
+            request_hash(given),
             plan.person_no,
             plan.visit.disease_code,
             plan.visit.visit_date.year,
@@ -594,15 +596,7 @@ class SettlementPlan:
             pre_self_pay=f.pre_self_pay,
             in_scope=f.in_scope,
             ratio_bp=f.ratio_bp,
-            items=tuple(
-                StoredItem(
-                    line.sequence_no, line.catalog_code, line.hospital_item_code, line.unit_price,
-                    line.quantity, item.amount, item.catalog_class.value, item.b_share_bp,
-                    item.price_ceiling, item.full_self_pay, item.over_ceiling, item.pre_self_pay,
-                    item.in_scope,
-                )
-                for line, item in zip(self.given.lines, result.items, strict=True)
-            ),
+            items=_stored_items(self.given.lines, result.items),
             # the funds after the pooled one and the personal account; None: the pooled fund alone
             pooled_pays=None if m is None else m.pooled,
             serious_threshold=None if m is None else m.serious_threshold_applied,
@@ -610,6 +604,20 @@ class SettlementPlan:
             assistance_pays=None if m is None else m.assistance_pays,
             account_pays=None if m is None else m.account_pays,
         )
+
+
+_CLASS_TEXT = {klass: klass.value for klass in CatalogClass}  # as item rows say it (.value is a call)
+
+
+def _stored_items(lines: tuple[FeeLine, ...], items: tuple[ItemResult, ...]) -> tuple[StoredItem, ...]:
+    """The settlement's item rows: each fee line with the parts the rules gave it."""
+    rows = []
+    for line, item in zip(lines, items, strict=True):
+        sequence_no, code, unit_price, quantity, hospital_code = line
+        _, _, klass, b_share_bp, ceiling, amount, full_self_pay, over_ceiling, pre_self_pay, in_scope = item
+        rows.append(StoredItem(sequence_no, code, hospital_code, unit_price, quantity, amount, _CLASS_TEXT[klass],
+                               b_share_bp, ceiling, full_self_pay, over_ceiling, pre_self_pay, in_scope))  # fmt: skip
+    return tuple(rows)
 
 
 def settlement_answer(stored: StoredSettlement) -> pb.Settlement:

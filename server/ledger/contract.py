@@ -46,13 +46,17 @@ class StoredItem(NamedTuple):
     in_scope: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredSettlement:
     """A settlement as the ledger keeps it. `answer` is the caller's encoded
     answer (opaque bytes here), returned as-is to a retry. The figures and
     `items` are also rows, for operators' SQL and `ledger check`; reads do not
     load the items (the answer has them). Settlements made before schema
-    version 2 have None figures and no item rows."""
+    version 2 have None figures and no item rows.
+
+    Not frozen, though nothing changes one once made (`replace()` makes another): every settle
+    makes one, and a frozen dataclass sets each of its 25 fields through object.__setattr__
+    (about 4 us a settle on the event loop; 0.7 us as a plain slotted one)."""
 
     settlement_id: str
     session: str
