@@ -407,9 +407,11 @@ class VisitKey(NamedTuple):
     insurance_type: InsuranceType | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class YearlyTotals:
-    """The person's running totals for one disease and calendar year."""
+    """The person's running totals for one disease and calendar year. Not frozen, though nothing
+    changes one once made (`replace()` makes another): every settle reads one and makes one, and
+    a frozen dataclass sets each field through object.__setattr__."""
 
     deductible_used: int = 0  # 已付起付线
     fund_paid: int = 0  # 年度基金已支付 (the pooled fund, hifp_pay)

@@ -33,8 +33,8 @@ def round_half_up(numerator: int, denominator: int) -> int:
 
 
 def share_of(amount_fen: int, share_bp: int) -> int:
-    """round(amount × share) half up to the fen."""
-    return round_half_up(amount_fen * share_bp, BASIS_POINTS)
+    """round(amount × share) half up to the fen (round_half_up over BASIS_POINTS, in one step)."""
+    return (2 * amount_fen * share_bp + BASIS_POINTS) // (2 * BASIS_POINTS)
 
 
 class ItemResult(NamedTuple):
@@ -242,11 +242,12 @@ def pooled_fund(
         item, entry = price_item(line, catalog, day)
         items_.append(item)
         trace.append(entry)
-        total += item.amount
-        full_self_pay += item.full_self_pay
-        over_ceiling += item.over_ceiling
-        pre_self_pay += item.pre_self_pay
-        in_scope += item.in_scope
+        _, _, _, _, _, amount, item_full_self_pay, item_over_ceiling, item_pre_self_pay, item_in_scope = item
+        total += amount
+        full_self_pay += item_full_self_pay
+        over_ceiling += item_over_ceiling
+        pre_self_pay += item_pre_self_pay
+        in_scope += item_in_scope
     items = tuple(items_)
     deductible, annual_cap = terms.deductible, terms.annual_cap
     used, fund_paid = totals.deductible_used, totals.fund_paid
