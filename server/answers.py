@@ -67,16 +67,23 @@ def fill_figures(totals: Any, result: SettlementResult) -> None:
     f = result.figures
     totals.SetInParent()
     totals.total_fen = f.total
-    totals.full_self_pay_fen = f.full_self_pay
-    totals.over_ceiling_self_pay_fen = f.over_ceiling
-    totals.pre_self_pay_fen = f.pre_self_pay
+    # Figures that are often 0 are set only when they are not: a zero is not on the wire (no
+    # explicit presence), and each field set is a lookup by name in the message.
+    if f.full_self_pay:
+        totals.full_self_pay_fen = f.full_self_pay
+    if f.over_ceiling:
+        totals.over_ceiling_self_pay_fen = f.over_ceiling
+    if f.pre_self_pay:
+        totals.pre_self_pay_fen = f.pre_self_pay
     totals.in_scope_fen = f.in_scope
-    totals.deductible_applied_fen = f.deductible_applied
+    if f.deductible_applied:
+        totals.deductible_applied_fen = f.deductible_applied
     totals.fund_pays_fen = f.fund_pays
     totals.ratio_bp = f.ratio_bp
     totals.patient_pays_fen = f.patient_pays
-    totals.deductible_remaining_fen = f.deductible_remaining
-    if f.cap_remaining is not None:
+    if f.deductible_remaining:
+        totals.deductible_remaining_fen = f.deductible_remaining
+    if f.cap_remaining is not None:  # optional: present even when 0
         totals.cap_remaining_fen = f.cap_remaining
     m = result.funds
     if m is None:  # the pooled fund alone: it is every fund, and the patient pays cash
@@ -84,15 +91,19 @@ def fill_figures(totals: Any, result: SettlementResult) -> None:
         totals.cash_pays_fen = f.patient_pays
         return
     totals.pooled_fund_fen = m.pooled
-    totals.serious_threshold_applied_fen = m.serious_threshold_applied
-    if m.insurance_type is InsuranceType.EMPLOYEE:
-        totals.large_amount_fen = m.serious_pays
-    else:
-        totals.serious_illness_fen = m.serious_pays
-    totals.medical_assistance_fen = m.assistance_pays
-    totals.account_pays_fen = m.account_pays
+    if m.serious_threshold_applied:
+        totals.serious_threshold_applied_fen = m.serious_threshold_applied
+    if m.serious_pays:
+        if m.insurance_type is InsuranceType.EMPLOYEE:
+            totals.large_amount_fen = m.serious_pays
+        else:
+            totals.serious_illness_fen = m.serious_pays
+    if m.assistance_pays:
+        totals.medical_assistance_fen = m.assistance_pays
+    if m.account_pays:
+        totals.account_pays_fen = m.account_pays
     totals.cash_pays_fen = m.cash_pays
-    if m.account_balance is not None:
+    if m.account_balance is not None:  # optional: present even when 0
         totals.account_balance_fen = m.account_balance
 
 
@@ -109,19 +120,26 @@ def add_funds(into: Any, result: SettlementResult) -> None:
 def add_items(into: Any, result: SettlementResult) -> None:
     """The settled items appended to a Settlement's repeated field, made in place."""
     add = into.add
-    for i in result.items:
+    for sequence_no, code, klass, b_share_bp, ceiling, amount, full_self_pay, over, pre, in_scope in result.items:
         item = add()
-        item.sequence_no = i.sequence_no
-        item.catalog_code = i.catalog_code
-        item.catalog_class = CATALOG_CLASS[i.catalog_class]
-        item.self_pay_share_bp = i.b_share_bp
-        item.amount_fen = i.amount
-        item.full_self_pay_fen = i.full_self_pay
-        item.over_ceiling_self_pay_fen = i.over_ceiling
-        item.pre_self_pay_fen = i.pre_self_pay
-        item.in_scope_fen = i.in_scope
-        if i.price_ceiling is not None:
-            item.price_ceiling_fen = i.price_ceiling
+        item.sequence_no = sequence_no
+        item.catalog_code = code
+        item.catalog_class = CATALOG_CLASS[klass]
+        item.amount_fen = amount
+        # A zero is not on the wire for these (no explicit presence): not set, the same bytes, and
+        # a field set is a lookup by name in the message.
+        if b_share_bp:
+            item.self_pay_share_bp = b_share_bp
+        if full_self_pay:
+            item.full_self_pay_fen = full_self_pay
+        if over:
+            item.over_ceiling_self_pay_fen = over
+        if pre:
+            item.pre_self_pay_fen = pre
+        if in_scope:
+            item.in_scope_fen = in_scope
+        if ceiling is not None:  # optional: present even when 0
+            item.price_ceiling_fen = ceiling
 
 
 def complete_older(answer: pb.Settlement) -> pb.Settlement:

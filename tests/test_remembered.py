@@ -128,3 +128,15 @@ def test_the_answer_takes_trace_and_fund_rows_field_by_field_in_the_contract_ord
     assert TraceEntry._fields == tuple(f.name for f in pb.TraceEntry.DESCRIPTOR.fields)
     # the contract says which fields hold fen; the rules' names leave the unit out
     assert tuple(f.name.removesuffix("_fen") for f in pb.FundPayment.DESCRIPTOR.fields) == FundPayment._fields
+
+
+def test_what_the_answer_and_the_item_rows_unpack_is_in_the_order_they_read_it() -> None:
+    """answers.add_items and service._stored_items unpack ItemResult and FeeLine by position (no
+    attribute read per part): a field added or two swapped must fail here, not silently put one
+    part of an item in another's column."""
+    from settlesim.server.model import FeeLine
+    from settlesim.server.rules.settlement import ItemResult
+
+    assert ItemResult._fields == ("sequence_no", "catalog_code", "catalog_class", "b_share_bp", "price_ceiling",
+                                  "amount", "full_self_pay", "over_ceiling", "pre_self_pay", "in_scope")  # fmt: skip
+    assert FeeLine._fields == ("sequence_no", "catalog_code", "unit_price", "quantity", "hospital_item_code")
