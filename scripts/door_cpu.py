@@ -43,7 +43,7 @@ from settlesim.clients.workload import Workload
 from settlesim.server.world_generate import generate_world
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from thread_cpu import thread_cpu, thread_names
+from thread_cpu import run_load
 
 
 def serve_canned(argv: list[str]) -> int:
@@ -64,31 +64,7 @@ def serve_canned(argv: list[str]) -> int:
 
 def measure(command: list[str], pythonpath: str, requests: bench.Requests, seconds: float, rate: float) -> float:
     """The loop thread's CPU per answered call, us."""
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = pythonpath
-    try:
-        server_cm = bench.running(command)
-        server = server_cm.__enter__()
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = saved
-    try:
-        asyncio.run(bench._closed_loop(server.target, requests, 32, 2.0, 4))  # warm-up
-        pid = server.process.pid
-        names = thread_names(pid)
-        before = thread_cpu(pid)
-        load = (
-            bench._open_loop(server.target, requests, rate, seconds, 4)
-            if rate
-            else bench._closed_loop(server.target, requests, 32, seconds, 4)
-        )
-        answered, errors, _, elapsed, _ = asyncio.run(load)
-        after = thread_cpu(pid)
-        names = {**thread_names(pid), **names}
-    finally:
-        server_cm.__exit__(None, None, None)
+    answered, errors, elapsed, before, after, names = run_load(command, pythonpath, requests, seconds, rate)
     # the reference server's loop thread is settlesim-loop; the noop's is its main thread
     loop_threads = [tid for tid in after if "loop" in names.get(tid, "") or names.get(tid) == "MainThread"]
     loop = sum(after[tid] - before.get(tid, 0.0) for tid in loop_threads)

@@ -55,11 +55,9 @@ def thread_names(pid: int) -> dict[int, str]:
     return {tid: re.sub(r"_\d+$", "", name) for tid, name in names.items()}
 
 
-def measure(label: str, pythonpath: str, serve_args: list[str], world: Path, db: Path, requests, seconds, rate):  # type: ignore[no-untyped-def]
-    command = [
-        sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(world), "--db", str(db),
-        "--log-level", "warning", *serve_args,
-    ]  # fmt: skip
+def run_load(command: list[str], pythonpath: str, requests, seconds: float, rate: float):  # type: ignore[no-untyped-def]
+    """Start `command` (a server) with `pythonpath`, warm it up 2 s, load it `seconds` (closed
+    loop, or open at `rate`/s): (answered, errors, elapsed, CPU before, CPU after, thread names)."""
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = pythonpath
     try:
@@ -85,6 +83,15 @@ def measure(label: str, pythonpath: str, serve_args: list[str], world: Path, db:
         names = {**thread_names(pid), **names}  # a dump may miss a thread that is inside C code
     finally:
         server_cm.__exit__(None, None, None)
+    return answered, errors, elapsed, before, after, names
+
+
+def measure(label: str, pythonpath: str, serve_args: list[str], world: Path, db: Path, requests, seconds, rate):  # type: ignore[no-untyped-def]
+    command = [
+        sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(world), "--db", str(db),
+        "--log-level", "warning", *serve_args,
+    ]  # fmt: skip
+    answered, errors, elapsed, before, after, names = run_load(command, pythonpath, requests, seconds, rate)
     per_thread: dict[str, float] = defaultdict(float)
     for tid, cpu in after.items():
         per_thread[names.get(tid, "native")] += cpu - before.get(tid, 0.0)

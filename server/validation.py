@@ -157,28 +157,36 @@ def _valid_visit(visit: pb.Visit, world: World) -> VisitKey | None:
     return VisitKey(institution, disease, day, person_no, certificate_type, certificate_no, insurance_type)
 
 
+def _plain_line(item: pb.FeeItem, seen: set[str]) -> FeeLine | None:
+    """The item's fee line when it passes every check of `_lines` on its own (its sequence
+    number not in `seen`), with no field names made; else None."""
+    sequence_no, catalog_code, hospital_code = item.sequence_no, item.catalog_code, item.hospital_item_code
+    unit_price, quantity = item.unit_price_fen, item.quantity
+    if (
+        is_code(sequence_no)
+        and sequence_no not in seen
+        and is_recurring_code(catalog_code)
+        and (not hospital_code or is_code(hospital_code))
+        and 0 <= unit_price <= MAX_UNIT_PRICE_FEN
+        and 0 < quantity <= MAX_QUANTITY
+        and item.amount_fen == unit_price * quantity
+    ):
+        return FeeLine(sequence_no, catalog_code, unit_price, quantity, hospital_code)
+    return None
+
+
 def _valid_lines(items: Sequence[pb.FeeItem]) -> tuple[FeeLine, ...] | None:
     """The fee lines when every check of `_lines` passes (no field names made), else None."""
     if not 0 < len(items) <= MAX_ITEMS:
         return None
     lines, seen, total = [], set(), 0
     for item in items:
-        sequence_no, catalog_code, hospital_code = item.sequence_no, item.catalog_code, item.hospital_item_code
-        unit_price, quantity = item.unit_price_fen, item.quantity
-        amount = unit_price * quantity
-        if not (
-            is_code(sequence_no)
-            and sequence_no not in seen
-            and is_recurring_code(catalog_code)
-            and (not hospital_code or is_code(hospital_code))
-            and 0 <= unit_price <= MAX_UNIT_PRICE_FEN
-            and 0 < quantity <= MAX_QUANTITY
-            and item.amount_fen == amount
-        ):
+        line = _plain_line(item, seen)
+        if line is None:
             return None
-        seen.add(sequence_no)
-        total += amount
-        lines.append(FeeLine(sequence_no, catalog_code, unit_price, quantity, hospital_code))
+        seen.add(line.sequence_no)
+        total += line.amount
+        lines.append(line)
     return tuple(lines) if total <= MAX_VISIT_TOTAL_FEN else None
 
 
@@ -247,19 +255,10 @@ def _lines(check: _Checker, items: Iterable[pb.FeeItem], count: int, prefix: str
     lines, seen = [], set()
     for i, item in enumerate(items):
         # The valid path first: no field names are made unless something is wrong.
-        sequence_no, catalog_code, hospital_code = item.sequence_no, item.catalog_code, item.hospital_item_code
-        unit_price, quantity = item.unit_price_fen, item.quantity
-        if (
-            is_code(sequence_no)
-            and sequence_no not in seen
-            and is_recurring_code(catalog_code)
-            and (not hospital_code or is_code(hospital_code))
-            and 0 <= unit_price <= MAX_UNIT_PRICE_FEN
-            and 0 < quantity <= MAX_QUANTITY
-            and item.amount_fen == unit_price * quantity
-        ):
-            seen.add(sequence_no)
-            lines.append(FeeLine(sequence_no, catalog_code, unit_price, quantity, hospital_code))
+        line = _plain_line(item, seen)
+        if line is not None:
+            seen.add(line.sequence_no)
+            lines.append(line)
             continue
         at = f"{prefix}[{i}]"
         before = len(check.violations)
