@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
-import time
 
 import pytest
 from conftest import CANCER_HOSPITAL
@@ -98,46 +96,6 @@ def test_a_few_writes_wait_a_moment_for_company(tmp_path):
     finally:
         ledger.close()
 
-
-def test_the_next_batch_gathers_while_the_previous_one_commits(tmp_path):
-    """A write that arrives while a COMMIT runs is gathered meanwhile, and that COMMIT was its
-    wait for company: its batch starts the moment the COMMIT returns. Before, its gathering and
-    its company wait began only then (every cycle was gather + SQL + COMMIT end to end); and a
-    gathering begun during the COMMIT must not go on waiting for company after it."""
-    ledger = Ledger(tmp_path / "ledger.db")
-    try:
-
-        async def second_write_gap() -> float:
-            committer = ledger._loop_commit()
-            # A company wait longer than the COMMIT, both far above scheduling noise.
-            committer.COMPANY_SECONDS = committer.MAX_WAIT_SECONDS = 0.5
-            committing, committed_at = threading.Event(), []
-            commit = committer._commit
-
-            def slow_commit(db: sqlite3.Connection) -> None:
-                committing.set()
-                time.sleep(0.1)
-                commit(db)
-                committed_at.append(time.monotonic())
-
-            committer._commit = slow_commit  # type: ignore[method-assign]
-            ran_at = []
-
-            def second(db: sqlite3.Connection) -> str:
-                ran_at.append(time.monotonic())
-                return _message("M2")(db)
-
-            first = asyncio.ensure_future(committer.run(_message("M1")))
-            while not committing.is_set():
-                await asyncio.sleep(0.001)
-            await asyncio.gather(first, committer.run(second))
-            assert committer.batches == 2
-            return ran_at[0] - committed_at[0]
-
-        gap = asyncio.run(second_write_gap())
-        assert 0 <= gap < 0.05, f"the second batch started {gap * 1000:.0f} ms after the first COMMIT"
-    finally:
-        ledger.close()
 
 
 # --- writes of one batch that meet: a retry, a void, a row SQLite refuses ----------------------

@@ -1,17 +1,13 @@
 """The ledger's group commit on the server's event loop (`settlesim serve`).
 
 Writes (settle, reverse, void) that arrive together (until the loop has gone a
-turn without a new one; when nothing is committing, while they are fewer than 12 until
-3 ms after the first) are run one after another on the loop inside one IMMEDIATE
-transaction; its COMMIT (the
+turn without a new one, and at least 3 ms after the first while they are fewer than
+12; at most 5 ms) are run one after another on the loop
+inside one IMMEDIATE transaction; its COMMIT (the
 fsync, synchronous=FULL) runs in one helper thread, and each caller is answered
 only after that COMMIT. While one batch commits, the loop goes on validating and
 pricing the next requests, whose writes gather for the next batch (batches are
-pipelined: the loop never waits for the disk). The next batch's gathering, its
-wait for company included, runs while the previous COMMIT does: its SQL starts the
-moment that COMMIT returns, if the gathering is over by then (measured: a serial
-gather, SQL, COMMIT made a cycle of about 6.7 ms for 12 writes, 3 ms of it the wait
-for company; docs/performance.md).
+pipelined: the loop never waits for the disk).
 
 A refused or failing write must not spoil the others. A write refuses before
 it changes anything (the ledger's jobs check, then write), so a batch runs
@@ -102,19 +98,13 @@ class LoopGroupCommit:
     # settles/s, 746 -> 648 us CPU a settle; open loop at 1,000/s: p50 11.9 -> 9.5 ms, p99 141 ->
     # 54 ms. 12 and 3 ms against 4 and 2 (3 interleaved rounds): 8.4 -> 12.0 writes a COMMIT, the
     # COMMIT thread 74 -> 56 us and the loop 466 -> 418 us a settle (docs/performance.md).
-    # The wait is for a ledger with nothing committing: a batch gathered while a COMMIT ran has
-    # had its wait and goes the moment that COMMIT ends (scripts/commit_chain.py: waiting for
-    # company after it too made "next" 23 % of every cycle, 2.2 ms, with 32 writes / 5 ms).
     SMALL_BATCH = 12
     COMPANY_SECONDS = 0.003
 
     def __init__(self, ledger: SqliteLedger, loop: asyncio.AbstractEventLoop) -> None:
         self.ledger, self.loop = ledger, loop
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
-        self._gathering_now = False  # the next batch's writes are being gathered
-        self._ready = False  # gathered: the next batch starts when the running one ends
-        self._in_progress = False  # a batch is taken: waiting for the locks, running or committing
-        self._overlapped = False
+        self._busy = False  # a batch is being collected, run or committed
         self._helper = CommitThread(loop)
         self.batches = 0  # figures for the benchmark's notes
         self.writes = 0
@@ -126,15 +116,13 @@ class LoopGroupCommit:
         self.ledger._refuse_if_damaged()
         future: asyncio.Future[T] = self.loop.create_future()
         self._pending.append((work, future))
-        if not (self._gathering_now or self._ready):
+        if not self._busy:
+            self._busy = True
             self._gather()
         return await future
 
     def _gather(self) -> None:
-        """Wait for the writes the loop is still working towards, then start the batch
-        (or, while a batch is still committing, be ready to start it when it has)."""
-        self._gathering_now = True
-        self._overlapped = self._in_progress  # gathered (partly) while a batch committed
+        """Wait for the writes the loop is still working towards, then start the batch."""
         self._since, self._seen, self._quiet = self.loop.time(), len(self._pending), 0
         self.loop.call_soon(self._gathering)
 
@@ -142,34 +130,17 @@ class LoopGroupCommit:
         count = len(self._pending)
         self._quiet = self._quiet + 1 if count == self._seen else 0
         self._seen = count
-        self._overlapped = self._overlapped or self._in_progress
         waited = self.loop.time() - self._since
         if count >= self.MAX_BATCH or waited >= self.MAX_WAIT_SECONDS:
-            self._gathered()
+            self._next_batch()
         elif self._quiet >= self.QUIET_TURNS:
-            # A batch gathered during a COMMIT has had its wait: it goes when that COMMIT ends.
-            if count < self.SMALL_BATCH and waited < self.COMPANY_SECONDS and not self._overlapped:
+            if count < self.SMALL_BATCH and waited < self.COMPANY_SECONDS:
                 # Few writes: wait (a timer, not spinning) for company to share the COMMIT with.
                 self.loop.call_later(self.COMPANY_SECONDS - waited, self._gathering)
             else:
-                self._gathered()
+                self._next_batch()
         else:
             self.loop.call_soon(self._gathering)
-
-    def _gathered(self) -> None:
-        self._gathering_now = False
-        if self._in_progress:
-            self._ready = True  # the running batch's end starts this one (_then)
-        else:
-            self._next_batch()
-
-    def _then(self) -> None:
-        """A batch has ended (answered): start the next one if gathered, else gather it."""
-        self._in_progress = False
-        if self._ready:
-            self._next_batch()
-        elif self._pending and not self._gathering_now:
-            self._gather()
 
     @property
     def queue_depth(self) -> int:
@@ -186,13 +157,12 @@ class LoopGroupCommit:
     # --- one batch: locks, jobs, COMMIT -------------------------------------------------------
 
     def _next_batch(self) -> None:
-        self._ready = False
         # A caller that has gone (cancelled: the client gave up) has nothing to commit.
         pending = [(w, f) for w, f in self._pending if not f.done()]
         batch, self._pending = pending[: self.MAX_BATCH], pending[self.MAX_BATCH :]
         if not batch:
+            self._busy = False
             return
-        self._in_progress = True
         try:
             locked = self._lock_here()
             if not locked:
@@ -270,9 +240,6 @@ class LoopGroupCommit:
             self._rollback(db)
             self._unlock()
             self._answer(batch, [], error)
-            return
-        if self._pending and not self._gathering_now:  # more than one batch's worth waited
-            self._gather()
 
     def _jobs(self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> list[Any]:
         """Each job's (ok, value), without SAVEPOINTs unless a job failed after writing."""
@@ -360,4 +327,8 @@ class LoopGroupCommit:
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        self._then()
+        # Writes that arrived during this batch's COMMIT go next, with those still on their way.
+        if self._pending:
+            self._gather()
+        else:
+            self._busy = False
