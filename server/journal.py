@@ -51,7 +51,6 @@ from settlesim.v1 import settlement_service_pb2 as pb
 
 log = logging.getLogger("settlesim.server.journal")
 
-SERVICE_PREFIX = "/settlesim.v1.SettlementService/"
 _STATUS_KEY = "grpc-status-details-bin"
 _BATCH = 500
 GATHER_SECONDS = 0.1  # the writer waits this long after a call for more to batch with it
@@ -609,7 +608,7 @@ def _finish(row: list[Any], clock: _Clock) -> int | None:
 # --- the interceptor ---------------------------------------------------------------------------
 
 
-class JournalInterceptor(grpc.aio.ServerInterceptor):
+class JournalInterceptor:
     """Notes every SettlementService call for the journal. Outermost but for
     the audit log: it records what the caller got, injected faults included.
     The logic is in `_JournaledMethod`; with it a call runs to its end even when
@@ -622,21 +621,6 @@ class JournalInterceptor(grpc.aio.ServerInterceptor):
         bytes it journals are then the bytes gRPC sends, serialized once), for a server
         with no interceptor outside the journal that reads the answer (the audit log does)."""
         self.journal, self.after_call, self.answers_as_bytes = journal, after_call, answers_as_bytes
-        # The journaled handler of each method, while the inner handler stays the same object
-        # (as server/limits.py does): no closures and handler made per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
-            return handler
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self.wrap(method.removeprefix(SERVICE_PREFIX), handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     def wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` journaled (server/door.py composes it once per method at start-up)."""
