@@ -47,6 +47,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from settlesim.server.completion import to_completion
 from settlesim.server.ledger.sqlite.errors import storage_refusal
+from settlesim.server.ledger.sqlite.files import switch_to_wal
 from settlesim.v1 import settlement_service_pb2 as pb
 
 log = logging.getLogger("settlesim.server.journal")
@@ -274,7 +275,7 @@ class Journal:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(db)  # two servers starting on one new journal (serve --processes) race here
         db.execute("PRAGMA synchronous=NORMAL")
         # Checkpoint every 10,000 pages (~40 MB of WAL), not 1,000: each batch rewrites the hot
         # pages of the table's and the indexes' right edges, copied into the file once where

@@ -23,7 +23,9 @@ from dataclasses import replace
 
 from settlesim.server.app import INTEGRITY_CHECK_SKIPPED, ServerConfig, default_db_path, start, tune_gc
 from settlesim.server.auth import check_combination
+from settlesim.server.journal import Journal, journal_path
 from settlesim.server.ledger import open_ledger
+from settlesim.server.runs import RunRegistry
 from settlesim.server.world_loader import load_world
 
 log = logging.getLogger("settlesim.server")
@@ -76,6 +78,14 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
     # line from the parent, not a traceback from each child, and N children do not
     # each run the integrity check. Nothing of SQLite is open across the fork.
     open_ledger(config.db_path or default_db_path(), integrity_check=config.integrity_check).close()
+    if config.journal:
+        # The call journal's file too (its tables and the run store's, WAL mode): children
+        # creating them at once refused each other "database is locked", since SQLite does
+        # not wait for the switch to WAL, and the refused child made the whole
+        # server exit with 1 at start. Its writer thread has ended before the fork.
+        journal = Journal(journal_path(config.db_path or default_db_path()))
+        RunRegistry(journal)
+        journal.close()
     reserved = _reserve(config.host, config.port)
     port = reserved.getsockname()[1]
     shared = replace(config, port=port, reuse_port=True, integrity_check=False)

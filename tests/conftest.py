@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,13 +119,19 @@ class ServerProcess:
         self.port = 0
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--db", str(self.db), *self.extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        # The server's log goes to a file, so that a server that exits at start says why
+        # in the test's failure (it once went to /dev/null). Not beside the ledger: `db`
+        # may be a PostgreSQL DSN.
+        descriptor, name = tempfile.mkstemp(prefix="settlesim-serve-", suffix=".log")
+        self.stderr_path = Path(name)
+        with os.fdopen(descriptor, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--db", str(self.db), *self.extra],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -133,9 +140,9 @@ class ServerProcess:
                 self.port = int(match.group(1))
                 break
             if not line and self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
         else:
-            raise TimeoutError("server did not start")
+            raise TimeoutError(f"server did not start:\n{self.log_tail()}")
         channel = (
             grpc.secure_channel(self.target, self.credentials)
             if self.credentials is not None
@@ -150,6 +157,9 @@ class ServerProcess:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, sig: int = 15, timeout: float = 20) -> int:
         assert self.proc is not None

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -342,3 +344,46 @@ def test_the_journal_keeps_the_bytes_sent_whether_or_not_an_audit_log_reads_the_
             assert settled.settlement.settlement_id in audit.read_text()
     finally:
         running.stop(grace=1)
+
+
+# Two processes opening one new journal at once, 60 times (in a child of its own: it forks,
+# and this test process may hold gRPC threads). PRAGMA journal_mode=WAL is refused to all
+# but one of them, without SQLite waiting for the lock; before the journal waited for the
+# winner (server/ledger/sqlite/files.py switch_to_wal) 4 tries in 30 failed on this machine
+# with "cannot be read (database is locked)", and so did `serve --processes 2` in CI.
+OPEN_TOGETHER = """
+import multiprocessing, os, sys, tempfile
+from settlesim.server.journal import Journal
+from settlesim.server.runs import RunRegistry
+
+def open_it(path, barrier, answers):
+    barrier.wait()
+    try:
+        journal = Journal(path)
+        RunRegistry(journal)
+        journal.close()
+        answers.put("ok")
+    except Exception as error:
+        answers.put(str(error))
+
+fork = multiprocessing.get_context("fork")
+refused = []
+for _ in range(60):
+    path = os.path.join(tempfile.mkdtemp(dir=sys.argv[1]), "new.journal.db")
+    barrier, answers = fork.Barrier(2), fork.Queue()
+    both = [fork.Process(target=open_it, args=(path, barrier, answers)) for _ in range(2)]
+    for process in both:
+        process.start()
+    for process in both:
+        process.join(60)
+    refused += [answer for answer in (answers.get(), answers.get()) if answer != "ok"]
+print(len(refused), refused[:1])
+"""
+
+
+def test_processes_opening_one_new_journal_together_all_open_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", OPEN_TOGETHER, str(tmp_path)], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0 []"

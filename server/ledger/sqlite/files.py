@@ -18,19 +18,24 @@ log = logging.getLogger("settlesim.server")
 FULL_CHECK_BYTES = 256 << 20
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-    # Processes switching a new file to WAL together: SQLite refuses all but one
-    # at once ("database is locked", no busy wait), so wait for the winner here.
-    deadline = time.monotonic() + 30
+def switch_to_wal(db: sqlite3.Connection, seconds: float = 30) -> None:
+    """PRAGMA journal_mode=WAL. Processes switching a new file to WAL together: SQLite
+    refuses all but one at once ("database is locked", no busy wait), so wait for the
+    winner here. The ledger's file and the call journal's both need it."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            break
+            return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.005)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    switch_to_wal(db)
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA busy_timeout=30000")
     # 64 MiB of pages in SQLite's own cache (the default is 2 MiB): the indexes a
