@@ -36,6 +36,7 @@ from settlesim.server.national.app import create_app as create_national_app
 from settlesim.server.national.client_certs import ClientCertificateProtocol
 from settlesim.server.runs import RunRegistry
 from settlesim.server.service import GenericOnly, SettlementService, register
+from settlesim.server.stop_request import StopRequest
 from settlesim.server.world_loader import load_world
 from settlesim.v1 import his_check_pb2, his_check_pb2_grpc
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -476,15 +477,9 @@ def serve_forever(config: ServerConfig) -> int:
         print(f"settlesim console on {running.console.url} (metrics at {running.console.url}/metrics)", flush=True)
     if running.national is not None:
         print(f"settlesim national door on {running.national.url}{NATIONAL_PATH}", flush=True)
-    stopped = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, draining", signal.Signals(signum).name)
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopped = StopRequest().handle(signal.SIGTERM, signal.SIGINT)  # not an Event: see its module
     stopped.wait()
+    log.info("received %s, draining", stopped.signal_name)
     running.stop()
     log.info("stopped")
     return 0

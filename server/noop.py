@@ -24,7 +24,6 @@ import asyncio
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from concurrent import futures
 
@@ -32,6 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from settlesim.server.app import run_loop, server_options
 from settlesim.server.service import GenericOnly, add_to_server
+from settlesim.server.stop_request import StopRequest
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
 
@@ -148,9 +148,7 @@ def serve_processes(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "settlesim.server.noop", "--host", args.host, "--port", str(port),
                "--design", args.design, "--workers", str(args.workers), "--reuse-port"]  # fmt: skip
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped = StopRequest().handle(signal.SIGTERM, signal.SIGINT)
     try:
         for child in children:  # each says "serving on" once it listens
             assert child.stdout is not None
@@ -186,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     server, port = start_noop(args.host, args.port, args.workers, args.reuse_port)
     print(f"settlesim noop serving on {args.host}:{port}", flush=True)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
-    stopped.wait()
+    StopRequest().handle(signal.SIGTERM, signal.SIGINT).wait()
     server.stop(1).wait()
     return 0
 

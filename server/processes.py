@@ -26,6 +26,7 @@ from settlesim.server.auth import check_combination
 from settlesim.server.journal import Journal, journal_path
 from settlesim.server.ledger import open_ledger
 from settlesim.server.runs import RunRegistry
+from settlesim.server.stop_request import StopRequest
 from settlesim.server.world_loader import load_world
 
 log = logging.getLogger("settlesim.server")
@@ -40,7 +41,7 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _watch_parent(parent: int, stopped: threading.Event) -> None:
+def _watch_parent(parent: int, stopped: StopRequest) -> None:
     """Stop when the parent is gone: a parent killed with SIGKILL cannot forward
     SIGTERM, and an orphaned server would keep the port and the ledger open."""
     while not stopped.wait(0.5):
@@ -53,8 +54,7 @@ def _child(config: ServerConfig, world: object, ready: int, parent: int) -> None
     """Run one server until SIGTERM or the parent's death; never returns."""
     code = 0
     try:
-        stopped = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        stopped = StopRequest().handle(signal.SIGTERM)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it forwards SIGTERM
         threading.Thread(target=_watch_parent, args=(parent, stopped), daemon=True).start()
         running = start(config, world)  # type: ignore[arg-type]
@@ -106,10 +106,10 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
     for fd in readies:
         os.close(fd)
     reserved.close()
-    stopping = threading.Event()
+    stopping = StopRequest()
 
     def stop_all(signum: int = signal.SIGTERM, _frame: object = None) -> None:
-        stopping.set()
+        stopping.set()  # safe in a handler interrupted by the next signal (server/stop_request.py)
         for pid in children:
             with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(pid, signal.SIGTERM)
