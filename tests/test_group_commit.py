@@ -198,3 +198,112 @@ def test_a_row_that_cannot_be_written_spoils_no_other_write_of_its_batch(tmp_pat
         assert _fund_paid(ledger) == 2000 and ledger.check() == []
     finally:
         ledger.close()
+
+
+# --- a batch's rows written together at its end (batch_rows.py) ----------------------------------
+
+
+def _settle_of(ledger: Ledger, msgid: str, disease: str, fen: int, account: int, seen: list[object],
+               institution: str = CANCER_HOSPITAL):  # type: ignore[no-untyped-def]  # fmt: skip
+    """A settle of one class-A line of `fen`: the personal account pays `account`, the pooled
+    fund the rest; `seen` gets the totals its pricing was given."""
+    from datetime import date
+
+    from settlesim.server.ledger import StoredItem, StoredSettlement
+    from settlesim.server.model import YearlyTotals
+
+    line = StoredItem("0001", "A-CONSULT-001", "HIS-1", fen, 1, fen, "A", 0, None, 0, 0, 0, fen)
+
+    def compute(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
+        seen.append((msgid, totals.fund_paid, totals.account_paid, totals.account_paid_year))
+        stored = StoredSettlement(
+            f"S-{msgid}", "", msgid, institution, PERSON, disease, date(2024, 6, 1), fen, fen - account, account, 0,
+            b"answer", full_self_pay=0, over_ceiling=0, pre_self_pay=0, in_scope=fen, ratio_bp=10000, items=(line,),
+            pooled_pays=fen - account, serious_threshold=0, serious_pays=0, assistance_pays=0, account_pays=account,
+        )  # fmt: skip
+        return stored, YearlyTotals(
+            totals.deductible_used, totals.fund_paid + fen - account, account_paid=totals.account_paid + account
+        )
+
+    return ledger.settle_async("", msgid, institution, f"h-{msgid}", PERSON, disease, 2024, compute)
+
+
+def _statements(ledger: Ledger) -> list[str]:
+    texts: list[str] = []
+    ledger._db.set_trace_callback(texts.append)
+    return texts
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one-process", "shared-file"])
+def test_settles_of_one_person_in_one_batch_each_price_on_the_totals_the_earlier_ones_left(tmp_path, shared):
+    """Four settles of one person, two diseases, in one batch whose totals are written once at
+    its end: each is priced on what the earlier ones of the batch left (this disease's pooled
+    fund and account, the account over both diseases), the yearly totals and the institution's
+    (read in SQL for a file other processes share, `serve --processes N`) end as their sums, and
+    each table gets one statement for the batch, not one a settle."""
+    other = "M00504"
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.shared = shared
+    seen: list[object] = []
+    try:
+
+        async def batch() -> None:
+            await asyncio.gather(
+                _settle_of(ledger, "M1", DISEASE, 1000, 100, seen),
+                _settle_of(ledger, "M2", other, 2000, 300, seen),
+                _settle_of(ledger, "M3", DISEASE, 500, 50, seen),
+                _settle_of(ledger, "M4", other, 100, 0, seen),
+            )
+            assert ledger._loop_commit().batches == 1
+
+        texts = _statements(ledger)
+        asyncio.run(batch())
+        # (msgid, this disease's pooled fund, its account, the account over both diseases):
+        # M1 first (0s); M2 of the other disease sees M1's account only in the year's sum (100);
+        # M3 sees M1's fund 1000 - 100 = 900 and account 100, the year's 100 + 300 = 400;
+        # M4 sees M2's 2000 - 300 = 1700 and 300, the year's 400 + 50 = 450.
+        assert seen == [("M1", 0, 0, 0), ("M2", 0, 0, 100), ("M3", 900, 100, 400), ("M4", 1700, 300, 450)]
+        totals = ledger.yearly_totals("", PERSON, DISEASE, 2024), ledger.yearly_totals("", PERSON, other, 2024)
+        assert [(t.fund_paid, t.account_paid) for t in totals] == [(900 + 450, 150), (1700 + 100, 300)]
+        with sqlite3.connect(tmp_path / "ledger.db") as db:
+            (total,) = db.execute("SELECT total FROM institution_totals WHERE institution_code = ?",
+                                  (CANCER_HOSPITAL,)).fetchone()  # fmt: skip
+        assert total == 3600  # 1000 + 2000 + 500 + 100
+        writes = [t.split(" VALUES")[0] for t in texts if t.startswith("INSERT")]
+        assert writes.count("INSERT INTO settlements") == 1 and writes.count("INSERT INTO yearly_totals") == 1
+        assert writes.count("INSERT INTO institution_totals") == 1 and writes.count("INSERT INTO messages") == 4
+        assert ledger.check() == []
+    finally:
+        ledger.close()
+
+
+def test_a_batch_of_any_size_is_stored_whole_and_in_order_by_a_few_statement_texts(tmp_path):
+    """Batches of 1 to 70 settles are written by statements of 64, 32, ... 1 rows (sqlite3's
+    statement cache keys on the text: a text per row count would miss it), every settlement
+    and line stored once, in the order the settles came."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    seen: list[object] = []
+    try:
+        texts = _statements(ledger)
+        msgids: list[str] = []
+
+        async def batches() -> None:
+            for size in (1, 3, 12, 64, 70):
+                batch = [f"B{size}-{i:02d}" for i in range(size)]
+                msgids.extend(batch)
+                before = ledger._loop_commit().batches
+                await asyncio.gather(*(_settle_of(ledger, m, DISEASE, 10, 0, seen) for m in batch))
+                assert ledger._loop_commit().batches == before + 1
+
+        asyncio.run(batches())
+        # The trace has the parameters bound: a statement's rows are its settlement ids.
+        rows_a_statement = [t.count("'S-") for t in texts if t.startswith("INSERT INTO settlements")]
+        assert set(rows_a_statement) <= {64, 32, 16, 8, 4, 2, 1}
+        assert rows_a_statement == [1, 2, 1, 8, 4, 64, 64, 4, 2]  # batches of 1, 3, 12, 64, 70
+        with sqlite3.connect(tmp_path / "ledger.db") as db:
+            assert [m for (m,) in db.execute("SELECT msgid FROM settlements ORDER BY rowid")] == msgids
+            items = db.execute("SELECT settlement_id FROM settlement_items ORDER BY rowid").fetchall()
+            assert [s for (s,) in items] == [f"S-{m}" for m in msgids]
+        assert _fund_paid(ledger) == 10 * len(msgids) and ledger.check() == []
+    finally:
+        ledger.close()

@@ -14,6 +14,10 @@ it changes anything (the ledger's jobs check, then write), so a batch runs
 without a SAVEPOINT per write; a write that fails *after* it changed a row
 (`total_changes` moved) makes the batch roll back and run again with one
 SAVEPOINT per write, as the writer thread of the synchronous API always does.
+The settles' own rows and totals wait in the batch and go in together at its end
+(batch_rows.py: one statement a table, not six a settle); if those statements
+fail, the batch rolls back and runs again the same way, each settle writing its
+rows itself.
 
 SQL runs on the loop because it is short (pages in memory; one batch of 6-30
 settles takes about a millisecond of CPU) and because a second Python thread
@@ -33,6 +37,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from settlesim.server.ledger.sqlite.batch_rows import BatchRows, BatchWriteFailed
 from settlesim.server.ledger.sqlite.errors import is_storage_failure
 
 if TYPE_CHECKING:
@@ -42,6 +47,10 @@ log = logging.getLogger("settlesim.server.ledger")
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
 Done = Callable[[BaseException | None], None]
+
+
+class _WroteThenFailed(Exception):
+    """A job failed after it had changed rows: the batch runs again, one SAVEPOINT a write."""
 
 
 class CommitThread:
@@ -242,19 +251,34 @@ class LoopGroupCommit:
             self._answer(batch, [], error)
 
     def _jobs(self, db: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> list[Any]:
-        """Each job's (ok, value), without SAVEPOINTs unless a job failed after writing."""
+        """Each job's (ok, value), without SAVEPOINTs unless a job failed after writing or the
+        batch's own statements failed. The settles' rows wait in the batch (batch_rows.py) and
+        go in at its end, or before a job that may read them."""
+        running = self.ledger.running
+        kept = running.batch = BatchRows()
         outcomes: list[Any] = []
-        for work, _future in batch:
-            changed = db.total_changes
-            try:
-                outcomes.append((True, work(db)))
-            except Exception as error:
-                if db.total_changes != changed:  # it wrote, then failed: undo it alone
-                    db.execute("ROLLBACK")
-                    self.ledger.running.forget()
-                    self.ledger._begin(db)
-                    return self._jobs_with_savepoints(db, batch)
-                outcomes.append((False, self._classified(error)))
+        try:
+            for work, _future in batch:
+                if not getattr(work, "keeps_rows", False):
+                    kept.write(db)  # reverse, void ...: they read and change the tables in SQL
+                changed, settled = db.total_changes, len(kept.settlements)
+                try:
+                    outcomes.append((True, work(db)))
+                except BatchWriteFailed:
+                    raise
+                except Exception as error:
+                    if db.total_changes != changed or len(kept.settlements) != settled:
+                        raise _WroteThenFailed from error  # undo it alone: run again with savepoints
+                    outcomes.append((False, self._classified(error)))
+            kept.write(db)
+        except (_WroteThenFailed, BatchWriteFailed):
+            if db.in_transaction:  # SQLite rolls back itself after some failures (a full disk)
+                db.execute("ROLLBACK")
+            running.forget()
+            self.ledger._begin(db)
+            return self._jobs_with_savepoints(db, batch)
+        finally:
+            running.batch = None
         return outcomes
 
     def _classified(self, error: BaseException) -> BaseException:

@@ -53,16 +53,25 @@ def settle_job(
             (session, msgid, institution_code, request_hash, stored.settlement_id, stamp),
         ).rowcount
         if not new:  # nothing is written: answer what the msgid was
+            if running.batch is not None:  # the settlement may be one of this batch's
+                running.batch.write(db)
             return seen_settle(db, session, institution_code, msgid, request_hash), True
         # A refusal here comes after the msgid's row: the job's rollback (SAVEPOINT, or the
         # group commit's run again with savepoints) takes it back, so nothing is stored.
         add_to_institution_year(store, db, stored, year, after)
-        rows.insert(db, stored, year, stamp)
+        batch = running.batch
+        if batch is None:
+            rows.insert(db, stored, year, stamp)
+        else:  # written with the batch's others at its end (batch_rows.py)
+            batch.add(stored, year, stamp)
         running.put_person(db, person, after)
         if on_settled is not None:
+            if batch is not None:  # a door's writes see the settlement in SQL
+                batch.write(db)
             on_settled(SqliteNationalWrites(db, session, institution_code), stored)
         return stored, False
 
+    job.keeps_rows = True  # type: ignore[attr-defined]  # group_commit.py: its rows may wait in the batch
     return job
 
 

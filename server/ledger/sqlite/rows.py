@@ -84,10 +84,19 @@ def undo(db: sqlite3.Connection, stored: StoredSettlement, status: str, by: str)
     return replace(stored, status=status, undone_by_msgid=by)
 
 
-def totals(db: sqlite3.Connection, session: str, person_no: str, disease: str, year: int) -> YearlyTotals:
+def totals(
+    db: sqlite3.Connection,
+    session: str,
+    person_no: str,
+    disease: str,
+    year: int,
+    kept: dict[str, YearlyTotals] | None = None,
+) -> YearlyTotals:
     """The person's totals for the disease and year, with what the personal account paid that
     year for every disease (the balance is the person's). Read in the settlement's own write
-    transaction, so concurrent visits never spend the same balance twice."""
+    transaction, so concurrent visits never spend the same balance twice. `kept`: the
+    person's totals of the year by disease that the group commit's batch has not yet written
+    (batch_rows.py), which stand for the rows read."""
     # One statement: the person's rows of the year (the key's prefix, then the year), whose
     # account_paid add up to the year's and one of which is this disease's.
     found = db.execute(
@@ -95,6 +104,9 @@ def totals(db: sqlite3.Connection, session: str, person_no: str, disease: str, y
         "account_paid FROM yearly_totals WHERE session = ? AND person_no = ? AND year = ?",
         (session, person_no, year),
     ).fetchall()
+    if kept:
+        found = [row for row in found if row[0] not in kept]
+        found += [(d, *yearly_values("", "", d, 0, t)[4:]) for d, t in kept.items()]
     paid_year = sum(row[6] for row in found)
     for row in found:
         if row[0] == disease:
@@ -102,60 +114,78 @@ def totals(db: sqlite3.Connection, session: str, person_no: str, disease: str, y
     return YearlyTotals(account_paid_year=paid_year)
 
 
+YEARLY_UPSERT = (
+    " ON CONFLICT DO UPDATE SET "
+    "deductible_used = excluded.deductible_used, fund_paid = excluded.fund_paid, "
+    "serious_threshold_used = excluded.serious_threshold_used, serious_paid = excluded.serious_paid, "
+    "assistance_paid = excluded.assistance_paid, account_paid = excluded.account_paid"
+)
+INSTITUTION_UPSERT = " ON CONFLICT DO UPDATE SET total = excluded.total"
+
+
+def yearly_values(
+    session: str, person_no: str, disease: str, year: int, totals: YearlyTotals
+) -> tuple[str, str, str, int, int, int, int, int, int, int]:
+    """A yearly_totals row, its columns in order."""
+    return (
+        session,
+        person_no,
+        disease,
+        year,
+        totals.deductible_used,
+        totals.fund_paid,
+        totals.serious_threshold_used,
+        totals.serious_paid,
+        totals.assistance_paid,
+        totals.account_paid,
+    )
+
+
 def put_totals(
     db: sqlite3.Connection, session: str, person_no: str, disease: str, year: int, totals: YearlyTotals
 ) -> None:
     db.execute(
-        "INSERT INTO yearly_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-        "deductible_used = excluded.deductible_used, fund_paid = excluded.fund_paid, "
-        "serious_threshold_used = excluded.serious_threshold_used, serious_paid = excluded.serious_paid, "
-        "assistance_paid = excluded.assistance_paid, account_paid = excluded.account_paid",
-        (
-            session,
-            person_no,
-            disease,
-            year,
-            totals.deductible_used,
-            totals.fund_paid,
-            totals.serious_threshold_used,
-            totals.serious_paid,
-            totals.assistance_paid,
-            totals.account_paid,
-        ),
+        "INSERT INTO yearly_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + YEARLY_UPSERT,
+        yearly_values(session, person_no, disease, year, totals),
+    )
+
+
+def settlement_values(s: StoredSettlement, year: int, created_at: str) -> tuple[Any, ...]:
+    """A settlements row, its columns in order."""
+    return (
+        s.settlement_id,
+        s.session,
+        s.msgid,
+        s.institution_code,
+        s.person_no,
+        s.disease_code,
+        s.visit_date.isoformat(),
+        year,
+        s.status,
+        s.total,
+        s.fund_pays,
+        s.patient_pays,
+        s.deductible_applied,
+        s.undone_by_msgid,
+        created_at,
+        s.answer,
+        s.full_self_pay,
+        s.over_ceiling,
+        s.pre_self_pay,
+        s.in_scope,
+        s.ratio_bp,
+        s.pooled_pays,
+        s.serious_threshold,
+        s.serious_pays,
+        s.assistance_pays,
+        s.account_pays,
     )
 
 
 def insert(db: sqlite3.Connection, s: StoredSettlement, year: int, created_at: str) -> None:
     db.execute(
         "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            s.settlement_id,
-            s.session,
-            s.msgid,
-            s.institution_code,
-            s.person_no,
-            s.disease_code,
-            s.visit_date.isoformat(),
-            year,
-            s.status,
-            s.total,
-            s.fund_pays,
-            s.patient_pays,
-            s.deductible_applied,
-            s.undone_by_msgid,
-            created_at,
-            s.answer,
-            s.full_self_pay,
-            s.over_ceiling,
-            s.pre_self_pay,
-            s.in_scope,
-            s.ratio_bp,
-            s.pooled_pays,
-            s.serious_threshold,
-            s.serious_pays,
-            s.assistance_pays,
-            s.account_pays,
-        ),
+        settlement_values(s, year, created_at),
     )
     db.executemany(
         "INSERT INTO settlement_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -15,6 +15,9 @@ it is right exactly while nobody else writes the file:
 - any rollback (a failed batch, a failed COMMIT, a write rolled back to its
   SAVEPOINT) forgets it, and reverse/void, which subtract in SQL, drop the row they
   touched.
+
+While the loop's group commit runs a batch, `batch` keeps the settles' totals (and rows)
+until the batch's end writes them (batch_rows.py); the reads here look there first.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sqlite3
 
 from settlesim.server.ledger.contract import StoredSettlement
 from settlesim.server.ledger.sqlite import rows
+from settlesim.server.ledger.sqlite.batch_rows import BatchRows
 from settlesim.server.model import YearlyTotals
 
 PersonKey = tuple[str, str, str, int]  # session, person_no, disease_code, year
@@ -36,6 +40,7 @@ class RunningTotals:
         self.enabled = True
         self._institutions: dict[InstitutionKey, int] = {}
         self._data_version: int | None = None
+        self.batch: BatchRows | None = None  # the group commit's batch, not yet written
 
     def begin(self, db: sqlite3.Connection, shared: bool) -> None:
         """At the start of a write transaction (after BEGIN): off for a shared ledger; else
@@ -53,22 +58,28 @@ class RunningTotals:
 
     def forget(self) -> None:
         self._institutions.clear()
+        self.batch = None  # a rollback took back what it had written; the rest was never written
 
     def drop_for(self, stored: StoredSettlement) -> None:
         """The row an undone settlement changed in SQL behind the copy's back (reverse, void)."""
         self._institutions.pop((stored.session, stored.institution_code, stored.visit_date.year), None)
 
-    @staticmethod
-    def person(db: sqlite3.Connection, key: PersonKey) -> YearlyTotals:
+    def person(self, db: sqlite3.Connection, key: PersonKey) -> YearlyTotals:
         """Read in the transaction (the personal account's year spans diseases)."""
+        if self.batch is not None:
+            return self.batch.person(db, key)
         return rows.totals(db, *key)
 
-    @staticmethod
-    def put_person(db: sqlite3.Connection, key: PersonKey, totals: YearlyTotals) -> None:
-        rows.put_totals(db, *key, totals)
+    def put_person(self, db: sqlite3.Connection, key: PersonKey, totals: YearlyTotals) -> None:
+        if self.batch is not None:
+            self.batch.put_person(key, totals)
+        else:
+            rows.put_totals(db, *key, totals)
 
     def institution(self, db: sqlite3.Connection, key: InstitutionKey) -> int:
         found = self._institutions.get(key) if self.enabled else None
+        if found is None and self.batch is not None:
+            found = self.batch.institutions.get(key)
         if found is not None:
             return found
         row = db.execute(
@@ -77,10 +88,10 @@ class RunningTotals:
         return row[0] if row else 0
 
     def put_institution(self, db: sqlite3.Connection, key: InstitutionKey, total: int) -> None:
-        db.execute(
-            "INSERT INTO institution_totals VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET total = excluded.total",
-            (*key, total),
-        )
+        if self.batch is not None:
+            self.batch.institutions[key] = total
+        else:
+            db.execute("INSERT INTO institution_totals VALUES (?, ?, ?, ?)" + rows.INSTITUTION_UPSERT, (*key, total))
         if self.enabled:
             if len(self._institutions) >= self.MAX_ROWS:
                 self._institutions.clear()
