@@ -88,7 +88,7 @@ def test_a_version_6_ledger_gains_the_fund_columns_and_its_settlements_reverse_a
         before = db.execute("SELECT * FROM settlements").fetchall()
     ledger = Ledger(path)
     try:
-        assert ledger.upgraded_from == 6 and SCHEMA_VERSION == 9
+        assert ledger.upgraded_from == 6 and SCHEMA_VERSION == 10
         with closing(sqlite3.connect(path)) as db:
             assert columns(db, "settlements")[-5:] == list(FUND_COLUMNS)
             assert columns(db, "yearly_totals")[-4:] == list(COUNTERS)

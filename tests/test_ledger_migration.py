@@ -430,7 +430,7 @@ def test_a_version_5_ledger_gains_the_national_visit_tables_and_keeps_every_row(
     before = rows(path)
     ledger = Ledger(path)
     try:
-        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 9
+        assert ledger.upgraded_from == 5 and layout(path)[0] == SCHEMA_VERSION == 10
         assert rows(path) == before and ledger.check() == []
         with closing(sqlite3.connect(path)) as db:  # beside the open ledger (WAL)
             for table in VERSION_6_TABLES:
@@ -590,7 +590,7 @@ def test_a_version_8_ledger_gets_rowid_messages_and_items_and_keeps_every_row(tm
         assert rows(path) == before and item_rows(path) == lines and ledger.check() == []
         with closing(read_only(path)) as db:
             assert [schema.without_rowid(db, t) for t in VERSION_8_TABLES] == [False, False]
-            assert schema.tables_version(db) == 9
+            assert schema.tables_version(db) == SCHEMA_VERSION
         assert settle_with_lines(ledger, "M1", "S-AGAIN") == (ledger.get("", CANCER_HOSPITAL, "S1"), True)
         assert settle_with_lines(ledger, "M3", "S3")[1] is False
         assert ledger.get("", CANCER_HOSPITAL, msgid="M3").settlement_id == "S3"
@@ -609,10 +609,84 @@ def test_the_tables_layout_tells_versions_8_and_9_apart(tmp_path):
         settle_with_lines(ledger, "M1", "S1")
         ledger.close()
     version_8_of(eight)
+    version_9_of(nine)
     for path, header in ((eight, 9), (nine, 8)):
         with closing(sqlite3.connect(path, isolation_level=None)) as db:
             db.execute(f"PRAGMA user_version = {header}")
     for path, header, tables in ((eight, 9, 8), (nine, 8, 9)):
+        with pytest.raises(LedgerFileError) as refused:
+            Ledger(path)
+        assert f"user_version {header} but its tables are those of version {tables}" in str(refused.value)
+
+
+def version_9_of(path: Path) -> None:
+    """Make a current ledger what version 9 left: messages' and settlements' CHECKs as IN lists
+    (server/ledger/sqlite/schema.py at 3e83835), edited in place as version 10's upgrade does."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        (cookie,) = db.execute("PRAGMA schema_version").fetchone()
+        db.execute("PRAGMA writable_schema = ON")
+        for table, (in_list, comparisons) in schema.IN_LIST_CHECKS.items():
+            edit = "UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE name = ?"
+            db.execute(edit, (comparisons, in_list, table))
+        db.execute(f"PRAGMA schema_version = {cookie + 1}")
+        db.execute("PRAGMA writable_schema = RESET")
+        db.execute("PRAGMA user_version = 9")
+        db.execute("COMMIT")
+
+
+def test_a_version_9_ledger_gets_its_checks_without_in_lists_and_keeps_every_row(tmp_path):
+    """Version 9 -> 10 writes the CHECKs of messages.kind and settlements.status as comparisons
+    joined by OR (SQLite built a temporary b-tree of an IN list each time a row was checked):
+    every row stays, the file is sound, and the constraints refuse and accept exactly what they
+    did: each kind and status of the lists, nothing else."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    settle_with_lines(ledger, "M1", "S1")
+    settle_with_lines(ledger, "M2", "S2")
+    ledger.void("", "V1", CANCER_HOSPITAL, "h-V1", "M2")
+    ledger.close()
+    version_9_of(path)
+    before, lines = rows(path), item_rows(path)
+    with closing(read_only(path)) as db:
+        assert schema.tables_version(db) == 9 and schema.in_list_checks(db) == ["messages", "settlements"]
+    ledger = Ledger(path)
+    try:
+        assert ledger.upgraded_from == 9
+        assert rows(path) == before and item_rows(path) == lines and ledger.check() == []
+        with closing(read_only(path)) as db:
+            assert schema.tables_version(db) == SCHEMA_VERSION == 10 and schema.in_list_checks(db) == []
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert settle_with_lines(ledger, "M3", "S3")[1] is False and ledger.check() == []
+    finally:
+        ledger.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("BEGIN")
+        for kind in ("settle", "reverse", "void", "blocked"):
+            db.execute("INSERT INTO messages VALUES ('', ?, ?, ?, 'h', '', 'now')", (f"K-{kind}", kind, FUWAI))
+        for status in ("reversed", "voided", "settled"):
+            db.execute("UPDATE settlements SET status = ? WHERE settlement_id = 'S1'", (status,))
+        for bad in ("Settle", "settle ", "", "settled"):
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+                db.execute("INSERT INTO messages VALUES ('', 'K-bad', ?, ?, 'h', '', 'now')", (bad, FUWAI))
+        for bad in ("void", "Settled", ""):
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+                db.execute("UPDATE settlements SET status = ? WHERE settlement_id = 'S1'", (bad,))
+        db.execute("ROLLBACK")
+
+
+def test_the_checks_tell_versions_9_and_10_apart(tmp_path):
+    """A header that says 10 on version 9's tables, or 9 on version 10's, is refused naming both."""
+    nine, ten = tmp_path / "nine.db", tmp_path / "ten.db"
+    for path in (nine, ten):
+        ledger = Ledger(path)
+        settle_with_lines(ledger, "M1", "S1")
+        ledger.close()
+    version_9_of(nine)
+    for path, header in ((nine, 10), (ten, 9)):
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute(f"PRAGMA user_version = {header}")
+    for path, header, tables in ((nine, 10, 9), (ten, 9, 10)):
         with pytest.raises(LedgerFileError) as refused:
             Ledger(path)
         assert f"user_version {header} but its tables are those of version {tables}" in str(refused.value)

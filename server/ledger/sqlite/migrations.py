@@ -12,11 +12,13 @@ from settlesim.server.ledger.sqlite.schema import (
     COUNTER_COLUMNS,
     FIGURE_COLUMNS,
     FUND_COLUMNS,
+    IN_LIST_CHECKS,
     INSTITUTION_TOTALS_FROM_SETTLEMENTS,
     MESSAGES,
     SCHEMA,
     SCHEMA_VERSION,
     SETTLEMENT_ITEMS,
+    in_list_checks,
     statements,
     table_exists,
     user_version,
@@ -54,6 +56,8 @@ def upgrade(db: sqlite3.Connection, path: Path) -> int | None:
         _own_used_sessions(db)
     if version < 8:  # a settlement is found by its msgid through messages' key
         db.execute("DROP INDEX IF EXISTS settlements_by_msgid")
+    if version < 10:  # CHECKs without IN lists (tables made above already have them)
+        _checks_without_in_lists(db)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return version
 
@@ -104,6 +108,33 @@ def _rebuild(db: sqlite3.Connection, table: str, layout: str) -> None:
         raise LedgerFileError(f"rebuilding {table} copied {after} of {before} rows; nothing was changed")
     db.execute(f"DROP TABLE {table}")
     db.execute(f"ALTER TABLE {table}_v9 RENAME TO {table}")
+
+
+def _checks_without_in_lists(db: sqlite3.Connection) -> None:
+    """Version 9 -> 10: messages' and settlements' CHECKs written as comparisons joined by OR
+    (IN_LIST_CHECKS), the same constraint. SQLite keeps a table's CHECKs only in its CREATE
+    statement in sqlite_master, and for a change that leaves every stored row as it is (a
+    CHECK the rows already meet) its documented way is to edit that statement in place
+    (writable_schema) and bump the schema cookie, which makes every connection read the
+    schema again: no table is copied (settlements holds every answer: 1.7 GiB for a million).
+    Inside the upgrade's write transaction: a failure rolls the edit back with the rest."""
+    tables = in_list_checks(db)
+    if not tables:
+        return
+    (cookie,) = db.execute("PRAGMA schema_version").fetchone()
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        for table in tables:
+            before, after = IN_LIST_CHECKS[table]
+            db.execute(
+                "UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = ?",
+                (before, after, table),
+            )
+        db.execute(f"PRAGMA schema_version = {cookie + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = RESET")
+    if left := in_list_checks(db):  # cannot happen; never commit a schema half edited
+        raise LedgerFileError(f"rewriting the CHECKs of {', '.join(left)} failed; nothing was changed")
 
 
 def _own_used_sessions(db: sqlite3.Connection) -> None:
