@@ -307,3 +307,53 @@ def test_a_batch_of_any_size_is_stored_whole_and_in_order_by_a_few_statement_tex
         assert _fund_paid(ledger) == 10 * len(msgids) and ledger.check() == []
     finally:
         ledger.close()
+
+
+def _with_ceilings(msgid: str):  # type: ignore[no-untyped-def]
+    """A settlement of three class-A lines (400 + 600 + 700): no price ceiling, one of 0, one of 900."""
+    from datetime import date
+
+    from settlesim.server.ledger import StoredItem, StoredSettlement
+
+    lines = tuple(
+        StoredItem(f"000{n}", "A-CONSULT-001", f"HIS-{n}", fen, 1, fen, "A", 0, ceiling, 0, 0, 0, fen)
+        for n, fen, ceiling in ((1, 400, None), (2, 600, 0), (3, 700, 900))
+    )
+    return StoredSettlement(
+        f"S-{msgid}", "", msgid, CANCER_HOSPITAL, PERSON, DISEASE, date(2024, 6, 1), 1700, 1700, 0, 0,
+        b"\x00answer\xff", full_self_pay=0, over_ceiling=0, pre_self_pay=0, in_scope=1700, ratio_bp=10000,
+        items=lines,
+    )  # fmt: skip
+
+
+def test_a_batch_stores_a_missing_price_ceiling_as_null_and_the_answer_as_a_blob(tmp_path):
+    """The batch's statements bind a missing price ceiling as '' that the statement turns into
+    NULL, and the answer as a bytearray (batch_rows.py: sqlite3's adaptation of None and bytes
+    is slow): the rows are what a settle written alone stores, NULL, integers and a BLOB."""
+    from settlesim.server.model import YearlyTotals
+
+    def compute(msgid: str):  # type: ignore[no-untyped-def]
+        return lambda totals: (_with_ceilings(msgid), YearlyTotals(0, totals.fund_paid + 1700))
+
+    def settle(msgid: str):  # type: ignore[no-untyped-def]
+        return ledger.settle_async("", msgid, CANCER_HOSPITAL, f"h-{msgid}", PERSON, DISEASE, 2024, compute(msgid))
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    try:
+
+        async def batch() -> None:
+            await asyncio.gather(settle("M1"), settle("M2"))
+            assert ledger._loop_commit().batches == 1
+
+        asyncio.run(batch())
+        ledger.settle("", "M3", CANCER_HOSPITAL, "h-M3", PERSON, DISEASE, 2024, compute("M3"))  # the writer thread's
+        with sqlite3.connect(tmp_path / "ledger.db") as db:
+            stored = db.execute(
+                "SELECT price_ceiling, typeof(price_ceiling) FROM settlement_items ORDER BY rowid"
+            ).fetchall()
+            answers = db.execute("SELECT typeof(answer), answer FROM settlements ORDER BY rowid").fetchall()
+        assert stored == [(None, "null"), (0, "integer"), (900, "integer")] * 3  # M1, M2 (the batch) as M3
+        assert answers == [("blob", b"\x00answer\xff")] * 3
+        assert ledger.check() == []
+    finally:
+        ledger.close()

@@ -150,8 +150,10 @@ def put_totals(
     )
 
 
-def settlement_values(s: StoredSettlement, year: int, created_at: str) -> tuple[Any, ...]:
-    """A settlements row, its columns in order."""
+def settlement_values(
+    s: StoredSettlement, year: int, created_at: str, answer: bytes | bytearray | None = None
+) -> tuple[Any, ...]:
+    """A settlements row, its columns in order (`answer`: the stored answer's bytes as given)."""
     return (
         s.settlement_id,
         s.session,
@@ -168,7 +170,7 @@ def settlement_values(s: StoredSettlement, year: int, created_at: str) -> tuple[
         s.deductible_applied,
         s.undone_by_msgid,
         created_at,
-        s.answer,
+        s.answer if answer is None else answer,
         s.full_self_pay,
         s.over_ceiling,
         s.pre_self_pay,
