@@ -8,7 +8,8 @@ each batch takes them all), counted where other jobs on the machine do not move 
 
 Callgrind counts only from the warm-up's end to the run's (`callgrind_control -i`), per thread:
 the loop (the driver's ~12 us a settle included: `ledger_write_cost.py --path driver`) and the
-COMMIT helper. Prints figures, asserts nothing; run it from two checkouts to compare them.
+COMMIT helper (with KEEP_CALLGRIND=1 the files stay, as kept-callgrind.out-NN, for
+callgrind_annotate). Prints figures, asserts nothing; run it from two checkouts to compare them.
 """
 
 from __future__ import annotations
