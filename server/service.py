@@ -28,6 +28,7 @@ from settlesim.server.rules.reasons import Reason, Refusal
 from settlesim.server.rules.settlement import ItemResult, SettlementResult
 from settlesim.server.runs import route_call
 from settlesim.server.sandboxes import Sandboxes
+from settlesim.server.sent_answers import EncodedResponses, settlement_bytes
 from settlesim.server.status import to_status
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
@@ -67,13 +68,14 @@ def method_handlers(servicer: pb_grpc.SettlementServiceServicer) -> dict[str, gr
     """The servicer's unary handler of each method, by method name, with tolerant request
     deserializers."""
     handlers = {}
+    serializers = getattr(servicer, "response_serializers", {})
     for method in SERVICE.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
             request_deserializer=tolerant(request_type.FromString),
-            response_serializer=response_type.SerializeToString,
+            response_serializer=serializers.get(method.name, response_type.SerializeToString),
         )
     return handlers
 
@@ -203,6 +205,7 @@ class SettlementCore:
         self.world = world
         self.ledger = ledger
         self.sandboxes = Sandboxes(ledger)
+        self.encoded = EncodedResponses()  # new settles' responses, encoded once (server/sent_answers.py)
 
     async def session_for(self, caller: Caller, institution: str, *, writes: bool) -> str:
         """The ledger namespace a call acting for `institution` uses: "" (the real ledger) without
@@ -263,17 +266,19 @@ class SettlementCore:
             return seen
         # without a session, no sandbox to enter (and no coroutine to make for it)
         session = caller.session and await self.session_for(caller, plan.visit.institution_code, writes=True)
-        built: list[pb.SettleVisitResponse] = []  # the answer made in the transaction, if it was new
+        built: list[tuple[pb.SettleVisitResponse, bytes]] = []  # the answer made in the transaction, if new
 
         def settle(totals: YearlyTotals) -> tuple[StoredSettlement, YearlyTotals]:
             result = plan.compute(totals)
-            # The answer is made inside its response (no copy of it into one) and encoded once
-            # for the ledger; a batch run again (group_commit.py) makes it again.
+            # The answer is made inside its response (no copy of it into one) and the response
+            # encoded once: the ledger stores its settlement's bytes, gRPC sends them all
+            # (server/sent_answers.py). A batch run again (group_commit.py) makes it again.
             response = pb.SettleVisitResponse()
-            answer = response.settlement
-            plan.fill_answer(answer, result, IDS.next("S"), IDS.next("V"), session)
-            built.append(response)
-            return plan.stored(result, answer, session), result.totals_after
+            settlement_id = IDS.next("S")
+            plan.fill_answer(response.settlement, result, settlement_id, IDS.next("V"), session)
+            sent = response.SerializeToString()
+            built.append((response, sent))
+            return plan.stored(result, settlement_id, settlement_bytes(sent), session), result.totals_after
 
         stored, replayed = await self.ledger.settle_async(
             session,
@@ -308,7 +313,9 @@ class SettlementCore:
         # A new settlement answers with the message it stored (no decode of the
         # bytes just encoded); a replay answers the stored bytes with today's status.
         if built and not replayed:
-            return built[-1]
+            response, sent = built[-1]
+            self.encoded.keep(response, sent)
+            return response
         return pb.SettleVisitResponse(settlement=settlement_answer(stored), replayed=replayed)
 
     async def reverse_settlement(self, caller: Caller, request: pb.ReverseSettlementRequest):
@@ -472,6 +479,8 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         self.call_settings = calls.CallSettings(allow_sessions, authenticate)
         self.sandboxes = self.core.sandboxes
         self.runs = runs  # server/runs.py RunRegistry: check runs take their institution's calls
+        # SettleVisit sends the bytes its settle encoded for the ledger (server/sent_answers.py)
+        self.response_serializers = {"SettleVisit": self.core.encoded.serialize}
 
     # --- who is calling ---------------------------------------------------------------------
 
@@ -573,13 +582,13 @@ class SettlementPlan:
         answers.add_trace(answer.trace, e.trace)
         answers.add_trace(answer.trace, result.trace)
 
-    def stored(self, result: SettlementResult, answer: pb.Settlement, session: str) -> StoredSettlement:
+    def stored(self, result: SettlementResult, settlement_id: str, answer: bytes, session: str) -> StoredSettlement:
         """The ledger's row of this settlement: its figures, items and encoded answer."""
         f = result.figures
         visit = self.visit
         m = result.funds
         return StoredSettlement(
-            settlement_id=answer.settlement_id,
+            settlement_id=settlement_id,
             session=session,
             msgid=self.msgid,
             institution_code=visit.institution_code,
@@ -590,7 +599,7 @@ class SettlementPlan:
             fund_pays=f.fund_pays,
             patient_pays=f.patient_pays,
             deductible_applied=f.deductible_applied,
-            answer=answer.SerializeToString(),
+            answer=answer,
             full_self_pay=f.full_self_pay,
             over_ceiling=f.over_ceiling,
             pre_self_pay=f.pre_self_pay,
