@@ -21,7 +21,7 @@ from settlesim.server.calls import Caller
 from settlesim.server.ids import IDS
 from settlesim.server.journal import current_note
 from settlesim.server.ledger import LedgerStore, NationalWrites, StoredItem, StoredSettlement
-from settlesim.server.model import CatalogClass, FeeLine, VisitKey, World, YearlyTotals
+from settlesim.server.model import CatalogClass, FeeLine, VisitKey, World, YearlyTotals, new_tuple
 from settlesim.server.rules.eligibility import Eligibility, check_registration
 from settlesim.server.rules.funds import compute_visit, fund_input, terms_source
 from settlesim.server.rules.reasons import Reason, Refusal
@@ -624,8 +624,9 @@ def _stored_items(lines: tuple[FeeLine, ...], items: tuple[ItemResult, ...]) -> 
     for line, item in zip(lines, items, strict=True):
         sequence_no, code, unit_price, quantity, hospital_code = line
         _, _, klass, b_share_bp, ceiling, amount, full_self_pay, over_ceiling, pre_self_pay, in_scope = item
-        rows.append(StoredItem(sequence_no, code, hospital_code, unit_price, quantity, amount, _CLASS_TEXT[klass],
-                               b_share_bp, ceiling, full_self_pay, over_ceiling, pre_self_pay, in_scope))  # fmt: skip
+        row = (sequence_no, code, hospital_code, unit_price, quantity, amount, _CLASS_TEXT[klass], b_share_bp,
+               ceiling, full_self_pay, over_ceiling, pre_self_pay, in_scope)  # fmt: skip
+        rows.append(new_tuple(StoredItem, row))
     return tuple(rows)
 
 

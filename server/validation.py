@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import NamedTuple
 
-from settlesim.server.model import FeeLine, InsuranceType, VisitKey, World
+from settlesim.server.model import FeeLine, InsuranceType, VisitKey, World, new_tuple
 from settlesim.server.rules.reasons import Reason, Refusal, Violation
 from settlesim.v1 import settlement_service_pb2 as pb
 
@@ -154,7 +154,7 @@ def _valid_visit(visit: pb.Visit, world: World) -> VisitKey | None:
         return None
     if not MIN_YEAR <= day.year <= MAX_YEAR:
         return None
-    return VisitKey(institution, disease, day, person_no, certificate_type, certificate_no, insurance_type)
+    return new_tuple(VisitKey, (institution, disease, day, person_no, certificate_type, certificate_no, insurance_type))
 
 
 def _plain_line(item: pb.FeeItem, seen: set[str]) -> FeeLine | None:
@@ -171,7 +171,7 @@ def _plain_line(item: pb.FeeItem, seen: set[str]) -> FeeLine | None:
         and 0 < quantity <= MAX_QUANTITY
         and item.amount_fen == unit_price * quantity
     ):
-        return FeeLine(sequence_no, catalog_code, unit_price, quantity, hospital_code)
+        return new_tuple(FeeLine, (sequence_no, catalog_code, unit_price, quantity, hospital_code))
     return None
 
 
@@ -202,7 +202,7 @@ def _valid_input(request: pb.SettlementRequest, world: World) -> SettlementInput
     lines = _valid_lines(request.items)
     if lines is None:
         return None
-    return SettlementInput(msgid, visit, lines, request.use_personal_account)
+    return new_tuple(SettlementInput, (msgid, visit, lines, request.use_personal_account))
 
 
 def _visit(check: _Checker, visit: pb.Visit, world: World, prefix: str) -> VisitKey | None:

@@ -22,6 +22,7 @@ from settlesim.server.model import (
     VisitKey,
     World,
     add_months,
+    new_tuple,
     province_of,
     region_covers,
 )
@@ -256,9 +257,9 @@ def check_registration(world: World, visit: VisitKey) -> Eligibility:
         )
 
     trace = (_eligible_entry(policy, scheme_since, scheme, registration, institution),)
-    return Eligibility(  # positional, in the order of its fields: made for every settle
+    return new_tuple(Eligibility, (  # every field, in order: made for every settle
         None, "eligible", person, institution, policy, terms, terms_since, scheme, terms.coverage, registration, trace
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _on_any(periods: tuple[Period, ...], day: date) -> bool:
@@ -292,10 +293,10 @@ def _eligible_entry(
         words = policy.sources[key] = f"policy {policy.region} scheme since {scheme_since}; registration "
     rid, valid = registration.id, registration.valid
     end = "open" if valid.end is None else day_text(valid.end)
-    return TraceEntry(
+    return new_tuple(TraceEntry, (
         "eligibility", "check_registration", words + rid,
         f"{scheme.scope} scheme; registration {rid} valid {day_text(valid.start)}..{end} reaches {institution.code}",
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _known(

@@ -36,6 +36,7 @@ from settlesim.server.model import (
     SeriousIllnessTerms,
     TraceEntry,
     YearlyTotals,
+    new_tuple,
 )
 from settlesim.server.rules.settlement import (
     Figures,
@@ -108,9 +109,9 @@ def fund_input(policy: RegionPolicy, person: Person, day: date, use_account: boo
     if source is None:
         words = f" since {since}" if found else ": none in force"
         source = policy.sources[key] = f"policy {policy.region}/{insurance_type} funds{words}"
-    return FundInput(
+    return new_tuple(FundInput, (
         insurance_type, terms, source, person.assisted_on(day), person.account_opening(day.year), use_account
-    )
+    ))  # fmt: skip
 
 
 def terms_source(policy: RegionPolicy, insurance_type: InsuranceType, disease: str, since: date) -> str:
@@ -127,7 +128,7 @@ def pooled_payment(
 ) -> FundPayment:
     fund_type, name = POOLED[insurance_type]
     limit = pooled if cap_left_before is None else cap_left_before
-    return FundPayment(fund_type, name, in_scope, limit, pooled, detail)
+    return new_tuple(FundPayment, (fund_type, name, in_scope, limit, pooled, detail))
 
 
 def _cap_left(annual_cap: int | None, paid: int, uncapped: int) -> int:
@@ -169,21 +170,21 @@ def compute_funds(
     fund_pay_sum = pooled.paid + serious_pays + assistance_pays
     patient_part = total - fund_pay_sum
     trace.append(
-        TraceEntry(
+        new_tuple(TraceEntry, (
             "fund_pays_fen",
             "sum_of_funds",
             given.source,
             f"pooled {fen(pooled.paid)} + serious illness {fen(serious_pays)} + assistance "
             f"{fen(assistance_pays)} = {fen(fund_pay_sum)}; patient part {fen(total)} − "
             f"{fen(fund_pay_sum)} = {fen(patient_part)}",
-        )
-    )
+        ))
+    )  # fmt: skip
     account_pays, balance, account_trace = pay_from_account(patient_part, given, totals.account_paid_year)
     trace.append(account_trace)
-    figures = FundFigures(  # positional, in the order of its fields: a named tuple made per settle
+    figures = new_tuple(FundFigures, (  # every field, in order: a named tuple made per settle
         given.insurance_type, pooled.paid, serious_threshold_applied, serious_pays, assistance_pays, fund_pay_sum,
         patient_part, account_pays, patient_part - account_pays, balance, tuple(payments),
-    )  # fmt: skip
+    ))  # fmt: skip
     after = YearlyTotals(  # deductible used, fund paid, serious threshold used, serious paid, ...
         totals.deductible_used + deductible_applied,
         totals.fund_paid + pooled.paid,
@@ -214,8 +215,8 @@ def _serious_illness(
     fund_type, name = SERIOUS[given.insurance_type]
     figure = "serious_illness_fen" if given.insurance_type is InsuranceType.RESIDENT else "large_amount_fen"
     limit = _cap_left(serious.annual_cap, totals.serious_paid, before_cap)
-    row = FundPayment(fund_type, name, share, limit, pays, detail) if pays else None
-    return applied, pays, TraceEntry(figure, "serious_illness_fund", given.source, detail), row
+    row = new_tuple(FundPayment, (fund_type, name, share, limit, pays, detail)) if pays else None
+    return applied, pays, new_tuple(TraceEntry, (figure, "serious_illness_fund", given.source, detail)), row
 
 
 def _assistance(
@@ -224,7 +225,7 @@ def _assistance(
     """医疗救助 for an assisted person, of the share the funds above left: (pays, trace, row)."""
     if not given.assisted:
         why = "not an assisted person on the visit date: 0.00"
-        return 0, TraceEntry("medical_assistance_fen", "medical_assistance", given.source, why), None
+        return 0, new_tuple(TraceEntry, ("medical_assistance_fen", "medical_assistance", given.source, why)), None
     before_cap = apply_ratio(left, assistance.ratio_bp)
     pays, _ = cap_fund_payment(before_cap, assistance.annual_cap, totals.assistance_paid)
     ratio = percent(assistance.ratio_bp)
@@ -233,8 +234,8 @@ def _assistance(
         cap, paid = fen(assistance.annual_cap), fen(totals.assistance_paid)
         detail += f"; min({fen(before_cap)}, cap {cap} − paid {paid}) = {fen(pays)}"
     limit = _cap_left(assistance.annual_cap, totals.assistance_paid, before_cap)
-    row = FundPayment(*ASSISTANCE, left, limit, pays, detail) if pays else None
-    return pays, TraceEntry("medical_assistance_fen", "medical_assistance", given.source, detail), row
+    row = new_tuple(FundPayment, (*ASSISTANCE, left, limit, pays, detail)) if pays else None
+    return pays, new_tuple(TraceEntry, ("medical_assistance_fen", "medical_assistance", given.source, detail)), row
 
 
 _NO_ACCOUNT = TraceEntry(
@@ -254,13 +255,13 @@ def pay_from_account(
     where = "person's account opening balance"
     if not given.use_account:
         why = f"acct_used_flag is not 1: 0.00; balance stays {fen(balance)}"
-        return 0, balance, TraceEntry("account_pays_fen", "personal_account", where, why)
+        return 0, balance, new_tuple(TraceEntry, ("account_pays_fen", "personal_account", where, why))
     paid = min(patient_part, balance)
     why = (
         f"balance {fen(given.account_opening)} − paid this year {fen(paid_this_year)} = {fen(balance)}; "
         f"min(patient part {fen(patient_part)}, {fen(balance)}) = {fen(paid)}; balance after {fen(balance - paid)}"
     )
-    return paid, balance - paid, TraceEntry("account_pays_fen", "personal_account", where, why)
+    return paid, balance - paid, new_tuple(TraceEntry, ("account_pays_fen", "personal_account", where, why))
 
 
 def compute_visit(
@@ -279,9 +280,9 @@ def compute_visit(
     cap_left = None if terms.annual_cap is None else max(0, terms.annual_cap - totals.fund_paid)
     pooled = pooled_payment(given.insurance_type, f.in_scope, f.fund_pays, cap_left, pooled_detail)
     funds, fund_trace, after = compute_funds(f.total, f.in_scope, pooled, given, totals, f.deductible_applied)
-    figures = Figures(  # the pooled fund's figures with every fund's sum and the patient's part
+    figures = new_tuple(Figures, (  # the pooled fund's figures with every fund's sum and the patient's part
         f.total, f.full_self_pay, f.over_ceiling, f.pre_self_pay, f.in_scope, f.deductible_applied,
         funds.fund_pay_sum, f.ratio_bp, funds.patient_part, f.cap_remaining, f.deductible_remaining,
-    )  # fmt: skip
+    ))  # fmt: skip
     trace += fund_trace
-    return SettlementResult(figures, items, tuple(trace), after, funds)
+    return new_tuple(SettlementResult, (figures, items, tuple(trace), after, funds))

@@ -20,6 +20,7 @@ from settlesim.server.model import (
     FeeLine,
     TraceEntry,
     YearlyTotals,
+    new_tuple,
 )
 from settlesim.server.rules.words import fen, percent
 
@@ -141,16 +142,16 @@ def price_item(line: FeeLine, catalog: Catalog, day: date) -> tuple[ItemResult, 
     amount = unit_price * quantity
     words = item_words(catalog, code, day)
     if words is None:
-        result = ItemResult(sequence_no, code, CatalogClass.NOT_LISTED, 0, None, amount, amount, 0, 0, 0)
+        result = new_tuple(ItemResult, (sequence_no, code, CatalogClass.NOT_LISTED, 0, None, amount, amount, 0, 0, 0))
         detail = f"not listed on {day}: full self-pay {fen(amount)}"
-        return result, TraceEntry(f"items[{sequence_no}]", "full_self_pay", f"catalog {catalog.region} item {code}",
-                                  detail)  # fmt: skip
+        return result, new_tuple(TraceEntry, (f"items[{sequence_no}]", "full_self_pay",
+                                              f"catalog {catalog.region} item {code}", detail))  # fmt: skip
     terms = words.terms
     klass, ceiling = terms.catalog_class, terms.price_ceiling
     if klass is CatalogClass.C:
-        result = ItemResult(sequence_no, code, klass, 0, ceiling, amount, amount, 0, 0, 0)
-        return result, TraceEntry(f"items[{sequence_no}]", "full_self_pay", words.source,
-                                  words.head + fen(amount))  # fmt: skip
+        result = new_tuple(ItemResult, (sequence_no, code, klass, 0, ceiling, amount, amount, 0, 0, 0))
+        return result, new_tuple(TraceEntry, (f"items[{sequence_no}]", "full_self_pay", words.source,
+                                              words.head + fen(amount)))  # fmt: skip
     # rule 2 (限价): (price − ceiling) × quantity is the patient's
     over = 0 if ceiling is None or unit_price <= ceiling else (unit_price - ceiling) * quantity
     remaining = amount - over
@@ -160,14 +161,14 @@ def price_item(line: FeeLine, catalog: Catalog, day: date) -> tuple[ItemResult, 
     else:
         b_share_bp = pre = 0
     in_scope = remaining - pre
-    result = ItemResult(sequence_no, code, klass, b_share_bp, ceiling, amount, 0, over, pre, in_scope)
+    result = new_tuple(ItemResult, (sequence_no, code, klass, b_share_bp, ceiling, amount, 0, over, pre, in_scope))
     detail = words.head + fen(amount)
     if over:
         detail += f"; over ceiling ({fen(unit_price)}{words.ceiling}{quantity}={fen(over)}"
     if pre:
         detail += f"{words.b_share}{fen(remaining)} = {fen(pre)}"
     detail = f"{detail}; in scope {fen(in_scope)}"
-    return result, TraceEntry(f"items[{sequence_no}]", "price_item", words.source, detail)
+    return result, new_tuple(TraceEntry, (f"items[{sequence_no}]", "price_item", words.source, detail))
 
 
 def split_over_ceiling(line: FeeLine, price_ceiling: int | None) -> int:
@@ -259,8 +260,8 @@ def pooled_fund(
         f"min(in scope {in_scope_text}, deductible {fen(deductible)} − used {fen(used)}) = {applied_text}"
     )
     ratio_detail = f"round(({in_scope_text} − {applied_text}) × {percent(terms.ratio_bp)}) = {before_cap_text}"
-    trace.append(TraceEntry("deductible_applied_fen", "apply_deductible", terms_source, deductible_detail))
-    trace.append(TraceEntry("fund_pays_fen", "apply_ratio", terms_source, ratio_detail))
+    trace.append(new_tuple(TraceEntry, ("deductible_applied_fen", "apply_deductible", terms_source, deductible_detail)))
+    trace.append(new_tuple(TraceEntry, ("fund_pays_fen", "apply_ratio", terms_source, ratio_detail)))
     if annual_cap is None:
         pooled_detail = f"{deductible_detail}; {ratio_detail}"
     else:
@@ -268,10 +269,10 @@ def pooled_fund(
             f"min({before_cap_text}, cap {fen(annual_cap)} − paid {fen(fund_paid)}) "
             f"= {fen(fund_pays)}; cap left {fen(cap_remaining or 0)}"
         )
-        trace.append(TraceEntry("fund_pays_fen", "cap_fund_payment", terms_source, cap_detail))
+        trace.append(new_tuple(TraceEntry, ("fund_pays_fen", "cap_fund_payment", terms_source, cap_detail)))
         pooled_detail = f"{deductible_detail}; {ratio_detail}; {cap_detail}"
-    figures = Figures(  # positional, in the order of its fields: a named tuple made per settle
+    figures = new_tuple(Figures, (  # every field, in order: a named tuple made per settle
         total, full_self_pay, over_ceiling, pre_self_pay, in_scope, deductible_applied, fund_pays, terms.ratio_bp,
         total - fund_pays, cap_remaining, max(0, deductible - used - deductible_applied),
-    )  # fmt: skip
+    ))  # fmt: skip
     return figures, items, trace, pooled_detail
