@@ -140,3 +140,15 @@ def test_what_the_answer_and_the_item_rows_unpack_is_in_the_order_they_read_it()
     assert ItemResult._fields == ("sequence_no", "catalog_code", "catalog_class", "b_share_bp", "price_ceiling",
                                   "amount", "full_self_pay", "over_ceiling", "pre_self_pay", "in_scope")  # fmt: skip
     assert FeeLine._fields == ("sequence_no", "catalog_code", "unit_price", "quantity", "hospital_item_code")
+
+
+@pytest.mark.parametrize(
+    "amounts",
+    [range(-20_000, 20_000), (10**12 + 5, -(10**12) - 99, 2**63, -(2**63))],
+)
+def test_yuan_writes_every_amount_as_whole_yuan_a_point_and_two_digits_of_fen(amounts: range | tuple[int, ...]) -> None:
+    # the reference: the sign, the whole yuan (|fen| // 100), then the fen (|fen| % 100) in two digits;
+    # e.g. -5 fen -> "-0.05", 100 -> "1.00", -12963 -> "-129.63"
+    for amount in amounts:
+        sign, whole, cents = "-" if amount < 0 else "", abs(amount) // 100, abs(amount) % 100
+        assert words.yuan(amount) == f"{sign}{whole}.{cents:02d}", amount
