@@ -132,13 +132,13 @@ def _valid_visit(visit: pb.Visit, world: World) -> VisitKey | None:
     person_no, certificate_type, certificate_no = person.person_no, person.certificate_type, person.certificate_no
     if not (
         institution in world.institutions  # the world's codes only are remembered as well-formed
-        and is_recurring_code(institution)
+        and (institution in _RECURRING_CODES or is_recurring_code(institution))
         and (not person_no or is_code(person_no))
         and (not certificate_type or is_code(certificate_type))
         and (not certificate_no or is_code(certificate_no))
         and (person_no or certificate_no)
         and disease in world.diseases
-        and is_recurring_code(disease)
+        and (disease in _RECURRING_CODES or is_recurring_code(disease))
         and visit.medical_type in _MEDICAL_TYPES
         and DAY.fullmatch(day_text)
     ):
@@ -165,7 +165,7 @@ def _plain_line(item: pb.FeeItem, seen: set[str]) -> FeeLine | None:
     if (
         is_code(sequence_no)
         and sequence_no not in seen
-        and is_recurring_code(catalog_code)
+        and (catalog_code in _RECURRING_CODES or is_recurring_code(catalog_code))
         and (not hospital_code or is_code(hospital_code))
         and 0 <= unit_price <= MAX_UNIT_PRICE_FEN
         and 0 < quantity <= MAX_QUANTITY
@@ -185,7 +185,7 @@ def _valid_lines(items: Sequence[pb.FeeItem]) -> tuple[FeeLine, ...] | None:
         if line is None:
             return None
         seen.add(line.sequence_no)
-        total += line.amount
+        total += line.unit_price * line.quantity  # (FeeLine.amount is a property: a call)
         lines.append(line)
     return tuple(lines) if total <= MAX_VISIT_TOTAL_FEN else None
 

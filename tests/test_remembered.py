@@ -152,3 +152,19 @@ def test_yuan_writes_every_amount_as_whole_yuan_a_point_and_two_digits_of_fen(am
     for amount in amounts:
         sign, whole, cents = "-" if amount < 0 else "", abs(amount) // 100, abs(amount) % 100
         assert words.yuan(amount) == f"{sign}{whole}.{cents:02d}", amount
+
+
+@pytest.mark.parametrize("code", ["A-CONSULT 001", "x" * (validation.MAX_CODE_LENGTH + 1), ""])
+def test_the_valid_path_refuses_a_malformed_catalog_code_though_well_formed_ones_are_remembered(
+    world: World, empty_codes: set[str], code: str
+) -> None:
+    """The valid path asks the remembered codes first (validation._plain_line): a code it never
+    remembered is still matched, and refused."""
+    validation.settlement_input(_request("H110105000012021120900000001", "0001", ""), world)
+    assert "A-CONSULT-001" in empty_codes
+    request = _request("H110105000012021120900000002", "0001", "")
+    request.items[0].catalog_code = code
+    with pytest.raises(validation.Refusal) as refused:
+        validation.settlement_input(request, world)
+    assert refused.value.violations[0].field == "request.items[0].catalog_code"
+    assert code not in empty_codes
