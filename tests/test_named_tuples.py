@@ -40,3 +40,36 @@ def test_every_named_tuple_of_a_settle_has_its_fields() -> None:
                      "SettlementResult", "FundFigures", "FundPayment", "StoredItem"}  # fmt: skip
     wrong = [t for t in found if len(t) != len(type(t)._fields)]
     assert wrong == []
+
+
+def test_the_stored_row_made_by_position_is_the_row_made_by_keywords() -> None:
+    """SettlementPlan.stored passes StoredSettlement's 25 fields by position (keywords cost more):
+    each must land in its own field. Every figure is made distinct, so that two swapped fail."""
+    from settlesim.server.ledger import StoredSettlement
+    from settlesim.server.rules.settlement import Figures
+    from settlesim.server.service import _stored_items
+
+    world = load_world()
+    workload = Workload.load(None)
+    core = service.SettlementCore(world, None)  # type: ignore[arg-type]
+    plan = core._plan(Caller("", ""), workload.settlement_request(random.Random(11), "SR00000001"))
+    real = plan.compute(YearlyTotals())
+    assert real.funds is not None
+    funds = real.funds._replace(pooled=201, serious_threshold_applied=202, serious_pays=203, assistance_pays=204,
+                                account_pays=205)  # fmt: skip
+    for result in (real._replace(figures=Figures(*range(101, 112)), funds=funds), real._replace(funds=None)):
+        f, m, visit = result.figures, result.funds, plan.visit
+        expected = StoredSettlement(
+            settlement_id="S1", session="sandbox-1", msgid=plan.msgid, institution_code=visit.institution_code,
+            person_no=plan.person_no, disease_code=visit.disease_code, visit_date=visit.visit_date, total=f.total,
+            fund_pays=f.fund_pays, patient_pays=f.patient_pays, deductible_applied=f.deductible_applied,
+            answer=b"answer", full_self_pay=f.full_self_pay, over_ceiling=f.over_ceiling,
+            pre_self_pay=f.pre_self_pay, in_scope=f.in_scope, ratio_bp=f.ratio_bp,
+            items=_stored_items(plan.given.lines, result.items),
+            pooled_pays=None if m is None else m.pooled,
+            serious_threshold=None if m is None else m.serious_threshold_applied,
+            serious_pays=None if m is None else m.serious_pays,
+            assistance_pays=None if m is None else m.assistance_pays,
+            account_pays=None if m is None else m.account_pays,
+        )  # fmt: skip
+        assert plan.stored(result, "S1", b"answer", "sandbox-1") == expected
