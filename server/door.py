@@ -12,8 +12,11 @@ the wrappers that must see how it ended is on; without them it is the servicer's
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from settlesim.server.audit import AuditInterceptor
+from settlesim.server.completion import call_task
 from settlesim.server.faults import FaultInterceptor
 from settlesim.server.journal import JournalInterceptor
 from settlesim.server.limits import CallLimits
@@ -30,7 +33,11 @@ def settlement_handlers(
     faults: FaultInterceptor | None = None,
 ) -> dict[str, grpc.RpcMethodHandler]:
     """Each SettlementService method's handler behind its door, by method name. Call on the
-    server's event loop (the door keeps its loop)."""
+    server's event loop (the door keeps its loop; when a call is to run to its end, the loop's
+    tasks become CallTasks, which can refuse cancellation: server/completion.py)."""
+    detach = any(w is not None for w in (audit, journal, faults))
+    if detach:
+        asyncio.get_running_loop().set_task_factory(call_task)
     handlers = method_handlers(servicer)
     for rpc, handler in handlers.items():
         if faults is not None:
@@ -39,5 +46,5 @@ def settlement_handlers(
             handler = journal.wrap(rpc, handler)
         if audit is not None:
             handler = audit.wrap(rpc, handler)  # sees the injected faults and the journal's view
-        handlers[rpc] = limits.door(handler, detach=any(w is not None for w in (audit, journal, faults)))
+        handlers[rpc] = limits.door(handler, detach=detach)
     return handlers

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import hashlib
 import logging
 import sqlite3
@@ -45,7 +44,6 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
-from settlesim.server.completion import to_completion
 from settlesim.server.ledger.sqlite.errors import storage_refusal
 from settlesim.server.ledger.sqlite.files import switch_to_wal
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -627,7 +625,7 @@ class JournalInterceptor:
         """`handler` journaled (server/door.py composes it once per method at start-up)."""
         journaled = _JournaledMethod(self, rpc, handler)
         return grpc.unary_unary_rpc_method_handler(
-            functools.partial(to_completion, journaled.call),
+            journaled.call,
             request_deserializer=journaled.deserialize,
             response_serializer=None if self.answers_as_bytes else handler.response_serializer,
         )

@@ -23,7 +23,6 @@ The door is made once per method when the server starts (server/door.py).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from asyncio import current_task
 from typing import Any
@@ -85,8 +84,6 @@ class CallLimits:
         message the door reads itself. `detach`: the call runs to its end even when the client
         leaves (server/completion.py), for the wrappers that must see how it ended."""
         behavior = handler.unary_unary
-        if detach:
-            behavior = functools.partial(to_completion, behavior)
         body_seconds, awaiting, late = self.body_seconds, self._awaiting, self._late
         loop = asyncio.get_running_loop()  # the handlers are made on the server's loop
         time = loop.time
@@ -127,6 +124,8 @@ class CallLimits:
                 )
             self.in_flight += 1
             try:
+                if detach:
+                    return await to_completion(behavior, request, context)
                 return await behavior(request, context)
             finally:
                 self.in_flight -= 1

@@ -1,0 +1,122 @@
+"""A call runs to its end once the platform has its request (server/completion.py): in the task
+gRPC runs its handler in, which refuses cancellation meanwhile (a CallTask, made by the server
+loop's task factory), or, on a loop whose tasks are asyncio's own, in a Shielded task of its own.
+Either way the client's leaving does not stop it, and its handler ends after it.
+(The cap's side of it: tests/test_server_limits.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conftest import CANCER_HOSPITAL
+from settlesim.clients.hospital import Fee, SettlementUncertain
+from settlesim.clients.secure import connect
+from settlesim.server import completion
+from settlesim.server.app import ServerConfig, start
+from settlesim.server.completion import CallTask, DetachedContext, call_task, to_completion
+from settlesim.server.faults import FaultPlan, RpcFaults
+
+QINGHAI = "63000000000000000001"
+TUMOUR = "M00503"
+
+
+class _Context:
+    """What to_completion reads of a grpc.aio context here: nothing until it aborts."""
+
+    async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> None:
+        raise AssertionError("not aborted in these tests")
+
+
+async def _abandoned_call(ran: list[str]) -> tuple[bool, float]:
+    """A handler whose call (0.2 s) its client leaves after 0.05 s: whether the handler's task
+    ended cancelled, and how long after the call's end."""
+
+    async def call(_request: Any, context: DetachedContext) -> str:
+        await asyncio.sleep(0.2)
+        ran.append("gone" if context.gone else "there")
+        ran.append(f"{time.perf_counter():.6f}")
+        return "answer"
+
+    async def _handle_exceptions() -> str:  # named as grpc.aio names the coroutine of a call's handler
+        return await to_completion(call, None, _Context())
+
+    handler = asyncio.get_running_loop().create_task(_handle_exceptions())
+    await asyncio.sleep(0.05)
+    handler.cancel()  # what gRPC does when the client leaves
+    with contextlib.suppress(asyncio.CancelledError):
+        await handler
+    return handler.cancelled(), time.perf_counter() - float(ran[-1])
+
+
+@pytest.mark.parametrize("factory", [None, call_task], ids=["asyncio-tasks", "call-tasks"])
+def test_a_call_whose_client_left_runs_to_its_end_and_its_handler_ends_after_it(factory):
+    made: list[type] = []
+
+    def recorded(loop: asyncio.AbstractEventLoop, coro: Any, context: Any = None) -> asyncio.Task[Any]:
+        task = call_task(loop, coro, context)
+        made.append(type(task))
+        return task
+
+    async def main() -> tuple[bool, float]:
+        if factory is not None:
+            asyncio.get_running_loop().set_task_factory(recorded)
+        return await _abandoned_call(ran)
+
+    ran: list[str] = []
+    cancelled, after = asyncio.run(main())
+    assert ran[0] == "gone"  # it ran on after the cancel, and knew its client had left
+    assert cancelled and after < 0.1  # the handler's task ended cancelled, once the call had ended
+    if factory is not None:  # the handler's task refused the cancel itself (asyncio.run's own come after)
+        assert made[0] is CallTask and CallTask not in made[1:]
+
+
+def test_other_tasks_on_the_server_loop_are_asyncio_s_own_and_cancel_as_always():
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(call_task)
+        sleeper = asyncio.create_task(asyncio.sleep(10))
+        assert type(sleeper) is asyncio.Task
+        await asyncio.sleep(0)
+        sleeper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeper
+
+    asyncio.run(main())
+
+
+def test_the_server_runs_an_abandoned_call_to_its_end_in_the_handler_s_own_task(tmp_path: Path, monkeypatch):
+    """On `serve` (journal on) with a settle that sleeps 300 ms (injected), a client that gives up
+    at 100 ms: the settle still commits (a retry replays it), and no Shielded task was made: the
+    handler's own task refused the cancel (if grpc.aio renamed its handler's coroutine, the
+    factory would make no CallTask and this would count one Shielded task per call)."""
+    shielded: list[object] = []
+
+    class Counted(completion.Shielded):
+        __slots__ = ()
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            shielded.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(completion, "Shielded", Counted)
+    plan = FaultPlan({"SettleVisit": RpcFaults(latency_ms=300)})
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db", faults=plan))
+    try:
+        impatient = connect(running.target, CANCER_HOSPITAL, retries=0, deadline=0.1)
+        request = impatient.settlement_request(QINGHAI, TUMOUR, "2021-12-09", [Fee("A-CONSULT-001", 500)])
+        with pytest.raises(SettlementUncertain) as given_up:
+            impatient.settle_request(request)
+        assert given_up.value.last_error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.5)  # the abandoned settle wakes, commits and ends
+        impatient.deadline = 10
+        again = impatient.settle_request(request)
+        assert again.replayed and again.settlement.totals.total_fen == 500
+        assert shielded == []
+        impatient.close()
+    finally:
+        running.stop(grace=1)
