@@ -126,8 +126,10 @@ def resolve(metadata: Sequence[tuple[str, Any]], auth_context: AuthContext, sett
             identity = settings.authenticate(read.authorization, auth_context)
         except Refusal as unauthenticated:
             refusal = unauthenticated
-    if read.session is None and read.members is None:
-        return Caller("", identity, _NO_MEMBERS, refusal)  # the common case: the real ledger
+    if read.session is None and read.members is None:  # the common case: the real ledger
+        if not identity and refusal is None:
+            return _TRUSTED  # the insecure stub's caller: one tuple for every call
+        return Caller("", identity, _NO_MEMBERS, refusal)
     session, members = read.session or "", _NO_MEMBERS
     try:
         if read.session is not None and not settings.allow_sessions:
@@ -148,6 +150,7 @@ def resolve(metadata: Sequence[tuple[str, Any]], auth_context: AuthContext, sett
 # --- one resolution per call ----------------------------------------------------------------------
 
 _NO_MEMBERS: frozenset[str] = frozenset()
+_TRUSTED = Caller("", "", _NO_MEMBERS)  # no session, nothing proven, nothing refused
 _current: ContextVar[tuple[object, Caller] | None] = ContextVar("settlesim_caller", default=None)
 
 

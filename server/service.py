@@ -226,6 +226,7 @@ class SettlementCore:
         return institution_code
 
     # --- the calls ----------------------------------------------------------------------------
+    # Each returns the core's coroutine for `served` to await: no coroutine of its own a call.
 
     async def verify_registration(self, caller: Caller, request: pb.VerifyRegistrationRequest):
         visit = validation.visit_key(request.visit, self.world)
@@ -497,34 +498,35 @@ class SettlementService(pb_grpc.SettlementServiceServicer):
         return caller
 
     # --- the calls ----------------------------------------------------------------------------
+    # Each returns the core's coroutine for `served` to await: no coroutine of its own a call.
 
     @served(lambda request: request.visit.institution_code)
-    async def VerifyRegistration(self, caller: Caller, request: pb.VerifyRegistrationRequest):
-        return await self.core.verify_registration(caller, request)
+    def VerifyRegistration(self, caller: Caller, request: pb.VerifyRegistrationRequest):
+        return self.core.verify_registration(caller, request)
 
     @served(lambda request: request.request.visit.institution_code)
-    async def PreSettleVisit(self, caller: Caller, request: pb.PreSettleVisitRequest):
-        return await self.core.pre_settle_visit(caller, request)
+    def PreSettleVisit(self, caller: Caller, request: pb.PreSettleVisitRequest):
+        return self.core.pre_settle_visit(caller, request)
 
     @served(lambda request: request.request.visit.institution_code)
-    async def SettleVisit(self, caller: Caller, request: pb.SettleVisitRequest):
-        return await self.core.settle_visit(caller, request)
+    def SettleVisit(self, caller: Caller, request: pb.SettleVisitRequest):
+        return self.core.settle_visit(caller, request)
 
     @served(lambda request: request.institution_code)
-    async def ReverseSettlement(self, caller: Caller, request: pb.ReverseSettlementRequest):
-        return await self.core.reverse_settlement(caller, request)
+    def ReverseSettlement(self, caller: Caller, request: pb.ReverseSettlementRequest):
+        return self.core.reverse_settlement(caller, request)
 
     @served(lambda request: request.institution_code)
-    async def VoidByMessageId(self, caller: Caller, request: pb.VoidByMessageIdRequest):
-        return await self.core.void_by_message_id(caller, request)
+    def VoidByMessageId(self, caller: Caller, request: pb.VoidByMessageIdRequest):
+        return self.core.void_by_message_id(caller, request)
 
     @served(lambda request: request.institution_code)
-    async def GetSettlement(self, caller: Caller, request: pb.GetSettlementRequest):
-        return await self.core.get_settlement(caller, request)
+    def GetSettlement(self, caller: Caller, request: pb.GetSettlementRequest):
+        return self.core.get_settlement(caller, request)
 
     @served(lambda request: request.institution_code)
-    async def Reconcile(self, caller: Caller, request: pb.ReconcileRequest):
-        return await self.core.reconcile(caller, request)
+    def Reconcile(self, caller: Caller, request: pb.ReconcileRequest):
+        return self.core.reconcile(caller, request)
 
 
 class SettlementPlan:
