@@ -125,6 +125,7 @@ class RunningServer:
     metrics: Metrics | None = None
     console: HttpServer | None = None
     national: HttpServer | None = None
+    limits: CallLimits | None = None  # the door's: counts every call until it has ended
 
     @property
     def national_port(self) -> int:
@@ -136,7 +137,8 @@ class RunningServer:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float = 5.0) -> None:
-        """Drain in-flight calls (health says NOT_SERVING meanwhile), then close the
+        """Drain in-flight calls, those whose client left included, for up to `grace` seconds
+        (health says NOT_SERVING meanwhile), then close the
         journal, the audit log (it anchors its head in the ledger a last time) and the ledger."""
         if self.console is not None:
             self.console.stop()
@@ -153,8 +155,14 @@ class RunningServer:
         self.ledger.close()
 
     async def _drain(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        # gRPC's drain is over once no call has a client; a call whose client left runs on to
+        # its end (server/completion.py): wait for it too, within the same grace.
+        while self.limits is not None and self.limits.in_flight and loop.time() < until:
+            await asyncio.sleep(0.01)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -205,6 +213,7 @@ class _Parts:
     audit: AuditLog | None
     metrics: Metrics | None
     runs: RunRegistry | None
+    limits: CallLimits
 
     def close(self) -> None:
         if self.journal is not None:
@@ -255,7 +264,9 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
             if journal is not None:
                 journal.close()
             raise
-    parts = _Parts(ledger, journal, audit, metrics, runs)
+    parts = _Parts(
+        ledger, journal, audit, metrics, runs, CallLimits(config.max_concurrent_calls, config.request_body_seconds)
+    )
     loop = new_event_loop()
     thread = threading.Thread(target=_run_loop, args=(loop,), name="settlesim-loop", daemon=True)
     thread.start()
@@ -269,8 +280,9 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         parts.close()
         raise
     running = RunningServer(
-        server, port, world, ledger, health_servicer, loop, thread, audit, tuple(warnings), journal, metrics
-    )
+        server, port, world, ledger, health_servicer, loop, thread, audit, tuple(warnings), journal, metrics,
+        limits=parts.limits,
+    )  # fmt: skip
     if config.console_port is not None:
         try:
             running.console = _start_console(config, world, ledger, metrics)
@@ -306,7 +318,7 @@ async def _start_on_loop(
     # feature costs the hot path nothing. Built once per method (server/door.py).
     handlers = settlement_handlers(
         service,
-        CallLimits(config.max_concurrent_calls, config.request_body_seconds),
+        parts.limits,
         audit=AuditInterceptor(audit, service.call_settings) if audit is not None else None,
         # The journal hands gRPC the answer's bytes (serialized once) unless the audit log outside it
         # reads the message.

@@ -120,3 +120,28 @@ def test_the_server_runs_an_abandoned_call_to_its_end_in_the_handler_s_own_task(
         impatient.close()
     finally:
         running.stop(grace=1)
+
+
+def test_a_drain_waits_for_a_call_whose_client_left(tmp_path: Path):
+    """The server is stopped (as on SIGTERM: health NOT_SERVING, then gRPC's drain with a grace
+    shorter than the call) while a settle that sleeps 600 ms (injected) runs for a client that
+    gave up: the drain waits for it, and it commits (a new server on the same ledger replays it)."""
+    plan = FaultPlan({"SettleVisit": RpcFaults(latency_ms=600)})
+    db = tmp_path / "ledger.db"
+    running = start(ServerConfig(port=0, db_path=db, faults=plan))
+    impatient = connect(running.target, CANCER_HOSPITAL, retries=0, deadline=0.1)
+    request = impatient.settlement_request(QINGHAI, TUMOUR, "2021-12-09", [Fee("A-CONSULT-001", 500)])
+    with pytest.raises(SettlementUncertain):
+        impatient.settle_request(request)
+    impatient.close()
+    t = time.perf_counter()
+    running.stop(grace=2)
+    assert time.perf_counter() - t > 0.3  # it waited for the call, which had ~0.5 s to go
+    again = start(ServerConfig(port=0, db_path=db))
+    try:
+        his = connect(again.target, CANCER_HOSPITAL, retries=0)
+        replay = his.settle_request(request)
+        assert replay.replayed and replay.settlement.totals.total_fen == 500
+        his.close()
+    finally:
+        again.stop(grace=1)
