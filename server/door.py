@@ -33,8 +33,8 @@ def settlement_handlers(
     faults: FaultInterceptor | None = None,
 ) -> dict[str, grpc.RpcMethodHandler]:
     """Each SettlementService method's handler behind its door, by method name. Call on the
-    server's event loop (the door keeps its loop; when a call is to run to its end, the loop's
-    tasks become CallTasks, which can refuse cancellation: server/completion.py)."""
+    server's event loop (the door keeps its loop; when a call is to run to its end, the tasks
+    gRPC runs handlers in become CallTasks, which can refuse cancellation: server/completion.py)."""
     detach = any(w is not None for w in (audit, journal, faults))
     if detach:
         asyncio.get_running_loop().set_task_factory(call_task)
