@@ -37,13 +37,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
+from settlesim.server.ledger.sqlite.batch_rows import write_rows
 from settlesim.server.ledger.sqlite.errors import storage_refusal
 from settlesim.server.ledger.sqlite.files import switch_to_wal
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -111,14 +111,12 @@ COLUMNS = (
     "answer",
 )
 
-_ROWS_PER_INSERT = 64  # 64 x 17 parameters, under SQLite's 32,766
-
-
 def _insert_of(rows: int) -> str:
     values = "(" + ", ".join("?" * (len(COLUMNS) - 1)) + ")"
     return f"INSERT INTO journal ({', '.join(COLUMNS[1:])}) VALUES " + ", ".join([values] * rows)
 
 
+# write_rows' sizes, up to ROWS_PER_STATEMENT (64 x 17 parameters, under SQLite's 32,766)
 _INSERTS = {size: _insert_of(size) for size in (1, 2, 4, 8, 16, 32, 64)}
 
 
@@ -382,19 +380,14 @@ class Journal:
                 log.exception("journal observer failed")
 
     def _store(self, rows: list[Any]) -> None:
-        """One transaction; the rows go in by INSERTs of up to _ROWS_PER_INSERT rows each
+        """One transaction; the rows go in by INSERTs of up to 64 rows each
         (sizes halving down to 1, so a few statements serve every batch from the statement
         cache): sqlite3 gives up the GIL around each statement's step, and executemany steps
         once a row. Taking the GIL back from the busy loop, once a row, cost the writer
         most of its CPU and the loop a share of its own (docs/performance.md)."""
         with self._lock:
             self._db.execute("BEGIN")
-            start, size = 0, _ROWS_PER_INSERT
-            while start < len(rows):
-                while size > len(rows) - start:
-                    size //= 2
-                self._db.execute(_INSERTS[size], list(chain.from_iterable(rows[start : start + size])))
-                start += size
+            write_rows(self._db, _INSERTS, rows)  # the ledger's batch writes its rows the same way
             self._db.execute("COMMIT")
 
     def lost(self, run_id: str | None = None) -> int:
