@@ -64,6 +64,7 @@ class Figures:
     load_cpu_seconds: float = 0.0  # the load generator's own CPU (same machine)
     machine_cpu_seconds: float = 0.0  # every process on the machine, to show what else ran
     failed: dict[str, int] = field(default_factory=dict)  # errors by gRPC status
+    first_details: dict[str, str] = field(default_factory=dict)  # what the first of each status said
     database: str = ""  # the database's own figures over the run (PostgreSQL), a line of its own
 
     @property
@@ -85,6 +86,10 @@ class Figures:
         """Cores busy with neither server nor load generator (other jobs on a shared machine)."""
         other = self.machine_cpu_seconds - self.cpu_seconds - self.load_cpu_seconds
         return max(0.0, other / self.seconds) if self.seconds else 0.0
+
+    def said(self) -> list[str]:
+        """A line for each failing status: what its first call was told."""
+        return [f"  (the first {code} said: {details!r})" for code, details in sorted(self.first_details.items())]
 
     def row(self) -> str:
         load_us = self.load_cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
@@ -250,6 +255,7 @@ async def _closed_loop(
             except grpc.aio.AioRpcError as error:
                 errors += 1
                 failed[error.code().name] += 1
+                FIRST_DETAILS.setdefault(error.code().name, error.details() or "")
 
     started = time.perf_counter()
     stop_at = started + seconds
@@ -261,6 +267,9 @@ async def _closed_loop(
 
 
 Loop = tuple[int, int, list[float], float, dict[str, int]]  # answers, errors, latencies (ms), seconds, errors by status
+# What the first failed call of each status said (a run's Figures take and clear it): an error
+# count alone does not tell gRPC's load shedding from a refusal of ours.
+FIRST_DETAILS: dict[str, str] = {}
 
 
 async def _open_loop(
@@ -302,6 +311,7 @@ async def _open_loop(
             except grpc.aio.AioRpcError as error:
                 errors += 1
                 failed[error.code().name] += 1
+                FIRST_DETAILS.setdefault(error.code().name, error.details() or "")
 
     senders = max(channels, min(max_in_flight, int(rate * 0.25) + 32))
     await asyncio.gather(*(sender(k) for k in range(senders)))
@@ -322,6 +332,7 @@ def _measure(
     """Run `load` and its figures; with `dsn` (a PostgreSQL ledger) the database's too."""
     before = db_figures.snapshot(dsn) if dsn else None
     cpu, own, machine = server.cpu_seconds(), time.process_time(), _machine_cpu()
+    FIRST_DETAILS.clear()
     n, errors, latencies, elapsed, failed = asyncio.run(load)
     cpu_after, own_after, machine_after = server.cpu_seconds(), time.process_time(), _machine_cpu()
     database = db_figures.describe(before, db_figures.snapshot(dsn), elapsed, n) if before and dsn else ""
@@ -335,6 +346,7 @@ def _measure(
         load_cpu_seconds=own_after - own,
         machine_cpu_seconds=machine_after - machine,
         failed=failed,
+        first_details=dict(FIRST_DETAILS),
         database=database,
     )
 
@@ -413,6 +425,8 @@ def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, reque
                 f"noop {design}", noop, requests, config.concurrency, config.seconds, config.warmup, config.channels
             )
         out(noops[design].row())
+        for line in noops[design].said():
+            out(line)
     serve_cmd = [
         sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(world),
         "--db", str(db), "--log-level", "warning", *config.server_args,
@@ -435,6 +449,8 @@ def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, reque
             dsn,
         )
         out(settle.row())
+        for line in settle.said():
+            out(line)
         if settle.database:
             out(settle.database)
         rate = settle.rps * config.load_fraction
@@ -448,6 +464,8 @@ def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, reque
             dsn,
         )
         out(at_load.row())
+        for line in at_load.said():
+            out(line)
         if at_load.database:
             out(at_load.database)
         if isinstance(reference, Replicas):  # each replica's share of the work, to see the spread
