@@ -23,6 +23,7 @@ from settlesim.server import auth, platform, reflection_v1
 from settlesim.server.audit import AuditInterceptor, AuditLog, open_audit_log
 from settlesim.server.door import settlement_handlers
 from settlesim.server.faults import FaultInterceptor, FaultPlan, after_call
+from settlesim.server.grpc_accepts import AcceptLoops
 from settlesim.server.his_check_service import HisCheckService
 from settlesim.server.http_server import HttpServer, start_http
 from settlesim.server.journal import Journal, JournalInterceptor, journal_path
@@ -35,7 +36,7 @@ from settlesim.server.national.app import PATH as NATIONAL_PATH
 from settlesim.server.national.app import create_app as create_national_app
 from settlesim.server.national.client_certs import ClientCertificateProtocol
 from settlesim.server.runs import RunRegistry
-from settlesim.server.service import GenericOnly, SettlementService, register
+from settlesim.server.service import OFTEN_ACCEPTED, GenericOnly, SettlementService, register
 from settlesim.server.stop_request import StopRequest
 from settlesim.server.world_loader import load_world
 from settlesim.v1 import his_check_pb2, his_check_pb2_grpc
@@ -126,6 +127,7 @@ class RunningServer:
     console: HttpServer | None = None
     national: HttpServer | None = None
     limits: CallLimits | None = None  # the door's: counts every call until it has ended
+    accepts: AcceptLoops | None = None  # more requests for SettleVisit in gRPC core (grpc_accepts.py)
 
     @property
     def national_port(self) -> int:
@@ -271,7 +273,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     thread = threading.Thread(target=_run_loop, args=(loop,), name="settlesim-loop", daemon=True)
     thread.start()
     try:
-        server, port, health_servicer, service = asyncio.run_coroutine_threadsafe(
+        server, port, health_servicer, service, accepts = asyncio.run_coroutine_threadsafe(
             _start_on_loop(config, world, parts, authenticate), loop
         ).result()
     except BaseException:
@@ -281,7 +283,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
         raise
     running = RunningServer(
         server, port, world, ledger, health_servicer, loop, thread, audit, tuple(warnings), journal, metrics,
-        limits=parts.limits,
+        limits=parts.limits, accepts=accepts,
     )  # fmt: skip
     if config.console_port is not None:
         try:
@@ -309,7 +311,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
 
 async def _start_on_loop(
     config: ServerConfig, world: World, parts: _Parts, authenticate: auth.Authenticator | None
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, SettlementService]:
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, SettlementService, AcceptLoops | None]:
     ledger, journal, audit, runs = parts.ledger, parts.journal, parts.audit, parts.runs
     service = SettlementService(
         world, ledger, allow_sessions=sessions_allowed(config), authenticate=authenticate, runs=runs
@@ -332,7 +334,8 @@ async def _start_on_loop(
         migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin"),
         options=server_options(config.reuse_port),
     )
-    adding = GenericOnly(server)  # SettlementService first: the generic handlers are asked in order
+    # SettlementService first: the generic handlers are asked in order.
+    adding = GenericOnly(server, OFTEN_ACCEPTED)
     register(handlers, adding)
     if journal is not None and runs is not None:
         admin = HisCheckService(world, ledger, journal, runs, service.call_settings)
@@ -354,13 +357,14 @@ async def _start_on_loop(
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port} (address in use or not local?)")
     await server.start()
+    accepts = AcceptLoops.start(server, adding.registered)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_of = _Health(health_servicer, asyncio.get_running_loop())
     ledger.watch_health(functools.partial(health_of.tell, "ledger"))
     if audit is not None:
         audit.on_failing = lambda failing: health_of.tell("audit log", not failing)
-    return server, port, health_servicer, service
+    return server, port, health_servicer, service, accepts
 
 
 def _counting(metrics: Metrics | None):  # type: ignore[no-untyped-def]

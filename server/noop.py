@@ -30,7 +30,8 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from settlesim.server.app import run_loop, server_options
-from settlesim.server.service import GenericOnly, add_to_server
+from settlesim.server.grpc_accepts import AcceptLoops
+from settlesim.server.service import OFTEN_ACCEPTED, GenericOnly, add_to_server
 from settlesim.server.stop_request import StopRequest
 from settlesim.v1 import settlement_service_pb2 as pb
 from settlesim.v1 import settlement_service_pb2_grpc as pb_grpc
@@ -105,12 +106,13 @@ async def serve_aio_noop(
     """Started like app.start: one event loop, the same options, handlers and
     health service; runs until SIGTERM or SIGINT."""
     server = grpc.aio.server(options=server_options(reuse_port))
-    adding = GenericOnly(server)  # as app.start adds its services
+    adding = GenericOnly(server, OFTEN_ACCEPTED)  # as app.start adds its services
     add_to_server(AioNoopService(), adding)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, adding)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
+    accepts = AcceptLoops.start(server, adding.registered)  # as app.start: more requests for SettleVisit
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     ready(bound)
     stopped = asyncio.Event()
@@ -119,6 +121,7 @@ async def serve_aio_noop(
         loop.add_signal_handler(sig, stopped.set)
     await stopped.wait()
     await server.stop(1)
+    del accepts  # kept until here: the loop holds its tasks only weakly
 
 
 def start_noop(

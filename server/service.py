@@ -86,21 +86,33 @@ def register(handlers: dict[str, grpc.RpcMethodHandler], server: grpc.Server | g
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
+# The call a hospital makes most: gRPC core keeps more requests for it (server/grpc_accepts.py).
+OFTEN_ACCEPTED = frozenset({f"/{SERVICE.full_name}/SettleVisit"})
+
+
 class GenericOnly:
     """A grpc.aio server as the code that adds services to it sees it: every method is added as
     a generic one. grpc.aio keeps one pending request per registered method and waits on all of
     them (asyncio.wait, Python code over every future) each time it accepts a call, so every
     registered method cost every call about a microsecond; the generic methods share one request.
-    (The generated add_*_to_server functions add each service both ways; the generic way stays.)"""
+    (The generated add_*_to_server functions add each service both ways; the generic way stays.)
+    `accepted_often` (fully qualified names) are registered too: those that server/grpc_accepts.py
+    keeps more requests for; `registered` has their handlers."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, accepted_often: frozenset[str] = frozenset()) -> None:
         self._server = server
+        self._accepted_often = accepted_often
+        self.registered: dict[str, grpc.RpcMethodHandler] = {}
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         self._server.add_generic_rpc_handlers(handlers)
 
-    def add_registered_method_handlers(self, _name: str, _handlers: Any) -> None:
-        """Nothing: the service's generic handler answers its methods."""
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Only the methods accepted often: the service's generic handler answers the others."""
+        often = {method: handler for method, handler in handlers.items() if f"/{name}/{method}" in self._accepted_often}
+        if often:
+            self._server.add_registered_method_handlers(name, often)
+            self.registered.update({f"/{name}/{method}": handler for method, handler in often.items()})
 
 
 def add_to_server(servicer: pb_grpc.SettlementServiceServicer, server: grpc.Server | grpc.aio.Server) -> None:
