@@ -6,23 +6,12 @@ A real SQLite ledger."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 from conftest import CANCER_HOSPITAL
 from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.ledger.sqlite.checkpointer import AUTOMATIC_PAGES
-
-
-def _message(msgid: str):  # type: ignore[no-untyped-def]
-    def work(db: sqlite3.Connection) -> str:
-        db.execute(
-            "INSERT INTO messages VALUES ('', ?, 'blocked', ?, '', '', '2024-01-01T00:00:00')",
-            (msgid, CANCER_HOSPITAL),
-        )
-        return msgid
-
-    return work
+from test_group_commit import _message  # a write of one msgid row
 
 
 def test_the_group_commit_leaves_checkpoints_to_their_thread(tmp_path: Path) -> None:
