@@ -32,6 +32,7 @@ from pathlib import Path
 from settlesim.clients import bench
 from settlesim.clients.workload import Workload
 from settlesim.server.world_generate import generate_world
+from settlesim.v1 import settlement_service_pb2 as pb
 
 # Run inside the server process (python -c): wraps the door and the ledger's group commit to
 # time each call, and the core's settle_visit to learn its msgid. Dumps every 1,000 calls.
@@ -76,22 +77,9 @@ sys.exit(main())
 SEGMENTS = ("inbound", "door", "ledger", "outbound", "total")
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
 def msgid_of(request: bytes) -> str:
-    """The msgid of a bench request (field 1 of field 1; bench.Requests puts it first)."""
-    _, at = _varint(request, 1)
-    length, at = _varint(request, at + 1)
-    return request[at : at + length].decode()
+    """The msgid of a bench request (a serialized SettleVisitRequest)."""
+    return pb.SettleVisitRequest.FromString(request).request.msgid
 
 
 async def _closed_loop(

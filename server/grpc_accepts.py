@@ -88,10 +88,9 @@ class AcceptLoops:
     ) -> AcceptLoops | None:
         """The accept loops, or None (grpc.aio's own request only) when grpcio's internals
         are not those this module knows, or there is nothing to do."""
-        cygrpc = internals()
-        core = getattr(server, "_server", None)
         if not handlers or extra <= 0:
             return None
+        cygrpc, core = internals(), getattr(server, "_server", None)
         if cygrpc is None or not isinstance(core, cygrpc.AioServer):
             log.info("grpcio %s: one request per method in gRPC core (its internals differ)", grpc.__version__)
             return None

@@ -78,7 +78,9 @@ def test_no_extra_requests_when_asked_for_none() -> None:
     assert asyncio.run(scenario()) is None
 
 
-def test_internals_that_differ_keep_grpcs_one_request(caplog: pytest.LogCaptureFixture) -> None:
+def test_internals_that_differ_keep_grpcs_one_request(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from grpc._cython import cygrpc
 
     # The installed grpcio has them as the module calls them: an upgrade that changes them
@@ -105,13 +107,9 @@ def test_internals_that_differ_keep_grpcs_one_request(caplog: pytest.LogCaptureF
         finally:
             await server.stop(0)
 
-    original = grpc_accepts.internals
-    grpc_accepts.internals = lambda cygrpc=None: None  # as with a grpcio whose internals differ
-    try:
-        with caplog.at_level(logging.INFO, logger="settlesim.server"):
-            assert asyncio.run(scenario()) is None
-    finally:
-        grpc_accepts.internals = original
+    monkeypatch.setattr(grpc_accepts, "internals", lambda cygrpc=None: None)  # a grpcio whose internals differ
+    with caplog.at_level(logging.INFO, logger="settlesim.server"):
+        assert asyncio.run(scenario()) is None
     assert "one request per method in gRPC core" in caplog.text
 
 

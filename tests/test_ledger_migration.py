@@ -601,24 +601,6 @@ def test_a_version_8_ledger_gets_rowid_messages_and_items_and_keeps_every_row(tm
         ledger.close()
 
 
-def test_the_tables_layout_tells_versions_8_and_9_apart(tmp_path):
-    """A header that says 9 on version 8's tables, or 8 on version 9's, is refused naming both."""
-    eight, nine = tmp_path / "eight.db", tmp_path / "nine.db"
-    for path in (eight, nine):
-        ledger = Ledger(path)
-        settle_with_lines(ledger, "M1", "S1")
-        ledger.close()
-    version_8_of(eight)
-    version_9_of(nine)
-    for path, header in ((eight, 9), (nine, 8)):
-        with closing(sqlite3.connect(path, isolation_level=None)) as db:
-            db.execute(f"PRAGMA user_version = {header}")
-    for path, header, tables in ((eight, 9, 8), (nine, 8, 9)):
-        with pytest.raises(LedgerFileError) as refused:
-            Ledger(path)
-        assert f"user_version {header} but its tables are those of version {tables}" in str(refused.value)
-
-
 def version_9_of(path: Path) -> None:
     """Make a current ledger what version 9 left: messages' and settlements' CHECKs as IN lists
     (server/ledger/sqlite/schema.py at 3e83835), edited in place as version 10's upgrade does."""
@@ -675,18 +657,21 @@ def test_a_version_9_ledger_gets_its_checks_without_in_lists_and_keeps_every_row
         db.execute("ROLLBACK")
 
 
-def test_the_checks_tell_versions_9_and_10_apart(tmp_path):
-    """A header that says 10 on version 9's tables, or 9 on version 10's, is refused naming both."""
-    nine, ten = tmp_path / "nine.db", tmp_path / "ten.db"
-    for path in (nine, ten):
+@pytest.mark.parametrize("older, newer", [(8, 9), (9, 10)])
+def test_a_header_that_says_the_other_version_is_refused_naming_both(tmp_path, older, newer):
+    """A header that says `newer` on version `older`'s tables, or `older` on `newer`'s, is
+    refused naming both (8 and 9 differ in their tables' layout, 9 and 10 in their CHECKs)."""
+    made = {8: version_8_of, 9: version_9_of, 10: lambda path: None}  # 10: a current ledger
+    paths = {older: tmp_path / f"v{older}.db", newer: tmp_path / f"v{newer}.db"}
+    for version, path in paths.items():
         ledger = Ledger(path)
         settle_with_lines(ledger, "M1", "S1")
         ledger.close()
-    version_9_of(nine)
-    for path, header in ((nine, 10), (ten, 9)):
-        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        made[version](path)
+    for tables, header in ((older, newer), (newer, older)):
+        with closing(sqlite3.connect(paths[tables], isolation_level=None)) as db:
             db.execute(f"PRAGMA user_version = {header}")
-    for path, header, tables in ((nine, 10, 9), (ten, 9, 10)):
+    for tables, header in ((older, newer), (newer, older)):
         with pytest.raises(LedgerFileError) as refused:
-            Ledger(path)
+            Ledger(paths[tables])
         assert f"user_version {header} but its tables are those of version {tables}" in str(refused.value)

@@ -38,8 +38,7 @@ class Checkpointer:
         self._writer_pages, self._every = writer_pages, every
         self._db = connect(path)
         self._stopping = threading.Event()
-        self.checkpoints = 0  # PASSIVE checkpoints run (figures and tests)
-        self.copied = 0  # WAL frames they copied into the file
+        self.copied = 0  # WAL frames the checkpoints copied into the file (tests)
         writer_pages(0)
         self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
         self._thread.start()
@@ -66,5 +65,4 @@ class Checkpointer:
         except sqlite3.Error as error:
             log.warning("ledger checkpoint failed (%s); the WAL keeps its pages until the next one", error)
             return
-        self.checkpoints += 1
         self.copied += max(copied, 0)
