@@ -531,6 +531,16 @@ CREATE TABLE {table} (
 }
 
 
+def two_settles_one_voided(path: Path) -> Path:
+    """A current ledger at `path` with settlements S1 and S2 (two fee lines each), S2 voided."""
+    ledger = Ledger(path)
+    settle_with_lines(ledger, "M1", "S1")
+    settle_with_lines(ledger, "M2", "S2")
+    ledger.void("", "V1", CANCER_HOSPITAL, "h-V1", "M2")
+    ledger.close()
+    return path
+
+
 def version_8_of(path: Path) -> None:
     """Make a current ledger what version 8 left: messages and settlement_items WITHOUT ROWID."""
     with closing(sqlite3.connect(path, isolation_level=None)) as db:
@@ -571,12 +581,7 @@ def test_a_version_8_ledger_gets_rowid_messages_and_items_and_keeps_every_row(tm
     settlements' lines too), messages keep their key (a msgid is still once per institution:
     the same settle again is its replay, a second row with the key is refused by SQLite), and
     the ledger's check passes."""
-    path = tmp_path / "ledger.db"
-    ledger = Ledger(path)
-    settle_with_lines(ledger, "M1", "S1")
-    settle_with_lines(ledger, "M2", "S2")
-    ledger.void("", "V1", CANCER_HOSPITAL, "h-V1", "M2")
-    ledger.close()
+    path = two_settles_one_voided(tmp_path / "ledger.db")
     version_8_of(path)
     before, lines = rows(path), item_rows(path)
     assert layout(path) == (8, ["session", "institution_code", "msgid"], []) and len(lines) == 4
@@ -622,12 +627,7 @@ def test_a_version_9_ledger_gets_its_checks_without_in_lists_and_keeps_every_row
     joined by OR (SQLite built a temporary b-tree of an IN list each time a row was checked):
     every row stays, the file is sound, and the constraints refuse and accept exactly what they
     did: each kind and status of the lists, nothing else."""
-    path = tmp_path / "ledger.db"
-    ledger = Ledger(path)
-    settle_with_lines(ledger, "M1", "S1")
-    settle_with_lines(ledger, "M2", "S2")
-    ledger.void("", "V1", CANCER_HOSPITAL, "h-V1", "M2")
-    ledger.close()
+    path = two_settles_one_voided(tmp_path / "ledger.db")
     version_9_of(path)
     before, lines = rows(path), item_rows(path)
     with closing(read_only(path)) as db:
