@@ -15,6 +15,12 @@ calls in flight are the sum. It prints figures; it asserts nothing.
     python scripts/call_path.py                       # 1,000 people, 32 in flight, 8 s
     python scripts/call_path.py --concurrency 96
     python scripts/call_path.py -- --no-journal       # serve arguments after --
+    python scripts/call_path.py --rate 2400           # open loop: where the slowest 1 % waited
+
+With `--rate` the load is an open loop like the bench's at 80 % (each call planned at
+start + i/rate, latency counted from the plan): a segment `late` (the plan until the client's
+send: the load generator behind its plan) comes first, and the segments are printed again for
+the slowest 1 % of calls by total, to show where a p99 comes from.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
+import grpc
 from settlesim.clients import bench
 from settlesim.clients.workload import Workload
 from settlesim.server.world_generate import generate_world
@@ -74,7 +82,7 @@ sys.argv[0] = "settlesim"
 sys.exit(main())
 """
 
-SEGMENTS = ("inbound", "door", "ledger", "outbound", "total")
+SEGMENTS = ("late", "inbound", "door", "ledger", "outbound", "total")
 
 
 def msgid_of(request: bytes) -> str:
@@ -82,13 +90,16 @@ def msgid_of(request: bytes) -> str:
     return pb.SettleVisitRequest.FromString(request).request.msgid
 
 
+Timed = tuple[str, float, float, float]  # msgid, planned, sent, answered (perf_counter seconds)
+
+
 async def _closed_loop(
     target: str, requests: bench.Requests, concurrency: int, seconds: float, connections: int
-) -> list[tuple[str, float, float]]:
+) -> list[Timed]:
     """The bench's closed loop, noting each call's msgid, send and answer times."""
     opened = bench._channels(target, connections)
     calls = [channel.unary_unary(bench.SETTLE) for channel in opened]
-    done: list[tuple[str, float, float]] = []
+    done: list[Timed] = []
     stop_at = time.perf_counter() + seconds
 
     async def worker(i: int) -> None:
@@ -97,7 +108,7 @@ async def _closed_loop(
             request = requests.next()
             sent = time.perf_counter()
             await call(request, timeout=30)
-            done.append((msgid_of(request), sent, time.perf_counter()))
+            done.append((msgid_of(request), sent, sent, time.perf_counter()))
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     for channel in opened:
@@ -105,22 +116,60 @@ async def _closed_loop(
     return done
 
 
-def segments(client: list[tuple[str, float, float]], server: list[list]) -> dict[str, list[float]]:
-    """ms of each segment for every call both sides saw."""
+async def _open_loop(
+    target: str, requests: bench.Requests, rate: float, seconds: float, connections: int
+) -> list[Timed]:
+    """The bench's open loop (clients/bench.py `_open_loop`: senders taking plans in order),
+    noting each call's msgid, plan, send and answer times."""
+    opened = bench._channels(target, connections)
+    calls = [channel.unary_unary(bench.SETTLE) for channel in opened]
+    done: list[Timed] = []
+    total, taken, began = int(rate * seconds), 0, time.perf_counter()
+    refused: Counter[str] = Counter()
+
+    async def sender(k: int) -> None:
+        nonlocal taken
+        call = calls[k % len(calls)]
+        while taken < total:
+            planned = began + taken / rate
+            taken += 1
+            delay = planned - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            request = requests.next()
+            sent = time.perf_counter()
+            try:
+                await call(request, timeout=30)
+            except grpc.aio.AioRpcError as error:
+                refused[error.code().name] += 1
+                continue
+            done.append((msgid_of(request), planned, sent, time.perf_counter()))
+
+    await asyncio.gather(*(sender(k) for k in range(max(connections, int(rate * 0.25) + 32))))
+    if refused:
+        print(f"refused (not timed): {dict(refused)}")
+    for channel in opened:
+        await channel.close()
+    return done
+
+
+def segments(client: list[Timed], server: list[list]) -> dict[str, list[float]]:
+    """ms of each segment for every call both sides saw, in the client's order."""
     seen = {msgid: rest for msgid, *rest in server}
     table: dict[str, list[float]] = {name: [] for name in SEGMENTS}
-    for msgid, sent, answered in client:
+    for msgid, planned, sent, answered in client:
         if msgid not in seen or not seen[msgid][1]:
             continue
         door_in, ledger_in, ledger_out, door_out = seen[msgid]
         for name, seconds in zip(
             SEGMENTS,
             (
+                sent - planned,
                 door_in - sent,
                 door_out - door_in,
                 ledger_out - ledger_in,
                 answered - door_out,
-                answered - sent,
+                answered - planned,
             ),
             strict=True,
         ):
@@ -136,6 +185,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=0.0, help="calls/s of an open loop instead")
     parser.add_argument("serve_args", nargs="*", help="after --: arguments for settlesim serve")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -149,15 +199,19 @@ def main() -> int:
         with bench.running(command) as server:
             asyncio.run(_closed_loop(server.target, requests, args.concurrency, 2.0, args.connections))
             began = time.perf_counter()
-            client = asyncio.run(
-                _closed_loop(server.target, requests, args.concurrency, args.seconds, args.connections)
+            load = (
+                _open_loop(server.target, requests, args.rate, args.seconds, args.connections)
+                if args.rate
+                else _closed_loop(server.target, requests, args.concurrency, args.seconds, args.connections)
             )
+            client = asyncio.run(load)
             elapsed = time.perf_counter() - began
             time.sleep(0.5)  # the server's last dump
         table = segments(client, json.loads(out.read_text()))
     rate = len(client) / elapsed
+    load = f"an open loop at {args.rate:,.0f}/s" if args.rate else f"{args.concurrency} calls in flight"
     print(
-        f"{args.concurrency} calls in flight over {args.connections} connections: {rate:,.0f} settles/s; "
+        f"{load} over {args.connections} connections: {rate:,.0f} settles/s; "
         f"{len(table['total']):,} of {len(client):,} calls timed on both sides"
     )
     for name in SEGMENTS:
@@ -165,8 +219,16 @@ def main() -> int:
         mean = statistics.mean(values)
         print(
             f"{name:<9} mean {mean:6.2f} ms  p50 {values[len(values) // 2]:6.2f}  "
-            f"p90 {values[int(len(values) * 0.9)]:6.2f}  ~{mean * rate / 1e3:5.1f} calls in it"
+            f"p90 {values[int(len(values) * 0.9)]:6.2f}  p99 {values[int(len(values) * 0.99)]:6.2f}  "
+            f"~{mean * rate / 1e3:5.1f} calls in it"
         )
+    totals = table["total"]
+    slowest = sorted(range(len(totals)), key=totals.__getitem__)[-max(1, len(totals) // 100) :]
+    print(f"the slowest 1 % ({len(slowest)} calls, from {totals[slowest[0]]:.1f} ms), mean of each segment:")
+    print(
+        "  "
+        + "  ".join(f"{name} {statistics.mean(table[name][i] for i in slowest):.2f}" for name in SEGMENTS)
+    )
     return 0
 
 
