@@ -53,6 +53,12 @@ log = logging.getLogger("settlesim.server.journal")
 _STATUS_KEY = "grpc-status-details-bin"
 _BATCH = 500
 GATHER_SECONDS = 0.1  # the writer waits this long after a call for more to batch with it
+# The journal's writer checkpoints its WAL every 1,000 pages (~4 MB; SQLite's default), not the
+# 10,000 it did until session 14: a checkpoint of 40 MB and its fsyncs took 90-125 ms, and the
+# ledger's COMMITs, on the same disk, waited behind it (16-26 ms instead of ~2), which made the
+# settles' worst windows under an open loop. Measured: p99 at 2,000 settles/s (open loop), 7
+# interleaved rounds, 52.6-91.5 ms -> 33.2-66.1 ms (docs/performance.md, session 14).
+JOURNAL_CHECKPOINT_PAGES = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -273,10 +279,11 @@ class Journal:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         switch_to_wal(db)  # two servers starting on one new journal (serve --processes) race here
         db.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoint every 10,000 pages (~40 MB of WAL), not 1,000: each batch rewrites the hot
-        # pages of the table's and the indexes' right edges, copied into the file once where
-        # they were copied ten times (the ledger does the same: docs/performance.md).
-        db.execute("PRAGMA wal_autocheckpoint=10000")
+        # A batch's INSERTs of many rows keep their statement journal in memory: with temp_store
+        # FILE, SQLite spilled it past 64 KiB into a temp file made, written and deleted each batch.
+        db.execute("PRAGMA temp_store=MEMORY")
+        # Checkpoint every JOURNAL_CHECKPOINT_PAGES pages: see its comment.
+        db.execute(f"PRAGMA wal_autocheckpoint={JOURNAL_CHECKPOINT_PAGES}")
         return db
 
     @property

@@ -38,6 +38,9 @@ def connect(path: Path) -> sqlite3.Connection:
     switch_to_wal(db)
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA busy_timeout=30000")
+    # Statement journals in memory: a batch's statements of many rows (batch_rows.py) spilled
+    # theirs past 64 KiB into a temp file made, written and deleted on the loop each time.
+    db.execute("PRAGMA temp_store=MEMORY")
     # 64 MiB of pages in SQLite's own cache (the default is 2 MiB): the indexes a
     # settle touches stay in memory instead of being read again through pread.
     db.execute("PRAGMA cache_size=-65536")
