@@ -26,32 +26,23 @@ from settlesim.clients import bench
 from settlesim.clients.workload import Workload
 from settlesim.server.world_generate import generate_world
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from thread_cpu import running_with
+
 
 def one_run(
-    world: Path, requests: bench.Requests, pythonpath: str, serve_args: list[str], args
-) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    world: Path, requests: bench.Requests, pythonpath: str, serve_args: list[str], args: argparse.Namespace
+) -> tuple[float, float]:
     """(peak settles/s, p99 ms at the fraction) of a fresh server running `pythonpath`'s code."""
     with tempfile.TemporaryDirectory() as folder:
         command = [
             sys.executable, "-m", "settlesim", "serve", "--port", "0", "--world", str(world),
             "--db", str(Path(folder) / "ledger.db"), "--log-level", "warning", *serve_args,
         ]  # fmt: skip
-        saved = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = pythonpath
-        try:
-            server_cm = bench.running(command)
-            server = server_cm.__enter__()
-        finally:
-            if saved is None:
-                os.environ.pop("PYTHONPATH")
-            else:
-                os.environ["PYTHONPATH"] = saved
-        try:
+        with running_with(command, pythonpath) as server:
             peak = bench.measure_closed("peak", server, requests, 32, args.seconds, 2.0, 4)
             rate = peak.rps * args.fraction
             at_load = bench.measure_open("at load", server, requests, rate, args.seconds, 4)
-        finally:
-            server_cm.__exit__(None, None, None)
     refused = f", {at_load.errors} refused" if at_load.errors else ""
     print(f"  peak {peak.rps:6,.0f}/s, at {rate:6,.0f}/s p50 {at_load.percentile(50):5.1f} "
           f"p99 {at_load.percentile(99):6.1f} ms{refused}", end="")  # fmt: skip

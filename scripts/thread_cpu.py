@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from settlesim.clients import bench
@@ -55,9 +57,10 @@ def thread_names(pid: int) -> dict[int, str]:
     return {tid: re.sub(r"_\d+$", "", name) for tid, name in names.items()}
 
 
-def run_load(command: list[str], pythonpath: str, requests, seconds: float, rate: float):  # type: ignore[no-untyped-def]
-    """Start `command` (a server) with `pythonpath`, warm it up 2 s, load it `seconds` (closed
-    loop, or open at `rate`/s): (answered, errors, elapsed, CPU before, CPU after, thread names)."""
+@contextmanager
+def running_with(command: list[str], pythonpath: str) -> Iterator[bench.Server]:
+    """bench.running(command) with PYTHONPATH set to `pythonpath` for the server only (the
+    load generator in this process keeps the code it imported)."""
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = pythonpath
     try:
@@ -69,6 +72,15 @@ def run_load(command: list[str], pythonpath: str, requests, seconds: float, rate
         else:
             os.environ["PYTHONPATH"] = saved
     try:
+        yield server
+    finally:
+        server_cm.__exit__(None, None, None)
+
+
+def run_load(command: list[str], pythonpath: str, requests, seconds: float, rate: float):  # type: ignore[no-untyped-def]
+    """Start `command` (a server) with `pythonpath`, warm it up 2 s, load it `seconds` (closed
+    loop, or open at `rate`/s): (answered, errors, elapsed, CPU before, CPU after, thread names)."""
+    with running_with(command, pythonpath) as server:
         asyncio.run(bench._closed_loop(server.target, requests, 32, 2.0, 4))  # warm-up
         pid = server.process.pid
         names = thread_names(pid)
@@ -81,8 +93,6 @@ def run_load(command: list[str], pythonpath: str, requests, seconds: float, rate
         answered, errors, _, elapsed, _ = asyncio.run(load)
         after = thread_cpu(pid)
         names = {**thread_names(pid), **names}  # a dump may miss a thread that is inside C code
-    finally:
-        server_cm.__exit__(None, None, None)
     return answered, errors, elapsed, before, after, names
 
 
