@@ -145,7 +145,8 @@ async def _open_loop(
                 continue
             done.append((msgid_of(request), planned, sent, time.perf_counter()))
 
-    await asyncio.gather(*(sender(k) for k in range(max(connections, int(rate * 0.25) + 32))))
+    senders = max(connections, min(2000, int(rate * 0.25) + 32))  # as the bench's (max_in_flight)
+    await asyncio.gather(*(sender(k) for k in range(senders)))
     if refused:
         print(f"refused (not timed): {dict(refused)}")
     for channel in opened:
@@ -209,9 +210,9 @@ def main() -> int:
             time.sleep(0.5)  # the server's last dump
         table = segments(client, json.loads(out.read_text()))
     rate = len(client) / elapsed
-    load = f"an open loop at {args.rate:,.0f}/s" if args.rate else f"{args.concurrency} calls in flight"
+    how = f"an open loop at {args.rate:,.0f}/s" if args.rate else f"{args.concurrency} calls in flight"
     print(
-        f"{load} over {args.connections} connections: {rate:,.0f} settles/s; "
+        f"{how} over {args.connections} connections: {rate:,.0f} settles/s; "
         f"{len(table['total']):,} of {len(client):,} calls timed on both sides"
     )
     for name in SEGMENTS:

@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from settlesim.clients import bench
@@ -68,13 +69,16 @@ sys.exit(main())
 PHASES = ("job", "hand-off", "COMMIT", "back", "next")
 
 
-def phases(trace: list[list]) -> tuple[dict[str, list[float]], list[float], list[int]]:
-    """ms of each phase per cycle, the COMMIT's CPU, and the writes of each batch."""
+def phases(trace: list[list], since: float = 0.0) -> tuple[dict[str, list[float]], list[float], list[int]]:
+    """ms of each phase per cycle, the COMMIT's CPU, and the writes of each batch, for the
+    batches that started from `since` on (perf_counter: one clock for the machine's processes)."""
     starts, submits, commits, answers = trace
     table: dict[str, list[float]] = {name: [] for name in PHASES}
     cpu, writes = [], []
     for i in range(min(len(starts) - 1, len(submits), len(commits), len(answers))):
         (began, ended, commit_cpu), (answered, count) = commits[i], answers[i]
+        if starts[i] < since:  # the warm-up's batches
+            continue
         for name, ms in zip(PHASES, (submits[i] - starts[i], began - submits[i], ended - began,
                                      answered - ended, starts[i + 1] - answered), strict=True):  # fmt: skip
             table[name].append(ms * 1e3)
@@ -103,6 +107,7 @@ def main() -> int:
         ]  # fmt: skip
         with bench.running(command) as server:
             asyncio.run(bench._closed_loop(server.target, requests, args.concurrency, 2.0, 4))
+            measured_from = time.perf_counter()
             figures = (
                 bench.measure_open(f"settle at {args.rate:g}/s", server, requests, args.rate, args.seconds, 4)
                 if args.rate
@@ -110,7 +115,7 @@ def main() -> int:
             )
         print(bench.HEADER)
         print(figures.row())
-        table, cpu, writes = phases(json.loads(out.read_text()))
+        table, cpu, writes = phases(json.loads(out.read_text()), measured_from)
     cycles = [sum(column) for column in zip(*table.values(), strict=True)]
     total = sum(cycles)
     print(f"{len(cycles)} batches, {statistics.mean(writes):.1f} writes each")

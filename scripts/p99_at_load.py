@@ -10,7 +10,8 @@ Each VARIANT is LABEL=PYTHONPATH[::SERVE ARGS], as in scripts/thread_cpu.py: an 
 runs this checkout, a folder the settlesim package installed there. Each run is a fresh
 `settlesim serve` on a fresh ledger: 2 s of warm-up, `--seconds` of the bench's closed loop (32
 calls in flight over 4 connections: the peak), then `--seconds` of its open loop at `--fraction`
-of that peak. It prints figures (p99 ms, medians over rounds); it asserts nothing.
+of that peak. Refused calls are counted, not timed, as in the bench. It prints figures (p99 ms,
+medians over rounds); it asserts nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main() -> int:
         pythonpath, _, serve_args = rest.partition("::")
         variants.append((label, pythonpath, serve_args.split()))
     with tempfile.TemporaryDirectory() as folder:
+        # `python -m settlesim` looks in its working directory first: in a checkout that is the
+        # checkout's own settlesim/, whatever PYTHONPATH says (scripts/thread_cpu.py does the same).
+        os.chdir(folder)
         world = Path(folder) / "world"
         generate_world(world, args.persons, 1)
         requests = bench.Requests(Workload.load(world), 1)

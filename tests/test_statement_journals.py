@@ -15,6 +15,10 @@ import pytest
 from settlesim.server.journal import JOURNAL_CHECKPOINT_PAGES, Journal
 from settlesim.server.ledger.sqlite.files import connect
 
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc to see open files"
+)
+
 
 def _temporary_files() -> list[str]:
     """SQLite's temporary files this process holds open (named etilqs_*, deleted at once)."""
@@ -29,21 +33,19 @@ def _temporary_files() -> list[str]:
     return found
 
 
-def _a_large_statement_in_a_transaction(db: sqlite3.Connection) -> list[str]:
+def _a_large_statement_in_a_transaction(db: sqlite3.Connection) -> set[str]:
     """Run one INSERT of 4,000 rows of 200 bytes in a transaction that changed a row before it,
-    and return the temporary files open meanwhile. Rolled back."""
+    and return the temporary files that opened meanwhile (not another test's). Rolled back."""
+    before = set(_temporary_files())
     db.execute("CREATE TABLE IF NOT EXISTS spill (k TEXT PRIMARY KEY, v BLOB) WITHOUT ROWID")
     db.executemany("INSERT INTO spill VALUES (?, ?)", ((f"{i:08d}", b"x" * 200) for i in range(4000)))
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute("INSERT INTO spill VALUES ('first', x'00')")  # the statement below is not the first
         db.execute("INSERT INTO spill SELECT k || 'z', v FROM spill")
-        return _temporary_files()
+        return set(_temporary_files()) - before
     finally:
         db.execute("ROLLBACK")
-
-
-pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc to see open files")
 
 
 def test_the_measurement_sees_a_statement_journal_spilled_to_a_file(tmp_path: Path) -> None:
@@ -52,7 +54,7 @@ def test_the_measurement_sees_a_statement_journal_spilled_to_a_file(tmp_path: Pa
     db = connect(tmp_path / "ledger.db")
     try:
         db.execute("PRAGMA temp_store=FILE")
-        assert _a_large_statement_in_a_transaction(db) != []
+        assert _a_large_statement_in_a_transaction(db) != set()
     finally:
         db.close()
 
@@ -60,7 +62,7 @@ def test_the_measurement_sees_a_statement_journal_spilled_to_a_file(tmp_path: Pa
 def test_the_ledgers_connection_keeps_statement_journals_in_memory(tmp_path: Path) -> None:
     db = connect(tmp_path / "ledger.db")
     try:
-        assert _a_large_statement_in_a_transaction(db) == []
+        assert _a_large_statement_in_a_transaction(db) == set()
     finally:
         db.close()
 
@@ -70,7 +72,7 @@ def test_the_call_journals_connection_keeps_them_in_memory_and_checkpoints_often
     try:
         db = journal._connect()  # a connection as the journal's writer has it
         try:
-            assert _a_large_statement_in_a_transaction(db) == []
+            assert _a_large_statement_in_a_transaction(db) == set()
             # Small checkpoints (SQLite's default size), not 40 MB ones that hold up the
             # ledger's COMMITs on the same disk: see JOURNAL_CHECKPOINT_PAGES.
             assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == JOURNAL_CHECKPOINT_PAGES == 1000
