@@ -24,11 +24,9 @@ import tempfile
 from pathlib import Path
 
 from settlesim.clients import bench
-from settlesim.clients.workload import Workload
-from settlesim.server.world_generate import generate_world
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from thread_cpu import running_with
+from thread_cpu import parse_variant, running_with, scratch_world, variants_parser
 
 
 def one_run(
@@ -51,27 +49,12 @@ def one_run(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("variants", nargs="+", help="LABEL=PYTHONPATH[::SERVE ARGS]")
-    parser.add_argument("--persons", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser = variants_parser(__doc__)
     parser.add_argument("--fraction", type=float, default=0.8)
     args = parser.parse_args()
-    variants = []
-    for spec in args.variants:
-        label, _, rest = spec.partition("=")
-        pythonpath, _, serve_args = rest.partition("::")
-        variants.append((label, pythonpath, serve_args.split()))
+    variants = [parse_variant(spec) for spec in args.variants]
     with tempfile.TemporaryDirectory() as folder:
-        # `python -m settlesim` looks in its working directory first: in a checkout that is the
-        # checkout's own settlesim/, whatever PYTHONPATH says (scripts/thread_cpu.py does the same).
-        os.chdir(folder)
-        world = Path(folder) / "world"
-        generate_world(world, args.persons, 1)
-        requests = bench.Requests(Workload.load(world), 1)
+        world, requests = scratch_world(Path(folder), args.persons)
         figures: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in variants}
         for n in range(args.rounds):
             for label, pythonpath, serve_args in variants:

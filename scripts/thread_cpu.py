@@ -57,6 +57,33 @@ def thread_names(pid: int) -> dict[int, str]:
     return {tid: re.sub(r"_\d+$", "", name) for tid, name in names.items()}
 
 
+def variants_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every A/B script here takes: the variants, the world's size, rounds, seconds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+", help="LABEL=PYTHONPATH[::SERVE ARGS]")
+    parser.add_argument("--persons", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser
+
+
+def parse_variant(spec: str) -> tuple[str, str, list[str]]:
+    """LABEL=PYTHONPATH[::SERVE ARGS] -> (label, pythonpath, serve args)."""
+    label, _, rest = spec.partition("=")
+    pythonpath, _, serve_args = rest.partition("::")
+    return label, pythonpath, serve_args.split()
+
+
+def scratch_world(folder: Path, persons: int) -> tuple[Path, bench.Requests]:
+    """A world of `persons` in `folder` and the bench's requests on it, with `folder` the working
+    directory: `python -m settlesim` looks there first, and in a checkout that is the checkout's
+    own settlesim/, whatever PYTHONPATH says. The servers start in the scratch folder."""
+    os.chdir(folder)
+    world = folder / "world"
+    generate_world(world, persons, 1)
+    return world, bench.Requests(Workload.load(world), 1)
+
+
 @contextmanager
 def running_with(command: list[str], pythonpath: str) -> Iterator[bench.Server]:
     """bench.running(command) with PYTHONPATH set to `pythonpath` for the server only (the
@@ -116,13 +143,7 @@ def measure(label: str, pythonpath: str, serve_args: list[str], world: Path, db:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("variants", nargs="+", help="LABEL=PYTHONPATH[::SERVE ARGS]")
-    parser.add_argument("--persons", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = variants_parser(__doc__)
     parser.add_argument(
         "--rate", type=float, default=0.0,
         help="settles/s of the bench's open loop instead of the closed loop: the same batch sizes "
@@ -130,21 +151,15 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="thread-cpu-"))
-    # `python -m settlesim` looks in its working directory first: in a checkout that is the
-    # checkout's own settlesim/, whatever PYTHONPATH says. The servers start in the scratch folder.
-    os.chdir(scratch)
-    world = scratch / "world"
-    generate_world(world, args.persons, 1)
-    requests = bench.Requests(Workload.load(world), 1)
+    world, requests = scratch_world(scratch, args.persons)
     results: dict[str, list[dict[str, float]]] = defaultdict(list)
     try:
         for n in range(args.rounds):
             for variant in args.variants:
-                label, _, rest = variant.partition("=")
-                pythonpath, _, serve_args = rest.partition("::")
+                label, pythonpath, serve_args = parse_variant(variant)
                 db = scratch / f"{label}-{n}.db"
                 results[label].append(
-                    measure(label, pythonpath, serve_args.split(), world, db, requests, args.seconds, args.rate)
+                    measure(label, pythonpath, serve_args, world, db, requests, args.seconds, args.rate)
                 )
         print(f"medians of {args.rounds} rounds, µs of CPU per settle:")
         for label, rounds in results.items():
