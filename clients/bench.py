@@ -82,6 +82,13 @@ class Figures:
         return self.cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
 
     @property
+    def cores(self) -> float:
+        """Cores the server and the load generator kept busy. A run near all the machine's is
+        bound by CPU (the noops); one well below waits on something (the settle's group commit:
+        a batch's jobs, its COMMIT and the answers, one after another, docs/performance.md)."""
+        return (self.cpu_seconds + self.load_cpu_seconds) / self.seconds if self.seconds else 0.0
+
+    @property
     def other_cores(self) -> float:
         """Cores busy with neither server nor load generator (other jobs on a shared machine)."""
         other = self.machine_cpu_seconds - self.cpu_seconds - self.load_cpu_seconds
@@ -96,13 +103,13 @@ class Figures:
         return (
             f"{self.label:<26} {self.rps:>9.0f} {self.percentile(50):>8.1f} {self.percentile(95):>8.1f} "
             f"{self.percentile(99):>8.1f} {self.cpu_us_per_request:>10.0f} {load_us:>9.0f} "
-            f"{self.other_cores:>7.2f} {self.errors:>7}"
+            f"{self.cores:>7.2f} {self.other_cores:>7.2f} {self.errors:>7}"
         ) + (f"  ({', '.join(f'{code} {n}' for code, n in sorted(self.failed.items()))})" if self.failed else "")
 
 
 HEADER = (
     f"{'run':<26} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
-    f"{'load us':>9} {'other':>7} {'errors':>7}"
+    f"{'load us':>9} {'cores':>7} {'other':>7} {'errors':>7}"
 )
 
 
@@ -494,7 +501,7 @@ def _median(values: Sequence[float]) -> float:
 
 def _medians(rounds: list[Round], out: Any) -> None:
     out(f"medians of {len(rounds)} interleaved rounds:")
-    out(f"{'run':<26} {'req/s':>9} {'p99 ms':>8} {'CPU us/req':>10} {'other':>7}")
+    out(f"{'run':<26} {'req/s':>9} {'p99 ms':>8} {'CPU us/req':>10} {'cores':>7} {'other':>7}")
     rows: list[tuple[str, list[Figures]]] = [(f"noop {d}", [r.noops[d] for r in rounds]) for d in NOOP_DESIGNS]
     rows += [(rounds[0].settle.label, [r.settle for r in rounds])]
     rows += [(f"settle at {rounds[0].at_load.label.split()[2]}", [r.at_load for r in rounds])]
@@ -503,7 +510,7 @@ def _medians(rounds: list[Round], out: Any) -> None:
             f"{label:<26} {_median([f.rps for f in figures]):>9.0f} "
             f"{_median([f.percentile(99) for f in figures]):>8.1f} "
             f"{_median([f.cpu_us_per_request for f in figures]):>10.0f} "
-            f"{_median([f.other_cores for f in figures]):>7.2f}"
+            f"{_median([f.cores for f in figures]):>7.2f} {_median([f.other_cores for f in figures]):>7.2f}"
         )
     out(f"ratio settle/faster noop, median: {_median([r.ratio for r in rounds]):.2f} "
         f"(rounds: {', '.join(f'{r.ratio:.2f}' for r in rounds)})")  # fmt: skip

@@ -32,3 +32,15 @@ def test_failed_calls_keep_what_the_first_of_each_status_said(tmp_path: Path) ->
     figures = bench.Figures("settle", 0, errors, 0.3, [], 0.0, failed=failed, first_details={"UNAVAILABLE": details})
     assert figures.said() == [f"  (the first UNAVAILABLE said: {details!r})"]
     assert bench.Figures("settle", 10, 0, 1.0, [1.0], 0.0).said() == []
+
+
+def test_cores_are_the_server_and_load_generators_cpu_over_the_run() -> None:
+    # 8 s of run: the server used 6.0 s of CPU and the load generator 4.4 s, so together they
+    # kept (6.0 + 4.4) / 8 = 1.30 cores busy; the machine's other 0.8 s are other processes'
+    # ((11.2 - 6.0 - 4.4) / 8 = 0.10 cores), which `cores` leaves out.
+    figures = bench.Figures("settle", 1000, 0, 8.0, [1.0], 6.0, load_cpu_seconds=4.4, machine_cpu_seconds=11.2)
+    assert round(figures.cores, 2) == 1.30
+    assert round(figures.other_cores, 2) == 0.10
+    assert bench.Figures("settle", 0, 0, 0.0, [], 0.0).cores == 0.0  # an empty run divides by nothing
+    assert figures.row().split()[6:9] == ["4400", "1.30", "0.10"]  # load us (4.4 s / 1000), cores, other
+    assert bench.HEADER.split()[10:14] == ["load", "us", "cores", "other"]
