@@ -127,13 +127,18 @@ class Shielded(asyncio.Task):  # type: ignore[type-arg]
 
 
 async def to_completion(
-    call: Callable[[Any, Any], Coroutine[Any, Any, T]], request: Any, context: grpc.aio.ServicerContext
+    call: Callable[[Any, Any], Coroutine[Any, Any, T]],
+    request: Any,
+    context: grpc.aio.ServicerContext,
+    task: asyncio.Task[Any] | None = None,
 ) -> T:
-    """`await call(request, context)`; if the client goes meanwhile, the call still runs to its end."""
+    """`await call(request, context)`; if the client goes meanwhile, the call still runs to its end.
+    `task`: the task running this coroutine, when the caller has it at hand (the door)."""
     if isinstance(context, DetachedContext):  # an outer wrapper detached it already
         return await call(request, context)
     detached = DetachedContext(context)
-    task = asyncio.current_task()
+    if task is None:
+        task = asyncio.current_task()
     if type(task) is CallTask and task.detached is None:
         # The handler's own task refuses cancellation until the call has ended.
         task.detached = detached

@@ -125,7 +125,7 @@ class CallLimits:
             self.in_flight += 1
             try:
                 if detach:
-                    return await to_completion(behavior, request, context)
+                    return await to_completion(behavior, request, context, task)
                 return await behavior(request, context)
             finally:
                 self.in_flight -= 1
