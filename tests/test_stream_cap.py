@@ -43,6 +43,10 @@ asyncio.run(main())
 
 def _load(target: str, world: Path) -> tuple[int, int, dict[str, int]]:
     requests = bench.Requests(Workload.load(world), 1)
+    for _ in range(50):  # one caller until the server answers: it listens once it printed its port
+        if asyncio.run(bench._closed_loop(target, requests, 1, 0.1, 1))[0]:
+            break
+    bench.FIRST_DETAILS.clear()  # what the load's first failed calls were told, not the wait's
     answered, errors, _, _, failed = asyncio.run(bench._closed_loop(target, requests, CALLERS, SECONDS, 1))
     return answered, errors, dict(failed)
 
