@@ -84,8 +84,8 @@ class Figures:
     @property
     def cores(self) -> float:
         """Cores the server and the load generator kept busy. A run near all the machine's is
-        bound by CPU (the noops); one well below waits on something (the settle's group commit:
-        a batch's jobs, its COMMIT and the answers, one after another, docs/performance.md)."""
+        bound by CPU (the noops); one well below is bound by something serial (the settle: the
+        event loop's work on each wave of calls between its batches' COMMITs, docs/performance.md)."""
         return (self.cpu_seconds + self.load_cpu_seconds) / self.seconds if self.seconds else 0.0
 
     @property

@@ -133,7 +133,8 @@ async def to_completion(
     task: asyncio.Task[Any] | None = None,
 ) -> T:
     """`await call(request, context)`; if the client goes meanwhile, the call still runs to its end.
-    `task`: the task running this coroutine, when the caller has it at hand (the door)."""
+    `task`: the task running this coroutine, when the caller has it at hand (the door); any other
+    task would leave the call's own task free to be cancelled."""
     if isinstance(context, DetachedContext):  # an outer wrapper detached it already
         return await call(request, context)
     detached = DetachedContext(context)
