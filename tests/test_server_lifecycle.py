@@ -96,3 +96,26 @@ def test_sigint_drains_and_logs_are_json_lines_with_their_ids(tmp_path):
     # 5000 fen in scope all go to the unused 5000-fen Qinghai deductible: fund 0
     assert settle["msgid"] == settled.settlement.msgid and settle["fund_pays_fen"] == 0
     assert [entry["message"] for entry in lines][-2:] == ["received SIGINT, draining", "stopped"]
+
+
+def test_a_sigterm_that_another_thread_takes_still_drains(server_process, tmp_path):
+    """The kernel may hand `kill PID` to any thread of the process (gRPC's, the ledger's): here
+    one of them is sent SIGTERM (tgkill) after a settle. The server drains and exits 0, as for a
+    SIGTERM the main thread takes; once it slept on and the test waited 20 s in vain."""
+    import ctypes
+    import json
+    import os
+    import signal
+
+    server = server_process(tmp_path / "ledger.db")
+    his = Hospital.connect(server.target, CANCER_HOSPITAL)
+    his.settle(QINGHAI, "M00503", "2021-12-09", [Fee("A-CONSULT-001", 5000)])
+    his.close()
+    pid = server.proc.pid
+    others = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+    assert others, "the server runs threads besides its main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(pid, others[-1], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+    assert server.proc.wait(20) == 0
+    last = [json.loads(line)["message"] for line in server.log_tail(2).splitlines()]
+    assert last == ["received SIGTERM, draining", "stopped"]
