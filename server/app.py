@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Coroutine
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from settlesim.server.door import settlement_handlers
 from settlesim.server.faults import FaultInterceptor, FaultPlan, after_call
 from settlesim.server.grpc_accepts import AcceptLoops
 from settlesim.server.his_check_service import HisCheckService
-from settlesim.server.http_server import HttpServer, start_http
+from settlesim.server.http_server import DRAIN_SECONDS, HttpServer, start_http
 from settlesim.server.journal import Journal, JournalInterceptor, journal_path
 from settlesim.server.ledger import LedgerStore, open_ledger
 from settlesim.server.limits import MAX_CONCURRENT_CALLS, REQUEST_BODY_SECONDS, CallLimits
@@ -50,6 +51,9 @@ KEEPALIVE_TIME_MS = 60_000  # the server pings a connection silent this long ...
 KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it when no answer comes within this
 MIN_CLIENT_PING_INTERVAL_MS = 10_000  # a client pinging more often without data is sent GOAWAY
 MAX_CONNECTION_IDLE_MS = 15 * 60_000  # a connection with no call this long is closed (GOAWAY)
+# Draining, the streams left open are cut once no call has been worked on or opened this long: a
+# call whose request is on its way has it within milliseconds.
+QUIET_BEFORE_CUT = 0.1
 T = TypeVar("T")
 INTEGRITY_CHECK_SKIPPED = (
     "the ledger's integrity check at start-up is skipped (--skip-integrity-check): "
@@ -138,16 +142,21 @@ class RunningServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = DRAIN_SECONDS) -> None:
         """Drain in-flight calls, those whose client left included, for up to `grace` seconds
         (health says NOT_SERVING meanwhile), then close the
-        journal, the audit log (it anchors its head in the ledger a last time) and the ledger."""
-        if self.console is not None:
-            self.console.stop()
-        if self.national is not None:  # before the loop stops: its calls run on the loop
-            self.national.stop()
+        journal, the audit log (it anchors its head in the ledger a last time) and the ledger.
+        Every door stops taking work at once: the HTTP ones (console, national) are told first
+        and waited for last, so that a request stalled there does not keep gRPC open."""
+        until = time.monotonic() + grace
+        doors = [door for door in (self.console, self.national) if door is not None]
+        for door in doors:
+            door.begin_stop()
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(self._drain(grace), self.loop).result()
+        for door in doors:  # before the loop stops: the national door's calls run on it
+            door.stop(timeout=max(0.2, until - time.monotonic() + 0.2))
+        if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         if self.journal is not None:
@@ -160,7 +169,18 @@ class RunningServer:
         loop = asyncio.get_running_loop()
         until = loop.time() + grace
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if self.limits is not None:
+            self.limits.stopping = True
+        stopping = loop.create_task(self.server.stop(grace))
+        # gRPC waits for every open stream, a health Watch or a call that never sent its request
+        # as much as a settle: each held the drain for the whole grace. Once no call is being
+        # worked on or has just opened, what is left is cut (a second stop, of no grace).
+        while self.limits is not None and not stopping.done() and loop.time() < until:
+            if self.limits.quiet(QUIET_BEFORE_CUT):
+                await self.server.stop(0)
+                break
+            await asyncio.sleep(0.01)
+        await stopping
         # gRPC's drain is over once no call has a client; a call whose client left runs on to
         # its end (server/completion.py): wait for it too, within the same grace.
         while self.limits is not None and self.limits.in_flight and loop.time() < until:
@@ -476,7 +496,12 @@ def tune_gc() -> None:
 
 def serve_forever(config: ServerConfig) -> int:
     """`settlesim serve`: run until SIGTERM or SIGINT, then drain and exit 0."""
-    running = start(config)
+    world = load_world(config.world_dir)  # the long part of a start with a big world: Ctrl-C stops it
+    # Handled before the port opens: health answers SERVING, and calls are taken, as soon as gRPC
+    # listens, and a SIGTERM then killed the server undrained (its calls not journaled). A stop
+    # asked for during the rest of the start is carried out once the server is up.
+    stopped = StopRequest().handle(signal.SIGTERM, signal.SIGINT)  # not an Event: see its module
+    running = start(config, world)
     tune_gc()
     db = config.db_path or default_db_path()
     log.info(
@@ -499,7 +524,6 @@ def serve_forever(config: ServerConfig) -> int:
         print(f"settlesim console on {running.console.url} (metrics at {running.console.url}/metrics)", flush=True)
     if running.national is not None:
         print(f"settlesim national door on {running.national.url}{NATIONAL_PATH}", flush=True)
-    stopped = StopRequest().handle(signal.SIGTERM, signal.SIGINT)  # not an Event: see its module
     stopped.wait()
     log.info("received %s, draining", stopped.signal_name)
     running.stop()

@@ -14,6 +14,10 @@ from typing import Any
 
 import uvicorn
 
+# How long a request under way may still run once the server stops (the gRPC calls' grace too:
+# app.RunningServer.stop); uvicorn cancels what is left then.
+DRAIN_SECONDS = 5.0
+
 
 @dataclass
 class HttpServer:
@@ -29,8 +33,13 @@ class HttpServer:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def begin_stop(self) -> None:
+        """No new connections or requests from now on (within uvicorn's 0.1 s tick); the
+        requests under way go on, for at most DRAIN_SECONDS."""
         self._server.should_exit = True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.begin_stop()
         self._thread.join(timeout)
 
 
@@ -52,10 +61,13 @@ def start_http(
     that CA signed (the handshake fails otherwise). `protocol`: uvicorn's HTTP protocol
     class (the national door's hands the app the client certificate)."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+        # log_config None: uvicorn's loggers go to the server's own handler (JSON lines), not to a
+        # plain-text one of uvicorn's making
+        app, host=host, port=port, log_level="warning", log_config=None, access_log=False, lifespan="off",
         ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
         ssl_ca_certs=str(client_ca) if client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE, http=protocol or "auto",
+        timeout_graceful_shutdown=DRAIN_SECONDS,
     )  # fmt: skip
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the gRPC server owns signals

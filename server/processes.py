@@ -41,6 +41,9 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _watch_parent(parent: int, stopped: StopRequest) -> None:
     """Stop when the parent is gone: a parent killed with SIGKILL cannot forward
     SIGTERM, and an orphaned server would keep the port and the ledger open."""
@@ -56,13 +59,16 @@ def _child(config: ServerConfig, world: object, ready: int, parent: int) -> None
     try:
         stopped = StopRequest().handle(signal.SIGTERM)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it forwards SIGTERM
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent to here
         threading.Thread(target=_watch_parent, args=(parent, stopped), daemon=True).start()
         running = start(config, world)  # type: ignore[arg-type]
         tune_gc()
         os.write(ready, b"1")
         os.close(ready)
         stopped.wait()
+        log.info("server process %d: received %s, draining", os.getpid(), stopped.signal_name)
         running.stop()
+        log.info("server process %d stopped", os.getpid())
     except BaseException:
         log.exception("server process %d failed", os.getpid())
         code = 1
@@ -92,6 +98,9 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
     children: list[int] = []
     readies: list[int] = []
     parent = os.getpid()
+    # Until each process has its own handlers a SIGTERM waits (blocked, not lost): the parent's
+    # came after its children were up, and one sent before killed it, unforwarded.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     for _ in range(processes):
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -102,20 +111,26 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
         os.close(write_end)
         children.append(pid)
         readies.append(read_end)
-    started = all(os.read(fd, 1) == b"1" for fd in readies)
-    for fd in readies:
-        os.close(fd)
-    reserved.close()
     stopping = StopRequest()
 
-    def stop_all(signum: int = signal.SIGTERM, _frame: object = None) -> None:
-        stopping.set()  # safe in a handler interrupted by the next signal (server/stop_request.py)
+    def stop_all(signum: int | None = None, _frame: object = None) -> None:
+        # safe in a handler interrupted by the next signal (server/stop_request.py)
+        if signum is None:
+            stopping.set()
+        else:
+            stopping.on_signal(signum)
         for pid in children:
             with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    # A stop asked for meanwhile reaches each child, which drains once it is up and says so.
+    started = all(os.read(fd, 1) == b"1" for fd in readies)
+    for fd in readies:
+        os.close(fd)
+    reserved.close()
     if not started:
         stop_all()
     else:
@@ -138,5 +153,5 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
                 log.error("server process %d exited; stopping the others", pid)
             failed = True
             stop_all()
-    log.info("stopped")
+    log.info("stopped (%s)", stopping.signal_name if stopping.is_set() else "its processes exited")
     return 1 if failed else 0

@@ -82,3 +82,34 @@ def test_a_burst_of_sigterms_stops_a_child_and_does_not_hang_it(
                 child.send_signal(signal.SIGTERM)
     _, alive = psutil.wait_procs(children, timeout=15)  # the parent, not this test, reaps them
     assert alive == [], served.log_tail()
+
+
+def test_a_sigterm_while_the_children_start_stops_them_all_drained(tmp_path: Path) -> None:
+    """The parent installed its handlers only once both children said they were up: a SIGTERM
+    before that killed it (exit -15, in 6 runs of 6 once its children existed), unforwarded, and
+    a child then failed writing to it. Now the signal waits, blocked, until each process has its
+    handlers: the parent forwards it and every child drains once it is up."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    log_file = tmp_path / "serve.log"
+    with log_file.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "settlesim", "serve", "--port", "0", "--processes", "2",
+             "--db", str(tmp_path / "l.db")],
+            stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(proc.pid).children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_file.read_text()[-800:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = log_file.read_text()
+    assert log.count("received SIGTERM, draining") == 2 and "failed" not in log, log[-800:]
