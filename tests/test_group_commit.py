@@ -357,3 +357,42 @@ def test_a_batch_stores_a_missing_price_ceiling_as_null_and_the_answer_as_a_blob
         assert ledger.check() == []
     finally:
         ledger.close()
+
+
+def test_a_loop_stopped_while_its_batch_waited_for_another_writer_leaves_the_ledger_closable(tmp_path):
+    """With `serve --processes N`, a batch whose write lock another process holds waits for it
+    in the COMMIT thread, which hands the batch back to the loop once it has the lock and has
+    begun. A drain whose grace ran out stops the loop regardless: the thread then kept the
+    locks and an open transaction, and `close()` waited on them for ever. Nothing of such a
+    batch was answered, so it is rolled back."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    other_writer = os.open(f"{ledger.path}.lock", os.O_RDWR)  # as another process's ledger opens it
+    fcntl.flock(other_writer, fcntl.LOCK_EX)
+    async def write_and_wait() -> asyncio.Task[object]:
+        write = asyncio.get_running_loop().create_task(ledger._loop_commit().run(_message("M-WAITING")))
+        await asyncio.sleep(0.2)  # the batch is in the COMMIT thread, waiting for the lock
+        return write
+
+    loop = asyncio.new_event_loop()
+    waiting = loop.run_until_complete(write_and_wait())
+    assert not waiting.done()
+    fcntl.flock(other_writer, fcntl.LOCK_UN)  # it gets the lock, begins, and calls the loop back...
+    time.sleep(0.2)  # ... which has stopped
+    closed = threading.Thread(target=ledger.close, daemon=True)
+    closed.start()
+    closed.join(10)
+    os.close(other_writer)
+    assert not closed.is_alive(), "close() waits on the locks of a batch the loop never ran"
+    reopened = Ledger(tmp_path / "ledger.db")
+    try:
+        assert reopened.find_message("", CANCER_HOSPITAL, "M-WAITING") is None  # never answered
+        assert reopened.check() == []
+    finally:
+        reopened.close()
+        waiting.cancel()
+        loop.close()

@@ -122,6 +122,9 @@ class LoopGroupCommit:
         self.writes = 0
         self.largest = 0
         self._began = 0.0
+        # The COMMIT thread took the write locks and began for a batch it handed back to the loop,
+        # which has not run it yet (`_locked`): if the loop stopped first, `close` undoes it.
+        self._handed_back = False
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(db)` in the next group transaction; return once committed."""
@@ -164,6 +167,11 @@ class LoopGroupCommit:
 
     def close(self) -> None:
         self._helper.stop()
+        if self._handed_back:  # the loop stopped (a drain's grace ran out) before it ran the batch
+            log.warning("the loop stopped before its batch ran: rolled back, none of it was answered")
+            self._handed_back = False
+            self._rollback(self.ledger._db)
+            self._unlock()
         self._checkpointer.stop()
         if self.batches:
             log.debug(
@@ -191,6 +199,7 @@ class LoopGroupCommit:
             self._run(batch)
 
     def _locked(self, batch: list[tuple[Work, asyncio.Future[Any]]], error: BaseException | None) -> None:
+        self._handed_back = False
         if error is not None:  # e.g. another process held the write lock past BEGIN's timeout
             self._answer(batch, [], error)
             return
@@ -229,6 +238,7 @@ class LoopGroupCommit:
         except BaseException:
             ledger._lock.release()
             raise
+        self._handed_back = True
 
     def _unlock(self) -> None:
         fcntl.flock(self.ledger._writers_lock, fcntl.LOCK_UN)
