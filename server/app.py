@@ -51,6 +51,10 @@ KEEPALIVE_TIME_MS = 60_000  # the server pings a connection silent this long ...
 KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it when no answer comes within this
 MIN_CLIENT_PING_INTERVAL_MS = 10_000  # a client pinging more often without data is sent GOAWAY
 MAX_CONNECTION_IDLE_MS = 15 * 60_000  # a connection with no call this long is closed (GOAWAY)
+# Calls gRPC core holds until the loop takes them. Past its default (1,000) core cancelled the
+# rest, CANCELLED with no reason: a burst of 1,500 well-formed settles lost 18-52 that way, below
+# the door's own cap (SERVER_BUSY, with its reason). Five times that cap by default.
+MAX_PENDING_CALLS = 10_000
 # Draining, the streams left open are cut once no call has been worked on or opened this long: a
 # call whose request is on its way has it within milliseconds.
 QUIET_BEFORE_CUT = 0.1
@@ -216,6 +220,8 @@ def server_options(reuse_port: bool = False) -> list[tuple[str, Any]]:
         # REFUSED_STREAM) while the loop freed finished calls (tests/test_stream_cap.py). The cap
         # on concurrent calls (SERVER_BUSY, limits.py) is the pushback on a server behind.
         ("grpc.http.overload_protection", 0),
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),

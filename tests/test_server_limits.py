@@ -218,3 +218,42 @@ def test_a_call_without_its_request_message_is_refused(tmp_path: Path, body: str
         assert (0.4 < waited < 3) if body == "never" else waited < 1
     finally:
         running.stop(grace=1)
+
+
+def test_a_burst_of_settles_is_answered_or_refused_with_a_reason_never_cancelled(server_process, tmp_path):
+    """1,500 settles sent at once over 15 connections, to a server capped at 200 concurrent
+    calls: each is answered or refused RESOURCE_EXHAUSTED / SERVER_BUSY by the door. gRPC core
+    held only 1,000 calls for the loop to take and cancelled the rest, CANCELLED with no reason
+    (18-52 of 1,500 in each of 3 rounds, without a cap of ours)."""
+    from settlesim.v1 import settlement_service_pb2 as pb
+
+    server = server_process(tmp_path / "ledger.db", "--max-calls", "200")
+    his = connect(server.target, CANCER_HOSPITAL, retries=0)
+    requests = [
+        his.settlement_request(QINGHAI, TUMOUR, f"2021-12-{10 + n % 15:02d}", [Fee("A-CONSULT-001", 100 + n)])
+        for n in range(1500)
+    ]
+    bodies = [pb.SettleVisitRequest(request=request).SerializeToString() for request in requests]
+    his.close()
+
+    async def burst() -> Counter[tuple[str, str]]:
+        channels = [
+            grpc.aio.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(15)
+        ]
+        for channel in channels:
+            await channel.channel_ready()
+        calls = [channels[n % 15].unary_unary(SETTLE)(body, timeout=30) for n, body in enumerate(bodies)]
+        outcomes: Counter[tuple[str, str]] = Counter()
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, grpc.aio.AioRpcError):
+                rejection = rejection_of(outcome)
+                outcomes[(rejection.code, rejection.reason)] += 1
+            else:
+                outcomes[("OK", "")] += 1
+        for channel in channels:
+            await channel.close()
+        return outcomes
+
+    outcomes = asyncio.run(burst())
+    assert set(outcomes) <= {("OK", ""), ("RESOURCE_EXHAUSTED", "SERVER_BUSY")}, outcomes
+    assert sum(outcomes.values()) == 1500 and outcomes[("OK", "")] >= 200
