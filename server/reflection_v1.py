@@ -46,10 +46,13 @@ def _add_v1_file() -> None:
 
 def enable_server_reflection(service_names: Sequence[str], server: grpc.Server) -> None:
     """Reflection v1alpha and v1 for `service_names` (both reflection services
-    are added to the list)."""
+    are added to the list), served on the event loop: its streams stay open as long as the
+    client likes, and as synchronous handlers in the server's few threads for such handlers
+    4 streams that never sent a request stalled every call served there (the check runs',
+    DescribePlatform) for as long as they were held."""
     _add_v1_file()
     names = (*service_names, reflection.SERVICE_NAME, SERVICE_NAME)
-    servicer = reflection.ReflectionServicer(names)
+    servicer = reflection.aio.ReflectionServicer(names)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1 = grpc.method_handlers_generic_handler(
         SERVICE_NAME,

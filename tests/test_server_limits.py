@@ -13,6 +13,7 @@ process do not count as the server's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -257,3 +258,52 @@ def test_a_burst_of_settles_is_answered_or_refused_with_a_reason_never_cancelled
     outcomes = asyncio.run(burst())
     assert set(outcomes) <= {("OK", ""), ("RESOURCE_EXHAUSTED", "SERVER_BUSY")}, outcomes
     assert sum(outcomes.values()) == 1500 and outcomes[("OK", "")] >= 200
+
+
+def test_reflection_streams_that_never_ask_stall_no_other_service(server_process, tmp_path):
+    """Reflection's streams ran as synchronous handlers in the server's 4 threads for those, which
+    the check runs' calls and DescribePlatform share: 4 reflection streams that never sent a
+    request made every one of those calls DEADLINE_EXCEEDED while they were held. 8 of them now,
+    and the others answer."""
+    from settlesim.v1 import his_check_pb2, platform_pb2
+
+    server = server_process(tmp_path / "ledger.db")
+    opened, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        channel = grpc.aio.insecure_channel(server.target)
+
+        async def never() -> object:
+            while not release.is_set():
+                await asyncio.sleep(0.05)
+            return
+            yield
+
+        streams = [channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(never())
+                   for _ in range(8)]  # fmt: skip
+        await channel.channel_ready()
+        await asyncio.sleep(0.5)  # every stream has reached the server
+        opened.set()
+        for stream in streams:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for _ in stream:
+                    pass
+        await channel.close()
+
+    holder = threading.Thread(target=lambda: asyncio.run(hold()), daemon=True)
+    holder.start()
+    try:
+        assert opened.wait(10)
+        with grpc.insecure_channel(server.target) as channel:
+            described = channel.unary_unary("/settlesim.v1.PlatformService/DescribePlatform")(
+                platform_pb2.DescribePlatformRequest().SerializeToString(), timeout=3
+            )
+            assert platform_pb2.DescribePlatformResponse.FromString(described).world_name == "default"
+            with pytest.raises(grpc.RpcError) as refused_run:  # an empty OpenRun: answered, refused
+                channel.unary_unary("/settlesim.v1.HisCheckService/OpenRun")(
+                    his_check_pb2.OpenRunRequest().SerializeToString(), timeout=3
+                )
+            assert refused_run.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        release.set()
+        holder.join(10)
