@@ -46,6 +46,7 @@ from settlesim.v1 import settlement_service_pb2 as pb
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementService"].full_name
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: 500 fee items fit many times over
 # Limits that keep one client from hurting the others (docs/errors.md#server-limits).
+MAX_METADATA_BYTES = 16 * 1024  # a call's request headers, gRPC's own included
 MAX_STREAMS_PER_CONNECTION = 100  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: more wait in the client
 KEEPALIVE_TIME_MS = 60_000  # the server pings a connection silent this long ...
 KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it when no answer comes within this
@@ -212,6 +213,10 @@ def server_options(reuse_port: bool = False) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
+        # One limit for request metadata: between gRPC's soft (8 KiB) and hard (16 KiB) ones a
+        # call was refused at random, RESOURCE_EXHAUSTED with no reason.
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         # Count a connection's streams as HTTP/2 does (those the client has open), not those gRPC
@@ -224,6 +229,12 @@ def server_options(reuse_port: bool = False) -> list[tuple[str, Any]]:
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # gRPC core now waits for a ping's answer this long (default 60 s), keepalive's included
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # Pings on a connection with no call: the server's keepalive sends them (without, a dead
+        # idle peer held its connection until the idle close), and a client's every 10 s or more
+        # are allowed (without, gRPC allowed one each 2 hours and sent GOAWAY too_many_pings).
+        ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
     ]

@@ -307,3 +307,73 @@ def test_reflection_streams_that_never_ask_stall_no_other_service(server_process
     finally:
         release.set()
         holder.join(10)
+
+
+def test_request_metadata_has_one_limit_not_a_random_band(tmp_path: Path):
+    """gRPC core refuses request metadata past a soft limit (8 KiB) at random, more often the
+    nearer it is to its hard one (16 KiB): with 12 KB, 9-23 of 30 calls were RESOURCE_EXHAUSTED
+    with no reason. The server sets both to 16 KiB: 12 KB always passes, 17 KB never."""
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db"))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for size, passes in ((12_000, True), (17_000, False)):
+                outcomes = Counter()
+                for _ in range(30):
+                    try:
+                        health.Check(health_pb2.HealthCheckRequest(), metadata=[("x-padding", "p" * size)], timeout=5)
+                        outcomes["OK"] += 1
+                    except grpc.RpcError as error:
+                        outcomes[error.code().name] += 1
+                assert outcomes == ({"OK": 30} if passes else {"RESOURCE_EXHAUSTED": 30}), (size, outcomes)
+    finally:
+        running.stop(grace=1)
+
+
+def _frames(sock, until: float):  # type: ignore[no-untyped-def]
+    """(time, type) of each HTTP/2 frame the server sends, until it closes or `until`."""
+    import struct
+
+    buffer = b""
+    while time.monotonic() < until:
+        sock.settimeout(max(0.01, until - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return
+        if not chunk:
+            return
+        buffer += chunk
+        while len(buffer) >= 9:
+            length = struct.unpack(">I", b"\0" + buffer[:3])[0]
+            if len(buffer) < 9 + length:
+                break
+            yield time.monotonic(), buffer[3]
+            buffer = buffer[9 + length :]
+
+
+def test_keepalive_closes_an_idle_connection_whose_peer_stopped_answering(tmp_path: Path, monkeypatch):
+    """A connection with no call whose peer no longer answers pings: the server pings it after
+    the keepalive time and closes it (GOAWAY) when no answer came within the keepalive timeout
+    (here 1 s and 1 s; 60 s and 20 s in `serve`). gRPC pinged no connection without calls, and
+    waited 60 s for a ping's answer whatever the keepalive timeout said, so such a connection
+    stayed until the 15-minute idle close."""
+    import socket
+
+    from settlesim.server import app
+
+    monkeypatch.setattr(app, "KEEPALIVE_TIME_MS", 1000)
+    monkeypatch.setattr(app, "KEEPALIVE_TIMEOUT_MS", 1000)
+    running = start(ServerConfig(port=0, db_path=tmp_path / "ledger.db"))
+    try:
+        with socket.create_connection(("127.0.0.1", running.port)) as peer:
+            settings, settings_ack = b"\0\0\0\x04\0\0\0\0\0", b"\0\0\0\x04\x01\0\0\0\0"
+            peer.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + settings_ack)  # then silence
+            opened = time.monotonic()
+            frames = list(_frames(peer, opened + 8))
+        pings = [when - opened for when, kind in frames if kind == 0x6]
+        goaways = [when - opened for when, kind in frames if kind == 0x7]
+        assert pings and 0.5 < pings[0] < 2.5, frames
+        assert goaways and 0.5 < goaways[0] - pings[0] < 2.5, frames
+    finally:
+        running.stop(grace=1)
