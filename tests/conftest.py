@@ -113,8 +113,11 @@ def client() -> Iterator[Callable[..., Hospital]]:
 class ServerProcess:
     """`settlesim serve` in its own process, for restarts and crashes."""
 
-    def __init__(self, db: Path, *extra: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self, db: Path, *extra: str, credentials: grpc.ChannelCredentials | None = None, log_dir: Path | None = None
+    ) -> None:
         self.db, self.extra, self.credentials = db, extra, credentials  # credentials: a TLS server
+        self.log_dir = log_dir  # the test's tmp_path (pytest keeps the last few); else the temp dir
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
@@ -122,7 +125,7 @@ class ServerProcess:
         # The server's log goes to a file, so that a server that exits at start says why
         # in the test's failure (it once went to /dev/null). Not beside the ledger: `db`
         # may be a PostgreSQL DSN.
-        descriptor, name = tempfile.mkstemp(prefix="settlesim-serve-", suffix=".log")
+        descriptor, name = tempfile.mkstemp(prefix="settlesim-serve-", suffix=".log", dir=self.log_dir)
         self.stderr_path = Path(name)
         with os.fdopen(descriptor, "wb") as stderr:
             self.proc = subprocess.Popen(
@@ -172,7 +175,7 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def make(db: Path | None = None, *extra: str, credentials: grpc.ChannelCredentials | None = None) -> ServerProcess:
-        process = ServerProcess(db or tmp_path / "ledger.db", *extra, credentials=credentials).start()
+        process = ServerProcess(db or tmp_path / "ledger.db", *extra, credentials=credentials, log_dir=tmp_path).start()
         started.append(process)
         return process
 
