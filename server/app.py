@@ -25,6 +25,7 @@ from settlesim.server.audit import AuditInterceptor, AuditLog, open_audit_log
 from settlesim.server.door import settlement_handlers
 from settlesim.server.faults import FaultInterceptor, FaultPlan, after_call
 from settlesim.server.grpc_accepts import AcceptLoops
+from settlesim.server.health_service import DrainingHealth
 from settlesim.server.his_check_service import HisCheckService
 from settlesim.server.http_server import DRAIN_SECONDS, HttpServer, start_http
 from settlesim.server.journal import Journal, JournalInterceptor, journal_path
@@ -53,12 +54,10 @@ KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it when no answer comes within t
 MIN_CLIENT_PING_INTERVAL_MS = 10_000  # a client pinging more often without data is sent GOAWAY
 MAX_CONNECTION_IDLE_MS = 15 * 60_000  # a connection with no call this long is closed (GOAWAY)
 # Calls gRPC core holds until the loop takes them. Past its default (1,000) core cancelled the
-# rest, CANCELLED with no reason: a burst of 1,500 well-formed settles lost 18-52 that way, below
-# the door's own cap (SERVER_BUSY, with its reason). Five times that cap by default.
-MAX_PENDING_CALLS = 10_000
-# Draining, the streams left open are cut once no call has been worked on or opened this long: a
-# call whose request is on its way has it within milliseconds.
-QUIET_BEFORE_CUT = 0.1
+# rest, CANCELLED with no reason: a burst of 1,500 well-formed settles lost 18-52 that way, where
+# the door would have answered them or refused them SERVER_BUSY, with its reason. At least
+# 10,000, and five per call the door may work on at once: a few KB each while they wait.
+MIN_PENDING_CALLS = 10_000
 T = TypeVar("T")
 INTEGRITY_CHECK_SKIPPED = (
     "the ledger's integrity check at start-up is skipped (--skip-integrity-check): "
@@ -126,7 +125,7 @@ class RunningServer:
     port: int
     world: World
     ledger: LedgerStore
-    health: health.aio.HealthServicer
+    health: DrainingHealth
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
     audit: AuditLog | None = None
@@ -156,11 +155,11 @@ class RunningServer:
         until = time.monotonic() + grace
         doors = [door for door in (self.console, self.national) if door is not None]
         for door in doors:
-            door.begin_stop()
+            door.begin_stop(grace)
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(self._drain(grace), self.loop).result()
         for door in doors:  # before the loop stops: the national door's calls run on it
-            door.stop(timeout=max(0.2, until - time.monotonic() + 0.2))
+            door.join(until - time.monotonic())
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
@@ -176,16 +175,9 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         if self.limits is not None:
             self.limits.stopping = True
-        stopping = loop.create_task(self.server.stop(grace))
-        # gRPC waits for every open stream, a health Watch or a call that never sent its request
-        # as much as a settle: each held the drain for the whole grace. Once no call is being
-        # worked on or has just opened, what is left is cut (a second stop, of no grace).
-        while self.limits is not None and not stopping.done() and loop.time() < until:
-            if self.limits.quiet(QUIET_BEFORE_CUT):
-                await self.server.stop(0)
-                break
-            await asyncio.sleep(0.01)
-        await stopping
+        # gRPC waits for every open stream: health's Watch streams end now (health_service.py);
+        # a call whose request has not come may still bring work, and has the grace as any.
+        await self.server.stop(grace)
         # gRPC's drain is over once no call has a client; a call whose client left runs on to
         # its end (server/completion.py): wait for it too, within the same grace.
         while self.limits is not None and self.limits.in_flight and loop.time() < until:
@@ -207,9 +199,10 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def server_options(reuse_port: bool = False) -> list[tuple[str, Any]]:
+def server_options(reuse_port: bool = False, max_calls: int = MAX_CONCURRENT_CALLS) -> list[tuple[str, Any]]:
     """gRPC core settings of every server here (the reference and the noop one):
     message sizes and the per-connection limits of docs/errors.md#server-limits."""
+    pending = max(MIN_PENDING_CALLS, 5 * max_calls)
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
@@ -225,8 +218,8 @@ def server_options(reuse_port: bool = False) -> list[tuple[str, Any]]:
         # REFUSED_STREAM) while the loop freed finished calls (tests/test_stream_cap.py). The cap
         # on concurrent calls (SERVER_BUSY, limits.py) is the pushback on a server behind.
         ("grpc.http.overload_protection", 0),
-        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         # gRPC core now waits for a ping's answer this long (default 60 s), keepalive's included
@@ -354,7 +347,7 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
 
 async def _start_on_loop(
     config: ServerConfig, world: World, parts: _Parts, authenticate: auth.Authenticator | None
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, SettlementService, AcceptLoops | None]:
+) -> tuple[grpc.aio.Server, int, DrainingHealth, SettlementService, AcceptLoops | None]:
     ledger, journal, audit, runs = parts.ledger, parts.journal, parts.audit, parts.runs
     service = SettlementService(
         world, ledger, allow_sessions=sessions_allowed(config), authenticate=authenticate, runs=runs
@@ -375,7 +368,7 @@ async def _start_on_loop(
     server = grpc.aio.server(
         # The synchronous handlers (check runs, platform, reflection) run in these threads.
         migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin"),
-        options=server_options(config.reuse_port),
+        options=server_options(config.reuse_port, config.max_concurrent_calls),
     )
     # SettlementService first: the generic handlers are asked in order.
     adding = GenericOnly(server, OFTEN_ACCEPTED)
@@ -383,7 +376,7 @@ async def _start_on_loop(
     if journal is not None and runs is not None:
         admin = HisCheckService(world, ledger, journal, runs, service.call_settings)
         his_check_pb2_grpc.add_HisCheckServiceServicer_to_server(admin, adding)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, adding)
     his_check = his_check_pb2.DESCRIPTOR.services_by_name["HisCheckService"].full_name
     described = platform.add_to_server(world, adding)  # which world this is (docs/cases.md)
@@ -516,7 +509,8 @@ def serve_forever(config: ServerConfig) -> int:
     world = load_world(config.world_dir)  # the long part of a start with a big world: Ctrl-C stops it
     # Handled before the port opens: health answers SERVING, and calls are taken, as soon as gRPC
     # listens, and a SIGTERM then killed the server undrained (its calls not journaled). A stop
-    # asked for during the rest of the start is carried out once the server is up.
+    # asked for during the rest of the start (the ledger's integrity check included, which takes
+    # minutes on a big ledger: `--skip-integrity-check`) is carried out once the server is up.
     stopped = StopRequest().handle(signal.SIGTERM, signal.SIGINT)  # not an Event: see its module
     running = start(config, world)
     tune_gc()

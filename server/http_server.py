@@ -5,6 +5,7 @@ gRPC threads never wait for it (and it never waits for them)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import threading
 import time
@@ -17,6 +18,8 @@ import uvicorn
 # How long a request under way may still run once the server stops (the gRPC calls' grace too:
 # app.RunningServer.stop); uvicorn cancels what is left then.
 DRAIN_SECONDS = 5.0
+
+log = logging.getLogger("settlesim.server")
 
 
 @dataclass
@@ -33,14 +36,21 @@ class HttpServer:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def begin_stop(self) -> None:
+    def begin_stop(self, grace: float = DRAIN_SECONDS) -> None:
         """No new connections or requests from now on (within uvicorn's 0.1 s tick); the
-        requests under way go on, for at most DRAIN_SECONDS."""
+        requests under way go on for about `grace` seconds (uvicorn's own 0.2 s taken off)."""
+        self._server.config.timeout_graceful_shutdown = max(0.0, grace - 0.3)  # read when it stops
         self._server.should_exit = True
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self.begin_stop()
-        self._thread.join(timeout)
+    def join(self, timeout: float) -> None:
+        """Wait for the end of `begin_stop`: `timeout` seconds and a second more."""
+        self._thread.join(max(0.0, timeout) + 1.0)
+        if self._thread.is_alive():
+            log.warning("%s still running %.1f s after it was told to stop", self._thread.name, timeout + 1.0)
+
+    def stop(self, timeout: float = DRAIN_SECONDS) -> None:
+        self.begin_stop(timeout)
+        self.join(timeout)
 
 
 def start_http(

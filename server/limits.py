@@ -39,8 +39,9 @@ MAX_CONCURRENT_CALLS = 2000  # settlement calls worked on at once
 REQUEST_BODY_SECONDS = 10.0  # from a call's opening to its request message
 
 
-async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
-    log.warning(
+async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal, level: int = logging.WARNING) -> None:
+    log.log(
+        level,
         "call refused at the door: %s %s",
         refusal.reason,
         refusal.message,
@@ -58,21 +59,13 @@ class CallLimits:
     ) -> None:
         self.max_calls, self.body_seconds = max_calls, body_seconds
         self.in_flight = 0
-        self.stopping = False  # the server drains (app.RunningServer.stop): cut streams are not refused
+        self.stopping = False  # the server drains (app.RunningServer.stop): its cuts are not the clients'
         # Calls still waiting for their request message, by the loop time their body is due.
         # One sweep a tick refuses the late ones: a timer per call cost more than the call's door.
         self._awaiting: dict[asyncio.Task[Any], float] = {}
         self._late: set[asyncio.Task[Any]] = set()
         self._sweep_every = min(1.0, max(0.05, body_seconds / 10))
         self._sweeping = False
-
-    def quiet(self, seconds: float) -> bool:
-        """No call is being worked on, and none still waiting for its request opened within the
-        last `seconds`: what is open is streams that bring no work (a drain may cut them)."""
-        if self.in_flight:
-            return False
-        opened_by = asyncio.get_running_loop().time() - seconds + self.body_seconds
-        return all(due <= opened_by for due in self._awaiting.values())
 
     def _sweep(self) -> None:
         """Cancel the read of every call whose request message is overdue."""
@@ -122,9 +115,13 @@ class CallLimits:
                     ),
                 )
             if request is EOF:
-                if self.stopping:  # cut by the drain, not ended by its client: nothing to refuse
-                    raise asyncio.CancelledError
-                await _refuse(context, Refusal(Reason.MALFORMED_MESSAGE, "the call ended without a request message"))
+                # at the end of a drain's grace gRPC ends the calls still waiting so: not a client's
+                # fault worth a warning (the client, if it is there, is told UNAVAILABLE by gRPC)
+                await _refuse(
+                    context,
+                    Refusal(Reason.MALFORMED_MESSAGE, "the call ended without a request message"),
+                    level=logging.INFO if self.stopping else logging.WARNING,
+                )
             if self.in_flight >= self.max_calls:
                 await _refuse(
                     context,

@@ -101,16 +101,23 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
     # Until each process has its own handlers a SIGTERM waits (blocked, not lost): the parent's
     # came after its children were up, and one sent before killed it, unforwarded.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    for _ in range(processes):
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            reserved.close()
-            os.close(read_end)
-            _child(shared, world, write_end, parent)
-        os.close(write_end)
-        children.append(pid)
-        readies.append(read_end)
+    try:
+        for _ in range(processes):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                reserved.close()
+                os.close(read_end)
+                _child(shared, world, write_end, parent)
+            os.close(write_end)
+            children.append(pid)
+            readies.append(read_end)
+    except BaseException:  # no fork or no pipe: stop the children there are, unblock the signals
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        raise
     stopping = StopRequest()
 
     def stop_all(signum: int | None = None, _frame: object = None) -> None:
@@ -153,5 +160,6 @@ def serve_processes(config: ServerConfig, processes: int) -> int:
                 log.error("server process %d exited; stopping the others", pid)
             failed = True
             stop_all()
-    log.info("stopped (%s)", stopping.signal_name if stopping.is_set() else "its processes exited")
+    why = stopping.signal_name if stopping.signum is not None else "a server process ended" if failed else "done"
+    log.info("stopped (%s)", why)
     return 1 if failed else 0

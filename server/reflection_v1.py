@@ -11,6 +11,7 @@ that reflection can describe v1 itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -44,7 +45,7 @@ def _add_v1_file() -> None:
     pool.Add(proto)
 
 
-def enable_server_reflection(service_names: Sequence[str], server: grpc.Server) -> None:
+def enable_server_reflection(service_names: Sequence[str], server: Any) -> None:
     """Reflection v1alpha and v1 for `service_names` (both reflection services
     are added to the list), served on the event loop: its streams stay open as long as the
     client likes, and as synchronous handlers in the server's few threads for such handlers

@@ -19,6 +19,7 @@ the signal; the main thread's wait watches it too, and each wake-up lets the han
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -52,7 +53,9 @@ class StopRequest:
             self._wakeup, wakeup_write = os.pipe()
             os.set_blocking(self._wakeup, False)
             os.set_blocking(wakeup_write, False)
-            signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+            previous = signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+            if previous != -1:  # an event loop's in this thread: it would no longer see its signals
+                logging.getLogger("settlesim.server").warning("a wakeup fd was set already; replaced")
         return self
 
     def wait(self, timeout: float | None = None) -> bool:

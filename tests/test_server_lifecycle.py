@@ -114,8 +114,8 @@ def test_a_sigterm_that_another_thread_takes_still_drains(server_process, tmp_pa
     pid = server.proc.pid
     others = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
     assert others, "the server runs threads besides its main one"
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.tgkill(pid, others[-1], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+    libc = ctypes.CDLL(None, use_errno=True)  # the oldest of them: started with the server, lives to its end
+    assert libc.tgkill(pid, others[0], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
     assert server.proc.wait(20) == 0
     last = [json.loads(line)["message"] for line in server.log_tail(2).splitlines()]
     assert last == ["received SIGTERM, draining", "stopped"]
