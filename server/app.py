@@ -366,7 +366,9 @@ async def _start_on_loop(
         faults=FaultInterceptor(config.faults) if config.faults is not None and config.faults.active else None,
     )
     server = grpc.aio.server(
-        # The synchronous handlers (check runs, platform, reflection) run in these threads.
+        # The synchronous handlers (the check runs, DescribePlatform) run in these threads: all
+        # unary, each holds one only while it runs (reflection, whose streams stay open, runs on
+        # the loop: server/reflection_v1.py).
         migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin"),
         options=server_options(config.reuse_port, config.max_concurrent_calls),
     )
