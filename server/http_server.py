@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 
 # How long a request under way may still run once the server stops (the gRPC calls' grace too:
-# app.RunningServer.stop); uvicorn cancels what is left then.
+# app.RunningServer.stop); `begin_stop` has uvicorn cancel what is left then.
 DRAIN_SECONDS = 5.0
 
 log = logging.getLogger("settlesim.server")
@@ -38,7 +38,8 @@ class HttpServer:
 
     def begin_stop(self, grace: float = DRAIN_SECONDS) -> None:
         """No new connections or requests from now on (within uvicorn's 0.1 s tick); the
-        requests under way go on for about `grace` seconds (uvicorn's own 0.2 s taken off)."""
+        requests under way go on for about `grace` seconds, then uvicorn cancels them (its tick
+        and its own 0.1 s pause before the wait are taken off, and 0.1 s more of slack)."""
         self._server.config.timeout_graceful_shutdown = max(0.0, grace - 0.3)  # read when it stops
         self._server.should_exit = True
 
@@ -77,7 +78,6 @@ def start_http(
         ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
         ssl_ca_certs=str(client_ca) if client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE, http=protocol or "auto",
-        timeout_graceful_shutdown=DRAIN_SECONDS,
     )  # fmt: skip
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the gRPC server owns signals

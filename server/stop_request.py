@@ -61,8 +61,9 @@ class StopRequest:
     def wait(self, timeout: float | None = None) -> bool:
         """True once a stop was asked for; False if `timeout` seconds passed first."""
         watched = [self._read]
-        if self._wakeup is not None and threading.current_thread() is threading.main_thread():
-            watched.append(self._wakeup)  # only the main thread runs handlers: only it is woken
+        wakeup = self._wakeup if threading.current_thread() is threading.main_thread() else None
+        if wakeup is not None:
+            watched.append(wakeup)  # only the main thread runs handlers: only it is woken
         until = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if until is None else max(0.0, until - time.monotonic())
@@ -73,8 +74,9 @@ class StopRequest:
                 return False
             # Another thread took a signal: its handler runs as this thread goes on, before the
             # next select, which then sees the stop if the handler asked for one.
+            assert wakeup is not None  # only it can have been readable
             with contextlib.suppress(BlockingIOError):
-                os.read(self._wakeup, 512)  # type: ignore[arg-type]
+                os.read(wakeup, 512)
 
     def is_set(self) -> bool:
         return self.wait(0)
