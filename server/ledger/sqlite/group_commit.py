@@ -325,7 +325,10 @@ class LoopGroupCommit:
             db.execute("COMMIT")
         except BaseException:
             self._rollback(db)
+            self._unlock()
             raise
+        try:
+            self._checkpointer.catch_up(db)  # the WAL starts again from its beginning (checkpointer.py)
         finally:
             self._unlock()
 
