@@ -13,6 +13,7 @@ from conftest import CANCER_HOSPITAL
 from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.ledger.sqlite import checkpointer
 from settlesim.server.ledger.sqlite.checkpointer import AUTOMATIC_PAGES
+from settlesim.server.ledger.sqlite.group_commit import LoopGroupCommit
 from test_group_commit import _message  # a write of one msgid row
 
 
@@ -25,9 +26,9 @@ def test_the_group_commit_leaves_checkpoints_to_their_thread(tmp_path: Path) -> 
             writer_pages = ledger._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
             for n in range(40):  # 40 transactions: each COMMIT appends its pages to the WAL
                 await asyncio.gather(*(committer.run(_message(f"M{n}-{k}")) for k in range(5)))
-            before = committer._checkpointer.copied
-            await asyncio.get_running_loop().run_in_executor(None, committer._checkpointer.checkpoint)
-            return writer_pages, before, committer._checkpointer.copied
+            before = committer.checkpointer.copied
+            await asyncio.get_running_loop().run_in_executor(None, committer.checkpointer.checkpoint)
+            return writer_pages, before, committer.checkpointer.copied
 
         writer_pages, before, after = asyncio.run(writes())
         assert writer_pages == 0  # the writer's COMMITs do not checkpoint while the thread runs
@@ -62,7 +63,7 @@ def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) ->
                 await asyncio.gather(*(committer.run(_message(f"M{n}-{k}")) for k in range(5)))
 
             def pass_during_the_batch(db: sqlite3.Connection) -> str:
-                committer._checkpointer.checkpoint()  # this batch is not committed: not copied
+                committer.checkpointer.checkpoint()  # this batch is not committed: not copied
                 return _message("DURING")(db)
 
             await committer.run(pass_during_the_batch)
@@ -79,6 +80,39 @@ def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) ->
         ledger.close()
 
 
+def test_the_wal_starts_again_when_only_the_writer_thread_writes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The same with the loop's group commit running but every write going through the writer
+    thread (the national visit flow's writes do): its COMMIT catches up too. Without that the 20
+    writes after the pass grow the WAL."""
+    monkeypatch.setattr(checkpointer, "EVERY_SECONDS", 3600.0)
+    ledger = Ledger(tmp_path / "ledger.db")
+    wal = tmp_path / "ledger.db-wal"
+    try:
+
+        async def start_the_loops_group_commit() -> LoopGroupCommit:
+            committer = ledger._loop_commit()
+            await committer.run(_message("LOOP"))
+            return committer
+
+        committer = asyncio.run(start_the_loops_group_commit())
+        for n in range(40):
+            ledger._group(_message(f"W{n}"))
+
+        def pass_during_the_write(db: sqlite3.Connection) -> str:
+            committer.checkpointer.checkpoint()
+            return _message("DURING")(db)
+
+        ledger._group(pass_during_the_write)
+        before = wal.stat().st_size
+        for n in range(20):
+            ledger._group(_message(f"A{n}"))
+        assert before > 40 * 4096
+        assert wal.stat().st_size <= before
+        assert ledger.find_message("", CANCER_HOSPITAL, "A19") == ("blocked", "", "")
+    finally:
+        ledger.close()
+
+
 def test_a_checkpoint_that_fails_is_logged_and_loses_nothing(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     ledger = Ledger(tmp_path / "ledger.db")
     try:
@@ -86,8 +120,8 @@ def test_a_checkpoint_that_fails_is_logged_and_loses_nothing(tmp_path: Path, cap
         async def writes() -> None:
             committer = ledger._loop_commit()
             await committer.run(_message("M1"))
-            committer._checkpointer._db.close()  # its connection gone: the next checkpoint fails
-            committer._checkpointer.checkpoint()
+            committer.checkpointer._db.close()  # its connection gone: the next checkpoint fails
+            committer.checkpointer.checkpoint()
             await committer.run(_message("M2"))
 
         asyncio.run(writes())

@@ -117,7 +117,7 @@ class LoopGroupCommit:
         self._busy = False  # a batch is being collected, run or committed
         self._helper = CommitThread(loop)
         # Checkpoints beside the writer, not inside the COMMIT that crosses SQLite's threshold.
-        self._checkpointer = Checkpointer(ledger.path, self._writer_checkpoints)
+        self.checkpointer = Checkpointer(ledger.path, self._writer_checkpoints)
         self.batches = 0  # figures for the benchmark's notes
         self.writes = 0
         self.largest = 0
@@ -172,7 +172,7 @@ class LoopGroupCommit:
             self._handed_back = False
             self._rollback(self.ledger._db)
             self._unlock()
-        self._checkpointer.stop()
+        self.checkpointer.stop()
         if self.batches:
             log.debug(
                 "group commit: %d writes in %d transactions (%.1f per transaction, at most %d)",
@@ -328,7 +328,7 @@ class LoopGroupCommit:
             self._unlock()
             raise
         try:
-            self._checkpointer.catch_up(db)  # the WAL starts again from its beginning (checkpointer.py)
+            self.checkpointer.catch_up(db)  # the WAL starts again from its beginning (checkpointer.py)
         finally:
             self._unlock()
 
