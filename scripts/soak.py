@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from settlesim.clients import bench
+from settlesim.server.journal import journal_path
 from thread_cpu import parse_variant, running_with, scratch_world, thread_cpu
 
 
@@ -52,6 +53,7 @@ def main() -> int:
         ]  # fmt: skip
         with running_with(command, pythonpath) as server:
             pid = server.process.pid
+            asyncio.run(bench._closed_loop(server.target, requests, 32, 2.0, 4))  # warm-up, as the bench's
             for run in range(1, args.runs + 1):
                 before = sum(thread_cpu(pid).values())
                 load = bench._closed_loop(server.target, requests, 32, args.seconds, 4)
@@ -61,7 +63,7 @@ def main() -> int:
                     f"{label} run {run}: {answered / elapsed:6.0f} settles/s, {cpu / max(answered, 1) * 1e6:4.0f} us "
                     f"a settle, errors {errors}, RSS {resident_megabytes(pid):4.0f} MB, ledger "
                     f"{megabytes(db):5.0f} MB, WAL {megabytes(Path(f'{db}-wal')):5.0f} MB, journal "
-                    f"{megabytes(db.with_suffix('.journal.db')):5.0f} MB",
+                    f"{megabytes(journal_path(db)):5.0f} MB",
                     flush=True,
                 )
     finally:

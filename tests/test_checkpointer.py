@@ -26,9 +26,9 @@ def test_the_group_commit_leaves_checkpoints_to_their_thread(tmp_path: Path) -> 
             writer_pages = ledger._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
             for n in range(40):  # 40 transactions: each COMMIT appends its pages to the WAL
                 await asyncio.gather(*(committer.run(_message(f"M{n}-{k}")) for k in range(5)))
-            before = committer.checkpointer.copied
-            await asyncio.get_running_loop().run_in_executor(None, committer.checkpointer.checkpoint)
-            return writer_pages, before, committer.checkpointer.copied
+            before = committer._checkpointer.copied
+            await asyncio.get_running_loop().run_in_executor(None, committer._checkpointer.checkpoint)
+            return writer_pages, before, committer._checkpointer.copied
 
         writer_pages, before, after = asyncio.run(writes())
         assert writer_pages == 0  # the writer's COMMITs do not checkpoint while the thread runs
@@ -63,7 +63,7 @@ def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) ->
                 await asyncio.gather(*(committer.run(_message(f"M{n}-{k}")) for k in range(5)))
 
             def pass_during_the_batch(db: sqlite3.Connection) -> str:
-                committer.checkpointer.checkpoint()  # this batch is not committed: not copied
+                committer._checkpointer.checkpoint()  # this batch is not committed: not copied
                 return _message("DURING")(db)
 
             await committer.run(pass_during_the_batch)
@@ -99,7 +99,7 @@ def test_the_wal_starts_again_when_only_the_writer_thread_writes(tmp_path: Path,
             ledger._group(_message(f"W{n}"))
 
         def pass_during_the_write(db: sqlite3.Connection) -> str:
-            committer.checkpointer.checkpoint()
+            committer._checkpointer.checkpoint()
             return _message("DURING")(db)
 
         ledger._group(pass_during_the_write)
@@ -120,8 +120,8 @@ def test_a_checkpoint_that_fails_is_logged_and_loses_nothing(tmp_path: Path, cap
         async def writes() -> None:
             committer = ledger._loop_commit()
             await committer.run(_message("M1"))
-            committer.checkpointer._db.close()  # its connection gone: the next checkpoint fails
-            committer.checkpointer.checkpoint()
+            committer._checkpointer._db.close()  # its connection gone: the next checkpoint fails
+            committer._checkpointer.checkpoint()
             await committer.run(_message("M2"))
 
         asyncio.run(writes())

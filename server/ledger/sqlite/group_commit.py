@@ -117,7 +117,7 @@ class LoopGroupCommit:
         self._busy = False  # a batch is being collected, run or committed
         self._helper = CommitThread(loop)
         # Checkpoints beside the writer, not inside the COMMIT that crosses SQLite's threshold.
-        self.checkpointer = Checkpointer(ledger.path, self._writer_checkpoints)
+        self._checkpointer = Checkpointer(ledger.path, self._writer_checkpoints)
         self.batches = 0  # figures for the benchmark's notes
         self.writes = 0
         self.largest = 0
@@ -172,7 +172,7 @@ class LoopGroupCommit:
             self._handed_back = False
             self._rollback(self.ledger._db)
             self._unlock()
-        self.checkpointer.stop()
+        self._checkpointer.stop()
         if self.batches:
             log.debug(
                 "group commit: %d writes in %d transactions (%.1f per transaction, at most %d)",
@@ -320,17 +320,22 @@ class LoopGroupCommit:
         return outcomes
 
     def _commit(self, db: sqlite3.Connection) -> None:
-        """In the helper thread: COMMIT (or roll back on failure), then release the locks."""
+        """In the helper thread: COMMIT (or roll back on failure), the checkpoint thread's
+        catch-up when it asked for one (checkpointer.py), then release the locks."""
         try:
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback(db)
-            self._unlock()
-            raise
-        try:
-            self.checkpointer.catch_up(db)  # the WAL starts again from its beginning (checkpointer.py)
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback(db)
+                raise
+            self.catch_up(db)  # never raises: what it cannot do, a later COMMIT does
         finally:
             self._unlock()
+
+    def catch_up(self, db: sqlite3.Connection) -> None:
+        """After a COMMIT on the ledger's write connection, the write locks held (this thread's
+        or the writer thread's): the WAL starts again from its beginning (checkpointer.py)."""
+        self._checkpointer.catch_up(db)
 
     def _rollback(self, db: sqlite3.Connection) -> None:
         self.ledger.running.forget()  # it held this transaction's writes

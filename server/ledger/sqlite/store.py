@@ -506,13 +506,13 @@ class SqliteLedger(WriterThread):
             path, head = self.audit_head()
             put_anchor(db, path, head, now())
 
-    def _caught_up(self, db: sqlite3.Connection) -> None:
+    def _catch_up_checkpoint(self, db: sqlite3.Connection) -> None:
         """After the writer thread's COMMIT, under the write locks: while the loop's group commit
         runs, its checkpoint thread's catch-up (checkpointer.py), so that the WAL starts again
         from its beginning even when only this thread writes (the national visit flow)."""
         committer = self._loop_committer
         if committer is not None:
-            committer.checkpointer.catch_up(db)
+            committer.catch_up(db)
 
     def anchor_audit(self) -> None:
         """A write transaction with nothing but the audit log's anchor in it."""

@@ -58,7 +58,7 @@ class WriterThread:
     shared: bool
 
     # and from the store: _across_processes(), _refuse_if_damaged(), _storage_failed(error),
-    # _anchor_audit(db), _caught_up(db)
+    # _anchor_audit(db), _catch_up_checkpoint(db)
 
     def _group(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(db)` in the next group transaction; return once committed."""
@@ -146,7 +146,7 @@ class WriterThread:
                 self._fail_batch(db, batch, error)
             else:
                 self._health.committed()
-                self._caught_up(db)
+                self._catch_up_checkpoint(db)
         for job in batch:
             job.done.release()
         if self.on_commit is not None:
