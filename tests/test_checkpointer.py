@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 from conftest import CANCER_HOSPITAL
@@ -77,6 +78,45 @@ def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) ->
         assert after <= before  # started again: the batches after wrote over the frames copied
         assert ledger.find_message("", CANCER_HOSPITAL, "A19-4") == ("blocked", "", "")
     finally:
+        ledger.close()
+
+
+def test_the_batchs_callers_are_answered_before_the_catch_up(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The catch-up (a copy and an fsync, 2-9 ms) runs after the batch's answers are handed to
+    the loop, the write locks still held; the next batch begins after it. Here it waits for the
+    test: the write is answered meanwhile, and the next one commits once it is let go."""
+    monkeypatch.setattr(checkpointer, "EVERY_SECONDS", 3600.0)
+    ledger = Ledger(tmp_path / "ledger.db")
+    let_go, catching_up, caught_up = threading.Event(), threading.Event(), threading.Event()
+    try:
+
+        async def writes() -> tuple[bool, bool]:
+            committer = ledger._loop_commit()
+            real_catch_up = committer.catch_up
+
+            def slow_catch_up(db: sqlite3.Connection) -> None:
+                catching_up.set()
+                let_go.wait(10)
+                real_catch_up(db)
+                caught_up.set()
+
+            monkeypatch.setattr(committer, "catch_up", slow_catch_up)
+            committer._checkpointer.catch_up_wanted = True
+            await asyncio.wait_for(committer.run(_message("ANSWERED")), 5)
+            answered_before_it_ended = catching_up.is_set() and not caught_up.is_set()
+            next_write = asyncio.ensure_future(committer.run(_message("NEXT")))
+            await asyncio.sleep(0.2)
+            next_waited = not next_write.done()  # the locks are the catch-up's until it ends
+            let_go.set()
+            await asyncio.wait_for(next_write, 5)
+            return answered_before_it_ended, next_waited
+
+        answered_before_it_ended, next_waited = asyncio.run(writes())
+        assert answered_before_it_ended
+        assert next_waited and caught_up.is_set()
+        assert ledger.find_message("", CANCER_HOSPITAL, "NEXT") == ("blocked", "", "")
+    finally:
+        let_go.set()
         ledger.close()
 
 

@@ -18,8 +18,9 @@ every frame was already copied, if no reader still holds a snapshot older than t
 checkpoint beside a busy writer never catches up with it. So each pass of this thread ends by
 asking the writer to catch up (`catch_up_wanted`): after its next COMMIT, still holding the write
 locks, the writer checkpoints the few frames written since this thread's pass (`catch_up`), and
-the transaction after it starts the WAL from its beginning again. The callers of that one batch
-a second wait for it (2-9 ms measured). A reader that keeps a snapshot open across the catch-up
+the transaction after it starts the WAL from its beginning again. It runs once that batch's
+callers have their answers (group_commit.py); the next batch starts after it (2-9 ms measured,
+once a second). A reader that keeps a snapshot open across the catch-up
 (a long Reconcile, `ledger check` on a live file, readers of other processes that overlap without
 a gap) defers the restart to a later pass; the WAL grows meanwhile, and stops growing once there
 is a moment without such a reader.
