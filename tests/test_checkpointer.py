@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import struct
 import threading
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def test_the_group_commit_leaves_checkpoints_to_their_thread(tmp_path: Path) -> 
         again.close()
 
 
+def _wal_restarts(wal: Path) -> int:
+    """The WAL header's checkpoint sequence number (bytes 12-16, big-endian), which SQLite
+    increments each time it starts the WAL again from its beginning."""
+    with wal.open("rb") as file:
+        return struct.unpack(">I", file.read(16)[12:16])[0]
+
+
 def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A pass of the checkpoint thread overlaps a batch (as under load: the writer never waits
     for it), so it leaves that batch's frames uncopied and SQLite would never start the WAL
@@ -68,14 +76,15 @@ def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) ->
                 return _message("DURING")(db)
 
             await committer.run(pass_during_the_batch)
-            before = wal.stat().st_size
+            before, restarts = wal.stat().st_size, _wal_restarts(wal)
             for n in range(20):
                 await asyncio.gather(*(committer.run(_message(f"A{n}-{k}")) for k in range(5)))
+            assert _wal_restarts(wal) == restarts + 1  # started again, once
             return before, wal.stat().st_size
 
         before, after = asyncio.run(writes())
         assert before > 40 * 4096  # every batch appended its frames
-        assert after <= before  # started again: the batches after wrote over the frames copied
+        assert after <= before  # the batches after wrote over the frames copied
         assert ledger.find_message("", CANCER_HOSPITAL, "A19-4") == ("blocked", "", "")
     finally:
         ledger.close()
@@ -143,10 +152,11 @@ def test_the_wal_starts_again_when_only_the_writer_thread_writes(tmp_path: Path,
             return _message("DURING")(db)
 
         ledger._group(pass_during_the_write)
-        before = wal.stat().st_size
+        before, restarts = wal.stat().st_size, _wal_restarts(wal)
         for n in range(20):
             ledger._group(_message(f"A{n}"))
         assert before > 40 * 4096
+        assert _wal_restarts(wal) == restarts + 1
         assert wal.stat().st_size <= before
         assert ledger.find_message("", CANCER_HOSPITAL, "A19") == ("blocked", "", "")
     finally:
