@@ -11,6 +11,7 @@ import struct
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import CANCER_HOSPITAL
 from settlesim.server.ledger.sqlite import SqliteLedger as Ledger
 from settlesim.server.ledger.sqlite import checkpointer
@@ -54,14 +55,30 @@ def _wal_restarts(wal: Path) -> int:
         return struct.unpack(">I", file.read(16)[12:16])[0]
 
 
-def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def passes_off(monkeypatch):  # type: ignore[no-untyped-def]
+    """The checkpoint thread's own passes off: the test runs the one pass it needs."""
+    monkeypatch.setattr(checkpointer, "EVERY_SECONDS", 3600.0)
+
+
+def _pass_during(committer: LoopGroupCommit, msgid: str):  # type: ignore[no-untyped-def]
+    """A write that runs a pass of the checkpoint thread inside its own transaction (as under
+    load: the writer never waits for a pass), which leaves that write's frames uncopied."""
+
+    def work(db: sqlite3.Connection) -> str:
+        committer._checkpointer.checkpoint()
+        return _message(msgid)(db)
+
+    return work
+
+
+def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, passes_off) -> None:  # type: ignore[no-untyped-def]
     """A pass of the checkpoint thread overlaps a batch (as under load: the writer never waits
     for it), so it leaves that batch's frames uncopied and SQLite would never start the WAL
     again: it grew by ~19 KB a settle for as long as the writes went on. The writer's catch-up
     after its next COMMIT copies them, and the batch after that starts the WAL from its
     beginning: the 20 batches after it overwrite the file instead of growing it. (Without the
-    catch-up it grows by their frames.) The thread's own passes are off: this one is the test's."""
-    monkeypatch.setattr(checkpointer, "EVERY_SECONDS", 3600.0)
+    catch-up it grows by their frames.)"""
     ledger = Ledger(tmp_path / "ledger.db")
     wal = tmp_path / "ledger.db-wal"
     try:
@@ -70,12 +87,7 @@ def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) ->
             committer = ledger._loop_commit()
             for n in range(40):
                 await asyncio.gather(*(committer.run(_message(f"M{n}-{k}")) for k in range(5)))
-
-            def pass_during_the_batch(db: sqlite3.Connection) -> str:
-                committer._checkpointer.checkpoint()  # this batch is not committed: not copied
-                return _message("DURING")(db)
-
-            await committer.run(pass_during_the_batch)
+            await committer.run(_pass_during(committer, "DURING"))
             before, restarts = wal.stat().st_size, _wal_restarts(wal)
             for n in range(20):
                 await asyncio.gather(*(committer.run(_message(f"A{n}-{k}")) for k in range(5)))
@@ -90,11 +102,10 @@ def test_the_wal_starts_again_while_writes_go_on(tmp_path: Path, monkeypatch) ->
         ledger.close()
 
 
-def test_the_batchs_callers_are_answered_before_the_catch_up(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_batchs_callers_are_answered_before_the_catch_up(tmp_path: Path, monkeypatch, passes_off) -> None:  # type: ignore[no-untyped-def]
     """The catch-up (a copy and an fsync, 2-9 ms) runs after the batch's answers are handed to
     the loop, the write locks still held; the next batch begins after it. Here it waits for the
     test: the write is answered meanwhile, and the next one commits once it is let go."""
-    monkeypatch.setattr(checkpointer, "EVERY_SECONDS", 3600.0)
     ledger = Ledger(tmp_path / "ledger.db")
     let_go, catching_up, caught_up = threading.Event(), threading.Event(), threading.Event()
     try:
@@ -111,8 +122,10 @@ def test_the_batchs_callers_are_answered_before_the_catch_up(tmp_path: Path, mon
 
             monkeypatch.setattr(committer, "catch_up", slow_catch_up)
             committer._checkpointer.catch_up_wanted = True
-            await asyncio.wait_for(committer.run(_message("ANSWERED")), 5)
-            answered_before_it_ended = catching_up.is_set() and not caught_up.is_set()
+            await asyncio.wait_for(committer.run(_message("ANSWERED")), 5)  # the catch-up is held
+            # It starts right after the answer is handed over; it cannot end before let_go.
+            started = await asyncio.get_running_loop().run_in_executor(None, catching_up.wait, 5)
+            answered_before_it_ended = started and not caught_up.is_set()
             next_write = asyncio.ensure_future(committer.run(_message("NEXT")))
             await asyncio.sleep(0.2)
             next_waited = not next_write.done()  # the locks are the catch-up's until it ends
@@ -129,11 +142,10 @@ def test_the_batchs_callers_are_answered_before_the_catch_up(tmp_path: Path, mon
         ledger.close()
 
 
-def test_the_wal_starts_again_when_only_the_writer_thread_writes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_wal_starts_again_when_only_the_writer_thread_writes(tmp_path: Path, passes_off) -> None:  # type: ignore[no-untyped-def]
     """The same with the loop's group commit running but every write going through the writer
     thread (the national visit flow's writes do): its COMMIT catches up too. Without that the 20
     writes after the pass grow the WAL."""
-    monkeypatch.setattr(checkpointer, "EVERY_SECONDS", 3600.0)
     ledger = Ledger(tmp_path / "ledger.db")
     wal = tmp_path / "ledger.db-wal"
     try:
@@ -146,12 +158,7 @@ def test_the_wal_starts_again_when_only_the_writer_thread_writes(tmp_path: Path,
         committer = asyncio.run(start_the_loops_group_commit())
         for n in range(40):
             ledger._group(_message(f"W{n}"))
-
-        def pass_during_the_write(db: sqlite3.Connection) -> str:
-            committer._checkpointer.checkpoint()
-            return _message("DURING")(db)
-
-        ledger._group(pass_during_the_write)
+        ledger._group(_pass_during(committer, "DURING"))
         before, restarts = wal.stat().st_size, _wal_restarts(wal)
         for n in range(20):
             ledger._group(_message(f"A{n}"))
