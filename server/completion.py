@@ -100,16 +100,18 @@ class CallTask(asyncio.Task):  # type: ignore[type-arg]
 _HANDLER_CORO = "_handle_exceptions"  # what grpc.aio names the coroutine a call's handler runs in
 
 
-def call_task(loop: asyncio.AbstractEventLoop, coro: Any, context: Any = None) -> asyncio.Task[Any]:
+def call_task(loop: asyncio.AbstractEventLoop, coro: Any, **task_args: Any) -> asyncio.Task[Any]:
     """The server loop's task factory (loop.set_task_factory): a CallTask for gRPC's call
     handlers, asyncio's own Task for the rest (a subclass costs each task ~4k instructions,
     most of it where another task awaits it). Should grpc.aio rename its coroutine, calls run
-    detached in a Shielded task of their own, as before (slower, the same outcome)."""
+    detached in a Shielded task of their own, as before (slower, the same outcome). The loop's
+    own keywords go to the task as they came (`context`; Python 3.12 and newer pass `name`,
+    3.13's uvloop `eager_start` too)."""
     if getattr(coro, "__name__", None) == _HANDLER_CORO:
-        task = CallTask(coro, loop=loop, context=context)
+        task = CallTask(coro, loop=loop, **task_args)
         task.detached = None
         return task
-    return asyncio.Task(coro, loop=loop, context=context)
+    return asyncio.Task(coro, loop=loop, **task_args)
 
 
 class Shielded(asyncio.Task):  # type: ignore[type-arg]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,8 @@ async def _abandoned_call(ran: list[str]) -> tuple[bool, float]:
 def test_a_call_whose_client_left_runs_to_its_end_and_its_handler_ends_after_it(factory):
     made: list[type] = []
 
-    def recorded(loop: asyncio.AbstractEventLoop, coro: Any, context: Any = None) -> asyncio.Task[Any]:
-        task = call_task(loop, coro, context)
+    def recorded(loop: asyncio.AbstractEventLoop, coro: Any, **task_args: Any) -> asyncio.Task[Any]:
+        task = call_task(loop, coro, **task_args)
         made.append(type(task))
         return task
 
@@ -88,6 +89,28 @@ def test_other_tasks_on_the_server_loop_are_asyncio_s_own_and_cancel_as_always()
 
     asyncio.run(main())
 
+
+
+@pytest.mark.parametrize("coro_name", ["_handle_exceptions", "other"], ids=["call-task", "asyncio-task"])
+def test_the_task_factory_passes_on_the_keywords_a_loop_gives_it(coro_name: str):
+    """A task factory is called `(loop, coro, **kwargs)` and must pass every keyword on to the
+    task (Python 3.12 gives `name` and `context`; 3.13's loops `eager_start` too, which made
+    `serve` fail at start on Python 3.13 when the factory took `context` alone). The keywords
+    asserted are the ones this Python's asyncio.Task accepts."""
+
+    async def body() -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        coro = body()
+        coro.__name__ = coro_name  # grpc.aio's name for a call's handler makes a CallTask
+        loop = asyncio.get_running_loop()
+        task = call_task(loop, coro, name="handler-7", context=contextvars.copy_context())
+        assert task.get_name() == "handler-7"
+        assert (type(task) is CallTask) == (coro_name == "_handle_exceptions")
+        await task
+
+    asyncio.run(main())
 
 def test_the_server_runs_an_abandoned_call_to_its_end_in_the_handler_s_own_task(tmp_path: Path, monkeypatch):
     """On `serve` (journal on) with a settle that sleeps 300 ms (injected), a client that gives up
