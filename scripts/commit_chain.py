@@ -3,7 +3,7 @@
 with the SQLite group commit's phases timed in the server (perf_counter), printed per batch:
 
     job      the batch's writes run on the loop, in its transaction (pricing, SQL, the row)
-    hand-off from the COMMIT's submission until the helper thread starts it
+    hand-off from the jobs' end until the helper thread starts the COMMIT
     COMMIT   the COMMIT call (the WAL's frames, the fsync, the locks), and its CPU
     back     from the COMMIT's end until the loop answers the batch
     next     from the answers until the next batch starts (what is left of its gathering)
@@ -35,20 +35,24 @@ from settlesim.clients import bench
 from settlesim.clients.workload import Workload
 from settlesim.server.world_generate import generate_world
 
-# Run inside the server process (python -c): wraps four methods to time the phases. One
-# submission to the helper thread per batch (a single process takes its locks on the loop).
+# Run inside the server process (python -c): wraps four methods to time the phases. A batch's
+# jobs are timed from `_run` (after its locks are taken: a wait for them is in "next") to the
+# end of `_jobs`; the helper thread also takes locks for some batches, so its submissions are
+# not a batch's marks.
 _TIMED_SERVE = """
 import json, sys, time
 from settlesim.server.ledger.sqlite import group_commit as gc
 out, starts, submits, commits, answers = sys.argv.pop(1), [], [], [], []
-C, T = gc.LoopGroupCommit, gc.CommitThread
-next_batch, submit, commit, committed = C._next_batch, T.submit, C._commit, C._committed
-def timed_next_batch(self):
+C = gc.LoopGroupCommit
+run, jobs, commit, committed = C._run, C._jobs, C._commit, C._committed
+def timed_run(self, batch):
     starts.append(time.perf_counter())
-    return next_batch(self)
-def timed_submit(self, task, done):
-    submits.append(time.perf_counter())
-    return submit(self, task, done)
+    return run(self, batch)
+def timed_jobs(self, db, batch):
+    try:
+        return jobs(self, db, batch)
+    finally:
+        submits.append(time.perf_counter())
 def timed_commit(self, db):
     began, cpu = time.perf_counter(), time.thread_time()
     try:
@@ -60,7 +64,7 @@ def timed_committed(self, batch, outcomes, error):
     if len(answers) % 100 == 0:
         json.dump([starts, submits, commits, answers], open(out, "w"))
     return committed(self, batch, outcomes, error)
-C._next_batch, T.submit, C._commit, C._committed = timed_next_batch, timed_submit, timed_commit, timed_committed
+C._run, C._jobs, C._commit, C._committed = timed_run, timed_jobs, timed_commit, timed_committed
 from settlesim.cli import main
 sys.argv[0] = "settlesim"
 sys.exit(main())
