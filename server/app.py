@@ -28,7 +28,7 @@ from settlesim.server.grpc_accepts import AcceptLoops
 from settlesim.server.health_service import DrainingHealth
 from settlesim.server.his_check_service import HisCheckService
 from settlesim.server.http_server import DRAIN_SECONDS, HttpServer, start_http
-from settlesim.server.journal import Journal, JournalInterceptor, journal_path
+from settlesim.server.journal import KEEP_CALLS, Journal, JournalInterceptor, journal_path
 from settlesim.server.ledger import LedgerStore, open_ledger
 from settlesim.server.limits import MAX_CONCURRENT_CALLS, REQUEST_BODY_SECONDS, CallLimits
 from settlesim.server.metrics import Metrics
@@ -104,6 +104,7 @@ class ServerConfig:
     request_body_seconds: float = REQUEST_BODY_SECONDS
     # The call journal and check runs (docs/his-check.md): serve --no-journal turns both off.
     journal: bool = True
+    journal_keep: int = KEEP_CALLS  # the newest plain calls the journal keeps; 0: every call
     # The web console and /metrics on 127.0.0.1 (docs/console.md): None is off, 0 any free port.
     console_port: int | None = None
     console_port_fallback: bool = False  # the default console port is taken: use any free one
@@ -283,7 +284,11 @@ def start(config: ServerConfig, world: World | None = None) -> RunningServer:
     ledger.shared = config.reuse_port  # serve --processes: other processes write it too
     metrics = Metrics() if config.metrics else None
     journal = (
-        Journal(journal_path(config.db_path or default_db_path()), on_stored=_counting(metrics))
+        Journal(
+            journal_path(config.db_path or default_db_path()),
+            on_stored=_counting(metrics),
+            keep_calls=config.journal_keep,
+        )
         if config.journal
         else None
     )

@@ -23,6 +23,8 @@ may lose the calls of the batch being gathered or written (at most the last
 GATHER_SECONDS, more while the writer lags), never a settlement (the ledger is
 the record of money; the journal is the record of conversation). `flush()` waits
 until every call noted so far is stored; a check run calls it before it grades.
+The writer keeps the plain calls among the newest KEEP_CALLS entries and deletes older
+ones with its batches (`Journal._prune`); calls of check runs and sessions always stay.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ GATHER_SECONDS = 0.1  # the writer waits this long after a call for more to batc
 # settles' worst windows under an open loop. Measured: p99 at 2,000 settles/s (open loop), 7
 # interleaved rounds, 52.6-91.5 ms -> 33.2-66.1 ms (docs/performance.md, session 14).
 JOURNAL_CHECKPOINT_PAGES = 1000
+# How many of the newest plain calls (no check run, no session) the journal keeps: a load test
+# journals ~3.5 KB a call, ~20 GB an hour at the bench's rate, which would fill a laptop's disk.
+# Calls of check runs and sessions are always kept: they are graded and recorded as cases.
+# Deleted rows' pages are reused, so the file stops growing at about this many calls.
+KEEP_CALLS = 1_000_000
+_PRUNE_ROWS = 5_000  # at most this many old calls deleted with one batch: the writer keeps up
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -246,13 +254,17 @@ class Journal:
         self,
         path: Path | str,
         on_stored: Callable[[list[tuple[Any, ...]], list[int | None], float], None] | None = None,
+        keep_calls: int = KEEP_CALLS,
     ) -> None:
         """`on_stored(rows, funds, lag_seconds)` is called by the writer thread after each
         stored batch (the metrics count calls there, off the settle path): the rows as
         stored (COLUMNS[1:]) and, per row, the fund paid by the new settlement it made
-        (None for any other call)."""
+        (None for any other call). `keep_calls`: the newest plain calls kept (KEEP_CALLS;
+        0 keeps every call)."""
         self.path = Path(path)
         self.on_stored = on_stored
+        self.keep_calls = keep_calls
+        self._pruned_to = 0  # every plain call up to this seq is gone, or was kept by a run
         self.counting = on_stored is not None  # the loop notes a new settlement's fund for the metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -395,7 +407,28 @@ class Journal:
         with self._lock:
             self._db.execute("BEGIN")
             write_rows(self._db, _INSERTS, rows)  # the ledger's batch writes its rows the same way
+            if self.keep_calls:
+                self._prune(self._db)
             self._db.execute("COMMIT")
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Delete the plain calls older than the newest `keep_calls` (seq order), up to
+        _PRUNE_ROWS of them, in the batch's own transaction. Calls of check runs and sessions
+        stay. `_pruned_to` keeps the next pass from scanning again the rows a run kept."""
+        (newest,) = db.execute("SELECT max(seq) FROM journal").fetchone()
+        limit = (newest or 0) - self.keep_calls
+        if limit <= self._pruned_to:
+            return
+        plain = [seq for (seq,) in db.execute(
+            "SELECT seq FROM journal WHERE seq > ? AND seq <= ? AND run_id = '' AND session = '' "
+            "ORDER BY seq LIMIT ?", (self._pruned_to, limit, _PRUNE_ROWS),
+        )]  # fmt: skip
+        if plain:
+            db.execute(
+                "DELETE FROM journal WHERE seq BETWEEN ? AND ? AND run_id = '' AND session = ''",
+                (plain[0], plain[-1]),
+            )
+        self._pruned_to = plain[-1] if len(plain) == _PRUNE_ROWS else limit
 
     def lost(self, run_id: str | None = None) -> int:
         """Entries the writer could not store since the server started: of one run,

@@ -37,6 +37,16 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def zero_or_more(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)

@@ -18,6 +18,7 @@ from settlesim.arguments import (
     port_number,
     positive_seconds,
     target_address,
+    zero_or_more,
 )
 
 if TYPE_CHECKING:
@@ -141,6 +142,13 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-journal", action="store_true", help="keep no call journal (and so no check runs; docs/his-check.md)"
     )
+    p.add_argument(
+        "--journal-keep",
+        type=zero_or_more,
+        metavar="CALLS",
+        help="the newest calls without a check run or session the journal keeps (default: a million, "
+        "about 3.5 GB; 0 keeps every call); check runs' and sessions' calls are always kept",
+    )
     _add_console_args(p)
     _add_security_and_fault_args(p)
     p.set_defaults(run=run_serve)
@@ -212,6 +220,7 @@ def run_serve(args: argparse.Namespace) -> int:
         allow_sessions=args.sessions,
         integrity_check=not args.skip_integrity_check,
         journal=not args.no_journal,
+        **({} if args.journal_keep is None else {"journal_keep": args.journal_keep}),
         national_port=args.national_port,
         **_console_config(args),
         max_concurrent_calls=args.max_calls,

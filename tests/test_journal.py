@@ -387,3 +387,86 @@ def test_processes_opening_one_new_journal_together_all_open_it(tmp_path: Path) 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0 []"
+
+
+def _row(n: int, session: str = "", run_id: str = "", request: bytes = b"") -> tuple:
+    """A stored journal row (COLUMNS[1:]) whose msgid says which call it was."""
+    return ("2026-12-01T08:00:00.000000+00:00", "grpc", "GetSettlement", "", "H1", session, run_id, "his",
+            f"m{n}", "", "OK", "", "", 1.0, 0, request, None)  # fmt: skip
+
+
+def _kept(journal: Journal) -> list[int]:
+    return [seq for (seq,) in journal.connection.execute("SELECT seq FROM journal ORDER BY seq")]
+
+
+def test_the_journal_keeps_its_newest_plain_calls_and_every_check_run_s_and_session_s(tmp_path, monkeypatch):
+    """keep_calls=10: the plain calls among the newest 10 entries (by seq) stay, older ones go, at
+    most _PRUNE_ROWS (4 here) with each batch; calls of a check run or a session always stay.
+    Entries 1..40 (seq = n): 3 and 4 in a session, 8, 16, 24, 32 and 40 in a check run."""
+    monkeypatch.setattr(journal_module, "_PRUNE_ROWS", 4)
+    journal = Journal(tmp_path / "j.db", keep_calls=10)
+    try:
+        special = {3: {"session": "s1"}, 4: {"session": "s1"}} | {n: {"run_id": "r1"} for n in (8, 16, 24, 32, 40)}
+        journal._store([_row(n, **special.get(n, {})) for n in range(1, 41)])
+        # newest 40: plain calls up to seq 30 are due; the oldest four plain ones went (1, 2, 5, 6)
+        assert _kept(journal)[:6] == [3, 4, 7, 8, 9, 10]
+        journal._store([_row(41)])  # up to 31 due: the next four plain ones (7, 9, 10, 11)
+        assert _kept(journal)[:6] == [3, 4, 8, 12, 13, 14]
+        # one call a batch, four deleted: the limit gains one a batch, the deletions four, until
+        # 47 (due up to 37: only 35, 36, 37 left); then each batch deletes the one call that
+        # fell out (40, a run's, stays)
+        for n in range(42, 52):
+            journal._store([_row(n)])
+        assert _kept(journal) == [3, 4, 8, 16, 24, 32, 40, *range(42, 52)]
+        assert [e.seq for e in journal.entries(run_id="r1")] == [8, 16, 24, 32, 40]
+    finally:
+        journal.close()
+
+
+def test_a_journal_told_to_keep_every_call_deletes_none(tmp_path):
+    journal = Journal(tmp_path / "j.db", keep_calls=0)
+    try:
+        for start in range(1, 60, 10):
+            journal._store([_row(n) for n in range(start, start + 10)])
+        assert _kept(journal) == list(range(1, 61))
+    finally:
+        journal.close()
+
+
+def test_a_journal_that_keeps_its_newest_calls_stops_growing(tmp_path):
+    """20 batches of 200 calls of 3 KB each, the newest 1,000 kept: from the 6th batch on each
+    batch deletes as many as it adds (200, under _PRUNE_ROWS), so SQLite reuses the freed pages
+    and the file does not grow past its size after the 10th. Keeping every call, it grows
+    with each batch (the control)."""
+    sizes = {}
+    for keep in (1000, 0):
+        journal = Journal(tmp_path / f"keep-{keep}.db", keep_calls=keep)
+        try:
+            pages = []
+            for batch in range(20):
+                journal._store([_row(batch * 200 + i, request=bytes(3000)) for i in range(200)])
+                journal.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                pages.append(journal.connection.execute("PRAGMA page_count").fetchone()[0])
+            sizes[keep] = pages
+        finally:
+            journal.close()
+    assert sizes[1000][19] <= sizes[1000][9]
+    assert sizes[0][19] > sizes[0][9] * 1.8  # twice the calls: nearly twice the pages
+
+
+def test_serve_refuses_a_negative_journal_keep():
+    run = settlesim("serve", "--journal-keep", "-1")
+    assert run.returncode == 2 and "--journal-keep: must be 0 or more, not -1" in run.stderr
+
+
+def test_the_server_s_journal_keeps_what_serve_was_told(tmp_path):
+    running = start_server(ServerConfig(port=0, db_path=tmp_path / "l.db", max_workers=2, journal_keep=7))
+    try:
+        assert running.journal is not None and running.journal.keep_calls == 7
+    finally:
+        running.stop()
+    default = start_server(ServerConfig(port=0, db_path=tmp_path / "l.db", max_workers=2))
+    try:
+        assert default.journal is not None and default.journal.keep_calls == journal_module.KEEP_CALLS
+    finally:
+        default.stop()
