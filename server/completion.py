@@ -105,9 +105,11 @@ def call_task(loop: asyncio.AbstractEventLoop, coro: Any, **task_args: Any) -> a
     handlers, asyncio's own Task for the rest (a subclass costs each task ~4k instructions,
     most of it where another task awaits it). Should grpc.aio rename its coroutine, calls run
     detached in a Shielded task of their own, as before (slower, the same outcome). The loop's
-    own keywords go to the task as they came (`context`; Python 3.12 and newer pass `name`,
-    3.13's uvloop `eager_start` too)."""
+    keywords go to the task as they came (asyncio's rule for task factories: `context`, and
+    uvloop on Python 3.13 passes `eager_start`), but for `eager_start` on a CallTask: its
+    first step must not run before `detached` is set."""
     if getattr(coro, "__name__", None) == _HANDLER_CORO:
+        task_args.pop("eager_start", None)
         task = CallTask(coro, loop=loop, **task_args)
         task.detached = None
         return task

@@ -23,8 +23,8 @@ may lose the calls of the batch being gathered or written (at most the last
 GATHER_SECONDS, more while the writer lags), never a settlement (the ledger is
 the record of money; the journal is the record of conversation). `flush()` waits
 until every call noted so far is stored; a check run calls it before it grades.
-The writer keeps the plain calls among the newest KEEP_CALLS entries and deletes older
-ones with its batches (`Journal._prune`); calls of check runs and sessions always stay.
+The writer keeps the newest KEEP_CALLS entries, and deletes older ones with its batches
+(`Journal._prune`), except the calls of check runs.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ GATHER_SECONDS = 0.1  # the writer waits this long after a call for more to batc
 # settles' worst windows under an open loop. Measured: p99 at 2,000 settles/s (open loop), 7
 # interleaved rounds, 52.6-91.5 ms -> 33.2-66.1 ms (docs/performance.md, session 14).
 JOURNAL_CHECKPOINT_PAGES = 1000
-# How many of the newest plain calls (no check run, no session) the journal keeps: a load test
-# journals ~3.5 KB a call, ~20 GB an hour at the bench's rate, which would fill a laptop's disk.
-# Calls of check runs and sessions are always kept: they are graded and recorded as cases.
-# Deleted rows' pages are reused, so the file stops growing at about this many calls.
+# The journal keeps the calls among its newest KEEP_CALLS entries (by seq), and of the older
+# ones only those of check runs (graded, recorded as cases): a load test journals ~3.5 KB a
+# call, ~20 GB an hour at the bench's rate, which would fill a laptop's disk. Deleted rows'
+# pages are reused, so the file stops growing at about this many calls.
 KEEP_CALLS = 1_000_000
 _PRUNE_ROWS = 5_000  # at most this many old calls deleted with one batch: the writer keeps up
 
@@ -259,12 +259,14 @@ class Journal:
         """`on_stored(rows, funds, lag_seconds)` is called by the writer thread after each
         stored batch (the metrics count calls there, off the settle path): the rows as
         stored (COLUMNS[1:]) and, per row, the fund paid by the new settlement it made
-        (None for any other call). `keep_calls`: the newest plain calls kept (KEEP_CALLS;
-        0 keeps every call)."""
+        (None for any other call). `keep_calls`: how many of the newest entries are kept
+        whatever they are (KEEP_CALLS; 0 keeps every call); of the older ones, only check runs'."""
+        if keep_calls < 0:
+            raise ValueError(f"keep_calls must be 0 (keep every call) or more, not {keep_calls}")
         self.path = Path(path)
         self.on_stored = on_stored
         self.keep_calls = keep_calls
-        self._pruned_to = 0  # every plain call up to this seq is gone, or was kept by a run
+        self._pruned_to = 0  # every call up to this seq is gone, but for check runs' calls
         self.counting = on_stored is not None  # the loop notes a new settlement's fund for the metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -405,30 +407,43 @@ class Journal:
         once a row. Taking the GIL back from the busy loop, once a row, cost the writer
         most of its CPU and the loop a share of its own (docs/performance.md)."""
         with self._lock:
-            self._db.execute("BEGIN")
-            write_rows(self._db, _INSERTS, rows)  # the ledger's batch writes its rows the same way
-            if self.keep_calls:
-                self._prune(self._db)
-            self._db.execute("COMMIT")
+            db = self._db
+            try:
+                db.execute("BEGIN")
+                write_rows(db, _INSERTS, rows)  # the ledger's batch writes its rows the same way
+                pruned_to = self._prune(db) if self.keep_calls else self._pruned_to
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # the batch is lost (counted by _write); the file stays usable
+                    db.execute("ROLLBACK")
+                raise
+            self._pruned_to = pruned_to  # only once the deletions are committed
 
-    def _prune(self, db: sqlite3.Connection) -> None:
-        """Delete the plain calls older than the newest `keep_calls` (seq order), up to
-        _PRUNE_ROWS of them, in the batch's own transaction. Calls of check runs and sessions
-        stay. `_pruned_to` keeps the next pass from scanning again the rows a run kept."""
+    def _prune(self, db: sqlite3.Connection) -> int:
+        """Delete the calls older than the newest `keep_calls` entries (seq order) that are in
+        no check run, up to _PRUNE_ROWS of them, in the batch's transaction; the seq up to which
+        nothing is left to delete (`_pruned_to`, so the next batch does not scan again the rows
+        the runs kept). In a SAVEPOINT: deletions that fail are logged and leave the batch's
+        calls stored; a later batch tries again."""
         (newest,) = db.execute("SELECT max(seq) FROM journal").fetchone()
         limit = (newest or 0) - self.keep_calls
         if limit <= self._pruned_to:
-            return
-        plain = [seq for (seq,) in db.execute(
-            "SELECT seq FROM journal WHERE seq > ? AND seq <= ? AND run_id = '' AND session = '' "
-            "ORDER BY seq LIMIT ?", (self._pruned_to, limit, _PRUNE_ROWS),
-        )]  # fmt: skip
-        if plain:
-            db.execute(
-                "DELETE FROM journal WHERE seq BETWEEN ? AND ? AND run_id = '' AND session = ''",
-                (plain[0], plain[-1]),
-            )
-        self._pruned_to = plain[-1] if len(plain) == _PRUNE_ROWS else limit
+            return self._pruned_to
+        db.execute("SAVEPOINT prune")
+        try:
+            old = [seq for (seq,) in db.execute(
+                "SELECT seq FROM journal WHERE seq > ? AND seq <= ? AND run_id = '' ORDER BY seq LIMIT ?",
+                (self._pruned_to, limit, _PRUNE_ROWS),
+            )]  # fmt: skip
+            if old:
+                db.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ? AND run_id = ''", (old[0], old[-1]))
+        except sqlite3.Error:
+            log.exception("journal: deleting old calls failed; a later batch tries again")
+            db.execute("ROLLBACK TO prune")
+            db.execute("RELEASE prune")
+            return self._pruned_to
+        db.execute("RELEASE prune")
+        return old[-1] if len(old) == _PRUNE_ROWS else limit
 
     def lost(self, run_id: str | None = None) -> int:
         """Entries the writer could not store since the server started: of one run,

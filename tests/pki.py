@@ -39,6 +39,12 @@ class Authority:
             .public_key(key.public_key())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            # Python 3.13's default TLS context verifies strictly (VERIFY_X509_STRICT): a
+            # certificate a CA issued must name the CA's key, as openssl's own do.
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key_obj.public_key()), critical=False
+            )
         )
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -62,6 +68,7 @@ def authority(folder: Path, name: str) -> Authority:
             ),
             critical=True,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)

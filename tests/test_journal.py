@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -399,27 +400,63 @@ def _kept(journal: Journal) -> list[int]:
     return [seq for (seq,) in journal.connection.execute("SELECT seq FROM journal ORDER BY seq")]
 
 
-def test_the_journal_keeps_its_newest_plain_calls_and_every_check_run_s_and_session_s(tmp_path, monkeypatch):
-    """keep_calls=10: the plain calls among the newest 10 entries (by seq) stay, older ones go, at
-    most _PRUNE_ROWS (4 here) with each batch; calls of a check run or a session always stay.
-    Entries 1..40 (seq = n): 3 and 4 in a session, 8, 16, 24, 32 and 40 in a check run."""
+def test_the_journal_keeps_its_newest_calls_and_every_check_run_s(tmp_path, monkeypatch):
+    """keep_calls=10: the newest 10 entries (by seq) stay; of the older ones only check runs'
+    calls, at most _PRUNE_ROWS (4 here) deleted with each batch. Entries 1..40 (seq = n): 3
+    and 4 in a session (a Locust user's sandbox: not kept for that), 8, 16, 24, 32 and 40 in a
+    check run."""
     monkeypatch.setattr(journal_module, "_PRUNE_ROWS", 4)
     journal = Journal(tmp_path / "j.db", keep_calls=10)
     try:
         special = {3: {"session": "s1"}, 4: {"session": "s1"}} | {n: {"run_id": "r1"} for n in (8, 16, 24, 32, 40)}
         journal._store([_row(n, **special.get(n, {})) for n in range(1, 41)])
-        # newest 40: plain calls up to seq 30 are due; the oldest four plain ones went (1, 2, 5, 6)
-        assert _kept(journal)[:6] == [3, 4, 7, 8, 9, 10]
-        journal._store([_row(41)])  # up to 31 due: the next four plain ones (7, 9, 10, 11)
-        assert _kept(journal)[:6] == [3, 4, 8, 12, 13, 14]
+        # newest 40: calls up to seq 30 are due; the oldest four went (1, 2 and the session's 3, 4)
+        assert _kept(journal)[:6] == [5, 6, 7, 8, 9, 10]
+        journal._store([_row(41)])  # up to 31 due: the next four not in the run (5, 6, 7, 9)
+        assert _kept(journal)[:6] == [8, 10, 11, 12, 13, 14]
         # one call a batch, four deleted: the limit gains one a batch, the deletions four, until
-        # 47 (due up to 37: only 35, 36, 37 left); then each batch deletes the one call that
-        # fell out (40, a run's, stays)
+        # 47 (due up to 37: 33-36 go); 48 deletes 37 and 38, then each batch the one call that
+        # fell out (40, the run's, stays)
         for n in range(42, 52):
             journal._store([_row(n)])
-        assert _kept(journal) == [3, 4, 8, 16, 24, 32, 40, *range(42, 52)]
+        assert _kept(journal) == [8, 16, 24, 32, 40, *range(42, 52)]
         assert [e.seq for e in journal.entries(run_id="r1")] == [8, 16, 24, 32, 40]
     finally:
+        journal.close()
+
+
+def test_a_journal_asked_to_keep_fewer_than_no_calls_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"keep_calls must be 0 \(keep every call\) or more, not -1"):
+        Journal(tmp_path / "j.db", keep_calls=-1)
+
+
+def test_deletions_rolled_back_with_their_batch_are_tried_again(tmp_path, monkeypatch):
+    """A batch whose COMMIT fails is rolled back whole, its deletions too; the next batch
+    deletes those calls again (the watermark moves only with a COMMIT). The failure is
+    injected where the journal's connection runs COMMIT."""
+    monkeypatch.setattr(journal_module, "_PRUNE_ROWS", 4)
+    journal = Journal(tmp_path / "j.db", keep_calls=10)
+    try:
+        journal._store([_row(n) for n in range(1, 21)])  # due up to 10: 1-4 go
+        real, fail = journal._db, {"commit": True}
+
+        class FailingCommit:
+            def execute(self, sql: str, *args: object) -> object:
+                if sql == "COMMIT" and fail.pop("commit", False):
+                    raise sqlite3.OperationalError("disk I/O error")
+                return real.execute(sql, *args)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+        journal._db = FailingCommit()  # type: ignore[assignment]
+        with pytest.raises(sqlite3.OperationalError):
+            journal._store([_row(21)])  # would delete 5-8; rolled back with its row
+        assert not real.in_transaction and _kept(journal)[:2] == [5, 6]
+        journal._store([_row(22)])  # seq 21 again (its row rolled back): due up to 11, 5-8 go now
+        assert _kept(journal)[:2] == [9, 10]
+    finally:
+        journal._db = real
         journal.close()
 
 
