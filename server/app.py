@@ -104,7 +104,7 @@ class ServerConfig:
     request_body_seconds: float = REQUEST_BODY_SECONDS
     # The call journal and check runs (docs/his-check.md): serve --no-journal turns both off.
     journal: bool = True
-    journal_keep: int = KEEP_CALLS  # the newest plain calls the journal keeps; 0: every call
+    journal_keep: int = KEEP_CALLS  # the newest calls the journal keeps (and check runs'); 0: every call
     # The web console and /metrics on 127.0.0.1 (docs/console.md): None is off, 0 any free port.
     console_port: int | None = None
     console_port_fallback: bool = False  # the default console port is taken: use any free one

@@ -146,8 +146,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "--journal-keep",
         type=zero_or_more,
         metavar="CALLS",
-        help="the newest calls without a check run or session the journal keeps (default: a million, "
-        "about 3.5 GB; 0 keeps every call); check runs' and sessions' calls are always kept",
+        help="the call journal keeps its newest CALLS calls (default: a million, about 3.5 GB; "
+        "0 keeps every call) and, of older ones, check runs' calls only",
     )
     _add_console_args(p)
     _add_security_and_fault_args(p)
