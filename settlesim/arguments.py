@@ -27,24 +27,22 @@ def port_number(text: str) -> int:
     return port
 
 
-def at_least_one(text: str) -> int:
+def _whole_number(text: str, least: int, wanted: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, not {value}")
     return value
+
+
+def at_least_one(text: str) -> int:
+    return _whole_number(text, 1, "at least 1")
 
 
 def zero_or_more(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    return _whole_number(text, 0, "0 or more")
 
 
 def positive_seconds(text: str) -> float:
