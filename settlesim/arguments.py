@@ -45,14 +45,23 @@ def zero_or_more(text: str) -> int:
     return _whole_number(text, 0, "0 or more")
 
 
-def positive_seconds(text: str) -> float:
+def _seconds(text: str, zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    if not (value >= 0 if zero else value > 0):
+        wanted = "0 seconds or more" if zero else "more than 0 seconds"
+        raise argparse.ArgumentTypeError(f"must be {wanted}, not {text}")
     return value
+
+
+def positive_seconds(text: str) -> float:
+    return _seconds(text, zero=False)
+
+
+def zero_or_more_seconds(text: str) -> float:
+    return _seconds(text, zero=True)
 
 
 def _host_port(text: str, example: str) -> str:

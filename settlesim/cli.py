@@ -19,6 +19,7 @@ from settlesim.arguments import (
     positive_seconds,
     target_address,
     zero_or_more,
+    zero_or_more_seconds,
 )
 
 if TYPE_CHECKING:
@@ -375,11 +376,18 @@ def run_world_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_persons(persons: int) -> None:
+    """A number of people a world can be generated with, or a one-line refusal."""
+    from settlesim.server.world_generate import MAX_PERSONS
+
+    if not 1 <= persons <= MAX_PERSONS:
+        raise CliError(f"--persons must be 1 to {MAX_PERSONS:,} (unique certificate numbers run out), not {persons}")
+
+
 def run_world_generate(args: argparse.Namespace) -> int:
     from settlesim.server.world_generate import generate_world
 
-    if args.persons < 1:
-        raise CliError("--persons must be at least 1")
+    _check_persons(args.persons)
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         raise CliError(f"{args.out_dir} is not empty")
     report = generate_world(args.out_dir, args.persons, args.seed)
@@ -551,12 +559,13 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--persons", type=int, default=1000, help="people to generate without --world (default 1000)")
     p.add_argument("--seed", type=int, default=1, help="seed for the world and the requests (default 1)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured time per run (default 10)")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up per server (default 2)")
+    p.add_argument("--warmup", type=zero_or_more_seconds, default=2.0, help="unmeasured warm-up per server (default 2)")
     p.add_argument("--concurrency", type=int, default=32, help="calls in flight, closed loop (default 32)")
     p.add_argument("--connections", type=int, default=4, help="HTTP/2 connections (default 4)")
     p.add_argument("--load", type=float, default=0.8, help="open-loop rate as a share of the peak (default 0.8)")
     p.add_argument(
-        "--processes", type=int, default=1, help="processes of the reference server and of each noop one (default 1)"
+        "--processes", type=at_least_one, default=1,
+        help="processes of the reference server and of each noop one (default 1)",
     )
     p.add_argument(
         "--replicas", type=at_least_one, default=1, help="`settlesim serve` replicas on one ledger, each on its own "
@@ -580,6 +589,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise CliError(f"{args.world} has no visits.csv; make it with `settlesim world generate`")
     if args.seconds <= 0 or args.concurrency < 1 or args.connections < 1 or not 0 < args.load <= 1:
         raise CliError("--seconds, --concurrency, --connections must be positive and --load in (0, 1]")
+    if args.world is None:
+        _check_persons(args.persons)
     config = BenchConfig(
         world=args.world,
         persons=args.persons,

@@ -53,6 +53,28 @@ def test_bad_world_is_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("bench", "--persons", "0"), "--persons must be 1 to 21,367,800"),  # was a traceback
+        (("bench", "--persons", "-5"), "--persons must be 1 to 21,367,800"),  # was a traceback
+        (("bench", "--persons", "30000000"), "--persons must be 1 to 21,367,800"),
+        (("bench", "--processes", "0"), "--processes: must be at least 1, not 0"),  # ran one process
+        (("bench", "--warmup", "-1"), "--warmup: must be 0 seconds or more, not -1"),  # ran with none
+        (("world", "generate", "--persons", "0", "OUT"), "--persons must be 1 to 21,367,800"),
+        (("serve", "--journal-keep", "-1"), "--journal-keep: must be 0 or more, not -1"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else "",
+)
+def test_a_bad_number_is_one_clear_line_before_anything_runs(args, said, tmp_path):
+    """Each refused before a world is generated or a server started (the bench's took a run, or
+    a traceback, before session 18)."""
+    result = settlesim(*(str(tmp_path / "w") if arg == "OUT" else arg for arg in args), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
 def test_port_in_use_is_one_clear_line(server, tmp_path):
     result = settlesim("serve", "--port", str(server.port), "--db", str(tmp_path / "x.db"))
     assert result.returncode == 2
