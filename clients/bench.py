@@ -421,6 +421,20 @@ class Round:
     def ratio(self) -> float:
         return self.settle.rps / self.fastest_noop.rps if self.fastest_noop.rps else float("nan")
 
+    @property
+    def cpu_bound(self) -> float:
+        """The settles/s the settle's CPU allows if it kept the cores the faster noop kept busy:
+        the noop's cores over the settle's CPU a call, the server's and the load generator's
+        (both on this machine). The ratio cannot pass `cpu_bound / noop` without less CPU a
+        settle, however the server spreads its work over threads or processes."""
+        settle, noop = self.settle, self.fastest_noop
+        cpu = settle.cpu_seconds + settle.load_cpu_seconds
+        return noop.cores * settle.requests / cpu if cpu else float("nan")
+
+    @property
+    def bound_ratio(self) -> float:
+        return self.cpu_bound / self.fastest_noop.rps if self.fastest_noop.rps else float("nan")
+
 
 def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, requests: Requests, out: Any) -> Round:
     noops: dict[str, Figures] = {}
@@ -484,6 +498,7 @@ def _round(config: BenchConfig, world: Path, db: Path | str, persons: int, reque
     out(check.stdout.strip().splitlines()[-1] if check.stdout.strip() else check.stderr.strip())
     result = Round(noops, settle, at_load)
     out(_ratio_line(result.ratio, {d: f.rps for d, f in noops.items()}, settle.rps))
+    out(_bound_line(result))
     return result
 
 
@@ -491,6 +506,16 @@ def _ratio_line(ratio: float, noops: dict[str, float], settle: float) -> str:
     fastest = max(noops, key=lambda d: noops[d])
     against = ", ".join(f"{settle / rps:.2f} x noop {d}" for d, rps in noops.items())
     return f"ratio settle/noop requests/s: {ratio:.2f} (against the faster noop, {fastest}; {against})"
+
+
+def _bound_line(result: Round) -> str:
+    settle, noop = result.settle, result.fastest_noop
+    load_us = settle.load_cpu_seconds / settle.requests * 1e6 if settle.requests else float("nan")
+    return (
+        f"CPU bound: at the faster noop's {noop.cores:.2f} cores, the settle's "
+        f"{settle.cpu_us_per_request + load_us:.0f} us of CPU a call (server {settle.cpu_us_per_request:.0f}"
+        f" + load {load_us:.0f}) allow {result.cpu_bound:.0f}/s, {result.bound_ratio:.2f} x the faster noop"
+    )
 
 
 def _median(values: Sequence[float]) -> float:
@@ -514,6 +539,8 @@ def _medians(rounds: list[Round], out: Any) -> None:
         )
     out(f"ratio settle/faster noop, median: {_median([r.ratio for r in rounds]):.2f} "
         f"(rounds: {', '.join(f'{r.ratio:.2f}' for r in rounds)})")  # fmt: skip
+    out(f"CPU bound / faster noop, median: {_median([r.bound_ratio for r in rounds]):.2f} "
+        f"(rounds: {', '.join(f'{r.bound_ratio:.2f}' for r in rounds)})")  # fmt: skip
 
 
 def run(config: BenchConfig, out=print) -> list[Round]:
