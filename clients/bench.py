@@ -425,8 +425,9 @@ class Round:
     def cpu_bound(self) -> float:
         """The settles/s the settle's CPU allows if it kept the cores the faster noop kept busy:
         the noop's cores over the settle's CPU a call, the server's and the load generator's
-        (both on this machine). The ratio cannot pass `cpu_bound / noop` without less CPU a
-        settle, however the server spreads its work over threads or processes."""
+        (both on this machine). The noop is bound by CPU, so its cores are about what the machine
+        gives a run: however the server spreads its work over threads or processes, the ratio
+        passes `cpu_bound / noop` only by less CPU a settle or by more cores than the noop kept."""
         settle, noop = self.settle, self.fastest_noop
         cpu = settle.cpu_seconds + settle.load_cpu_seconds
         return noop.cores * settle.requests / cpu if cpu else float("nan")

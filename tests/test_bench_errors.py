@@ -48,21 +48,22 @@ def test_cores_are_the_server_and_load_generators_cpu_over_the_run() -> None:
 
 def test_the_cpu_bound_is_the_faster_noops_cores_over_the_settles_cpu_a_call() -> None:
     # The aio noop answered 40,000 calls in 8 s (5,000/s) on 9.0 s of server CPU and 6.2 s of the
-    # load generator's: (9.0 + 6.2) / 8 = 1.90 cores. The sync noop, slower (3,000/s), kept
-    # (8.0 + 4.8) / 8 = 1.60. The settle answered 16,000 in 8 s (2,000/s) on 10.4 s of server CPU
-    # and 2.8 s of load: 13.2 s / 16,000 = 825 us a call (650 + 175). At the faster noop's 1.90
+    # load generator's: (9.0 + 6.2) / 8 = 1.90 cores. The sync noop, slower (3,000/s), kept more
+    # busy: (9.6 + 6.0) / 8 = 1.95. The settle answered 16,000 in 8 s (2,000/s) on 10.4 s of server
+    # CPU and 2.8 s of load: 13.2 s / 16,000 = 825 us a call (650 + 175). At the faster noop's 1.90
     # cores that CPU allows 1.90 / 825e-6 = 2,303.03 settles/s: 2,303.03 / 5,000 = 0.46 of it,
-    # while the settle made 2,000 / 5,000 = 0.40. The slower noop's 1.60 cores would say 1,939.
+    # while the settle made 2,000 / 5,000 = 0.40. The slower noop's 1.95 cores would say 2,363.64,
+    # the server's CPU alone (650 us) 2,923.08, the settle's own cores (13.2 / 8 = 1.65) 2,000.
     aio = bench.Figures("noop aio", 40_000, 0, 8.0, [1.0], 9.0, load_cpu_seconds=6.2)
-    sync = bench.Figures("noop sync", 24_000, 0, 8.0, [1.0], 8.0, load_cpu_seconds=4.8)
+    sync = bench.Figures("noop sync", 24_000, 0, 8.0, [1.0], 9.6, load_cpu_seconds=6.0)
     settle = bench.Figures("settle", 16_000, 0, 8.0, [1.0], 10.4, load_cpu_seconds=2.8)
     result = bench.Round({"sync": sync, "aio": aio}, settle, settle)
     assert round(result.ratio, 2) == 0.40
     assert round(result.cpu_bound, 2) == 2303.03
     assert round(result.bound_ratio, 2) == 0.46
     assert bench._bound_line(result) == (
-        "CPU bound: at the faster noop's 1.90 cores, the settle's 825 us of CPU a call (server 650 + load 175) "
-        "allow 2303/s, 0.46 x the faster noop"
+        "CPU bound: at the faster noop's 1.90 cores, the settle's 825 us of CPU a call "
+        "(server 650 + load 175) allow 2303/s, 0.46 x the faster noop"
     )
     idle = bench.Round({"aio": aio}, bench.Figures("settle", 0, 0, 8.0, [], 0.0), settle)
     assert idle.cpu_bound != idle.cpu_bound  # no CPU measured: nan, not a division by zero
