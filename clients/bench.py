@@ -48,6 +48,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from settlesim.clients import db_figures
 from settlesim.clients.channels import open_aio_channel
 from settlesim.clients.workload import Workload
+from settlesim.server.parent_death import STOP_WITH_PARENT
 
 SETTLE = "/settlesim.v1.SettlementService/SettleVisit"
 TEMPLATES = 20_000  # distinct visits per run: requests touch many people
@@ -195,13 +196,14 @@ def running_replicas(command: list[str], replicas: int) -> Iterator[Server | Rep
 
 @contextmanager
 def running(command: list[str], timeout: float = 600) -> Iterator[Server]:
-    """Start a server that prints 'serving on HOST:PORT'; stop it with SIGTERM."""
+    """Start a server that prints 'serving on HOST:PORT'; stop it with SIGTERM. It stops by
+    itself too if this process exits without stopping it (killed: server/parent_death.py)."""
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", STOP_WITH_PARENT: str(os.getpid())},
     )
     try:
         assert process.stdout is not None

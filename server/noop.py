@@ -31,6 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from settlesim.server.app import run_loop, server_options
 from settlesim.server.grpc_accepts import AcceptLoops
+from settlesim.server.parent_death import stop_with_parent
 from settlesim.server.service import OFTEN_ACCEPTED, GenericOnly, add_to_server
 from settlesim.server.stop_request import StopRequest
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1, help="noop servers sharing the port (SO_REUSEPORT)")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # one of --processes N
     args = parser.parse_args(argv)
+    stop_with_parent()  # a benchmark's noop: SIGTERM when the bench exits (server/parent_death.py)
     if args.processes > 1:
         return serve_processes(args)
     if args.design == "aio":

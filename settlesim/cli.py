@@ -210,8 +210,10 @@ def _console_config(args: argparse.Namespace) -> dict[str, object]:
 def run_serve(args: argparse.Namespace) -> int:
     from settlesim.server.app import ServerConfig, configure_logging, serve_forever
     from settlesim.server.auth import check_combination
+    from settlesim.server.parent_death import stop_with_parent
 
     configure_logging(args.log_level, json_lines=not args.plain_logs)
+    stop_with_parent()  # a benchmark's server: SIGTERM when the bench exits (server/parent_death.py)
     config = ServerConfig(
         host=args.host,
         port=args.port,
