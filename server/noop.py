@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from settlesim.server.app import run_loop, server_options
 from settlesim.server.grpc_accepts import AcceptLoops
-from settlesim.server.parent_death import stop_with_parent
+from settlesim.server.parent_death import STOP_WITH_PARENT, stop_with_parent
 from settlesim.server.service import OFTEN_ACCEPTED, GenericOnly, add_to_server
 from settlesim.server.stop_request import StopRequest
 from settlesim.v1 import settlement_service_pb2 as pb
@@ -151,8 +152,9 @@ def serve_processes(args: argparse.Namespace) -> int:
     port = reserved.getsockname()[1]
     command = [sys.executable, "-m", "settlesim.server.noop", "--host", args.host, "--port", str(port),
                "--design", args.design, "--workers", str(args.workers), "--reuse-port"]  # fmt: skip
-    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
-    stopped = StopRequest().handle(signal.SIGTERM, signal.SIGINT)
+    stopped = StopRequest().handle(signal.SIGTERM, signal.SIGINT)  # before the children: they are stopped
+    env = {**os.environ, STOP_WITH_PARENT: str(os.getpid())}  # and stop by themselves if this one is killed
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(args.processes)]
     try:
         for child in children:  # each says "serving on" once it listens
             assert child.stdout is not None

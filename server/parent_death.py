@@ -5,19 +5,20 @@ with SIGTERM; a bench killed with SIGKILL (a CI job's timeout, `kill -9`, the OO
 not, and its servers kept running: ports taken, cores busy, the next benchmark measured beside
 them. The bench now names itself in STOP_WITH_PARENT (its pid) for the servers it starts; a
 server that finds its parent's pid there asks Linux to send it SIGTERM when that parent exits
-(`prctl(PR_SET_PDEATHSIG)`), which its own handler takes as any SIGTERM: it drains and stops. (Linux sends it when the thread
-that started the server exits: the bench and its scripts start theirs from their main thread.)
+(`prctl(PR_SET_PDEATHSIG)`), which its own handler takes as any SIGTERM: it drains and stops.
+(Linux sends it when the thread that started the server exits: the bench and its scripts start
+theirs from their main thread; `noop --processes N` names itself for its own children.)
 A server started by hand has no such variable and outlives the shell that started it, as before.
 Elsewhere than Linux this does nothing.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 STOP_WITH_PARENT = "SETTLESIM_STOP_WITH_PARENT"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -34,6 +35,8 @@ def stop_with_parent() -> None:
         return
     parent = int(named)
     if os.getppid() == parent:
+        import ctypes  # here: the bench imports this module for its constant alone
+
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
             errno = ctypes.get_errno()
@@ -48,10 +51,9 @@ def stop_with_parent() -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie (a killed parent stays one until its own reaps it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except PermissionError:  # another user's: it exists
-        return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state, after the command's "(name)"
