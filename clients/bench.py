@@ -83,6 +83,10 @@ class Figures:
         return self.cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
 
     @property
+    def load_us_per_request(self) -> float:
+        return self.load_cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
+
+    @property
     def cores(self) -> float:
         """Cores the server and the load generator kept busy. A run near all the machine's is
         bound by CPU (the noops); one well below is bound by something serial (the settle: the
@@ -100,7 +104,7 @@ class Figures:
         return [f"  (the first {code} said: {details!r})" for code, details in sorted(self.first_details.items())]
 
     def row(self) -> str:
-        load_us = self.load_cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
+        load_us = self.load_us_per_request
         return (
             f"{self.label:<26} {self.rps:>9.0f} {self.percentile(50):>8.1f} {self.percentile(95):>8.1f} "
             f"{self.percentile(99):>8.1f} {self.cpu_us_per_request:>10.0f} {load_us:>9.0f} "
@@ -513,7 +517,7 @@ def _ratio_line(ratio: float, noops: dict[str, float], settle: float) -> str:
 
 def _bound_line(result: Round) -> str:
     settle, noop = result.settle, result.fastest_noop
-    load_us = settle.load_cpu_seconds / settle.requests * 1e6 if settle.requests else float("nan")
+    load_us = settle.load_us_per_request
     return (
         f"CPU bound: at the faster noop's {noop.cores:.2f} cores, the settle's "
         f"{settle.cpu_us_per_request + load_us:.0f} us of CPU a call (server {settle.cpu_us_per_request:.0f}"

@@ -44,13 +44,13 @@ def stop_with_parent() -> None:
             return
         if os.getppid() == parent:  # else it exited between the check and the prctl
             return
-    elif _alive(parent):
+    elif is_running(parent):
         return
     log.warning("the process that started this server (%d) has exited: stopping", parent)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _alive(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     """Running: not gone, and not a zombie (a killed parent stays one until its own reaps it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

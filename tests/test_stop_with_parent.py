@@ -1,6 +1,6 @@
 """A benchmark killed with SIGKILL leaves no server running (server/parent_death.py): the servers
-`bench.running` starts stop when it exits; one started without it outlives its parent, as a
-server started by hand outlives its shell."""
+`bench.running` starts stop when it exits; without the variable it names itself in, the same
+server outlives its parent, as a server started by hand outlives its shell."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from settlesim.server.parent_death import is_running
 
 NOOP = [sys.executable, "-m", "settlesim.server.noop", "--port", "0", "--design", "aio"]
 
@@ -21,7 +22,7 @@ def _serve(tmp_path: Path) -> list[str]:
             "--no-console", "--log-level", "warning"]  # fmt: skip
 
 
-# The parent: starts the server as the bench does (or with a plain Popen), says its pid, waits.
+# The parent: starts the server as the bench does, says its pid, waits.
 BENCH_PARENT = """
 import sys, time
 from settlesim.clients import bench
@@ -30,23 +31,6 @@ print(started.__enter__().process.pid, flush=True)
 time.sleep(600)
 """
 UNNAMED = "from settlesim.clients import bench; bench.STOP_WITH_PARENT = 'SETTLESIM_UNUSED'"
-PLAIN_PARENT = """
-import subprocess, sys, time
-process = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)
-while "serving on" not in process.stdout.readline():
-    pass
-print(process.pid, flush=True)
-time.sleep(600)
-"""
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's new parent may never reap it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped while being read
-        return False
-    return state != "Z"
 
 
 def _server_of_killed_parent(parent_code: str, command: list[str]) -> int:
@@ -55,7 +39,7 @@ def _server_of_killed_parent(parent_code: str, command: list[str]) -> int:
     try:
         assert parent.stdout is not None
         server = int(parent.stdout.readline())
-        assert _running(server)
+        assert is_running(server)
     finally:
         parent.kill()
         parent.wait()
@@ -65,7 +49,7 @@ def _server_of_killed_parent(parent_code: str, command: list[str]) -> int:
 def _wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not _running(pid):
+        if not is_running(pid):
             return True
         time.sleep(0.1)
     return False
@@ -96,17 +80,8 @@ def test_without_the_variable_the_same_server_outlives_its_killed_bench(kind: st
         _stop(server)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
-def test_a_server_started_by_a_plain_popen_outlives_its_parent() -> None:
-    server = _server_of_killed_parent(PLAIN_PARENT, NOOP)
-    try:
-        assert not _wait_gone(server, 3), "a server started by a plain Popen stopped with its parent"
-    finally:
-        _stop(server)
-
-
 def _stop(pid: int) -> None:
-    if _running(pid):
+    if is_running(pid):
         os.kill(pid, signal.SIGTERM)
         if not _wait_gone(pid, 10):
             os.kill(pid, signal.SIGKILL)
